@@ -1,0 +1,179 @@
+//! The raw command-line flags (clap). [`crate::config`] turns them into checked settings.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::input::DEFAULT_MAX_LINE_BYTES;
+use crate::mock::MockArgs;
+
+/// Resilient batch runner for the OpenAI API and OpenAI-compatible servers.
+///
+/// Streams a JSONL file through a rate-limited worker pool, journals every attempt in SQLite,
+/// retries what is transient (including the intermittent "401 Missing scopes"), and can be
+/// killed at any moment and resumed without re-sending anything that succeeded.
+///
+/// The API key comes from OPENAI_API_KEY, never from a flag.
+#[derive(Parser, Debug)]
+#[command(name = "runner", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Send every request of a JSONL file; submitting the same file again resumes its job
+    Submit(SubmitArgs),
+    /// Continue a job that was interrupted or stopped
+    Resume(ResumeArgs),
+    /// Show a job's progress and what its attempts ran into
+    Status(StatusArgs),
+    /// Write a job's results as CSV or Batch API output JSONL
+    Export(ExportArgs),
+    /// List the jobs in a database
+    Jobs(JobsArgs),
+    /// Run the built-in fault-injecting mock of the OpenAI API
+    MockServer(MockArgs),
+    /// Run a sample job against the built-in mock (no key, no network)
+    Demo(DemoArgs),
+}
+
+/// Where jobs live.
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    /// SQLite file holding the jobs, their requests and the attempt journal
+    #[arg(long, env = "RUNNER_DB", default_value = "runner.db")]
+    pub db: PathBuf,
+}
+
+/// Settings of a run; on resume, the job's stored value is used for any flag not given.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// API base URL [default: $OPENAI_BASE_URL, else https://api.openai.com/v1]
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Requests in flight at most [default: 32]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<NonZeroUsize>,
+    /// Requests per minute at most, retries included [default: no limit]
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<NonZeroU32>,
+    /// Attempts per request before it ends failed [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<NonZeroU32>,
+    /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// After Ctrl-C, how long requests in flight may take to finish
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub grace: Duration,
+    /// No progress bar: print a summary line every few seconds instead
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `runner submit`.
+#[derive(Args, Debug, Clone)]
+pub struct SubmitArgs {
+    /// JSONL input: Batch API lines or plain request bodies, one per line
+    pub file: PathBuf,
+    /// Job name [default: the file's stem]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Endpoint for plain lines (Batch lines carry their own url) [default: /v1/chat/completions]
+    #[arg(long, value_name = "PATH")]
+    pub endpoint: Option<String>,
+    /// Model for bodies that name none
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Longest input line accepted, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+    /// Run settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `runner resume`.
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Run settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `runner status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output formats of `runner export`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One row per request, with a header row
+    Csv,
+    /// The Batch API's output format, one line per finished request
+    Jsonl,
+}
+
+/// `runner export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// Write here (created with mode 0600) instead of stdout
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+/// `runner jobs`.
+#[derive(Args, Debug, Clone)]
+pub struct JobsArgs {
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `runner demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Database for the demo job (replaced on every run)
+    #[arg(long, default_value = "runner-demo.db")]
+    pub db: PathBuf,
+    /// Where the results CSV goes
+    #[arg(long, default_value = "demo-results.csv")]
+    pub output: PathBuf,
+    /// No progress bar: print a summary line every few seconds instead
+    #[arg(long)]
+    pub no_progress: bool,
+}

@@ -1,0 +1,139 @@
+//! `runner demo`: the first command a new user runs. Starts the mock API in-process on a free
+//! loopback port with a 401 "Missing scopes" spike and a sprinkle of other faults, submits
+//! `samples/demo.jsonl`, and writes the results CSV. No key, no network.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::Exit;
+use crate::cli::{DbArgs, DemoArgs, ExportArgs, ExportFormat, RunArgs, SubmitArgs};
+use crate::config::ApiEnv;
+use crate::http::client::ApiKey;
+use crate::mock::{Fault, MockConfig, MockServer, Spike};
+use crate::shutdown::Shutdown;
+
+/// The sample prompts, built into the binary so the demo runs from any directory.
+pub const DEMO_INPUT: &str = include_str!("../samples/demo.jsonl");
+
+/// The demo's fault schedule: what the April 2026 incident looked like, in miniature.
+pub fn demo_faults() -> MockConfig {
+    MockConfig {
+        latency: Duration::from_millis(40),
+        seed: 2026,
+        missing_scope_rate: 0.05,
+        rate_limit_rate: 0.02,
+        retry_after: Duration::from_millis(500),
+        server_error_rate: 0.02,
+        malformed_rate: 0.01,
+        spikes: vec![Spike {
+            start: Duration::from_millis(1500),
+            end: Duration::from_millis(4000),
+            fault: Fault::MissingScope,
+        }],
+        ..MockConfig::default()
+    }
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// When the mock cannot bind, the files cannot be written, or the job fails to run.
+pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
+    let mock = MockServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), demo_faults())
+        .await
+        .context("cannot start the mock server")?;
+    eprintln!(
+        "demo: mock OpenAI API on {} (5% random 401 missing_scope, a 401 spike from 1.5 s to 4 s, some 429/500/bad bodies)",
+        mock.base_url()
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = args.db.clone().into_os_string();
+        path.push(suffix);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot replace {}", args.db.display()));
+            }
+        }
+    }
+    let input = std::env::temp_dir().join(format!("runner-demo-{}.jsonl", std::process::id()));
+    std::fs::write(&input, DEMO_INPUT)
+        .with_context(|| format!("cannot write {}", input.display()))?;
+
+    let submit = SubmitArgs {
+        file: input.clone(),
+        job: Some("demo".into()),
+        db: DbArgs {
+            db: args.db.clone(),
+        },
+        endpoint: None,
+        model: Some("gpt-4o-mini".into()),
+        max_line_bytes: crate::input::DEFAULT_MAX_LINE_BYTES,
+        run: RunArgs {
+            base_url: Some(mock.base_url()),
+            concurrency: NonZeroUsize::new(16),
+            rpm: NonZeroU32::new(3600),
+            no_progress: args.no_progress,
+            grace: Duration::from_secs(5),
+            ..RunArgs::default()
+        },
+    };
+    let env = ApiEnv {
+        api_key: Some(ApiKey::new("sk-demo-not-a-real-key-0000")),
+        ..ApiEnv::default()
+    };
+    let result = crate::job::submit(submit, &env, shutdown).await;
+    let _ = std::fs::remove_file(&input);
+    let stats = mock.stats();
+    mock.shutdown().await;
+    let exit = result?;
+
+    let export = ExportArgs {
+        job: Some("demo".into()),
+        db: DbArgs {
+            db: args.db.clone(),
+        },
+        format: ExportFormat::Csv,
+        output: Some(args.output.clone()),
+    };
+    let rows = tokio::task::spawn_blocking(move || crate::export::export(&export)).await??;
+    let errors: u64 = stats
+        .by_status
+        .iter()
+        .filter(|(status, _)| **status != 200)
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "demo: the mock answered {} times, {errors} of them with an error; {rows} rows written to {}",
+        stats.answers,
+        args.output.display()
+    );
+    eprintln!(
+        "demo: next: `runner status --db {0}` · `runner export --db {0} --format jsonl`",
+        args.db.display()
+    );
+    Ok(exit)
+}
+
+/// `runner mock-server`: serves the mock API until Ctrl-C.
+///
+/// # Errors
+/// Bad fault flags, or the address cannot be bound.
+pub async fn mock_server(args: &crate::mock::MockArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let config = MockConfig::try_from(args)?;
+    let mock = MockServer::start(args.addr(), config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr()))?;
+    eprintln!(
+        "mock OpenAI API listening on {} (stats at http://{}/mock/stats); Ctrl-C stops it",
+        mock.base_url(),
+        mock.addr()
+    );
+    shutdown.stopping().await;
+    mock.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The error taxonomy: what one attempt's result means for its request and for the job.
+//!
+//! Everything the runner decides about a failure starts from [`classify`], one function over the
+//! HTTP status, the error body's `code`, `type` and `message`, and the `x-should-retry` header. Its
+//! match arms are the README's "Error taxonomy" table, row for row: change one, change the other.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// What an attempt's result means. Stored in `attempts.error_class` by [`Class::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// A 2xx answer with a body that parses.
+    Succeeded,
+    /// Worth retrying with backoff: connection errors, timeouts, 408, 409, 5xx, an unparseable 2xx.
+    Transient,
+    /// The intermittent 401 of the April 2026 incident ("Missing scopes", "RBAC: access denied"):
+    /// the same request succeeds later, so it is requeued, never failed fast.
+    AuthTransient,
+    /// 429 `rate_limit_exceeded`: wait as the server says.
+    RateLimited,
+    /// This request is wrong (400, 404, 422, other 4xx, 429 "Request too large"): record it and go on.
+    RequestFailed,
+    /// Nothing will succeed until a person acts (invalid key, 403, quota): stop dispatching and keep
+    /// every unsent request pending.
+    JobStop,
+}
+
+impl Class {
+    /// Every class, in the README's table order.
+    pub const ALL: [Class; 6] = [
+        Class::Succeeded,
+        Class::Transient,
+        Class::AuthTransient,
+        Class::RateLimited,
+        Class::RequestFailed,
+        Class::JobStop,
+    ];
+
+    /// The stable name stored in the journal and accepted on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Succeeded => "succeeded",
+            Class::Transient => "transient",
+            Class::AuthTransient => "auth_transient",
+            Class::RateLimited => "rate_limited",
+            Class::RequestFailed => "request_failed",
+            Class::JobStop => "job_stop",
+        }
+    }
+
+    /// Whether another attempt of the same request can succeed.
+    pub fn is_retryable(self) -> bool {
+        match self {
+            Class::Transient | Class::AuthTransient | Class::RateLimited => true,
+            Class::Succeeded | Class::RequestFailed | Class::JobStop => false,
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A class name that is not one of [`Class::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown error class '{0}': expected one of succeeded, transient, auth_transient, rate_limited, request_failed, job_stop"
+)]
+pub struct UnknownClass(String);
+
+impl FromStr for Class {
+    type Err = UnknownClass;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Class::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownClass(s.to_owned()))
+    }
+}
+
+/// How an attempt failed to produce an HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// The connection was never made: the server cannot have seen the request.
+    Connect,
+    /// The request may have been sent and is not answered in time: the server may have done the work.
+    Timeout,
+    /// Reset, broken body, protocol error after the request may have been sent.
+    Other,
+}
+
+impl TransportFailure {
+    /// Whether the server may have processed the request ("outcome unknown" in the journal).
+    pub fn outcome_unknown(self) -> bool {
+        match self {
+            TransportFailure::Connect => false,
+            TransportFailure::Timeout | TransportFailure::Other => true,
+        }
+    }
+}
+
+/// The parts of an OpenAI error body the taxonomy looks at:
+/// `{"error": {"message": …, "type": …, "param": …, "code": …}}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiError {
+    /// `error.code`, e.g. `missing_scope`, `invalid_api_key`, `insufficient_quota`.
+    pub code: Option<String>,
+    /// `error.type`, e.g. `invalid_request_error`, `requests`, `insufficient_quota`.
+    pub kind: Option<String>,
+    /// `error.message`, or the raw body (trimmed) when it is not an OpenAI error object.
+    pub message: Option<String>,
+}
+
+/// Longest error message kept from a body that is not an OpenAI error object.
+const MAX_RAW_MESSAGE: usize = 500;
+
+impl ApiError {
+    /// Reads an error body. Never fails: a body that is not the OpenAI shape becomes the message.
+    pub fn parse(body: &[u8]) -> ApiError {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: Inner,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            code: Option<serde_json::Value>,
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            message: Option<String>,
+        }
+        match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope { error }) => ApiError {
+                // Some servers send numeric codes; keep them as text.
+                code: error.code.and_then(|c| match c {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string()),
+                }),
+                kind: error.kind,
+                message: error.message,
+            },
+            Err(_) => {
+                let text = String::from_utf8_lossy(body);
+                let text = text.trim();
+                ApiError {
+                    code: None,
+                    kind: None,
+                    message: (!text.is_empty()).then(|| truncate(text, MAX_RAW_MESSAGE)),
+                }
+            }
+        }
+    }
+
+    fn code_is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+
+    fn kind_is(&self, kind: &str) -> bool {
+        self.kind.as_deref() == Some(kind)
+    }
+
+    fn message_contains(&self, needle: &str) -> bool {
+        self.message.as_deref().is_some_and(|m| m.contains(needle))
+    }
+
+    /// The intermittent-permission 401 of the April 2026 incident, in every form seen.
+    fn is_scope_flap(&self) -> bool {
+        self.code_is("missing_scope")
+            || self.message_contains("Missing scopes")
+            || self.message_contains("RBAC: access denied")
+    }
+
+    fn is_quota(&self) -> bool {
+        self.code_is("insufficient_quota") || self.kind_is("insufficient_quota")
+    }
+
+    /// A request bigger than the whole per-minute budget: waiting cannot help.
+    fn is_too_large(&self) -> bool {
+        self.message_contains("Request too large")
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// What one attempt produced, as far as the taxonomy cares.
+#[derive(Clone, Copy, Debug)]
+pub enum Observation<'a> {
+    /// The server answered.
+    Answer {
+        /// HTTP status code.
+        status: u16,
+        /// The parsed error body (empty for a 2xx).
+        error: &'a ApiError,
+        /// For a 2xx: whether the body parsed as JSON.
+        body_parses: bool,
+        /// The `x-should-retry` header, when present and `true` or `false`.
+        should_retry: Option<bool>,
+    },
+    /// No answer.
+    Transport(TransportFailure),
+}
+
+/// Classifies one attempt. This is the whole taxonomy: the README table mirrors these arms.
+pub fn classify(observation: Observation<'_>) -> Class {
+    match observation {
+        Observation::Transport(
+            TransportFailure::Connect | TransportFailure::Timeout | TransportFailure::Other,
+        ) => Class::Transient,
+        Observation::Answer {
+            status,
+            error,
+            body_parses,
+            should_retry,
+        } => {
+            let by_status = classify_status(status, error, body_parses);
+            apply_should_retry(by_status, should_retry)
+        }
+    }
+}
+
+fn classify_status(status: u16, error: &ApiError, body_parses: bool) -> Class {
+    match status {
+        200..=299 if body_parses => Class::Succeeded,
+        200..=299 => Class::Transient,
+        401 if error.is_scope_flap() => Class::AuthTransient,
+        401 => Class::JobStop,
+        403 => Class::JobStop,
+        408 | 409 => Class::Transient,
+        429 if error.is_quota() => Class::JobStop,
+        429 if error.is_too_large() => Class::RequestFailed,
+        429 => Class::RateLimited,
+        400..=499 => Class::RequestFailed,
+        500..=599 => Class::Transient,
+        // 1xx that reached us, redirects reqwest did not follow, nonsense codes: nothing to retry.
+        0..=199 | 300..=399 | 600..=u16::MAX => Class::RequestFailed,
+    }
+}
+
+/// `x-should-retry` is the server's own word and overrides the status rules, except that it
+/// cannot turn a success into a failure nor a job-level stop into a retry.
+fn apply_should_retry(class: Class, should_retry: Option<bool>) -> Class {
+    match (class, should_retry) {
+        (Class::Succeeded | Class::JobStop, _) | (_, None) => class,
+        (Class::RequestFailed, Some(true)) => Class::Transient,
+        (Class::Transient | Class::AuthTransient | Class::RateLimited, Some(false)) => {
+            Class::RequestFailed
+        }
+        (Class::Transient | Class::AuthTransient | Class::RateLimited, Some(true))
+        | (Class::RequestFailed, Some(false)) => class,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const MISSING_SCOPE: &str = r#"{"error":{"message":"You have insufficient permissions for this operation. Missing scopes: model.request. Check that you have the correct role in your organization.","type":"invalid_request_error","param":null,"code":"missing_scope"}}"#;
+    const MISSING_SCOPE_NULL_CODE: &str = r#"{"error":{"message":"You have insufficient permissions for this operation. Missing scopes: api.responses.write.","type":"invalid_request_error","param":null,"code":null}}"#;
+    const INVALID_KEY: &str = r#"{"error":{"message":"Incorrect API key provided: sk-abc***def.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    const RATE_LIMIT: &str = r#"{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 500, Used 500, Requested 1. Please try again in 120ms.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    const TOO_LARGE: &str = r#"{"error":{"message":"Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 45000.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
+    const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+    const QUOTA_OLD: &str = r#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":null}}"#;
+    const MODEL_NOT_FOUND: &str = r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+    const SERVER_ERROR: &str = r#"{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}"#;
+
+    fn answer(status: u16, body: &str) -> Class {
+        let error = ApiError::parse(body.as_bytes());
+        classify(Observation::Answer {
+            status,
+            error: &error,
+            body_parses: true,
+            should_retry: None,
+        })
+    }
+
+    #[rstest]
+    #[case::ok(200, "{}", Class::Succeeded)]
+    #[case::missing_scope(401, MISSING_SCOPE, Class::AuthTransient)]
+    #[case::missing_scope_null_code(401, MISSING_SCOPE_NULL_CODE, Class::AuthTransient)]
+    #[case::rbac_plain_text(401, "RBAC: access denied", Class::AuthTransient)]
+    #[case::invalid_key(401, INVALID_KEY, Class::JobStop)]
+    #[case::forbidden(403, r#"{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","param":null,"code":"unsupported_country_region_territory"}}"#, Class::JobStop)]
+    #[case::bad_request(
+        400,
+        r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#,
+        Class::RequestFailed
+    )]
+    #[case::not_found(404, MODEL_NOT_FOUND, Class::RequestFailed)]
+    #[case::unprocessable(422, "{}", Class::RequestFailed)]
+    #[case::timeout_status(408, "", Class::Transient)]
+    #[case::conflict(409, "", Class::Transient)]
+    #[case::rate_limited(429, RATE_LIMIT, Class::RateLimited)]
+    #[case::too_large(429, TOO_LARGE, Class::RequestFailed)]
+    #[case::quota(429, QUOTA, Class::JobStop)]
+    #[case::quota_old_form(429, QUOTA_OLD, Class::JobStop)]
+    #[case::server_error(500, SERVER_ERROR, Class::Transient)]
+    #[case::bad_gateway(502, "<html>bad gateway</html>", Class::Transient)]
+    #[case::overloaded(503, "The engine is currently overloaded", Class::Transient)]
+    #[case::redirect(302, "", Class::RequestFailed)]
+    fn classifies_answers(#[case] status: u16, #[case] body: &str, #[case] expected: Class) {
+        assert_eq!(answer(status, body), expected);
+    }
+
+    #[test]
+    fn unparseable_success_is_transient() {
+        let error = ApiError::default();
+        let class = classify(Observation::Answer {
+            status: 200,
+            error: &error,
+            body_parses: false,
+            should_retry: None,
+        });
+        assert_eq!(class, Class::Transient);
+    }
+
+    #[rstest]
+    #[case(TransportFailure::Connect)]
+    #[case(TransportFailure::Timeout)]
+    #[case(TransportFailure::Other)]
+    fn transport_failures_are_transient(#[case] failure: TransportFailure) {
+        assert_eq!(classify(Observation::Transport(failure)), Class::Transient);
+    }
+
+    #[rstest]
+    #[case::retry_forces_4xx(400, Some(true), Class::Transient)]
+    #[case::no_retry_stops_5xx(500, Some(false), Class::RequestFailed)]
+    #[case::no_retry_stops_429(429, Some(false), Class::RequestFailed)]
+    #[case::cannot_unstop_job(403, Some(true), Class::JobStop)]
+    #[case::absent_keeps_status_rule(500, None, Class::Transient)]
+    fn should_retry_header_overrides(
+        #[case] status: u16,
+        #[case] should_retry: Option<bool>,
+        #[case] expected: Class,
+    ) {
+        let error = ApiError::default();
+        let class = classify(Observation::Answer {
+            status,
+            error: &error,
+            body_parses: true,
+            should_retry,
+        });
+        assert_eq!(class, expected);
+    }
+
+    #[test]
+    fn parses_error_bodies_in_every_form() {
+        let e = ApiError::parse(MISSING_SCOPE.as_bytes());
+        assert_eq!(e.code.as_deref(), Some("missing_scope"));
+        assert_eq!(e.kind.as_deref(), Some("invalid_request_error"));
+        let e = ApiError::parse(br#"{"error":{"message":"x","type":"t","code":429}}"#);
+        assert_eq!(e.code.as_deref(), Some("429"));
+        let e = ApiError::parse(b"  RBAC: access denied\n");
+        assert_eq!(e.message.as_deref(), Some("RBAC: access denied"));
+        assert_eq!(ApiError::parse(b""), ApiError::default());
+        let long = "x".repeat(2 * MAX_RAW_MESSAGE);
+        let e = ApiError::parse(long.as_bytes());
+        assert_eq!(
+            e.message.map(|m| m.chars().count()),
+            Some(MAX_RAW_MESSAGE + 1)
+        );
+    }
+
+    #[test]
+    fn class_names_round_trip() {
+        for class in Class::ALL {
+            assert_eq!(class.as_str().parse::<Class>().ok(), Some(class));
+        }
+        assert!("nonsense".parse::<Class>().is_err());
+    }
+
+    #[test]
+    fn only_transient_kinds_retry() {
+        let retryable: Vec<Class> = Class::ALL
+            .into_iter()
+            .filter(|c| c.is_retryable())
+            .collect();
+        assert_eq!(
+            retryable,
+            [Class::Transient, Class::AuthTransient, Class::RateLimited]
+        );
+    }
+}

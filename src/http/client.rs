@@ -1,0 +1,315 @@
+//! Sending one attempt: one `reqwest::Client` (connection pool, timeouts, auth headers) per key.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use super::classify::TransportFailure;
+
+/// An API key. Its bytes go into the `Authorization` header and nowhere else: `Debug` is
+/// redacted and the journal only ever sees [`ApiKey::fingerprint`].
+#[derive(Clone)]
+pub struct ApiKey {
+    secret: String,
+    fingerprint: String,
+}
+
+impl ApiKey {
+    /// Wraps a key; surrounding whitespace is dropped.
+    pub fn new(secret: &str) -> ApiKey {
+        let secret = secret.trim().to_owned();
+        let fingerprint = fingerprint(&secret);
+        ApiKey {
+            secret,
+            fingerprint,
+        }
+    }
+
+    /// `sk-…abcd` (prefix kind and last four characters): enough to tell keys apart in the
+    /// journal, never enough to use one.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.fingerprint)
+    }
+}
+
+fn fingerprint(secret: &str) -> String {
+    let prefix = ["sk-proj-", "sk-svcacct-", "sk-admin-", "sk-"]
+        .into_iter()
+        .find(|p| secret.starts_with(p))
+        .unwrap_or("");
+    let chars: Vec<char> = secret.chars().collect();
+    // Short keys show nothing of themselves.
+    if chars.len() < 12 {
+        return format!("{prefix}…");
+    }
+    let last4: String = chars[chars.len() - 4..].iter().collect();
+    format!("{prefix}…{last4}")
+}
+
+/// Connection settings of a job.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Whole-request timeout (connect, send, wait, read).
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// `OpenAI-Organization` header.
+    pub organization: Option<String>,
+    /// `OpenAI-Project` header.
+    pub project: Option<String>,
+}
+
+/// An HTTP answer, any status.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What sending produced.
+#[derive(Debug)]
+pub enum Sent {
+    /// The server answered.
+    Answer(Answer),
+    /// No answer.
+    Failed {
+        /// How it failed.
+        failure: TransportFailure,
+        /// The error chain, for the journal.
+        message: String,
+    },
+}
+
+/// Errors building a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A header value (org, project, key) has characters HTTP does not allow.
+    #[error("{name} contains characters that cannot be sent in an HTTP header")]
+    BadHeader {
+        /// Which setting.
+        name: &'static str,
+    },
+    /// reqwest could not build the client (TLS setup).
+    #[error("cannot set up the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// Sends attempts for one key.
+#[derive(Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base_url: String,
+    key_fingerprint: Option<String>,
+}
+
+impl ApiClient {
+    /// Builds the client and its connection pool.
+    ///
+    /// # Errors
+    /// [`ClientError`] for unusable header values or TLS setup failure.
+    pub fn new(settings: &ClientSettings, key: Option<&ApiKey>) -> Result<ApiClient, ClientError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = key {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.secret)).map_err(|_| {
+                    ClientError::BadHeader {
+                        name: "OPENAI_API_KEY",
+                    }
+                })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        for (name, value, setting) in [
+            (
+                "openai-organization",
+                &settings.organization,
+                "OPENAI_ORG_ID",
+            ),
+            ("openai-project", &settings.project, "OPENAI_PROJECT_ID"),
+        ] {
+            if let Some(value) = value {
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| ClientError::BadHeader { name: setting })?;
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(ApiClient {
+            http,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            key_fingerprint: key.map(|k| k.fingerprint().to_owned()),
+        })
+    }
+
+    /// The fingerprint of the key this client sends, if any.
+    pub fn key_fingerprint(&self) -> Option<&str> {
+        self.key_fingerprint.as_deref()
+    }
+
+    /// The full URL for a request path, without doubling `/v1` when both carry it.
+    pub fn url_for(&self, path: &str) -> String {
+        join_url(&self.base_url, path)
+    }
+
+    /// POSTs one body and reads the whole answer. Never fails: a transport error is a value.
+    pub async fn post(&self, path: &str, body: String) -> Sent {
+        let url = self.url_for(path);
+        let response = match self.http.post(&url).body(body).send().await {
+            Ok(response) => response,
+            Err(e) => return failed(&e),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        match response.bytes().await {
+            Ok(body) => Sent::Answer(Answer {
+                status,
+                headers,
+                body: body.to_vec(),
+            }),
+            // The status line arrived, so the request was sent: the outcome is unknown.
+            Err(e) => Sent::Failed {
+                failure: if e.is_timeout() {
+                    TransportFailure::Timeout
+                } else {
+                    TransportFailure::Other
+                },
+                message: error_chain(&e),
+            },
+        }
+    }
+
+    /// GETs a path (used by the mock server's tests and by `doctor`-style probes).
+    pub async fn get(&self, path: &str) -> Sent {
+        match self.http.get(self.url_for(path)).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                match response.bytes().await {
+                    Ok(body) => Sent::Answer(Answer {
+                        status,
+                        headers,
+                        body: body.to_vec(),
+                    }),
+                    Err(e) => failed(&e),
+                }
+            }
+            Err(e) => failed(&e),
+        }
+    }
+}
+
+fn failed(e: &reqwest::Error) -> Sent {
+    let failure = if e.is_connect() {
+        TransportFailure::Connect
+    } else if e.is_timeout() {
+        TransportFailure::Timeout
+    } else {
+        TransportFailure::Other
+    };
+    Sent::Failed {
+        failure,
+        message: error_chain(e),
+    }
+}
+
+/// `e` and its sources, joined: reqwest's own message alone hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Joins a base URL and a request path. Batch lines carry `/v1/...` and base URLs usually end
+/// in `/v1`: the overlap is written once.
+pub fn join_url(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    if base.ends_with("/v1") && (path.starts_with("/v1/") || path == "/v1") {
+        format!("{base}{}", &path[3..])
+    } else {
+        format!("{base}{path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(
+        "https://api.openai.com/v1",
+        "/v1/chat/completions",
+        "https://api.openai.com/v1/chat/completions"
+    )]
+    #[case(
+        "https://api.openai.com/v1/",
+        "/v1/embeddings",
+        "https://api.openai.com/v1/embeddings"
+    )]
+    #[case(
+        "http://localhost:8000",
+        "/v1/chat/completions",
+        "http://localhost:8000/v1/chat/completions"
+    )]
+    #[case(
+        "http://localhost:8000/v1",
+        "/chat/completions",
+        "http://localhost:8000/v1/chat/completions"
+    )]
+    #[case("http://h/openai/v1", "v1/responses", "http://h/openai/v1/responses")]
+    fn joins_urls(#[case] base: &str, #[case] path: &str, #[case] expected: &str) {
+        assert_eq!(join_url(base, path), expected);
+    }
+
+    #[rstest]
+    #[case("sk-proj-abcdefghijklmnopWXYZ", "sk-proj-…WXYZ")]
+    #[case("sk-svcacct-0123456789abcd", "sk-svcacct-…abcd")]
+    #[case("sk-0123456789abcdefghij", "sk-…ghij")]
+    #[case("local-token-123456", "…3456")]
+    #[case("sk-short", "sk-…")]
+    fn fingerprints_never_show_the_key(#[case] key: &str, #[case] expected: &str) {
+        let key = ApiKey::new(key);
+        assert_eq!(key.fingerprint(), expected);
+        assert!(!format!("{key:?}").contains(&key.secret));
+    }
+}

@@ -1,0 +1,497 @@
+//! JSONL input, streamed line by line into [`Prompt`]s.
+//!
+//! Two line formats are accepted: a Batch API line `{"custom_id", "method", "url", "body"}`, and a
+//! plain request body (`{"model": …, "messages": […]}`) sent to the job's endpoint. The reader
+//! never holds more than one line; every error names the file and the line.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+/// Default for [`InputOptions::max_line_bytes`]: well above any sane request body.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The chat endpoint, where `{"prompt": "text"}` becomes one user message.
+pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
+
+/// How plain lines become requests.
+#[derive(Clone, Debug)]
+pub struct InputOptions {
+    /// Endpoint path for plain lines, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// Fills a missing `model` in every body.
+    pub model: Option<String>,
+    /// A longer line is an error rather than an allocation of any size.
+    pub max_line_bytes: usize,
+}
+
+/// One request read from the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    /// 1-based line number in the input file.
+    pub line: u64,
+    /// `custom_id` as given, if any.
+    pub custom_id: Option<String>,
+    /// HTTP method; always `POST` today.
+    pub method: String,
+    /// Path such as `/v1/chat/completions`, joined to the base URL at send time.
+    pub url: String,
+    /// The JSON body exactly as it will be sent.
+    pub body: String,
+    /// blake3 of method, url and body: the request's content identity.
+    pub body_hash: String,
+}
+
+impl Prompt {
+    /// The key derived from content, for lines without `custom_id`.
+    ///
+    /// Identical lines are interchangeable, so the n-th copy of a body gets the suffix `#n`:
+    /// the key stays stable when lines are reordered or appended.
+    pub fn derived_key(&self, occurrence: u32) -> String {
+        let short = &self.body_hash[..24];
+        if occurrence <= 1 {
+            format!("auto-{short}")
+        } else {
+            format!("auto-{short}#{occurrence}")
+        }
+    }
+}
+
+/// A problem with the input file. Every variant names the file; line-level ones name the line.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file could not be opened or read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The input file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The bytes of a line are not UTF-8.
+    #[error("{}:{line}: line is not valid UTF-8: save the file as UTF-8", path.display())]
+    Utf8 {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+    },
+    /// A line is longer than the limit.
+    #[error("{}:{line}: line is longer than {limit} bytes: raise --max-line-bytes or shorten it", path.display())]
+    TooLong {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A line is not valid JSON.
+    #[error("{}:{line}: invalid JSON: {source}", path.display())]
+    Json {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The parser's message, with its column.
+        source: serde_json::Error,
+    },
+    /// A line is JSON but not a request.
+    #[error("{}:{line}: {reason}", path.display())]
+    Invalid {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// The same custom_id appears twice.
+    #[error("{}:{line}: custom_id '{custom_id}' is already used on line {first_line}: custom_id must be unique within a job", path.display())]
+    DuplicateCustomId {
+        /// The input file.
+        path: PathBuf,
+        /// The repeated id.
+        custom_id: String,
+        /// Where it was first seen.
+        first_line: u64,
+        /// Where it is repeated.
+        line: u64,
+    },
+    /// A custom_id already in the job now has a different body.
+    #[error("{}:{line}: custom_id '{custom_id}' was submitted before with a different body: give the changed request a new custom_id, or use a new --job", path.display())]
+    ChangedBody {
+        /// The input file.
+        path: PathBuf,
+        /// The id whose body changed.
+        custom_id: String,
+        /// 1-based line number.
+        line: u64,
+    },
+    /// No request in the whole file.
+    #[error("{}: no requests in file (it is empty or only blank lines)", path.display())]
+    Empty {
+        /// The input file.
+        path: PathBuf,
+    },
+}
+
+/// Streams [`Prompt`]s out of a JSONL source. Also fingerprints the raw bytes it reads.
+pub struct InputReader {
+    path: PathBuf,
+    source: Box<dyn BufRead + Send>,
+    options: InputOptions,
+    line: u64,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+    done: bool,
+}
+
+impl InputReader {
+    /// Opens a file for reading.
+    ///
+    /// # Errors
+    /// [`InputError::Io`] when the file cannot be opened.
+    pub fn open(path: &Path, options: InputOptions) -> Result<InputReader, InputError> {
+        let file = File::open(path).map_err(|source| InputError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::new(
+            path.to_owned(),
+            Box::new(BufReader::with_capacity(64 * 1024, file)),
+            options,
+        ))
+    }
+
+    /// Reads from any buffered source; `path` is only used in messages.
+    pub fn new(path: PathBuf, source: Box<dyn BufRead + Send>, options: InputOptions) -> Self {
+        InputReader {
+            path,
+            source,
+            options,
+            line: 0,
+            buf: Vec::new(),
+            hasher: blake3::Hasher::new(),
+            done: false,
+        }
+    }
+
+    /// The file named in messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// blake3 of every byte read so far (the whole file once the reader is exhausted).
+    pub fn fingerprint(&self) -> String {
+        self.hasher.finalize().to_hex().to_string()
+    }
+
+    /// Reads the next raw line into `self.buf`; `Ok(false)` at end of input.
+    fn read_line(&mut self) -> Result<bool, InputError> {
+        self.buf.clear();
+        let limit = self.options.max_line_bytes as u64 + 2; // room for "\r\n"
+        let read = (&mut self.source)
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|source| self.io_error(source))?;
+        if read == 0 {
+            return Ok(false);
+        }
+        self.line += 1;
+        self.hasher.update(&self.buf);
+        if read as u64 == limit && self.buf.last() != Some(&b'\n') {
+            return Err(InputError::TooLong {
+                path: self.path.clone(),
+                line: self.line,
+                limit: self.options.max_line_bytes,
+            });
+        }
+        Ok(true)
+    }
+
+    fn io_error(&self, source: io::Error) -> InputError {
+        InputError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn invalid(&self, reason: impl Into<String>) -> InputError {
+        InputError::Invalid {
+            path: self.path.clone(),
+            line: self.line,
+            reason: reason.into(),
+        }
+    }
+
+    fn parse_line(&self, raw: &[u8]) -> Result<Prompt, InputError> {
+        let text = std::str::from_utf8(raw).map_err(|_| InputError::Utf8 {
+            path: self.path.clone(),
+            line: self.line,
+        })?;
+        let value: Value = serde_json::from_str(text).map_err(|source| InputError::Json {
+            path: self.path.clone(),
+            line: self.line,
+            source,
+        })?;
+        let Value::Object(mut object) = value else {
+            return Err(self.invalid(format!(
+                "expected a JSON object, found {}",
+                json_kind(&value)
+            )));
+        };
+        let custom_id = match object.remove("custom_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if !id.is_empty() => Some(id),
+            Some(Value::String(_)) => return Err(self.invalid("custom_id is empty")),
+            Some(other) => {
+                return Err(self.invalid(format!(
+                    "custom_id must be a string, found {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let is_batch_line = object.contains_key("body")
+            && (object.contains_key("url") || object.contains_key("method"));
+        let (url, mut body) = if is_batch_line {
+            self.batch_parts(object)?
+        } else {
+            object.remove("metadata");
+            (self.options.endpoint.clone(), object)
+        };
+        if let (Some(model), false) = (&self.options.model, body.contains_key("model")) {
+            body.insert("model".into(), Value::String(model.clone()));
+        }
+        if url == CHAT_ENDPOINT && !body.contains_key("messages") {
+            if let Some(prompt) = body.remove("prompt") {
+                let Value::String(text) = prompt else {
+                    return Err(self.invalid("prompt must be a string"));
+                };
+                body.insert(
+                    "messages".into(),
+                    serde_json::json!([{"role": "user", "content": text}]),
+                );
+            }
+        }
+        let body = Value::Object(body).to_string();
+        let method = "POST".to_owned();
+        let body_hash = content_hash(&method, &url, &body);
+        Ok(Prompt {
+            line: self.line,
+            custom_id,
+            method,
+            url,
+            body,
+            body_hash,
+        })
+    }
+
+    /// Checks a Batch API line and returns its url and body.
+    fn batch_parts(
+        &self,
+        mut object: Map<String, Value>,
+    ) -> Result<(String, Map<String, Value>), InputError> {
+        match object.remove("method") {
+            Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
+            Some(Value::String(m)) => {
+                return Err(self.invalid(format!("method '{m}' is not supported: only POST")));
+            }
+            Some(_) => return Err(self.invalid("method must be the string \"POST\"")),
+            None => {
+                return Err(self.invalid("batch line has no \"method\": add \"method\": \"POST\""));
+            }
+        }
+        let url = match object.remove("url") {
+            Some(Value::String(url)) if url.starts_with('/') => url,
+            Some(Value::String(url)) => {
+                return Err(self.invalid(format!(
+                    "url '{url}' must be a path such as /v1/chat/completions"
+                )));
+            }
+            Some(_) => return Err(self.invalid("url must be a string")),
+            None => return Err(self.invalid("batch line has no \"url\"")),
+        };
+        match object.remove("body") {
+            Some(Value::Object(body)) => Ok((url, body)),
+            Some(other) => Err(self.invalid(format!(
+                "body must be a JSON object, found {}",
+                json_kind(&other)
+            ))),
+            None => Err(self.invalid("batch line has no \"body\"")),
+        }
+    }
+}
+
+impl Iterator for InputReader {
+    type Item = Result<Prompt, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            match self.read_line() {
+                Ok(false) => self.done = true,
+                Ok(true) => {
+                    let mut raw = self.buf.as_slice();
+                    if self.line == 1 {
+                        raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+                    }
+                    let raw = raw.trim_ascii();
+                    if raw.is_empty() {
+                        continue;
+                    }
+                    return Some(self.parse_line(raw));
+                }
+                Err(e) => {
+                    // Reading past a broken line would misnumber every later line.
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// blake3 of a request's method, url and body, hex.
+pub fn content_hash(method: &str, url: &str, body: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(method.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(url.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(body.as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use std::io::Cursor;
+
+    fn options() -> InputOptions {
+        InputOptions {
+            endpoint: CHAT_ENDPOINT.into(),
+            model: Some("gpt-4o-mini".into()),
+            max_line_bytes: 1024,
+        }
+    }
+
+    fn read(text: &[u8]) -> Vec<Result<Prompt, InputError>> {
+        InputReader::new(
+            "in.jsonl".into(),
+            Box::new(Cursor::new(text.to_vec())),
+            options(),
+        )
+        .collect()
+    }
+
+    fn body(prompt: &Prompt) -> Value {
+        serde_json::from_str(&prompt.body).expect("body is JSON")
+    }
+
+    #[test]
+    fn reads_plain_and_batch_lines() {
+        let input = br#"{"custom_id":"a","metadata":{"x":1},"messages":[{"role":"user","content":"hi"}]}
+{"custom_id":"b","method":"POST","url":"/v1/embeddings","body":{"model":"text-embedding-3-small","input":"x"}}
+{"prompt":"say hi"}
+"#;
+        let prompts: Vec<Prompt> = read(input).into_iter().map(|r| r.expect("valid")).collect();
+        assert_eq!(prompts.len(), 3);
+        assert_eq!(prompts[0].custom_id.as_deref(), Some("a"));
+        assert_eq!(prompts[0].url, CHAT_ENDPOINT);
+        assert_eq!(body(&prompts[0])["model"], "gpt-4o-mini");
+        assert!(body(&prompts[0]).get("metadata").is_none());
+        assert!(body(&prompts[0]).get("custom_id").is_none());
+        assert_eq!(prompts[1].url, "/v1/embeddings");
+        assert_eq!(body(&prompts[1])["model"], "text-embedding-3-small");
+        assert_eq!(prompts[2].line, 3);
+        assert_eq!(
+            body(&prompts[2])["messages"],
+            serde_json::json!([{"role":"user","content":"say hi"}])
+        );
+    }
+
+    #[test]
+    fn skips_blank_lines_accepts_crlf_and_bom() {
+        let input = b"\xEF\xBB\xBF{\"prompt\":\"a\"}\r\n\r\n   \n{\"prompt\":\"b\"}\r\n";
+        let prompts: Vec<Prompt> = read(input).into_iter().map(|r| r.expect("valid")).collect();
+        assert_eq!(prompts.iter().map(|p| p.line).collect::<Vec<_>>(), [1, 4]);
+    }
+
+    #[test]
+    fn key_is_stable_under_key_order() {
+        let a = read(br#"{"model":"m","messages":[],"temperature":0}"#);
+        let b = read(br#"{"temperature":0,"messages":[],"model":"m"}"#);
+        let (a, b) = (a[0].as_ref().expect("valid"), b[0].as_ref().expect("valid"));
+        assert_eq!(a.body_hash, b.body_hash);
+        assert_eq!(a.derived_key(1), b.derived_key(1));
+        assert_ne!(a.derived_key(1), a.derived_key(2));
+    }
+
+    #[rstest]
+    #[case::malformed(b"{\"prompt\": ", "in.jsonl:1: invalid JSON")]
+    #[case::not_object(b"[1,2]", "in.jsonl:1: expected a JSON object, found an array")]
+    #[case::no_method(br#"{"url":"/v1/chat/completions","body":{}}"#, "no \"method\"")]
+    #[case::get(
+        br#"{"method":"GET","url":"/v1/models","body":{}}"#,
+        "method 'GET' is not supported"
+    )]
+    #[case::no_url(br#"{"method":"POST","body":{}}"#, "no \"url\"")]
+    #[case::no_body(br#"{"method":"POST","url":"/v1/x"}"#, "in.jsonl:1:")]
+    #[case::body_not_object(
+        br#"{"method":"POST","url":"/v1/x","body":"s"}"#,
+        "body must be a JSON object"
+    )]
+    #[case::bad_custom_id(br#"{"custom_id":3,"prompt":"x"}"#, "custom_id must be a string")]
+    #[case::utf8(b"{\"prompt\":\"\xff\"}", "in.jsonl:1: line is not valid UTF-8")]
+    fn rejects_bad_lines(#[case] input: &[u8], #[case] expected: &str) {
+        let results = read(input);
+        let message = match &results[0] {
+            Ok(p) => panic!("accepted {p:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains(expected), "{message}");
+    }
+
+    #[test]
+    fn too_long_line_names_its_line() {
+        let mut input = b"{\"prompt\":\"ok\"}\n".to_vec();
+        input.extend(format!("{{\"prompt\":\"{}\"}}\n", "x".repeat(2000)).as_bytes());
+        let results = read(&input);
+        assert!(results[0].is_ok());
+        let message = results[1].as_ref().expect_err("too long").to_string();
+        assert!(
+            message.starts_with("in.jsonl:2: line is longer than 1024 bytes"),
+            "{message}"
+        );
+        assert_eq!(results.len(), 2);
+    }
+
+    #[test]
+    fn fingerprint_covers_the_whole_file() {
+        let text = b"{\"prompt\":\"a\"}\n\n{\"prompt\":\"b\"}\n";
+        let mut reader =
+            InputReader::new("x".into(), Box::new(Cursor::new(text.to_vec())), options());
+        for r in reader.by_ref() {
+            r.expect("valid");
+        }
+        assert_eq!(
+            reader.fingerprint(),
+            blake3::hash(text).to_hex().to_string()
+        );
+    }
+}

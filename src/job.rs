@@ -1,0 +1,238 @@
+//! `submit` and `resume`: open the store, ingest the input, recover what a crash left in flight,
+//! run the worker pool, and record how the job ended.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::Exit;
+use crate::cli::{ResumeArgs, RunArgs, SubmitArgs};
+use crate::config::{ApiEnv, JobSettings};
+use crate::http::client::ApiClient;
+use crate::input::{InputOptions, InputReader};
+use crate::progress::{Display, Reporter, Tally};
+use crate::rate_limit::RequestLimiter;
+use crate::shutdown::Shutdown;
+use crate::store::JobStore;
+use crate::store::db::{self, Job, JobState};
+use crate::worker::{PoolExit, PoolSettings, WorkerPool, now_ms};
+
+/// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
+pub(crate) async fn with_store<T>(
+    path: &Path,
+    f: impl AsyncFnOnce(JobStore) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let opened = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || JobStore::open(&path)).await?
+    };
+    let (store, thread) = opened.with_context(|| format!("database {}", path.display()))?;
+    let result = f(store).await;
+    thread.join().await;
+    result
+}
+
+/// `runner submit`: ingest the file into its job (new lines are queued, known ones kept) and run.
+///
+/// # Errors
+/// Bad input (nothing is written), bad settings, store failures.
+pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyhow::Result<Exit> {
+    let name = match &args.job {
+        Some(name) => name.clone(),
+        None => job_name_for(&args.file)?,
+    };
+    let db_path = args.db.db.clone();
+    with_store(&db_path, async |store| {
+        let lookup = name.clone();
+        let existing = store.call(move |c| db::find_job(c, &lookup)).await?;
+        let mut settings = match &existing {
+            Some(job) => JobSettings::from_json(&job.config)?,
+            None => JobSettings::defaults(env),
+        };
+        if let Some(endpoint) = &args.endpoint {
+            settings.endpoint.clone_from(endpoint);
+        }
+        if let Some(model) = &args.model {
+            settings.model = Some(model.clone());
+        }
+        settings.apply(&args.run);
+        settings.check(env)?;
+
+        let options = InputOptions {
+            endpoint: settings.endpoint.clone(),
+            model: settings.model.clone(),
+            max_line_bytes: args.max_line_bytes,
+        };
+        let mut reader = InputReader::open(&args.file, options)?;
+        let input_path = absolute(&args.file).display().to_string();
+        let config = settings.to_json();
+        let now = now_ms();
+        let (job, report) = store
+            .call(move |c| {
+                db::atomically(c, |c| {
+                    let job = db::upsert_job(c, &name, &input_path, &config, now)?;
+                    let report = db::ingest(c, job.id, &mut reader)?;
+                    Ok((job, report))
+                })
+            })
+            .await?;
+        eprintln!(
+            "{}: read {} requests from {}: {} new, {} already in the job",
+            job.name,
+            report.read,
+            args.file.display(),
+            report.added,
+            report.known
+        );
+        execute(&store, job, &settings, env, &args.run, shutdown).await
+    })
+    .await
+}
+
+/// `runner resume`: continue a job from its journal; flags override its stored settings.
+///
+/// # Errors
+/// Unknown job, bad settings, store failures.
+pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyhow::Result<Exit> {
+    with_store(&args.db.db, async |store| {
+        let name = args.job.clone();
+        let job = store
+            .call(move |c| db::resolve_job(c, name.as_deref()))
+            .await?;
+        let mut settings = JobSettings::from_json(&job.config)?;
+        settings.apply(&args.run);
+        settings.check(env)?;
+        let config = settings.to_json();
+        if config != job.config {
+            let (id, now) = (job.id, now_ms());
+            store
+                .call(move |c| db::update_job_config(c, id, &config, now))
+                .await?;
+        }
+        execute(&store, job, &settings, env, &args.run, shutdown).await
+    })
+    .await
+}
+
+/// Runs a job's pending requests to the end, a job-level stop or a shutdown.
+async fn execute(
+    store: &JobStore,
+    job: Job,
+    settings: &JobSettings,
+    env: &ApiEnv,
+    run: &RunArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Exit> {
+    let id = job.id;
+    let now = now_ms();
+    let recovered = store
+        .call(move |c| {
+            let recovered = db::recover_in_flight(c, id, now)?;
+            db::set_job_state(c, id, JobState::Running, None, now)?;
+            Ok(recovered)
+        })
+        .await?;
+    if recovered > 0 {
+        eprintln!(
+            "{}: {recovered} requests were in flight when the last run ended: journaled as interrupted and queued again",
+            job.name
+        );
+    }
+    let counts = store.call(move |c| db::counts(c, id)).await?;
+    if env.api_key.is_none() {
+        tracing::warn!(
+            "OPENAI_API_KEY is not set: sending requests without an Authorization header"
+        );
+    }
+    let client = ApiClient::new(&settings.client_settings(env), env.api_key.as_ref())?;
+    let tally = Arc::new(Tally::from_counts(&counts));
+    let pool = WorkerPool::new(
+        id,
+        store.clone(),
+        client,
+        RequestLimiter::per_minute(settings.rpm()),
+        PoolSettings {
+            concurrency: settings.concurrency().get(),
+            grace: run.grace,
+            policy: settings.retry_policy(),
+        },
+        Arc::clone(&tally),
+    );
+    let reporter = Reporter::start(
+        &job.name,
+        counts.total,
+        tally,
+        Display::choose(run.no_progress),
+    );
+    let exit = match pool.run(shutdown).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            reporter.finish("failed").await;
+            return Err(e).context(
+                "the job stopped on a database error; it is resumable once that is fixed",
+            );
+        }
+    };
+    let counts = store.call(move |c| db::counts(c, id)).await?;
+    let (state, reason, result, label) = match &exit {
+        PoolExit::Drained if counts.failed > 0 => (
+            JobState::Completed,
+            None,
+            Exit::SomeFailed,
+            "finished with failures",
+        ),
+        PoolExit::Drained => (JobState::Completed, None, Exit::Success, "completed"),
+        PoolExit::Stopped(reason) => (
+            JobState::Stopped,
+            Some(reason.clone()),
+            Exit::Stopped,
+            "stopped",
+        ),
+        PoolExit::Interrupted => (
+            JobState::Interrupted,
+            None,
+            Exit::Interrupted,
+            "interrupted",
+        ),
+    };
+    let now = now_ms();
+    store
+        .call(move |c| db::set_job_state(c, id, state, reason.as_deref(), now))
+        .await?;
+    reporter.finish(label).await;
+    match &exit {
+        PoolExit::Drained if counts.failed > 0 => eprintln!(
+            "{}: {} requests failed for good: `runner export --job {}` shows why; `runner status` sums it up",
+            job.name, counts.failed, job.name
+        ),
+        PoolExit::Drained => {}
+        PoolExit::Stopped(reason) => eprintln!(
+            "{}: stopped with {} requests pending: {reason}",
+            job.name, counts.pending
+        ),
+        PoolExit::Interrupted => eprintln!(
+            "{}: interrupted with {} requests pending: `runner resume --job {}` continues",
+            job.name, counts.pending, job.name
+        ),
+    }
+    Ok(result)
+}
+
+/// The default job name: the input file's stem.
+fn job_name_for(file: &Path) -> anyhow::Result<String> {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .with_context(|| {
+            format!(
+                "{}: cannot derive a job name from this path: pass --job NAME",
+                file.display()
+            )
+        })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}

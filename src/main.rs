@@ -1,0 +1,29 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use runner::cli::Cli;
+use runner::config::ApiEnv;
+use runner::shutdown::{Shutdown, forward_signals};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    runner::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runner: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        let signals = tokio::spawn(forward_signals(shutdown.clone()));
+        let result = runner::run(cli.command, ApiEnv::from_process(), shutdown).await;
+        signals.abort();
+        result
+    });
+    runner::exit_code(result)
+}

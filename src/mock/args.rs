@@ -1,0 +1,354 @@
+//! The `runner mock-server` flags and their conversion into a checked [`MockConfig`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{Fault, MockConfig, Spike};
+
+/// Flags of `runner mock-server`: a fault-injecting mock of the OpenAI API.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MockArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub addr: SocketAddr,
+
+    /// Latency added to every answer (e.g. 20ms, 1s)
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+
+    /// Seed for the fault draws: the same seed replays the same faults for the same bodies
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Share of requests answered 401 missing_scope (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    pub missing_scope_rate: f64,
+
+    /// Share of requests answered 429 rate_limit_exceeded (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+
+    /// Wait announced by rate-limit 429s (retry-after-ms and retry-after)
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_after: Duration,
+
+    /// Share of requests answered 500 server_error (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    pub server_error_rate: f64,
+
+    /// Share of requests answered 200 with a body that is not JSON (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_rate: f64,
+
+    /// Share of requests that hang for --hang, then answer 500 (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
+
+    /// How long a hanging request sleeps before it answers
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub hang: Duration,
+
+    /// Window, from server start, where every request fails: FROM..TO or FROM..TO:FAULT,
+    /// e.g. 5s..10s (missing-scope) or 2s..4s:server-error. FAULT is one of missing-scope,
+    /// rbac-denied, rate-limited, server-error, malformed, hang. Repeatable
+    #[arg(long = "spike", value_name = "FROM..TO[:FAULT]")]
+    pub spikes: Vec<String>,
+
+    /// Bearer key answered 401 invalid_api_key on every request. Repeatable
+    #[arg(long = "invalid-key", value_name = "KEY")]
+    pub invalid_keys: Vec<String>,
+
+    /// After this many successful answers, answer every request 429 insufficient_quota
+    #[arg(long, value_name = "N")]
+    pub quota_after: Option<u64>,
+}
+
+impl MockArgs {
+    /// The address to listen on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Why the `runner mock-server` flags do not make a valid [`MockConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum MockArgsError {
+    /// A rate outside 0..=1 (or not a number).
+    #[error("--{flag} must be between 0 and 1, got {value}")]
+    RateOutOfRange {
+        /// The flag, without dashes, e.g. `hang-rate`.
+        flag: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// The rates together exceed 1, so their shares cannot all be honoured.
+    #[error(
+        "the fault rates add up to {sum}, more than 1: lower some of --missing-scope-rate, \
+         --rate-limit-rate, --server-error-rate, --malformed-rate and --hang-rate"
+    )]
+    RatesOverOne {
+        /// The sum of all rates.
+        sum: f64,
+    },
+    /// A `--spike` that is not `FROM..TO[:FAULT]`.
+    #[error("--spike {spec:?} is not FROM..TO[:FAULT]; write e.g. 5s..10s or 2s..4s:server-error")]
+    SpikeSyntax {
+        /// The value given.
+        spec: String,
+    },
+    /// A `--spike` bound humantime cannot read.
+    #[error("--spike {spec:?} has a bad duration {bound:?}: {source}; write e.g. 500ms, 5s or 1m")]
+    SpikeDuration {
+        /// The value given.
+        spec: String,
+        /// The bound that failed to parse.
+        bound: String,
+        /// Why humantime rejected it.
+        source: humantime::DurationError,
+    },
+    /// A `--spike` whose window is empty.
+    #[error("--spike {spec:?} ends before it starts: TO must be later than FROM")]
+    SpikeEmpty {
+        /// The value given.
+        spec: String,
+    },
+    /// A `--spike` naming a fault the mock does not know.
+    #[error(
+        "--spike {spec:?} names an unknown fault {name:?}; use one of missing-scope, \
+         rbac-denied, rate-limited, server-error, malformed, hang"
+    )]
+    UnknownFault {
+        /// The value given.
+        spec: String,
+        /// The fault name that was not recognised.
+        name: String,
+    },
+}
+
+impl TryFrom<&MockArgs> for MockConfig {
+    type Error = MockArgsError;
+
+    /// Checks the rates (each in 0..=1, sum at most 1) and parses the spikes.
+    fn try_from(args: &MockArgs) -> Result<Self, Self::Error> {
+        let rates = [
+            ("missing-scope-rate", args.missing_scope_rate),
+            ("rate-limit-rate", args.rate_limit_rate),
+            ("server-error-rate", args.server_error_rate),
+            ("malformed-rate", args.malformed_rate),
+            ("hang-rate", args.hang_rate),
+        ];
+        for (flag, value) in rates {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(MockArgsError::RateOutOfRange { flag, value });
+            }
+        }
+        let sum: f64 = rates.iter().map(|(_, value)| value).sum();
+        // A little slack so that e.g. 0.7 + 0.2 + 0.1 is not rejected for rounding.
+        if sum > 1.0 + 1e-9 {
+            return Err(MockArgsError::RatesOverOne { sum });
+        }
+        let spikes = args
+            .spikes
+            .iter()
+            .map(|spec| parse_spike(spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MockConfig {
+            latency: args.latency,
+            seed: args.seed,
+            missing_scope_rate: args.missing_scope_rate,
+            rate_limit_rate: args.rate_limit_rate,
+            retry_after: args.retry_after,
+            server_error_rate: args.server_error_rate,
+            malformed_rate: args.malformed_rate,
+            hang_rate: args.hang_rate,
+            hang: args.hang,
+            spikes,
+            invalid_keys: args.invalid_keys.clone(),
+            quota_after: args.quota_after,
+        })
+    }
+}
+
+/// Parses `FROM..TO[:FAULT]`; the fault defaults to missing-scope.
+fn parse_spike(spec: &str) -> Result<Spike, MockArgsError> {
+    let (window, fault) = match spec.split_once(':') {
+        Some((window, name)) => {
+            let fault = Fault::from_name(name).ok_or_else(|| MockArgsError::UnknownFault {
+                spec: spec.to_owned(),
+                name: name.to_owned(),
+            })?;
+            (window, fault)
+        }
+        None => (spec, Fault::MissingScope),
+    };
+    let (from, to) = window
+        .split_once("..")
+        .ok_or_else(|| MockArgsError::SpikeSyntax {
+            spec: spec.to_owned(),
+        })?;
+    let bound = |text: &str| {
+        humantime::parse_duration(text.trim()).map_err(|source| MockArgsError::SpikeDuration {
+            spec: spec.to_owned(),
+            bound: text.to_owned(),
+            source,
+        })
+    };
+    let (start, end) = (bound(from)?, bound(to)?);
+    if end <= start {
+        return Err(MockArgsError::SpikeEmpty {
+            spec: spec.to_owned(),
+        });
+    }
+    Ok(Spike { start, end, fault })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        mock: MockArgs,
+    }
+
+    fn parse(args: &[&str]) -> MockArgs {
+        let argv = std::iter::once("runner").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").mock
+    }
+
+    #[test]
+    fn defaults_make_a_healthy_server_with_latency() {
+        let args = parse(&[]);
+        assert_eq!(args.addr(), "127.0.0.1:8089".parse().expect("addr"));
+        let config = MockConfig::try_from(&args).expect("valid");
+        assert_eq!(config.latency, Duration::from_millis(20));
+        assert_eq!(config.retry_after, Duration::from_secs(1));
+        assert_eq!(config.hang, Duration::from_secs(30));
+        assert_eq!(config.missing_scope_rate, 0.0);
+        assert!(config.spikes.is_empty());
+        assert_eq!(config.quota_after, None);
+    }
+
+    #[test]
+    fn all_flags_are_carried_over() {
+        let args = parse(&[
+            "--addr=0.0.0.0:9000",
+            "--latency=5ms",
+            "--seed=7",
+            "--missing-scope-rate=0.1",
+            "--rate-limit-rate=0.2",
+            "--retry-after=1500ms",
+            "--server-error-rate=0.3",
+            "--malformed-rate=0.2",
+            "--hang-rate=0.2",
+            "--hang=2s",
+            "--spike=5s..10s",
+            "--spike=2s..4s:server-error",
+            "--spike=0ms..1m:rbac",
+            "--invalid-key=sk-revoked-0000000000",
+            "--invalid-key=sk-other-00000000000",
+            "--quota-after=12",
+        ]);
+        let config = MockConfig::try_from(&args).expect("valid");
+        assert_eq!(args.addr().port(), 9000);
+        assert_eq!(config.latency, Duration::from_millis(5));
+        assert_eq!(config.seed, 7);
+        assert_eq!(config.retry_after, Duration::from_millis(1500));
+        assert_eq!(config.hang, Duration::from_secs(2));
+        assert_eq!(config.hang_rate, 0.2);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            config.spikes,
+            vec![
+                Spike {
+                    start: secs(5),
+                    end: secs(10),
+                    fault: Fault::MissingScope
+                },
+                Spike {
+                    start: secs(2),
+                    end: secs(4),
+                    fault: Fault::ServerError
+                },
+                Spike {
+                    start: secs(0),
+                    end: secs(60),
+                    fault: Fault::RbacDenied
+                },
+            ]
+        );
+        assert_eq!(config.invalid_keys.len(), 2);
+        assert_eq!(config.quota_after, Some(12));
+    }
+
+    #[test]
+    fn every_fault_name_round_trips() {
+        for fault in Fault::ALL {
+            assert_eq!(Fault::from_name(fault.name()), Some(fault));
+            let spike = parse_spike(&format!("1s..2s:{fault}")).expect("valid spike");
+            assert_eq!(spike.fault, fault);
+        }
+        assert_eq!(Fault::from_name("Server_Error"), Some(Fault::ServerError));
+    }
+
+    #[test]
+    fn a_rate_outside_zero_to_one_is_refused() {
+        for bad in ["1.5", "-0.1", "NaN"] {
+            let args = parse(&[&format!("--hang-rate={bad}")]);
+            let error = MockConfig::try_from(&args).expect_err("out of range");
+            assert!(
+                matches!(
+                    error,
+                    MockArgsError::RateOutOfRange {
+                        flag: "hang-rate",
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("--hang-rate must be between 0 and 1")
+            );
+        }
+    }
+
+    #[test]
+    fn rates_adding_up_to_more_than_one_are_refused() {
+        let ok = parse(&[
+            "--missing-scope-rate=0.7",
+            "--rate-limit-rate=0.2",
+            "--hang-rate=0.1",
+        ]);
+        assert!(MockConfig::try_from(&ok).is_ok());
+        let args = parse(&["--missing-scope-rate=0.6", "--server-error-rate=0.5"]);
+        let error = MockConfig::try_from(&args).expect_err("sum over one");
+        assert!(
+            matches!(error, MockArgsError::RatesOverOne { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("add up to 1.1"), "{error}");
+    }
+
+    #[test]
+    fn bad_spikes_are_refused_with_a_clear_message() {
+        let cases = [
+            ("5s-10s", "is not FROM..TO[:FAULT]"),
+            ("5x..10s", "has a bad duration \"5x\""),
+            ("10s..5s", "ends before it starts"),
+            ("1s..1s", "ends before it starts"),
+            ("1s..2s:teapot", "unknown fault \"teapot\""),
+        ];
+        for (spec, expected) in cases {
+            let args = parse(&[&format!("--spike={spec}")]);
+            let error = MockConfig::try_from(&args).expect_err("bad spike");
+            let message = error.to_string();
+            assert!(message.contains(expected), "{spec}: {message}");
+            assert!(message.starts_with("--spike"), "{message}");
+        }
+    }
+}

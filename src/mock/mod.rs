@@ -1,0 +1,202 @@
+//! A fault-injecting mock of the OpenAI HTTP API.
+//!
+//! Used by `runner mock-server`, `runner demo` and the integration tests. It answers the chat,
+//! responses, embeddings and completions endpoints with bodies derived from the request (so a test
+//! can prove that an output belongs to its input), and injects the failures the runner has to
+//! survive: `missing_scope` spikes, RBAC denials, rate limits, server errors, malformed bodies,
+//! hangs, revoked keys and an exhausted quota.
+//!
+//! # Layout
+//! - `mod.rs`: the configuration ([`MockConfig`], [`Spike`]) and the [`MockServer`] handle.
+//! - `server.rs`: the axum router and the per-request decision (precedence of faults).
+//! - `faults.rs`: [`Fault`], the reproducible fault draw and the exact error answers.
+//! - `echo.rs`: the success bodies, derived from the request body.
+//! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers).
+//! - `stats.rs`: [`MockStats`] and the counters behind it.
+//! - `args.rs`: the `runner mock-server` flags ([`MockArgs`]) and their checks.
+//!
+//! # Request ids
+//! Every answer carries `x-request-id: req_<32 hex>` and `openai-processing-ms`.
+//!
+//! # Forcing a status
+//! A request body with `"mock_status": N` gets status `N` on every attempt (see
+//! `faults::forced` for the bodies). This is how tests make one request fail permanently.
+
+mod answer;
+mod args;
+mod echo;
+mod faults;
+mod server;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use args::{MockArgs, MockArgsError};
+pub use faults::Fault;
+pub use stats::{BodyCounts, MockStats};
+
+/// How the mock behaves: latency, fault rates and scripted failures.
+///
+/// [`MockConfig::default`] is a healthy server: no latency, no faults.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Added to every answer.
+    pub latency: Duration,
+    /// Makes fault draws reproducible: the same seed gives the same faults for the same bodies.
+    pub seed: u64,
+    /// Share of requests answered 401 `missing_scope` (0.0..=1.0).
+    pub missing_scope_rate: f64,
+    /// Share of requests answered 429 `rate_limit_exceeded`.
+    pub rate_limit_rate: f64,
+    /// Sent with rate-limit 429s, as `retry-after-ms` and as `retry-after` (seconds, rounded up).
+    pub retry_after: Duration,
+    /// Share of requests answered 500 `server_error`.
+    pub server_error_rate: f64,
+    /// Share of requests answered 200 with a body that is not JSON.
+    pub malformed_rate: f64,
+    /// Share of requests that sleep [`MockConfig::hang`] and then answer 500 (the client usually
+    /// times out first).
+    pub hang_rate: f64,
+    /// How long a hanging request sleeps before it answers.
+    pub hang: Duration,
+    /// Time windows, measured from server start, where every request gets the spike's fault.
+    pub spikes: Vec<Spike>,
+    /// Bearer keys answered 401 `invalid_api_key` on every request.
+    pub invalid_keys: Vec<String>,
+    /// After this many successful answers, every request gets 429 `insufficient_quota`.
+    pub quota_after: Option<u64>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            seed: 0,
+            missing_scope_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after: Duration::from_secs(1),
+            server_error_rate: 0.0,
+            malformed_rate: 0.0,
+            hang_rate: 0.0,
+            hang: Duration::from_secs(30),
+            spikes: Vec::new(),
+            invalid_keys: Vec::new(),
+            quota_after: None,
+        }
+    }
+}
+
+/// A time window in which every request gets `fault`.
+///
+/// The window is half-open, `start <= elapsed < end`, measured from [`MockServer::start`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spike {
+    /// When the window opens, measured from server start.
+    pub start: Duration,
+    /// When the window closes (exclusive), measured from server start.
+    pub end: Duration,
+    /// The fault every request inside the window gets.
+    pub fault: Fault,
+}
+
+impl Spike {
+    /// Whether `elapsed` (time since server start) falls inside the window.
+    pub fn contains(&self, elapsed: Duration) -> bool {
+        self.start <= elapsed && elapsed < self.end
+    }
+}
+
+/// A running mock server. Dropping it signals the server to stop; [`MockServer::shutdown`] also
+/// waits for it.
+#[derive(Debug)]
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl MockServer {
+    /// Binds `addr` (use `127.0.0.1:0` in tests), spawns the server on the current tokio runtime
+    /// and returns at once.
+    ///
+    /// # Errors
+    /// Fails when the address cannot be bound (in use, no permission) or its local address cannot
+    /// be read.
+    pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(server::Shared::new(config, Instant::now(), stopped.clone()));
+        let app = server::router(Arc::clone(&shared));
+        let mut signal = stopped;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    // An error means the sender is gone, which also means: stop.
+                    let _ = signal.wait_for(|stopping| *stopping).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "mock server listening");
+        Ok(MockServer {
+            addr,
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give an OpenAI client, e.g. `http://127.0.0.1:8089/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// A snapshot of the answer counters.
+    pub fn stats(&self) -> MockStats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting connections, cuts hanging requests short, lets in-flight answers finish and
+    /// waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(cause = %error, "mock server stopped with an error")
+                }
+                Err(error) => tracing::warn!(cause = %error, "mock server task failed"),
+            }
+        }
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        // Without this a dropped handle would leave the server running until the runtime ends.
+        self.stop.send_replace(true);
+    }
+}
+
+/// Canonical key of a request body: `serde_json::Value::to_string()`.
+///
+/// serde_json is built without `preserve_order`, so object keys are sorted and two bodies that
+/// differ only in key order get the same key.
+pub fn body_key(body: &serde_json::Value) -> String {
+    body.to_string()
+}

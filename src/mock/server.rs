@@ -1,0 +1,287 @@
+//! The axum router and the per-request decision.
+//!
+//! Precedence for the POST endpoints: invalid key → quota exhausted → body not JSON →
+//! `mock_status` → active spike → random draw → success.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::answer::{Answer, request_id};
+use super::echo::{self, Endpoint};
+use super::faults::{self, Fault};
+use super::stats::Counters;
+use super::{MockConfig, MockStats, body_key};
+
+/// Models listed by `GET /v1/models`.
+const MODELS: [&str; 4] = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "gpt-3.5-turbo-instruct",
+];
+
+/// State shared by every request.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: MockConfig,
+    /// Spikes are measured from here.
+    started: Instant,
+    /// Held only for a few map operations, never across an `.await`.
+    counters: Mutex<Counters>,
+    /// Turns `true` on shutdown; hangs and latency sleeps race it.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: MockConfig,
+        started: Instant,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            config,
+            started,
+            counters: Mutex::new(Counters::default()),
+            stopping,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> MockStats {
+        self.counters().snapshot()
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        // A panic while holding the lock cannot leave the counters inconsistent in a way that
+        // matters for a mock, so keep serving rather than propagate the poison.
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sleeps `duration`, or less if the server is stopping.
+    async fn pause(&self, duration: Duration) {
+        if duration.is_zero() {
+            return;
+        }
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            // An error means the handle is gone: stop waiting too.
+            _ = stopping.wait_for(|stopping| *stopping) => {}
+        }
+    }
+
+    /// The fault of the first spike whose window holds the present moment.
+    fn active_spike(&self) -> Option<Fault> {
+        let elapsed = self.started.elapsed();
+        self.config
+            .spikes
+            .iter()
+            .find(|spike| spike.contains(elapsed))
+            .map(|spike| spike.fault)
+    }
+
+    /// The configured invalid key this request presents, if any.
+    fn invalid_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        presented_key(headers).filter(|key| self.config.invalid_keys.iter().any(|bad| bad == key))
+    }
+}
+
+/// The router for all mock routes.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/responses", post(responses))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/mock/stats", get(stats))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    answer_post(shared, Endpoint::Chat, headers, body).await
+}
+
+async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    answer_post(shared, Endpoint::Responses, headers, body).await
+}
+
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer_post(shared, Endpoint::Embeddings, headers, body).await
+}
+
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer_post(shared, Endpoint::Completions, headers, body).await
+}
+
+async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let answer = match shared.invalid_key(&headers) {
+        Some(key) => faults::invalid_api_key(key),
+        None => {
+            let data: Vec<Value> = MODELS.iter().map(|id| model_entry(id)).collect();
+            Answer::json(
+                StatusCode::OK,
+                json!({"object": "list", "data": data}).to_string(),
+            )
+        }
+    };
+    send(&shared, started, None, Plan::now(answer)).await
+}
+
+/// One entry of the `GET /v1/models` list.
+fn model_entry(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 1_715_367_049, "owned_by": "system"})
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.stats()).into_response()
+}
+
+async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+    let answer = faults::invalid_url(method.as_str(), uri.path());
+    send(&shared, Instant::now(), None, Plan::now(answer)).await
+}
+
+async fn method_not_allowed(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let answer = faults::invalid_method(method.as_str(), uri.path());
+    send(&shared, Instant::now(), None, Plan::now(answer)).await
+}
+
+/// What to answer, and whether to hang first.
+struct Plan {
+    answer: Answer,
+    hang: bool,
+}
+
+impl Plan {
+    fn now(answer: Answer) -> Self {
+        Self {
+            answer,
+            hang: false,
+        }
+    }
+}
+
+async fn answer_post(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let key = body.as_ref().map(body_key);
+    let (attempt, quota_exhausted) = {
+        let mut counters = shared.counters();
+        let attempt = key.as_deref().map_or(0, |key| counters.arrive(key));
+        (attempt, counters.quota_exhausted(shared.config.quota_after))
+    };
+    let plan = decide(
+        &shared,
+        endpoint,
+        &headers,
+        body.as_ref(),
+        key.as_deref(),
+        attempt,
+        quota_exhausted,
+    );
+    send(&shared, started, key.as_deref(), plan).await
+}
+
+/// The answer for one POST request, in precedence order.
+fn decide(
+    shared: &Shared,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+    key: Option<&str>,
+    attempt: u64,
+    quota_exhausted: bool,
+) -> Plan {
+    let config = &shared.config;
+    if let Some(bad) = shared.invalid_key(headers) {
+        return Plan::now(faults::invalid_api_key(bad));
+    }
+    if quota_exhausted {
+        return Plan::now(faults::insufficient_quota());
+    }
+    let (Some(body), Some(key)) = (body, key) else {
+        return Plan::now(faults::invalid_json());
+    };
+    let model = echo::model_of(body);
+    if let Some(raw) = body.get("mock_status")
+        && let Some(answer) = faults::forced(raw, model)
+    {
+        return Plan::now(answer);
+    }
+    let fault = shared
+        .active_spike()
+        .or_else(|| faults::draw(config, key, attempt));
+    match fault {
+        Some(fault) => Plan {
+            answer: faults::answer_for(fault, model, config.retry_after),
+            hang: fault == Fault::Hang,
+        },
+        None => Plan::now(Answer::json(
+            StatusCode::OK,
+            echo::success(endpoint, body, key, attempt),
+        )),
+    }
+}
+
+/// Waits the latency (and the hang), counts the answer and sends it.
+///
+/// A success whose turn comes after the quota ran out meanwhile becomes `insufficient_quota`, so
+/// `quota_after` is exact even under concurrency.
+async fn send(shared: &Shared, started: Instant, key: Option<&str>, plan: Plan) -> Response {
+    shared.pause(shared.config.latency).await;
+    if plan.hang {
+        shared.pause(shared.config.hang).await;
+    }
+    let mut answer = plan.answer;
+    {
+        let mut counters = shared.counters();
+        if answer.is_success() && counters.quota_exhausted(shared.config.quota_after) {
+            answer = faults::insufficient_quota();
+        }
+        counters.record(key, answer.status.as_u16(), answer.is_success());
+    }
+    tracing::debug!(status = answer.status.as_u16(), "mock answer");
+    answer.into_response(&request_id(), started.elapsed())
+}
+
+/// The key a request presents: `Authorization: Bearer <key>`, or Azure's `api-key` header.
+///
+/// A request without a key is served normally: the mock checks only keys it was told are bad.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    bearer.or_else(|| headers.get("api-key").and_then(|value| value.to_str().ok()))
+}

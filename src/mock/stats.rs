@@ -1,0 +1,119 @@
+//! What the mock has answered: totals, per status and per request body.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::body_key;
+
+/// A snapshot of everything the mock has answered (`GET /mock/stats` serves it as JSON).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MockStats {
+    /// Every answer sent, any status, any route except `/mock/stats`.
+    pub answers: u64,
+    /// Answers per HTTP status.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Answers per request body, keyed by [`body_key`]. Bodies that are not JSON are not listed.
+    pub per_body: HashMap<String, BodyCounts>,
+}
+
+/// Answers sent for one request body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BodyCounts {
+    /// Every answer for this body, any status.
+    pub answers: u64,
+    /// Answers that were a 200 with a well-formed body.
+    pub successes: u64,
+}
+
+impl MockStats {
+    /// Successful answers for `body` (0 if it was never seen).
+    pub fn successes_for(&self, body: &serde_json::Value) -> u64 {
+        self.counts_for(body).successes
+    }
+
+    /// Answers of any status for `body` (0 if it was never seen).
+    pub fn answers_for(&self, body: &serde_json::Value) -> u64 {
+        self.counts_for(body).answers
+    }
+
+    /// Successful answers over all bodies.
+    pub fn successes(&self) -> u64 {
+        self.per_body.values().map(|counts| counts.successes).sum()
+    }
+
+    fn counts_for(&self, body: &serde_json::Value) -> BodyCounts {
+        self.per_body
+            .get(&body_key(body))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// What the mock knows about one body.
+#[derive(Clone, Copy, Debug, Default)]
+struct BodyRecord {
+    /// Requests that arrived, answered or not yet: numbers the fault draws.
+    arrivals: u64,
+    counts: BodyCounts,
+}
+
+/// The live counters behind [`MockStats`]; the server keeps them in a `std::sync::Mutex` and
+/// holds it only for these short calls.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    answers: u64,
+    successes: u64,
+    by_status: BTreeMap<u16, u64>,
+    bodies: HashMap<String, BodyRecord>,
+}
+
+impl Counters {
+    /// Notes that a request with this body arrived and returns how many arrived before it.
+    ///
+    /// The draw is numbered by arrivals rather than answers: a retry that arrives while an earlier
+    /// attempt still hangs must get a fresh draw, not the same hang again.
+    pub(crate) fn arrive(&mut self, key: &str) -> u64 {
+        let record = match self.bodies.get_mut(key) {
+            Some(record) => record,
+            None => self.bodies.entry(key.to_owned()).or_default(),
+        };
+        record.arrivals += 1;
+        record.arrivals - 1
+    }
+
+    /// Whether `quota_after` successes have been answered already.
+    pub(crate) fn quota_exhausted(&self, quota_after: Option<u64>) -> bool {
+        quota_after.is_some_and(|limit| self.successes >= limit)
+    }
+
+    /// Counts one answer sent, under `key` when the body was JSON.
+    pub(crate) fn record(&mut self, key: Option<&str>, status: u16, success: bool) {
+        self.answers += 1;
+        *self.by_status.entry(status).or_default() += 1;
+        let success = u64::from(success);
+        self.successes += success;
+        if let Some(key) = key {
+            let record = match self.bodies.get_mut(key) {
+                Some(record) => record,
+                None => self.bodies.entry(key.to_owned()).or_default(),
+            };
+            record.counts.answers += 1;
+            record.counts.successes += success;
+        }
+    }
+
+    /// A copy for [`MockStats`]; bodies that arrived but have no answer yet are left out.
+    pub(crate) fn snapshot(&self) -> MockStats {
+        MockStats {
+            answers: self.answers,
+            by_status: self.by_status.clone(),
+            per_body: self
+                .bodies
+                .iter()
+                .filter(|(_, record)| record.counts.answers > 0)
+                .map(|(key, record)| (key.clone(), record.counts))
+                .collect(),
+        }
+    }
+}

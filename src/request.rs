@@ -1,0 +1,203 @@
+//! Domain types shared by the store, the worker pool and the exporters.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::http::classify::Class;
+
+/// A job's row id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub i64);
+
+/// A request's row id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub i64);
+
+/// Where a request is in its life.
+///
+/// ```text
+/// pending ──claim──▶ in_flight ──2xx──────────────▶ succeeded
+///    ▲                  │ ├──retryable, budget left─┐
+///    │                  │ └──permanent / budget out─▶ failed
+///    └──────────────────┴──── retry due, job stop, crash recovery
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestState {
+    /// Waiting to be sent, possibly not before `next_attempt_at`.
+    Pending,
+    /// Claimed by a worker; on a crash it becomes an `interrupted` attempt and pending again.
+    InFlight,
+    /// Done with a 2xx answer. Never sent again.
+    Succeeded,
+    /// Done without success: a permanent error or an exhausted retry budget.
+    Failed,
+}
+
+impl RequestState {
+    /// The name stored in `requests.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::InFlight => "in_flight",
+            RequestState::Succeeded => "succeeded",
+            RequestState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state name not in the schema.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown request state '{0}'")]
+pub struct UnknownState(pub String);
+
+impl FromStr for RequestState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(RequestState::Pending),
+            "in_flight" => Ok(RequestState::InFlight),
+            "succeeded" => Ok(RequestState::Succeeded),
+            "failed" => Ok(RequestState::Failed),
+            other => Err(UnknownState(other.to_owned())),
+        }
+    }
+}
+
+/// What is known about whether the server saw an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The server answered (any status).
+    Answered,
+    /// The request never left: the server cannot have processed it.
+    NotSent,
+    /// Sent, then timed out or was cut off: the server may have done (and billed) the work.
+    OutcomeUnknown,
+    /// The runner died or was aborted while the attempt was in flight.
+    Interrupted,
+}
+
+impl AttemptOutcome {
+    /// The name stored in `attempts.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Answered => "answered",
+            AttemptOutcome::NotSent => "not_sent",
+            AttemptOutcome::OutcomeUnknown => "outcome_unknown",
+            AttemptOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A request claimed for sending: everything a worker needs.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// Row id.
+    pub id: RequestId,
+    /// custom_id or derived key.
+    pub key: String,
+    /// Path joined to the base URL.
+    pub url: String,
+    /// JSON body, sent as is.
+    pub body: String,
+    /// Attempts journaled before this one.
+    pub attempts: u32,
+}
+
+/// Token usage and model read from a success body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// `model` of the answer.
+    pub model: Option<String>,
+    /// `prompt_tokens` or `input_tokens`.
+    pub prompt_tokens: Option<i64>,
+    /// `completion_tokens` or `output_tokens`.
+    pub completion_tokens: Option<i64>,
+    /// `total_tokens`.
+    pub total_tokens: Option<i64>,
+}
+
+/// Where a request goes after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done, successfully.
+    Succeeded,
+    /// Done, failed with this attempt's error.
+    Failed,
+    /// Pending again, not before this time (unix ms).
+    RetryAt(i64),
+    /// Pending again at once; the job is stopping and keeps it for a resume.
+    Requeue,
+}
+
+/// One finished attempt and its request's new state: written in one transaction.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The request.
+    pub request: RequestId,
+    /// Its job.
+    pub job: JobId,
+    /// 1-based attempt number.
+    pub number: u32,
+    /// Unix ms when sending started.
+    pub started_at: i64,
+    /// Unix ms when the answer (or failure) arrived.
+    pub finished_at: i64,
+    /// Whether the server saw it.
+    pub outcome: AttemptOutcome,
+    /// HTTP status, when answered.
+    pub http_status: Option<u16>,
+    /// The taxonomy's verdict.
+    pub class: Class,
+    /// `error.code`, or a transport error's kind.
+    pub error_code: Option<String>,
+    /// `error.message`, or a transport error's text.
+    pub error_message: Option<String>,
+    /// `x-request-id` of the answer.
+    pub x_request_id: Option<String>,
+    /// Which key sent it: a label or `sk-…last4`, never the key.
+    pub key_fingerprint: Option<String>,
+    /// The answer's body (success or error), when there is one.
+    pub response: Option<String>,
+    /// Usage, for successes.
+    pub usage: Usage,
+    /// What happens to the request now.
+    pub disposition: Disposition,
+}
+
+impl Completion {
+    /// Milliseconds from send to answer.
+    pub fn latency_ms(&self) -> i64 {
+        self.finished_at - self.started_at
+    }
+}
+
+/// Requests of a job by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Every request of the job.
+    pub total: u64,
+    /// Waiting to be sent (first time or retry).
+    pub pending: u64,
+    /// Pending after at least one attempt: waiting for a retry.
+    pub retrying: u64,
+    /// Claimed by a worker.
+    pub in_flight: u64,
+    /// Done with success.
+    pub succeeded: u64,
+    /// Done without success.
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Requests that need no more work.
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed
+    }
+}

@@ -1,0 +1,85 @@
+//! Two-stage shutdown, passed into [`crate::run`] so tests can trigger it without signals.
+//!
+//! The first Ctrl-C or SIGTERM *stops*: no new request is dispatched and requests in flight get
+//! a grace period to finish and be journaled. The second *aborts*: requests still in flight are
+//! cancelled and journaled as interrupted. Either way the job stays resumable.
+
+use tokio_util::sync::CancellationToken;
+
+/// The shutdown state of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    stop: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Shutdown {
+    /// A shutdown that nothing has triggered yet.
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Stops dispatching; requests in flight may finish.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stops dispatching and cancels requests in flight.
+    pub fn abort(&self) {
+        self.stop.cancel();
+        self.abort.cancel();
+    }
+
+    /// Whether [`Shutdown::stop`] (or abort) was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Completes once stopping.
+    pub async fn stopping(&self) {
+        self.stop.cancelled().await;
+    }
+
+    /// Completes once aborting.
+    pub async fn aborting(&self) {
+        self.abort.cancelled().await;
+    }
+
+    /// A token cancelled when stopping, for tasks that take a `CancellationToken`.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Turns SIGINT/SIGTERM into [`Shutdown`]: the first stops, the second aborts. Runs until the
+/// second signal or until the caller drops (aborts) the task.
+pub async fn forward_signals(shutdown: Shutdown) {
+    for nth in 0..2 {
+        if !next_signal().await {
+            return;
+        }
+        if nth == 0 {
+            tracing::warn!("stopping: waiting for requests in flight (Ctrl-C again to abort)");
+            shutdown.stop();
+        } else {
+            tracing::warn!("aborting: requests in flight are journaled as interrupted");
+            shutdown.abort();
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; `false` if signals cannot be watched.
+async fn next_signal() -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot watch signals: Ctrl-C will kill the runner without a clean stop");
+        return false;
+    };
+    tokio::select! {
+        _ = int.recv() => true,
+        _ = term.recv() => true,
+    }
+}

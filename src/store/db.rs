@@ -1,0 +1,620 @@
+//! The SQL, as functions over a `&Connection`.
+//!
+//! The writer calls these on the owner thread (see [`super::JobStore`]), inside its group-commit
+//! transaction; read-only commands call them on their own read-only connection. Hot statements
+//! use `prepare_cached`.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+use crate::input::{InputError, InputReader};
+use crate::request::{
+    AttemptOutcome, Claimed, Completion, Counts, Disposition, JobId, RequestId, RequestState,
+};
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Job {
+    /// Row id.
+    #[serde(skip)]
+    pub id: JobId,
+    /// Unique name (defaults to the input file's stem).
+    pub name: String,
+    /// The input file as given at submit.
+    pub input_path: String,
+    /// blake3 of the input file as last ingested.
+    pub input_fingerprint: Option<String>,
+    /// JSON of the run settings.
+    pub config: String,
+    /// `running`, `completed`, `stopped` or `interrupted`.
+    pub state: String,
+    /// Why it stopped, for `stopped`.
+    pub state_reason: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// The life of a job as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// A runner is (or was, until it crashed) working on it.
+    Running,
+    /// Every request is done.
+    Completed,
+    /// A job-level condition stopped dispatch; requests are pending.
+    Stopped,
+    /// A signal stopped the runner; requests are pending.
+    Interrupted,
+}
+
+impl JobState {
+    /// The name stored in `jobs.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Stopped => "stopped",
+            JobState::Interrupted => "interrupted",
+        }
+    }
+}
+
+const JOB_COLUMNS: &str =
+    "id, name, input_path, input_fingerprint, config, state, state_reason, created_at, updated_at";
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: JobId(row.get(0)?),
+        name: row.get(1)?,
+        input_path: row.get(2)?,
+        input_fingerprint: row.get(3)?,
+        config: row.get(4)?,
+        state: row.get(5)?,
+        state_reason: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+/// Finds a job by name.
+///
+/// # Errors
+/// Database errors only; a missing job is `Ok(None)`.
+pub fn find_job(conn: &Connection, name: &str) -> Result<Option<Job>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = ?1");
+    Ok(conn.query_row(&sql, [name], job_from_row).optional()?)
+}
+
+/// The job named `name`, or the most recently updated one when `name` is `None`.
+///
+/// # Errors
+/// [`StoreError::JobNotFound`] or [`StoreError::NoJobs`] when there is no such job.
+pub fn resolve_job(conn: &Connection, name: Option<&str>) -> Result<Job, StoreError> {
+    match name {
+        Some(name) => find_job(conn, name)?.ok_or_else(|| StoreError::JobNotFound(name.to_owned())),
+        None => {
+            let sql =
+                format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY updated_at DESC, id DESC LIMIT 1");
+            conn.query_row(&sql, [], job_from_row)
+                .optional()?
+                .ok_or(StoreError::NoJobs)
+        }
+    }
+}
+
+/// Every job, newest first.
+///
+/// # Errors
+/// Database errors.
+pub fn list_jobs(conn: &Connection) -> Result<Vec<Job>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY updated_at DESC, id DESC");
+    let mut stmt = conn.prepare(&sql)?;
+    let jobs = stmt
+        .query_map([], job_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(jobs)
+}
+
+/// Creates a job, or returns the existing one of that name with its config replaced.
+///
+/// # Errors
+/// Database errors.
+pub fn upsert_job(
+    conn: &Connection,
+    name: &str,
+    input_path: &str,
+    config: &str,
+    now: i64,
+) -> Result<Job, StoreError> {
+    conn.execute(
+        "INSERT INTO jobs (name, input_path, config, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'running', ?4, ?4)
+         ON CONFLICT (name) DO UPDATE SET input_path = ?2, config = ?3, updated_at = ?4",
+        params![name, input_path, config, now],
+    )?;
+    find_job(conn, name)?.ok_or_else(|| StoreError::JobNotFound(name.to_owned()))
+}
+
+/// Replaces a job's settings (a resume with overrides).
+///
+/// # Errors
+/// Database errors.
+pub fn update_job_config(
+    conn: &Connection,
+    job: JobId,
+    config: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE jobs SET config = ?2, updated_at = ?3 WHERE id = ?1",
+        params![job.0, config, now],
+    )?;
+    Ok(())
+}
+
+/// Sets a job's state and journals the change as an event.
+///
+/// # Errors
+/// Database errors.
+pub fn set_job_state(
+    conn: &Connection,
+    job: JobId,
+    state: JobState,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE jobs SET state = ?2, state_reason = ?3, updated_at = ?4 WHERE id = ?1",
+        params![job.0, state.as_str(), reason, now],
+    )?;
+    record_event(conn, job, state.as_str(), reason, now)
+}
+
+/// Appends a job-level event.
+///
+/// # Errors
+/// Database errors.
+pub fn record_event(
+    conn: &Connection,
+    job: JobId,
+    kind: &str,
+    detail: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO events (job_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![job.0, now, kind, detail])?;
+    Ok(())
+}
+
+/// Runs `f` under a savepoint: all of its writes, or none of them. Nests.
+///
+/// # Errors
+/// `f`'s error (after the rollback), or the savepoint's own failure.
+pub fn atomically<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT atomically")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE atomically")?;
+            Ok(value)
+        }
+        Err(err) => {
+            conn.execute_batch("ROLLBACK TO atomically; RELEASE atomically")?;
+            Err(err)
+        }
+    }
+}
+
+/// What an ingest did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Requests read from the file.
+    pub read: u64,
+    /// Of those, new to the job (queued).
+    pub added: u64,
+    /// Of those, already in the job (left as they are).
+    pub known: u64,
+}
+
+/// Reads the whole input into the job: new requests are queued, known ones (same key, same body)
+/// are left as they are, so a resubmitted file resumes its job.
+///
+/// All or nothing: on any input error nothing is written, and the error names file and line.
+///
+/// # Errors
+/// [`StoreError::Input`] for bad input, including a duplicate custom_id (with both lines) and a
+/// known custom_id whose body changed; database errors.
+pub fn ingest(
+    conn: &Connection,
+    job: JobId,
+    reader: &mut InputReader,
+) -> Result<IngestReport, StoreError> {
+    atomically(conn, |conn| ingest_all(conn, job, reader))
+}
+
+fn ingest_all(
+    conn: &Connection,
+    job: JobId,
+    reader: &mut InputReader,
+) -> Result<IngestReport, StoreError> {
+    // The keys of this file, to find repeats; a temp table so a huge file costs disk, not memory.
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS ingest_seen (key TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;
+         DELETE FROM temp.ingest_seen;",
+    )?;
+    let mut mark_seen = conn.prepare_cached(
+        "INSERT INTO temp.ingest_seen (key, line) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    let mut first_line = conn.prepare_cached("SELECT line FROM temp.ingest_seen WHERE key = ?1")?;
+    let mut existing =
+        conn.prepare_cached("SELECT body_hash, line FROM requests WHERE job_id = ?1 AND key = ?2")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO requests (job_id, key, custom_id, line, method, url, body, body_hash, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+    )?;
+    let mut move_line =
+        conn.prepare_cached("UPDATE requests SET line = ?3 WHERE job_id = ?1 AND key = ?2")?;
+
+    let mut report = IngestReport::default();
+    while let Some(prompt) = reader.next() {
+        let prompt = prompt?;
+        let line = prompt.line as i64;
+        let key = match &prompt.custom_id {
+            Some(id) => {
+                if mark_seen.execute(params![id, line])? == 0 {
+                    let first: i64 = first_line.query_row([id], |r| r.get(0))?;
+                    return Err(InputError::DuplicateCustomId {
+                        path: reader.path().to_owned(),
+                        custom_id: id.clone(),
+                        first_line: first as u64,
+                        line: prompt.line,
+                    }
+                    .into());
+                }
+                id.clone()
+            }
+            None => {
+                let mut occurrence = 1;
+                loop {
+                    let key = prompt.derived_key(occurrence);
+                    if mark_seen.execute(params![key, line])? == 1 {
+                        break key;
+                    }
+                    occurrence += 1;
+                }
+            }
+        };
+        report.read += 1;
+        let known: Option<(String, i64)> = existing
+            .query_row(params![job.0, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match known {
+            Some((hash, _)) if hash != prompt.body_hash => {
+                return Err(InputError::ChangedBody {
+                    path: reader.path().to_owned(),
+                    custom_id: key,
+                    line: prompt.line,
+                }
+                .into());
+            }
+            Some((_, old_line)) => {
+                report.known += 1;
+                if old_line != line {
+                    move_line.execute(params![job.0, key, line])?;
+                }
+            }
+            None => {
+                report.added += 1;
+                insert.execute(params![
+                    job.0,
+                    key,
+                    prompt.custom_id,
+                    line,
+                    prompt.method,
+                    prompt.url,
+                    prompt.body,
+                    prompt.body_hash
+                ])?;
+            }
+        }
+    }
+    if report.read == 0 {
+        return Err(InputError::Empty {
+            path: reader.path().to_owned(),
+        }
+        .into());
+    }
+    conn.execute(
+        "UPDATE jobs SET input_fingerprint = ?2 WHERE id = ?1",
+        params![job.0, reader.fingerprint()],
+    )?;
+    Ok(report)
+}
+
+/// Crash recovery: every request left `in_flight` (by a runner that died or was aborted) gets an
+/// `interrupted` attempt (outcome unknown) and is pending again. Returns how many.
+///
+/// # Errors
+/// Database errors.
+pub fn recover_in_flight(conn: &Connection, job: JobId, now: i64) -> Result<u64, StoreError> {
+    conn.execute(
+        "INSERT INTO attempts (request_id, job_id, number, started_at, finished_at, outcome, error_message)
+         SELECT id, job_id, attempts + 1, coalesce(in_flight_since, ?2), ?2, ?3,
+                'the runner stopped while this attempt was in flight: the server may or may not have processed it'
+         FROM requests WHERE job_id = ?1 AND state = 'in_flight'",
+        params![job.0, now, AttemptOutcome::Interrupted.as_str()],
+    )?;
+    let moved = conn.execute(
+        "UPDATE requests SET state = 'pending', attempts = attempts + 1, in_flight_since = NULL,
+                next_attempt_at = ?2
+         WHERE job_id = ?1 AND state = 'in_flight'",
+        params![job.0, now],
+    )?;
+    Ok(moved as u64)
+}
+
+/// Claims up to `limit` requests that are due at `now`: they become `in_flight`.
+///
+/// # Errors
+/// Database errors.
+pub fn claim_due(
+    conn: &Connection,
+    job: JobId,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE requests SET state = 'in_flight', in_flight_since = ?2
+         WHERE id IN (SELECT id FROM requests
+                      WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+                      ORDER BY next_attempt_at, id LIMIT ?3)
+         RETURNING id, key, url, body, attempts",
+    )?;
+    let mut claimed = stmt
+        .query_map(params![job.0, now, limit as i64], |r| {
+            Ok(Claimed {
+                id: RequestId(r.get(0)?),
+                key: r.get(1)?,
+                url: r.get(2)?,
+                body: r.get(3)?,
+                attempts: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+/// Gives back claimed requests that were never sent (no attempt is journaled for them).
+///
+/// # Errors
+/// Database errors.
+pub fn release(conn: &Connection, ids: &[RequestId]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE requests SET state = 'pending', in_flight_since = NULL WHERE id = ?1 AND state = 'in_flight'",
+    )?;
+    for id in ids {
+        stmt.execute([id.0])?;
+    }
+    Ok(())
+}
+
+/// The earliest `next_attempt_at` of a pending request; `None` when nothing is pending.
+///
+/// # Errors
+/// Database errors.
+pub fn next_due(conn: &Connection, job: JobId) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT min(next_attempt_at) FROM requests WHERE job_id = ?1 AND state = 'pending'",
+        )?
+        .query_row([job.0], |r| r.get(0))?)
+}
+
+/// Journals one attempt and moves its request, in the caller's transaction.
+///
+/// # Errors
+/// Database errors.
+pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (request_id, job_id, number, started_at, finished_at, latency_ms, outcome,
+                               http_status, error_class, error_code, error_message, x_request_id, key_fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        c.request.0,
+        c.job.0,
+        c.number,
+        c.started_at,
+        c.finished_at,
+        c.latency_ms(),
+        c.outcome.as_str(),
+        c.http_status,
+        c.class.as_str(),
+        c.error_code,
+        c.error_message,
+        c.x_request_id,
+        c.key_fingerprint,
+    ])?;
+    let (state, next_at, finished_at) = match c.disposition {
+        Disposition::Succeeded => (RequestState::Succeeded, 0, Some(c.finished_at)),
+        Disposition::Failed => (RequestState::Failed, 0, Some(c.finished_at)),
+        Disposition::RetryAt(at) => (RequestState::Pending, at, None),
+        Disposition::Requeue => (RequestState::Pending, 0, None),
+    };
+    let succeeded = c.disposition == Disposition::Succeeded;
+    let changed = conn.prepare_cached(
+        "UPDATE requests SET state = ?2, attempts = ?3, next_attempt_at = ?4, in_flight_since = NULL,
+                http_status = ?5, error_class = ?6, error_code = ?7, error_message = ?8, x_request_id = ?9,
+                response = ?10, model = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14,
+                latency_ms = ?15, finished_at = ?16
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        c.request.0,
+        state.as_str(),
+        c.number,
+        next_at,
+        c.http_status,
+        (!succeeded).then(|| c.class.as_str()),
+        c.error_code,
+        c.error_message,
+        c.x_request_id,
+        c.response,
+        c.usage.model,
+        c.usage.prompt_tokens,
+        c.usage.completion_tokens,
+        c.usage.total_tokens,
+        c.latency_ms(),
+        finished_at,
+    ])?;
+    if changed != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "attempt {} journaled for request {} which does not exist",
+            c.number, c.request.0
+        )));
+    }
+    Ok(())
+}
+
+/// Requests of a job by state.
+///
+/// # Errors
+/// Database errors.
+pub fn counts(conn: &Connection, job: JobId) -> Result<Counts, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, count(*), coalesce(sum(attempts > 0), 0) FROM requests WHERE job_id = ?1 GROUP BY state",
+    )?;
+    let mut counts = Counts::default();
+    let mut rows = stmt.query([job.0])?;
+    while let Some(row) = rows.next()? {
+        let state: String = row.get(0)?;
+        let n = row.get::<_, i64>(1)? as u64;
+        let retried = row.get::<_, i64>(2)? as u64;
+        counts.total += n;
+        match state.parse::<RequestState>() {
+            Ok(RequestState::Pending) => {
+                counts.pending = n;
+                counts.retrying = retried;
+            }
+            Ok(RequestState::InFlight) => counts.in_flight = n,
+            Ok(RequestState::Succeeded) => counts.succeeded = n,
+            Ok(RequestState::Failed) => counts.failed = n,
+            Err(e) => return Err(StoreError::Corrupt(e.to_string())),
+        }
+    }
+    Ok(counts)
+}
+
+/// Attempts of a job by class (`interrupted` for attempts cut off by a crash or abort).
+///
+/// # Errors
+/// Database errors.
+pub fn attempts_by_class(conn: &Connection, job: JobId) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT coalesce(error_class, outcome), count(*) FROM attempts WHERE job_id = ?1
+         GROUP BY 1 ORDER BY 2 DESC",
+    )?;
+    let rows = stmt
+        .query_map([job.0], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Token totals of a job's successful requests: (prompt, completion, total).
+///
+/// # Errors
+/// Database errors.
+pub fn token_totals(conn: &Connection, job: JobId) -> Result<(i64, i64, i64), StoreError> {
+    Ok(conn.query_row(
+        "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0)
+         FROM requests WHERE job_id = ?1 AND state = 'succeeded'",
+        [job.0],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?)
+}
+
+/// One request as exported.
+#[derive(Clone, Debug, Default)]
+pub struct RequestRow {
+    /// custom_id or derived key.
+    pub key: String,
+    /// Input line.
+    pub line: i64,
+    /// State name.
+    pub state: String,
+    /// Last HTTP status.
+    pub http_status: Option<u16>,
+    /// Attempts journaled.
+    pub attempts: u32,
+    /// Last answer body.
+    pub response: Option<String>,
+    /// Answer's model.
+    pub model: Option<String>,
+    /// Usage.
+    pub prompt_tokens: Option<i64>,
+    /// Usage.
+    pub completion_tokens: Option<i64>,
+    /// Usage.
+    pub total_tokens: Option<i64>,
+    /// Last `x-request-id`.
+    pub x_request_id: Option<String>,
+    /// Last error's class (none after success).
+    pub error_class: Option<String>,
+    /// Last error's code.
+    pub error_code: Option<String>,
+    /// Last error's message.
+    pub error_message: Option<String>,
+    /// Last attempt's latency.
+    pub latency_ms: Option<i64>,
+    /// Unix ms when the request ended.
+    pub finished_at: Option<i64>,
+}
+
+/// Calls `each` for every request of a job in input order, streaming.
+///
+/// # Errors
+/// Database errors, or the callback's error.
+pub fn for_each_request<E: From<StoreError>>(
+    conn: &Connection,
+    job: JobId,
+    mut each: impl FnMut(RequestRow) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT key, line, state, http_status, attempts, response, model, prompt_tokens, completion_tokens,
+                    total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at
+             FROM requests WHERE job_id = ?1 ORDER BY line, id",
+        )
+        .map_err(StoreError::from)?;
+    let mut rows = stmt.query([job.0]).map_err(StoreError::from)?;
+    while let Some(r) = rows.next().map_err(StoreError::from)? {
+        let row = (|| -> rusqlite::Result<RequestRow> {
+            Ok(RequestRow {
+                key: r.get(0)?,
+                line: r.get(1)?,
+                state: r.get(2)?,
+                http_status: r.get(3)?,
+                attempts: r.get(4)?,
+                response: r.get(5)?,
+                model: r.get(6)?,
+                prompt_tokens: r.get(7)?,
+                completion_tokens: r.get(8)?,
+                total_tokens: r.get(9)?,
+                x_request_id: r.get(10)?,
+                error_class: r.get(11)?,
+                error_code: r.get(12)?,
+                error_message: r.get(13)?,
+                latency_ms: r.get(14)?,
+                finished_at: r.get(15)?,
+            })
+        })()
+        .map_err(StoreError::from)?;
+        each(row)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Schema migrations: `migrations/NNNN_verb_noun.sql`, embedded at build time, applied in order
+//! inside one transaction each and versioned by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Every migration, in order; `user_version` is the count applied. Never edit a shipped entry.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_create_jobs_requests_attempts",
+    include_str!("../../migrations/0001_create_jobs_requests_attempts.sql"),
+)];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the schema up to [`SCHEMA_VERSION`].
+///
+/// # Errors
+/// [`StoreError::NewerSchema`] when the file was written by a newer runner;
+/// [`StoreError::Migrate`] when a migration fails (the database is left at the previous version).
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as u32 + 1;
+        let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()
+        };
+        apply(conn).map_err(|source| StoreError::Migrate { name, source })?;
+        tracing::debug!(migration = name, version, "applied migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_an_empty_database_once() {
+        let mut conn = Connection::open_in_memory().expect("in-memory db");
+        migrate(&mut conn).expect("first migration");
+        migrate(&mut conn).expect("second run is a no-op");
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().expect("in-memory db");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("set version");
+        let err = migrate(&mut conn).expect_err("newer schema");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,439 @@
+//! Persistence: one SQLite file per set of jobs, owned by one thread.
+//!
+//! [`JobStore`] is a cheap, cloneable handle to a dedicated thread that owns the only writing
+//! `Connection`. Commands arrive over a bounded channel; the thread drains what has queued up
+//! (up to [`MAX_BATCH`]) and runs it in one transaction, then answers: group commit, so journaling
+//! one attempt costs a fraction of a commit and never bounds throughput. Replies are sent only
+//! after the commit, so a caller that got `Ok` knows its write is in the WAL.
+//!
+//! Read-only commands (`status`, `export`, `jobs`) open their own connection with
+//! [`open_read_only`]; WAL lets them read while a job runs.
+
+pub mod db;
+pub mod migrate;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::input::InputError;
+use crate::request::Completion;
+
+/// Commands queued for the owner thread at most. Bounds memory; a full queue slows the workers
+/// (backpressure) instead of growing without limit.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// Commands run in one transaction at most: large enough to amortise the commit, small enough
+/// that replies (and the durability of completions) are never held back long.
+pub const MAX_BATCH: usize = 2048;
+
+/// How long a writer waits for another process's lock before failing with "database is locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or set up.
+    #[error("cannot open database {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The database file could not be created.
+    #[error("cannot create database {}: {source}", path.display())]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A migration failed; the schema stays at the previous version.
+    #[error("cannot upgrade the database schema ({name}): {source}")]
+    Migrate {
+        /// The migration.
+        name: &'static str,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer runner.
+    #[error(
+        "the database has schema version {found} but this runner knows only up to {supported}: upgrade runner"
+    )]
+    NewerSchema {
+        /// The file's `user_version`.
+        found: u32,
+        /// This build's.
+        supported: u32,
+    },
+    /// No job of that name.
+    #[error("no job named '{0}' in this database: `runner jobs` lists them")]
+    JobNotFound(String),
+    /// The database holds no job.
+    #[error("this database holds no job yet: start one with `runner submit FILE`")]
+    NoJobs,
+    /// Bad input during an ingest (nothing was written).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A value in the database is not one this runner writes.
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
+    /// An earlier write failed; the store refuses further work so nothing half-done is committed.
+    #[error("the database stopped accepting writes after an earlier error: {0}")]
+    Failed(String),
+    /// The owner thread is gone.
+    #[error("the database thread has stopped")]
+    Closed,
+}
+
+/// Opens (creating it with mode 0600 if needed) and migrates the database for writing.
+///
+/// # Errors
+/// [`StoreError::Create`], [`StoreError::Open`], migration errors.
+pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    create_private(path)?;
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    // WAL: readers never block the writer. synchronous=NORMAL: a commit survives a crash of the
+    // process (kill -9) but the last commits may be lost on power failure (see README).
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    migrate::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only (status, export, jobs).
+///
+/// # Errors
+/// [`StoreError::Open`] when it does not exist or cannot be read; [`StoreError::NewerSchema`].
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if version > migrate::SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: migrate::SCHEMA_VERSION,
+        });
+    }
+    if version < migrate::SCHEMA_VERSION {
+        // An old file: upgrading needs a writer, which also keeps the upgrade in one place.
+        drop(conn);
+        drop(open_writer(path)?);
+        return open_read_only(path);
+    }
+    Ok(conn)
+}
+
+/// Creates the file with owner-only permissions before SQLite does, so results and the journal
+/// are never world-readable. SQLite gives its -wal and -shm files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| StoreError::Create {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// A query or write that wants an answer, type-erased so one channel carries them all.
+trait Call: Send {
+    /// Runs inside the batch transaction; returns the reply to send once the commit is known.
+    fn run(self: Box<Self>, conn: &Connection) -> Reply;
+    /// Answers without running, after an earlier failure.
+    fn refuse(self: Box<Self>, reason: &str);
+}
+
+/// Sends a call's result, or the commit's error instead of it.
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+struct CallOf<T, F> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Call for CallOf<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Reply {
+        let CallOf { f, reply } = *self;
+        let result = f(conn);
+        Box::new(move |commit_error: Option<&str>| {
+            let result = match commit_error {
+                Some(e) => Err(StoreError::Failed(e.to_owned())),
+                None => result,
+            };
+            // The caller may have gone away (cancelled): nothing to tell.
+            let _ = reply.send(result);
+        })
+    }
+
+    fn refuse(self: Box<Self>, reason: &str) {
+        let _ = self.reply.send(Err(StoreError::Failed(reason.to_owned())));
+    }
+}
+
+enum Command {
+    /// An attempt to journal; nobody waits for it (see [`JobStore::record`]).
+    Record(Box<Completion>),
+    /// Any query or write that wants an answer.
+    Call(Box<dyn Call>),
+}
+
+/// Handle to the database owner thread. Clone freely; the thread ends when every handle is dropped.
+#[derive(Clone)]
+pub struct JobStore {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The owner thread; [`StoreThread::join`] waits until everything queued is committed.
+pub struct StoreThread {
+    handle: thread::JoinHandle<()>,
+}
+
+impl StoreThread {
+    /// Waits for the thread to commit what is queued and exit. Drop every [`JobStore`] first.
+    pub async fn join(self) {
+        let joined = tokio::task::spawn_blocking(move || self.handle.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("the database thread panicked");
+        }
+    }
+}
+
+impl JobStore {
+    /// Opens the database for writing and starts its owner thread.
+    ///
+    /// # Errors
+    /// As [`open_writer`], and when the thread cannot be spawned.
+    pub fn open(path: &Path) -> Result<(JobStore, StoreThread), StoreError> {
+        let conn = open_writer(path)?;
+        Self::start(conn)
+    }
+
+    /// Starts the owner thread over an open, migrated connection (tests use in-memory ones).
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn start(conn: Connection) -> Result<(JobStore, StoreThread), StoreError> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let handle = thread::Builder::new()
+            .name("runner-store".into())
+            .spawn(move || own_connection(conn, rx))
+            .map_err(|e| StoreError::Failed(format!("cannot start the database thread: {e}")))?;
+        Ok((JobStore { tx }, StoreThread { handle }))
+    }
+
+    /// Runs `f` on the owner thread inside the current batch's transaction and returns its result
+    /// once that transaction has committed.
+    ///
+    /// # Errors
+    /// `f`'s error, a commit failure, or [`StoreError::Closed`].
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, reply_rx) = oneshot::channel();
+        self.tx
+            .send(Command::Call(Box::new(CallOf { f, reply })))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues an attempt for the journal without waiting for the commit. Waits only while the
+    /// queue is full. A crash before the commit leaves the request `in_flight`, which recovery
+    /// turns into an `interrupted` attempt: at-least-once, never lost.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the owner thread is gone.
+    pub async fn record(&self, completion: Completion) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Record(Box::new(completion)))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until everything queued before it is committed.
+    ///
+    /// # Errors
+    /// A commit failure, or [`StoreError::Closed`].
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.call(|_| Ok(())).await
+    }
+}
+
+/// The owner thread's loop: batch, apply in one transaction, commit, reply.
+fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    let mut failed: Option<String> = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &failed {
+            refuse(&mut batch, reason);
+            continue;
+        }
+        if let Err(reason) = apply_batch(&conn, &mut batch) {
+            tracing::error!(error = %reason, "database write failed; refusing further writes");
+            failed = Some(reason);
+        }
+    }
+}
+
+fn refuse(batch: &mut Vec<Command>, reason: &str) {
+    for cmd in batch.drain(..) {
+        match cmd {
+            // Lost like any write after a crash: the request stays in_flight and recovery
+            // journals it as interrupted.
+            Command::Record(_) => {}
+            Command::Call(call) => call.refuse(reason),
+        }
+    }
+}
+
+/// Runs one batch in one transaction. On failure everything in it is rolled back and every
+/// caller in it is told; the error is returned so the store stops accepting writes.
+fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), String> {
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut result = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| e.to_string());
+    for cmd in batch.drain(..) {
+        match cmd {
+            Command::Record(completion) => {
+                if result.is_ok() {
+                    result = db::record_attempt(conn, &completion).map_err(|e| e.to_string());
+                }
+            }
+            Command::Call(call) => match &result {
+                Ok(()) => replies.push(call.run(conn)),
+                Err(reason) => call.refuse(reason),
+            },
+        }
+    }
+    if result.is_ok() {
+        result = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+    }
+    if result.is_err() && !conn.is_autocommit() {
+        // Best effort: the error that matters is the one already in `result`.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let commit_error = result.as_ref().err().map(String::as_str);
+    for reply in replies {
+        reply(commit_error);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::classify::Class;
+    use crate::request::{AttemptOutcome, Disposition, JobId, Usage};
+
+    fn memory_store() -> (JobStore, StoreThread) {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        migrate::migrate(&mut conn).expect("migrate");
+        JobStore::start(conn).expect("start")
+    }
+
+    #[tokio::test]
+    async fn calls_reply_after_commit_and_see_earlier_writes() {
+        let (store, thread) = memory_store();
+        let job = store
+            .call(|c| db::upsert_job(c, "j", "in.jsonl", "{}", 1))
+            .await
+            .expect("job");
+        let found = store
+            .call(|c| db::find_job(c, "j"))
+            .await
+            .expect("query")
+            .expect("job exists");
+        assert_eq!(found, job);
+        drop(store);
+        thread.join().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_poisons_the_store() {
+        let (store, thread) = memory_store();
+        let err = store
+            .call(|c| {
+                c.execute("INSERT INTO jobs (name) VALUES ('x')", [])?;
+                Ok(())
+            })
+            .await
+            .expect_err("constraint");
+        assert!(err.to_string().contains("NOT NULL"), "{err}");
+        // A failed *call* is the caller's problem, not the store's: the store goes on.
+        store.flush().await.expect("still healthy");
+        // A failed journal write is the store's problem: nothing after it is accepted.
+        store
+            .record(Completion {
+                request: crate::request::RequestId(999),
+                job: JobId(999),
+                number: 1,
+                started_at: 0,
+                finished_at: 1,
+                outcome: AttemptOutcome::Answered,
+                http_status: Some(200),
+                class: Class::Succeeded,
+                error_code: None,
+                error_message: None,
+                x_request_id: None,
+                key_fingerprint: None,
+                response: None,
+                usage: Usage::default(),
+                disposition: Disposition::Succeeded,
+            })
+            .await
+            .expect("queued");
+        let after = store.flush().await;
+        assert!(after.is_err(), "{after:?}");
+        drop(store);
+        thread.join().await;
+    }
+}
