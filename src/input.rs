@@ -254,8 +254,11 @@ impl InputReader {
                 )));
             }
         };
-        let is_batch_line = object.contains_key("body")
-            && (object.contains_key("url") || object.contains_key("method"));
+        // No request body of any OpenAI endpoint has these at the top level: any one of them
+        // marks a Batch line, which must then have all three.
+        let is_batch_line = ["method", "url", "body"]
+            .iter()
+            .any(|k| object.contains_key(*k));
         let (url, mut body) = if is_batch_line {
             self.batch_parts(object)?
         } else {
@@ -451,7 +454,10 @@ mod tests {
         "method 'GET' is not supported"
     )]
     #[case::no_url(br#"{"method":"POST","body":{}}"#, "no \"url\"")]
-    #[case::no_body(br#"{"method":"POST","url":"/v1/x"}"#, "in.jsonl:1:")]
+    #[case::no_body(
+        br#"{"method":"POST","url":"/v1/x"}"#,
+        "in.jsonl:1: batch line has no \"body\""
+    )]
     #[case::body_not_object(
         br#"{"method":"POST","url":"/v1/x","body":"s"}"#,
         "body must be a JSON object"

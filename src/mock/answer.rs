@@ -74,6 +74,7 @@ impl Answer {
         };
         let mut response = (self.status, text).into_response();
         let headers = response.headers_mut();
+        // Content types are string constants of this module tree, all valid header values.
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let common = [
             ("x-request-id", request_id.to_owned()),

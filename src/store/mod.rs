@@ -65,7 +65,7 @@ pub enum StoreError {
     },
     /// The file was written by a newer runner.
     #[error(
-        "the database has schema version {found} but this runner knows only up to {supported}: upgrade runner"
+        "the database was written by a newer runner (schema version {found}, this one knows up to {supported}): upgrade runner"
     )]
     NewerSchema {
         /// The file's `user_version`.

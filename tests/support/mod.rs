@@ -1,0 +1,192 @@
+//! Shared helpers for the integration tests: the real mock server on 127.0.0.1:0, input files,
+//! in-process runs of the real command code, CSV and database readers, bounded waits.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use runner::Exit;
+use runner::cli::Cli;
+use runner::config::ApiEnv;
+use runner::http::client::ApiKey;
+use runner::mock::{MockConfig, MockServer};
+use runner::shutdown::Shutdown;
+use serde_json::{Value, json};
+
+/// Upper bound for any wait in a test: generous for a loaded 2-core CI machine.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// A scratch directory with a database path in it.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path("runner.db")
+    }
+
+    pub fn db_arg(&self) -> String {
+        self.db().display().to_string()
+    }
+
+    /// Writes `n` plain prompt lines `{"custom_id":"r-<i>","prompt":"prompt <i>"}` for i in `range`.
+    pub fn prompts(&self, name: &str, range: std::ops::Range<usize>) -> PathBuf {
+        let text: String = range.map(|i| format!("{}\n", prompt_line(i))).collect();
+        self.write(name, &text)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write input");
+        path
+    }
+}
+
+/// One plain input line.
+pub fn prompt_line(i: usize) -> String {
+    json!({"custom_id": format!("r-{i}"), "prompt": format!("prompt {i}")}).to_string()
+}
+
+/// The body the runner sends for [`prompt_line`]`(i)` with `--model test-model`.
+pub fn sent_body(i: usize) -> Value {
+    json!({"model": "test-model", "messages": [{"role": "user", "content": format!("prompt {i}")}]})
+}
+
+/// Starts the mock with `config` on a free loopback port.
+pub async fn mock(config: MockConfig) -> MockServer {
+    MockServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
+        .await
+        .expect("mock server starts")
+}
+
+/// An environment with a test key and nothing else.
+pub fn env() -> ApiEnv {
+    env_with_key("sk-test-0123456789abcdef")
+}
+
+pub fn env_with_key(key: &str) -> ApiEnv {
+    ApiEnv {
+        api_key: Some(ApiKey::new(key)),
+        ..ApiEnv::default()
+    }
+}
+
+/// Parses `args` as the real CLI and runs the command in-process.
+pub async fn run(args: &[&str], env: ApiEnv) -> anyhow::Result<Exit> {
+    run_with(args, env, Shutdown::new()).await
+}
+
+pub async fn run_with(args: &[&str], env: ApiEnv, shutdown: Shutdown) -> anyhow::Result<Exit> {
+    let cli = Cli::try_parse_from(std::iter::once("runner").chain(args.iter().copied()))
+        .map_err(|e| anyhow::anyhow!("usage error: {e}"))?;
+    runner::run(cli.command, env, shutdown).await
+}
+
+/// `submit FILE --db DB --base-url MOCK --model test-model --no-progress` plus `extra`.
+pub fn submit_args<'a>(
+    file: &'a str,
+    db: &'a str,
+    base_url: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "submit",
+        file,
+        "--db",
+        db,
+        "--base-url",
+        base_url,
+        "--model",
+        "test-model",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Polls `check` every 10 ms until it holds; panics after [`WAIT_LIMIT`].
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits `future` within [`WAIT_LIMIT`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT_LIMIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Exports a job as CSV (through the real command) and parses it back.
+pub fn export_csv(db: &Path, job: &str) -> (Vec<String>, Vec<csv::StringRecord>) {
+    let out = db.with_file_name(format!("{job}-export.csv"));
+    let args = runner::cli::ExportArgs {
+        job: Some(job.to_owned()),
+        db: runner::cli::DbArgs { db: db.to_owned() },
+        format: runner::cli::ExportFormat::Csv,
+        output: Some(out.clone()),
+    };
+    runner::export::export(&args).expect("export");
+    let mut reader = csv::Reader::from_path(&out).expect("csv opens");
+    let header = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = reader
+        .records()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows parse");
+    (header, rows)
+}
+
+/// The value of `column` in `row`, by header name.
+pub fn cell<'r>(header: &[String], row: &'r csv::StringRecord, column: &str) -> &'r str {
+    let index = header
+        .iter()
+        .position(|h| h == column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    &row[index]
+}
+
+/// Reads one integer from the database with `sql`.
+pub fn query_i64(db: &Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("db opens");
+    conn.query_row(sql, [], |r| r.get(0)).expect("query")
+}
+
+/// Custom ids of requests that have an `interrupted` attempt (sent twice is allowed for them).
+pub fn interrupted_ids(db: &Path) -> std::collections::HashSet<String> {
+    let conn = rusqlite::Connection::open(db).expect("db opens");
+    let mut stmt = conn
+        .prepare(
+            "SELECT DISTINCT r.key FROM attempts a JOIN requests r ON r.id = a.request_id
+             WHERE a.outcome IN ('interrupted', 'outcome_unknown')",
+        )
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
