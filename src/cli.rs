@@ -54,8 +54,12 @@ pub struct DbArgs {
 /// Settings of a run; on resume, the job's stored value is used for any flag not given.
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
-    /// API base URL [default: $OPENAI_BASE_URL, else https://api.openai.com/v1]
-    #[arg(long, value_name = "URL")]
+    /// API base URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "API base URL [default: $OPENAI_BASE_URL, else https://api.openai.com/v1]"
+    )]
     pub base_url: Option<String>,
     /// Requests in flight at most [default: 32]
     #[arg(long, value_name = "N")]

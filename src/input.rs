@@ -268,16 +268,17 @@ impl InputReader {
         if let (Some(model), false) = (&self.options.model, body.contains_key("model")) {
             body.insert("model".into(), Value::String(model.clone()));
         }
-        if url == CHAT_ENDPOINT && !body.contains_key("messages") {
-            if let Some(prompt) = body.remove("prompt") {
-                let Value::String(text) = prompt else {
-                    return Err(self.invalid("prompt must be a string"));
-                };
-                body.insert(
-                    "messages".into(),
-                    serde_json::json!([{"role": "user", "content": text}]),
-                );
-            }
+        if url == CHAT_ENDPOINT
+            && !body.contains_key("messages")
+            && let Some(prompt) = body.remove("prompt")
+        {
+            let Value::String(text) = prompt else {
+                return Err(self.invalid("prompt must be a string"));
+            };
+            body.insert(
+                "messages".into(),
+                serde_json::json!([{"role": "user", "content": text}]),
+            );
         }
         let body = Value::Object(body).to_string();
         let method = "POST".to_owned();

@@ -1,0 +1,442 @@
+//! The real binary: help, usage errors, exit codes, stdout hygiene, a closed pipe, secrets,
+//! and kill -9 at random moments followed by resume.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use runner::mock::{MockConfig, MockServer};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runner");
+
+/// The binary with a clean environment: no OPENAI_* or RUNNER_* from the developer's shell.
+fn runner(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for var in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "RUNNER_DB",
+        "RUNNER_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+async fn output(mut cmd: Command) -> Output {
+    within(
+        "the binary",
+        tokio::task::spawn_blocking(move || cmd.output().expect("binary runs")),
+    )
+    .await
+    .expect("join")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn help_lists_every_command() {
+    let s = Scratch::new();
+    let mut cmd = runner(s.dir.path());
+    cmd.arg("--help");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for command in [
+        "submit",
+        "resume",
+        "status",
+        "export",
+        "jobs",
+        "mock-server",
+        "demo",
+    ] {
+        assert!(help.contains(command), "--help lacks {command}:\n{help}");
+    }
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["submit", "--help"]);
+    let help = text(&output(cmd).await.stdout);
+    for flag in [
+        "--job",
+        "--db",
+        "--base-url",
+        "--endpoint",
+        "--model",
+        "--concurrency",
+        "--rpm",
+        "--max-attempts",
+        "--timeout",
+        "--no-progress",
+    ] {
+        assert!(help.contains(flag), "submit --help lacks {flag}");
+    }
+    assert!(!help.contains("--api-key"), "keys are never flags");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let s = Scratch::new();
+    for args in [
+        &["submit"][..],
+        &["bogus"][..],
+        &["submit", "x.jsonl", "--concurrency", "0"][..],
+    ] {
+        let mut cmd = runner(s.dir.path());
+        cmd.args(args);
+        let out = output(cmd).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_1_naming_file_and_line_and_sends_nothing() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    s.write("bad.jsonl", "{\"prompt\":\"fine\"}\n{\"prompt\": oops}\n");
+    let mut cmd = runner(s.dir.path());
+    cmd.args([
+        "submit",
+        "bad.jsonl",
+        "--base-url",
+        &mock.base_url(),
+        "--no-progress",
+    ]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("bad.jsonl:2: invalid JSON"), "{stderr}");
+    assert_eq!(mock.stats().answers, 0);
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn openai_without_a_key_is_a_clear_error() {
+    let s = Scratch::new();
+    s.prompts("p.jsonl", 0..2);
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["submit", "p.jsonl", "--no-progress"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("OPENAI_API_KEY is not set"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
+    let s = Scratch::new();
+    let bad_key = "sk-proj-revoked-0000000000000000";
+    let mock = mock(MockConfig {
+        invalid_keys: vec![bad_key.to_owned()],
+        ..MockConfig::default()
+    })
+    .await;
+    let url = mock.base_url();
+    s.prompts("ok.jsonl", 0..20);
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["submit", "ok.jsonl", "--base-url", &url, "--no-progress"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "submit prints nothing on stdout");
+    assert!(
+        text(&out.stderr).contains("ok: completed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    s.write(
+        "some-bad.jsonl",
+        "{\"prompt\":\"a\"}\n{\"prompt\":\"b\",\"mock_status\":422}\n",
+    );
+    let mut cmd = runner(s.dir.path());
+    cmd.args([
+        "submit",
+        "some-bad.jsonl",
+        "--base-url",
+        &url,
+        "--no-progress",
+    ]);
+    assert_eq!(output(cmd).await.status.code(), Some(3));
+
+    s.prompts("stop.jsonl", 0..5);
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["submit", "stop.jsonl", "--base-url", &url, "--no-progress"])
+        .env("OPENAI_API_KEY", bad_key);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stderr).contains("set a valid OPENAI_API_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Read-only commands write their data to stdout.
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["export", "--job", "ok"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0));
+    let csv = text(&out.stdout);
+    assert_eq!(csv.lines().count(), 21, "header + 20 rows");
+    assert!(csv.starts_with("custom_id,status,http_status,attempts,output_text,"));
+
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["status", "--job", "stop", "--json"]);
+    let out = output(cmd).await;
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(status["state"], "stopped");
+    assert_eq!(status["requests"]["pending"], 5);
+
+    let mut cmd = runner(s.dir.path());
+    cmd.arg("jobs");
+    let jobs = text(&output(cmd).await.stdout);
+    for job in ["ok", "some-bad", "stop"] {
+        assert!(jobs.contains(job), "{jobs}");
+    }
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_into_a_closed_pipe_ends_quietly() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    s.prompts("pipe.jsonl", 0..3000);
+    let mut cmd = runner(s.dir.path());
+    cmd.args([
+        "submit",
+        "pipe.jsonl",
+        "--base-url",
+        &mock.base_url(),
+        "--no-progress",
+        "--concurrency",
+        "64",
+    ]);
+    assert_eq!(output(cmd).await.status.code(), Some(0));
+    let out = within(
+        "export into a closed pipe",
+        tokio::task::spawn_blocking({
+            let mut cmd = runner(s.dir.path());
+            cmd.arg("export")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            move || {
+                let mut child = cmd.spawn().expect("spawn");
+                let mut first = String::new();
+                BufReader::new(child.stdout.take().expect("stdout"))
+                    .read_line(&mut first)
+                    .expect("read");
+                // Dropping the reader closes the pipe with most of the CSV unwritten.
+                assert!(first.starts_with("custom_id,"));
+                child.wait_with_output().expect("wait")
+            }
+        }),
+    )
+    .await
+    .expect("join");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_never_written_anywhere() {
+    let s = Scratch::new();
+    let key = "sk-proj-DISTINCTIVE-secret-key-4f7c2a9e1b";
+    let mock = mock(MockConfig {
+        missing_scope_rate: 0.3,
+        ..MockConfig::default()
+    })
+    .await;
+    s.prompts("secret.jsonl", 0..50);
+    let mut cmd = runner(s.dir.path());
+    cmd.args([
+        "submit",
+        "secret.jsonl",
+        "--base-url",
+        &mock.base_url(),
+        "--no-progress",
+    ])
+    .env("OPENAI_API_KEY", key)
+    .env("RUNNER_LOG", "trace");
+    let submit = output(cmd).await;
+    assert_eq!(submit.status.code(), Some(0));
+    let mut outputs = vec![submit.stdout, submit.stderr];
+    for args in [
+        &["status"][..],
+        &["export"][..],
+        &["export", "--format", "jsonl"][..],
+    ] {
+        let mut cmd = runner(s.dir.path());
+        cmd.args(args).env("OPENAI_API_KEY", key);
+        let out = output(cmd).await;
+        outputs.push(out.stdout);
+        outputs.push(out.stderr);
+    }
+    for file in std::fs::read_dir(s.dir.path()).expect("dir") {
+        outputs.push(std::fs::read(file.expect("entry").path()).expect("read"));
+    }
+    let secret = key.as_bytes();
+    for (i, bytes) in outputs.iter().enumerate() {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "the key leaked into output #{i}"
+        );
+    }
+    // What the journal keeps instead: the fingerprint.
+    assert!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM attempts WHERE key_fingerprint = 'sk-proj-…9e1b'"
+        ) >= 50
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.db()).expect("db").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the database is private: {mode:o}");
+    mock.shutdown().await;
+}
+
+/// Successful answers per custom id, per the mock's counters.
+fn successes_by_id(mock: &MockServer, n: usize) -> HashMap<String, u64> {
+    let stats = mock.stats();
+    (0..n)
+        .map(|i| (format!("r-{i}"), stats.successes_for(&sent_body(i))))
+        .collect()
+}
+
+/// Requests the journal says succeeded.
+fn journaled_successes(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).expect("db opens after kill");
+    let mut stmt = conn
+        .prepare("SELECT key FROM requests WHERE state = 'succeeded'")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_success() {
+    const N: usize = 3000;
+    const KILLS: usize = 5;
+    let s = Scratch::new();
+    let mock = mock(MockConfig {
+        latency: Duration::from_millis(5),
+        missing_scope_rate: 0.05,
+        ..MockConfig::default()
+    })
+    .await;
+    s.prompts("crash.jsonl", 0..N);
+    let url = mock.base_url();
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    eprintln!("kill schedule seed {seed}");
+    // Per request: its success count when the journal last showed it succeeded.
+    let mut frozen: HashMap<String, u64> = HashMap::new();
+    for kill in 0..KILLS {
+        let mut cmd = runner(s.dir.path());
+        if kill == 0 {
+            cmd.args([
+                "submit",
+                "crash.jsonl",
+                "--base-url",
+                &url,
+                "--model",
+                "test-model",
+            ]);
+        } else {
+            cmd.arg("resume");
+        }
+        cmd.args(["--no-progress", "--concurrency", "16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child: Child = cmd.spawn().expect("spawn");
+        let target = mock.stats().successes() + rng.u64(50..400);
+        wait_until("progress before the kill", || {
+            mock.stats().successes() >= target
+        })
+        .await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+
+        let counts = successes_by_id(&mock, N);
+        for key in journaled_successes(&s.db()) {
+            frozen.entry(key.clone()).or_insert(counts[&key]);
+        }
+    }
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["resume", "--no-progress"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let counts = successes_by_id(&mock, N);
+    let interrupted = interrupted_ids(&s.db());
+    assert!(
+        !interrupted.is_empty(),
+        "the kills landed while requests were in flight"
+    );
+    for (key, n) in &counts {
+        assert!(*n >= 1, "{key} never succeeded");
+        assert!(
+            *n == 1 || interrupted.contains(key),
+            "{key} got {n} successful answers but was never in flight at a kill"
+        );
+    }
+    for (key, at_freeze) in &frozen {
+        assert_eq!(
+            counts[key], *at_freeze,
+            "{key} was sent again after its success was journaled"
+        );
+    }
+    let extra: u64 = counts.values().map(|n| n - 1).sum();
+    assert!(
+        extra <= (KILLS * 16) as u64,
+        "at most the requests in flight at each kill: {extra}"
+    );
+
+    let (header, rows) = export_csv(&s.db(), "crash");
+    assert_eq!(rows.len(), N, "exactly one row per request");
+    assert!(
+        rows.iter()
+            .all(|r| cell(&header, r, "status") == "succeeded")
+    );
+    let conn = rusqlite::Connection::open(s.db()).expect("db");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(integrity, "ok");
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn demo_runs_with_no_key_and_no_network() {
+    let s = Scratch::new();
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["demo", "--no-progress"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let csv = std::fs::read_to_string(s.path("demo-results.csv")).expect("demo writes its CSV");
+    assert_eq!(csv.lines().count(), 301);
+    assert!(
+        text(&out.stderr).contains("demo: completed · 300/300 done"),
+        "{}",
+        text(&out.stderr)
+    );
+}
