@@ -2,10 +2,12 @@
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::http::classify::{Class, UnknownClass};
 use crate::input::DEFAULT_MAX_LINE_BYTES;
 use crate::mock::MockArgs;
 
@@ -31,6 +33,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Continue a job that was interrupted or stopped
     Resume(ResumeArgs),
+    /// Requeue a job's failed requests (all, or one class) with fresh budgets, and run them
+    RetryFailed(RetryFailedArgs),
     /// Show a job's progress and what its attempts ran into
     Status(StatusArgs),
     /// Write a job's results as CSV or Batch API output JSONL
@@ -67,9 +71,30 @@ pub struct RunArgs {
     /// Requests per minute at most, retries included [default: no limit]
     #[arg(long, value_name = "N")]
     pub rpm: Option<NonZeroU32>,
-    /// Attempts per request before it ends failed [default: 10]
+    /// Attempts per request for transient failures (connection, timeout, 5xx) [default: 10]
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<NonZeroU32>,
+    /// Attempt budget of one class per request, e.g. auth_transient=200 [defaults: transient=10, auth_transient=50, rate_limited=50]. Repeatable
+    #[arg(long = "retry-budget", value_name = "CLASS=N")]
+    pub retry_budgets: Vec<RetryBudget>,
+    /// First backoff step; step n waits up to BASE·2ⁿ⁻¹, with full jitter [default: 500ms]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub backoff_base: Option<Duration>,
+    /// Longest backoff step [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub backoff_cap: Option<Duration>,
+    /// Longest wait honoured from retry-after and similar hints [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_wait: Option<Duration>,
+    /// Longest pause of the circuit breaker between probes [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub breaker_max_cooldown: Option<Duration>,
+    /// Stop the job after this many consecutive requests fail with the same permanent error, e.g. a wrong model name; 0 never stops [default: 20]
+    #[arg(long, value_name = "N")]
+    pub stop_after_same_error: Option<u32>,
+    /// Keys to spread requests over: one per line, KEY or LABEL=KEY [default: $OPENAI_API_KEY]
+    #[arg(long, value_name = "PATH")]
+    pub keys_file: Option<PathBuf>,
     /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -79,6 +104,41 @@ pub struct RunArgs {
     /// No progress bar: print a summary line every few seconds instead
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// One `--retry-budget CLASS=N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// `transient`, `auth_transient` or `rate_limited`.
+    pub class: Class,
+    /// Attempts of that class a request may spend.
+    pub attempts: u32,
+}
+
+impl FromStr for RetryBudget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (class, n) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not CLASS=N, e.g. auth_transient=200"))?;
+        let class: Class = class
+            .trim()
+            .parse()
+            .map_err(|e: UnknownClass| e.to_string())?;
+        if !class.is_retryable() {
+            return Err(format!(
+                "class '{class}' is never retried: budgets exist for transient, auth_transient and rate_limited"
+            ));
+        }
+        let attempts: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("'{n}' is not a positive number of attempts"))?;
+        Ok(RetryBudget { class, attempts })
+    }
 }
 
 /// `runner submit`.
@@ -112,6 +172,23 @@ pub struct ResumeArgs {
     /// Job name [default: the most recent job]
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Run settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `runner retry-failed`.
+#[derive(Args, Debug, Clone)]
+pub struct RetryFailedArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Only requests whose last error has this class, e.g. auth_transient or request_failed
+    #[arg(long, value_name = "CLASS")]
+    pub class: Option<Class>,
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,

@@ -2,14 +2,18 @@
 //! environment (OpenAI SDK names) and the defaults.
 
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::BreakerSettings;
 use crate::cli::RunArgs;
+use crate::http::classify::Class;
 use crate::http::client::{ApiKey, ClientSettings};
 use crate::input::CHAT_ENDPOINT;
-use crate::retry::RetryPolicy;
+use crate::keys::{KeysError, read_keys_file};
+use crate::retry::{Budgets, RetryPolicy};
 
 /// The OpenAI SDKs' default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -79,10 +83,61 @@ pub struct JobSettings {
     pub concurrency: usize,
     /// Requests per minute at most.
     pub rpm: Option<u32>,
-    /// Attempts per request.
+    /// Budget of `transient` attempts per request.
     pub max_attempts: u32,
     /// One attempt's time limit, in ms.
     pub timeout_ms: u64,
+    /// Budget of `auth_transient` attempts per request.
+    #[serde(default = "defaults::auth_retries")]
+    pub auth_retries: u32,
+    /// Budget of `rate_limited` attempts per request.
+    #[serde(default = "defaults::rate_limit_retries")]
+    pub rate_limit_retries: u32,
+    /// First backoff step, ms.
+    #[serde(default = "defaults::backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// Longest backoff step, ms.
+    #[serde(default = "defaults::backoff_cap_ms")]
+    pub backoff_cap_ms: u64,
+    /// Longest server-requested wait honoured, ms.
+    #[serde(default = "defaults::max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Longest breaker cool-down (the probe interval in a long outage), ms.
+    #[serde(default = "defaults::breaker_max_cooldown_ms")]
+    pub breaker_max_cooldown_ms: u64,
+    /// Consecutive identical permanent errors that stop the job (0: never).
+    #[serde(default = "defaults::stop_after_same_error")]
+    pub stop_after_same_error: u32,
+    /// Keys file (its path only; the keys are read at each run and never stored).
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Defaults of settings added after the first release: older stored settings lack them.
+mod defaults {
+    use crate::retry::{Budgets, RetryPolicy};
+
+    pub fn auth_retries() -> u32 {
+        Budgets::default().auth_transient
+    }
+    pub fn rate_limit_retries() -> u32 {
+        Budgets::default().rate_limited
+    }
+    pub fn backoff_base_ms() -> u64 {
+        RetryPolicy::default().base.as_millis() as u64
+    }
+    pub fn backoff_cap_ms() -> u64 {
+        RetryPolicy::default().cap.as_millis() as u64
+    }
+    pub fn max_wait_ms() -> u64 {
+        RetryPolicy::default().max_server_wait.as_millis() as u64
+    }
+    pub fn breaker_max_cooldown_ms() -> u64 {
+        10_000
+    }
+    pub fn stop_after_same_error() -> u32 {
+        20
+    }
 }
 
 impl JobSettings {
@@ -97,8 +152,16 @@ impl JobSettings {
             model: None,
             concurrency: DEFAULT_CONCURRENCY,
             rpm: None,
-            max_attempts: RetryPolicy::default().max_attempts,
+            max_attempts: Budgets::default().transient,
             timeout_ms: DEFAULT_TIMEOUT.as_millis() as u64,
+            auth_retries: defaults::auth_retries(),
+            rate_limit_retries: defaults::rate_limit_retries(),
+            backoff_base_ms: defaults::backoff_base_ms(),
+            backoff_cap_ms: defaults::backoff_cap_ms(),
+            max_wait_ms: defaults::max_wait_ms(),
+            breaker_max_cooldown_ms: defaults::breaker_max_cooldown_ms(),
+            stop_after_same_error: defaults::stop_after_same_error(),
+            keys_file: None,
         }
     }
 
@@ -133,6 +196,45 @@ impl JobSettings {
         if let Some(t) = run.timeout {
             self.timeout_ms = t.as_millis() as u64;
         }
+        for budget in &run.retry_budgets {
+            match budget.class {
+                Class::Transient => self.max_attempts = budget.attempts,
+                Class::AuthTransient => self.auth_retries = budget.attempts,
+                Class::RateLimited => self.rate_limit_retries = budget.attempts,
+                // RetryBudget's parser accepts only the three retried classes.
+                Class::Succeeded | Class::RequestFailed | Class::JobStop => {}
+            }
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        if let Some(d) = run.backoff_base {
+            self.backoff_base_ms = ms(d);
+        }
+        if let Some(d) = run.backoff_cap {
+            self.backoff_cap_ms = ms(d);
+        }
+        if let Some(d) = run.max_wait {
+            self.max_wait_ms = ms(d);
+        }
+        if let Some(d) = run.breaker_max_cooldown {
+            self.breaker_max_cooldown_ms = ms(d);
+        }
+        if let Some(n) = run.stop_after_same_error {
+            self.stop_after_same_error = n;
+        }
+        if let Some(path) = &run.keys_file {
+            self.keys_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+        }
+    }
+
+    /// The keys to send with: the keys file if set, else `OPENAI_API_KEY`, else none.
+    ///
+    /// # Errors
+    /// The keys file cannot be read or holds no key.
+    pub fn keys(&self, env: &ApiEnv) -> Result<Vec<ApiKey>, KeysError> {
+        match &self.keys_file {
+            Some(path) => read_keys_file(path),
+            None => Ok(env.api_key.iter().cloned().collect()),
+        }
     }
 
     /// Checks the settings and the environment together.
@@ -148,7 +250,10 @@ impl JobSettings {
         if !self.endpoint.starts_with('/') {
             return Err(ConfigError::Endpoint(self.endpoint.clone()));
         }
-        if env.api_key.is_none() && url.host_str() == Some("api.openai.com") {
+        if env.api_key.is_none()
+            && self.keys_file.is_none()
+            && url.host_str() == Some("api.openai.com")
+        {
             return Err(ConfigError::MissingKey(self.base_url.clone()));
         }
         Ok(())
@@ -167,9 +272,23 @@ impl JobSettings {
     /// The retry policy these settings imply.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
-            max_attempts: self.max_attempts.max(1),
-            ..RetryPolicy::default()
+            budgets: Budgets {
+                transient: self.max_attempts.max(1),
+                auth_transient: self.auth_retries.max(1),
+                rate_limited: self.rate_limit_retries.max(1),
+            },
+            base: Duration::from_millis(self.backoff_base_ms),
+            cap: Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
+            max_server_wait: Duration::from_millis(self.max_wait_ms),
         }
+    }
+
+    /// The breaker settings these settings imply.
+    pub fn breaker(&self) -> BreakerSettings {
+        let mut breaker = BreakerSettings::for_concurrency(self.concurrency);
+        breaker.max_cooldown =
+            Duration::from_millis(self.breaker_max_cooldown_ms).max(breaker.cooldown);
+        breaker
     }
 
     /// The HTTP client's settings.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::Exit;
-use crate::cli::{ResumeArgs, RunArgs, SubmitArgs};
+use crate::cli::{ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
 use crate::config::{ApiEnv, JobSettings};
-use crate::http::client::ApiClient;
 use crate::input::{InputOptions, InputReader};
+use crate::keys::KeyPool;
 use crate::progress::{Display, Reporter, Tally};
 use crate::rate_limit::RequestLimiter;
 use crate::shutdown::Shutdown;
@@ -115,6 +115,40 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
     .await
 }
 
+/// `runner retry-failed`: requeue failed requests (all, or one class) with fresh budgets and run.
+///
+/// # Errors
+/// Unknown job, bad settings, store failures.
+pub async fn retry_failed(
+    args: RetryFailedArgs,
+    env: &ApiEnv,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Exit> {
+    with_store(&args.db.db, async |store| {
+        let name = args.job.clone();
+        let job = store
+            .call(move |c| db::resolve_job(c, name.as_deref()))
+            .await?;
+        let mut settings = JobSettings::from_json(&job.config)?;
+        settings.apply(&args.run);
+        settings.check(env)?;
+        let (id, class, config, now) = (job.id, args.class, settings.to_json(), now_ms());
+        let requeued = store
+            .call(move |c| {
+                db::update_job_config(c, id, &config, now)?;
+                db::requeue_failed(c, id, class)
+            })
+            .await?;
+        eprintln!(
+            "{}: requeued {requeued} failed requests{}",
+            job.name,
+            class.map(|c| format!(" of class {c}")).unwrap_or_default()
+        );
+        execute(&store, job, &settings, env, &args.run, shutdown).await
+    })
+    .await
+}
+
 /// Runs a job's pending requests to the end, a job-level stop or a shutdown.
 async fn execute(
     store: &JobStore,
@@ -145,17 +179,19 @@ async fn execute(
             "OPENAI_API_KEY is not set: sending requests without an Authorization header"
         );
     }
-    let client = ApiClient::new(&settings.client_settings(env), env.api_key.as_ref())?;
+    let keys = KeyPool::new(settings.keys(env)?, settings.client_settings(env))?;
     let tally = Arc::new(Tally::from_counts(&counts));
     let pool = WorkerPool::new(
         id,
         store.clone(),
-        client,
+        keys,
         RequestLimiter::per_minute(settings.rpm()),
         PoolSettings {
             concurrency: settings.concurrency().get(),
             grace: run.grace,
             policy: settings.retry_policy(),
+            breaker: settings.breaker(),
+            stop_after_same_error: settings.stop_after_same_error,
         },
         Arc::clone(&tally),
     );

@@ -13,8 +13,8 @@
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit); [`store::db`] holds the SQL, [`store::migrate`] the schema versions.
 //! - [`request`]: domain types: ids, the request state machine, attempts, completions.
-//! - [`worker`]: the pool: claims due requests, waits on the [`rate_limit`] limiter, runs
-//!   attempts, journals each one.
+//! - [`worker`]: the pool: claims due requests, passes them through the gates (a 429's pause,
+//!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] limiter), runs attempts, journals each.
 //! - [`http::client`]: sends one attempt; [`http::classify`]: the error taxonomy (one enum, one
 //!   function); [`retry`]: what follows an attempt (backoff, server-requested waits).
 //! - [`response`]: usage and output text of success bodies.
@@ -33,6 +33,7 @@
 //! store ─▶ export (CSV / JSONL), status
 //! ```
 
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -40,6 +41,7 @@ pub mod export;
 pub mod http;
 pub mod input;
 pub mod job;
+pub mod keys;
 pub mod mock;
 pub mod progress;
 pub mod rate_limit;
@@ -92,6 +94,7 @@ pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::R
     match command {
         Command::Submit(args) => job::submit(args, &env, &shutdown).await,
         Command::Resume(args) => job::resume(args, &env, &shutdown).await,
+        Command::RetryFailed(args) => job::retry_failed(args, &env, &shutdown).await,
         Command::Status(args) => blocking(move || status::status(&args, io::stdout().lock())).await,
         Command::Jobs(args) => blocking(move || status::jobs(&args, io::stdout().lock())).await,
         Command::Export(args) => blocking(move || export::export(&args).map(drop)).await,

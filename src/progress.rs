@@ -2,8 +2,8 @@
 //! otherwise (or with `--no-progress`), and a final summary always. stdout is never touched.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -24,6 +24,8 @@ pub struct Tally {
     failed: AtomicU64,
     retrying: AtomicI64,
     attempts: AtomicU64,
+    /// A state worth showing, e.g. "breaker open 4s".
+    note: Mutex<Option<String>>,
 }
 
 impl Tally {
@@ -34,7 +36,19 @@ impl Tally {
             failed: AtomicU64::new(counts.failed),
             retrying: AtomicI64::new(counts.retrying as i64),
             attempts: AtomicU64::new(0),
+            note: Mutex::new(None),
         }
+    }
+
+    /// Requests counted failed were requeued (a configuration error's streak).
+    pub fn unfail(&self, n: u64) {
+        self.failed.fetch_sub(n, Ordering::Relaxed);
+        self.retrying.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    /// Shows `note` on the progress line until replaced (`None` clears it).
+    pub fn set_note(&self, note: Option<String>) {
+        *self.note.lock().unwrap_or_else(PoisonError::into_inner) = note;
     }
 
     /// An attempt was sent.
@@ -66,16 +80,22 @@ impl Tally {
             failed: self.failed.load(Ordering::Relaxed),
             retrying: self.retrying.load(Ordering::Relaxed).max(0) as u64,
             attempts: self.attempts.load(Ordering::Relaxed),
+            note: self
+                .note
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Snapshot {
     succeeded: u64,
     failed: u64,
     retrying: u64,
     attempts: u64,
+    note: Option<String>,
 }
 
 impl Snapshot {
@@ -135,8 +155,13 @@ impl View {
         } else {
             String::new()
         };
+        let note = s
+            .note
+            .as_deref()
+            .map(|n| format!(" · {n}"))
+            .unwrap_or_default();
         format!(
-            "ok {} · failed {} · retrying {} · {:.1} req/s{eta}",
+            "ok {} · failed {} · retrying {} · {:.1} req/s{eta}{note}",
             s.succeeded, s.failed, s.retrying, rate
         )
     }

@@ -108,6 +108,31 @@ pub struct Claimed {
     pub body: String,
     /// Attempts journaled before this one.
     pub attempts: u32,
+    /// Of those, per retried class, since the budget was last reset.
+    pub spent: Spent,
+}
+
+/// Attempts a request spent per retried class: what its retry budgets are measured against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// `transient` attempts.
+    pub transient: u32,
+    /// `auth_transient` attempts.
+    pub auth_transient: u32,
+    /// `rate_limited` attempts.
+    pub rate_limited: u32,
+}
+
+impl Spent {
+    /// Attempts spent on `class` so far (0 for classes without a budget).
+    pub fn of(&self, class: Class) -> u32 {
+        match class {
+            Class::Transient => self.transient,
+            Class::AuthTransient => self.auth_transient,
+            Class::RateLimited => self.rate_limited,
+            Class::Succeeded | Class::RequestFailed | Class::JobStop => 0,
+        }
+    }
 }
 
 /// Token usage and model read from a success body.

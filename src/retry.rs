@@ -10,11 +10,45 @@ use reqwest::header::HeaderMap;
 
 use crate::http::classify::Class;
 
+/// Attempts a request may spend per retried class before it ends failed with its last error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budgets {
+    /// Connection errors, timeouts, 408/409, 5xx, unparseable 2xx (`--max-attempts`).
+    pub transient: u32,
+    /// The intermittent 401. Large: the incident lasted hours, and the breaker keeps what a
+    /// spike costs to a probe per cool-down, so waiting it out is cheap.
+    pub auth_transient: u32,
+    /// 429 `rate_limit_exceeded`: waiting always helps in the end.
+    pub rate_limited: u32,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            transient: 10,
+            auth_transient: 50,
+            rate_limited: 50,
+        }
+    }
+}
+
+impl Budgets {
+    /// The budget of `class` (0 for classes that are never retried).
+    pub fn of(&self, class: Class) -> u32 {
+        match class {
+            Class::Transient => self.transient,
+            Class::AuthTransient => self.auth_transient,
+            Class::RateLimited => self.rate_limited,
+            Class::Succeeded | Class::RequestFailed | Class::JobStop => 0,
+        }
+    }
+}
+
 /// Retry settings of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts a request gets in all before it ends failed with its last error.
-    pub max_attempts: u32,
+    /// Per-class attempt budgets.
+    pub budgets: Budgets,
     /// First backoff step; step n waits up to `base · 2ⁿ⁻¹`.
     pub base: Duration,
     /// No backoff step is longer than this.
@@ -26,7 +60,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 10,
+            budgets: Budgets::default(),
             base: Duration::from_millis(500),
             cap: Duration::from_secs(30),
             max_server_wait: Duration::from_secs(120),
@@ -48,7 +82,8 @@ pub enum Next {
 }
 
 impl RetryPolicy {
-    /// Decides what follows attempt number `attempt` (1-based) of class `class`.
+    /// Decides what follows an attempt of class `class` that was the `attempt`-th (1-based) of
+    /// that class for its request.
     ///
     /// `server_wait` is what the server asked for (see [`server_wait`]); it wins over backoff for
     /// the classes that are retried. `jitter` is a uniform draw from `[0, 1)`, passed in so that
@@ -65,7 +100,7 @@ impl RetryPolicy {
             Class::RequestFailed => Next::Failed,
             Class::JobStop => Next::StopJob,
             Class::Transient | Class::AuthTransient | Class::RateLimited
-                if attempt >= self.max_attempts =>
+                if attempt >= self.budgets.of(class) =>
             {
                 Next::Failed
             }
@@ -280,13 +315,14 @@ mod tests {
             p.next(Class::RateLimited, 1, Some(Duration::from_secs(3600)), 0.0),
             Next::RetryAfter(p.max_server_wait)
         );
+        let auth = p.budgets.auth_transient;
+        assert_eq!(p.next(Class::AuthTransient, auth, None, 0.5), Next::Failed);
         assert_eq!(
-            p.next(Class::AuthTransient, p.max_attempts, None, 0.5),
-            Next::Failed
-        );
-        assert_eq!(
-            p.next(Class::AuthTransient, p.max_attempts - 1, None, 0.0),
+            p.next(Class::AuthTransient, auth - 1, None, 0.0),
             Next::RetryAfter(Duration::ZERO)
         );
+        let transient = p.budgets.transient;
+        assert_eq!(p.next(Class::Transient, transient, None, 0.5), Next::Failed);
+        assert!(transient < auth, "each class has its own budget");
     }
 }

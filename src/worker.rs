@@ -1,18 +1,22 @@
 //! The worker pool: one dispatcher claims due requests from the store and runs each attempt as a
-//! task, at most `concurrency` at a time, each one after the shared rate limiter allows it.
+//! task, at most `concurrency` at a time.
 //!
+//! Before each request goes out it passes, in order: the pool-wide pause a 429 imposes, the key
+//! pool (a healthy key), the circuit breaker ([`crate::breaker`]), and the shared rate limiter.
 //! The queue is the database: retries are rows whose `next_attempt_at` lies ahead, so the
 //! dispatcher sleeps until the earliest deadline (or until a task ends), never in a polling loop,
 //! and a restart picks up exactly where the journal says.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::classify::{ApiError, Class, Observation, classify};
-use crate::http::client::{ApiClient, Sent};
+use crate::breaker::{Admission, Breaker, BreakerSettings, Transition};
+use crate::http::classify::{ApiError, Class, Observation, TransportFailure, classify};
+use crate::http::client::Sent;
+use crate::keys::{KeyLease, KeyOutcome, KeyPool, Pick};
 use crate::progress::Tally;
 use crate::rate_limit::RequestLimiter;
 use crate::request::{AttemptOutcome, Claimed, Completion, Disposition, JobId, RequestId, Usage};
@@ -49,20 +53,56 @@ pub struct PoolSettings {
     pub concurrency: usize,
     /// How long requests in flight may take to finish after a stop.
     pub grace: Duration,
-    /// Retry budget and backoff.
+    /// Retry budgets and backoff.
     pub policy: RetryPolicy,
+    /// The circuit breaker.
+    pub breaker: BreakerSettings,
+    /// Consecutive identical permanent errors that stop the job (0: never).
+    pub stop_after_same_error: u32,
+}
+
+/// The same permanent error on consecutive requests, with no success between them.
+#[derive(Debug, Default)]
+struct Streak {
+    /// HTTP status and error code of the error.
+    signature: Option<(Option<u16>, Option<String>)>,
+    /// The requests that failed with it.
+    requests: Vec<RequestId>,
 }
 
 /// Everything an attempt task needs, shared.
 struct Context {
     job: JobId,
     store: JobStore,
-    client: ApiClient,
+    keys: KeyPool,
     policy: RetryPolicy,
     tally: Arc<Tally>,
-    /// Cancelled on a job-level stop (and on shutdown, as a child of the stop token).
+    breaker: Mutex<Breaker>,
+    /// No dispatch before this instant: a 429 slows the whole pool, not one request.
+    paused_until: Mutex<Option<Instant>>,
+    streak: Mutex<Streak>,
+    stop_after_same_error: u32,
+    /// Cancelled on a job-level stop.
     halt: CancellationToken,
     stop_reason: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here are a few assignments with no await: a panic cannot leave half a
+    // state behind, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the dispatcher may do now.
+enum Gate {
+    /// Send; as the breaker's probe if `probe`.
+    Open { probe: bool },
+    /// Nothing may go out before this instant.
+    Closed(Instant),
+    /// Wait for an attempt in flight to finish (the breaker's probe).
+    WaitForTask,
+    /// No usable key is left: the job stops.
+    NoKeys,
 }
 
 /// Runs one job's requests until none is left, a job-level stop, or shutdown.
@@ -77,7 +117,7 @@ impl WorkerPool {
     pub fn new(
         job: JobId,
         store: JobStore,
-        client: ApiClient,
+        keys: KeyPool,
         limiter: RequestLimiter,
         settings: PoolSettings,
         tally: Arc<Tally>,
@@ -86,9 +126,13 @@ impl WorkerPool {
             context: Arc::new(Context {
                 job,
                 store,
-                client,
+                keys,
                 policy: settings.policy,
                 tally,
+                breaker: Mutex::new(Breaker::new(settings.breaker)),
+                paused_until: Mutex::new(None),
+                streak: Mutex::new(Streak::default()),
+                stop_after_same_error: settings.stop_after_same_error,
                 halt: CancellationToken::new(),
                 stop_reason: Mutex::new(None),
             }),
@@ -103,40 +147,36 @@ impl WorkerPool {
     /// # Errors
     /// Only store errors (and a panicked attempt task): a failed request is data, not an error.
     pub async fn run(self, shutdown: &Shutdown) -> Result<PoolExit, StoreError> {
-        let ctx = &self.context;
-        let halt = shutdown.stop_token().child_token();
-        let job_halt = ctx.halt.clone();
+        let stop = shutdown.stop_token();
         let mut tasks: JoinSet<Result<(), StoreError>> = JoinSet::new();
-        let dispatched = self.dispatch(&mut tasks, &halt, &job_halt).await;
-        let exit = match dispatched {
-            Ok(()) if tasks.is_empty() && !halt.is_cancelled() && !job_halt.is_cancelled() => {
-                PoolExit::Drained
-            }
-            Ok(()) => match ctx.stop_reason() {
-                Some(reason) => PoolExit::Stopped(reason),
-                None => PoolExit::Interrupted,
-            },
-            Err(e) => {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.dispatch(&mut tasks, &stop).await {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            return Err(e);
+        }
         self.drain(&mut tasks, shutdown).await?;
-        Ok(exit)
+        // A stop reason set by the last tasks to finish counts too.
+        Ok(match self.context.stop_reason() {
+            Some(reason) => PoolExit::Stopped(reason),
+            None if stop.is_cancelled() => PoolExit::Interrupted,
+            None => PoolExit::Drained,
+        })
+    }
+
+    fn halted(&self, stop: &CancellationToken) -> bool {
+        stop.is_cancelled() || self.context.halt.is_cancelled()
     }
 
     /// The dispatch loop; returns when nothing is left or on a halt.
     async fn dispatch(
         &self,
         tasks: &mut JoinSet<Result<(), StoreError>>,
-        halt: &CancellationToken,
-        job_halt: &CancellationToken,
+        stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         let ctx = &self.context;
         let job = ctx.job;
         loop {
-            if halt.is_cancelled() || job_halt.is_cancelled() {
+            if self.halted(stop) {
                 return Ok(());
             }
             while let Some(joined) = tasks.try_join_next() {
@@ -144,55 +184,147 @@ impl WorkerPool {
             }
             let free = self.settings.concurrency.saturating_sub(tasks.len());
             if free == 0 {
-                tokio::select! {
-                    Some(joined) = tasks.join_next() => settle(joined)?,
-                    _ = halt.cancelled() => {}
-                    _ = job_halt.cancelled() => {}
-                }
+                self.wait(tasks, None, stop).await?;
                 continue;
             }
+            let probe = match self.gate().await? {
+                Gate::Open { probe } => probe,
+                Gate::Closed(until) => {
+                    self.wait(tasks, Some(until), stop).await?;
+                    continue;
+                }
+                Gate::WaitForTask => {
+                    self.wait(tasks, None, stop).await?;
+                    continue;
+                }
+                Gate::NoKeys => {
+                    ctx.stop_job(no_keys_reason(ctx.keys.len()));
+                    return Ok(());
+                }
+            };
             let now = now_ms();
-            let limit = free.min(CLAIM_BATCH);
+            let limit = if probe { 1 } else { free.min(CLAIM_BATCH) };
             let claimed = ctx
                 .store
                 .call(move |c| db::claim_due(c, job, now, limit))
                 .await?;
             if claimed.is_empty() {
+                if probe {
+                    lock(&ctx.breaker).probe_withdrawn();
+                }
                 let next = ctx.store.call(move |c| db::next_due(c, job)).await?;
                 if next.is_none() && tasks.is_empty() {
                     return Ok(());
                 }
                 let deadline = next.map(|at| {
-                    tokio::time::Instant::now()
-                        + Duration::from_millis((at - now_ms()).max(0) as u64)
+                    Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
                 });
-                tokio::select! {
-                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => settle(joined)?,
-                    _ = sleep_until(deadline) => {}
-                    _ = halt.cancelled() => {}
-                    _ = job_halt.cancelled() => {}
-                }
+                self.wait(tasks, deadline, stop).await?;
                 continue;
             }
-            let mut queue = claimed.into_iter();
-            while let Some(request) = queue.next() {
-                let ready = tokio::select! {
+            self.launch(tasks, claimed, probe, stop).await?;
+        }
+    }
+
+    /// Sends claimed requests, each after the gates and the limiter allow it; gives back (never
+    /// sent, no attempt journaled) those that must wait after all.
+    async fn launch(
+        &self,
+        tasks: &mut JoinSet<Result<(), StoreError>>,
+        claimed: Vec<Claimed>,
+        probe: bool,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let ctx = &self.context;
+        let mut queue = claimed.into_iter().peekable();
+        let mut first = true;
+        while let Some(request) = queue.next() {
+            // The first passed the gates already; the others must not slip past a breaker that
+            // tripped, or a pause that began, while this batch was going out.
+            let lease = match (
+                first || self.gates_still_open(),
+                ctx.keys.pick(Instant::now()),
+            ) {
+                (true, Pick::Key(lease)) => Some(lease),
+                (true | false, Pick::Key(_) | Pick::WaitUntil(_) | Pick::NoneLeft) => None,
+            };
+            let ready = lease.is_some()
+                && tokio::select! {
                     biased;
-                    _ = halt.cancelled() => false,
-                    _ = job_halt.cancelled() => false,
+                    _ = stop.cancelled() => false,
+                    _ = ctx.halt.cancelled() => false,
                     _ = self.limiter.until_ready() => true,
                 };
-                if !ready {
-                    let unsent: Vec<RequestId> = std::iter::once(request.id)
-                        .chain(queue.map(|r| r.id))
-                        .collect();
-                    ctx.store.call(move |c| db::release(c, &unsent)).await?;
-                    return Ok(());
+            let Some(lease) = lease.filter(|_| ready) else {
+                if probe {
+                    lock(&ctx.breaker).probe_withdrawn();
                 }
-                ctx.tally.attempt_started(request.attempts > 0);
-                tasks.spawn(attempt(Arc::clone(ctx), request));
-            }
+                let unsent: Vec<RequestId> = std::iter::once(request.id)
+                    .chain(queue.map(|r| r.id))
+                    .collect();
+                ctx.store.call(move |c| db::release(c, &unsent)).await?;
+                return Ok(());
+            };
+            ctx.tally.attempt_started(request.attempts > 0);
+            tasks.spawn(attempt(Arc::clone(ctx), request, lease, probe && first));
+            first = false;
         }
+        Ok(())
+    }
+
+    /// Checks the pause, the keys and the breaker, in that order (the breaker last, because
+    /// admitting its probe commits to sending one).
+    async fn gate(&self) -> Result<Gate, StoreError> {
+        let ctx = &self.context;
+        let now = Instant::now();
+        if let Some(until) = *lock(&ctx.paused_until)
+            && until > now
+        {
+            return Ok(Gate::Closed(until));
+        }
+        match ctx.keys.pick(now) {
+            Pick::Key(_) => {}
+            Pick::WaitUntil(until) => return Ok(Gate::Closed(until)),
+            Pick::NoneLeft => return Ok(Gate::NoKeys),
+        }
+        let (admission, transition) = lock(&ctx.breaker).admit(now);
+        if let Some(transition) = transition {
+            ctx.journal_breaker(&transition).await?;
+        }
+        Ok(match admission {
+            Admission::Go => Gate::Open { probe: false },
+            Admission::Probe => Gate::Open { probe: true },
+            Admission::WaitUntil(until) => Gate::Closed(until),
+            Admission::WaitForProbe => Gate::WaitForTask,
+        })
+    }
+
+    fn gates_still_open(&self) -> bool {
+        let ctx = &self.context;
+        let paused = lock(&ctx.paused_until).is_some_and(|until| until > Instant::now());
+        !paused && !lock(&ctx.breaker).is_open()
+    }
+
+    /// Waits for a task to end, `deadline`, or a halt.
+    async fn wait(
+        &self,
+        tasks: &mut JoinSet<Result<(), StoreError>>,
+        deadline: Option<Instant>,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => settle(joined)?,
+            () = sleep => {}
+            _ = stop.cancelled() => {}
+            _ = self.context.halt.cancelled() => {}
+        }
+        Ok(())
     }
 
     /// Waits for requests in flight: until they finish, the grace period ends, or an abort.
@@ -238,18 +370,12 @@ impl WorkerPool {
 
 impl Context {
     fn stop_reason(&self) -> Option<String> {
-        self.stop_reason
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        lock(&self.stop_reason).clone()
     }
 
     /// Records the first job-level stop and halts dispatch.
     fn stop_job(&self, reason: String) {
-        let mut slot = self
-            .stop_reason
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = lock(&self.stop_reason);
         if slot.is_none() {
             tracing::warn!(%reason, "stopping the job");
             *slot = Some(reason);
@@ -257,12 +383,62 @@ impl Context {
         drop(slot);
         self.halt.cancel();
     }
-}
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+    async fn journal(&self, kind: &'static str, detail: String) -> Result<(), StoreError> {
+        tracing::info!(event = kind, %detail);
+        let (job, now) = (self.job, now_ms());
+        self.store
+            .call(move |c| db::record_event(c, job, kind, Some(&detail), now))
+            .await
+    }
+
+    async fn journal_breaker(&self, transition: &Transition) -> Result<(), StoreError> {
+        self.tally.set_note(match transition {
+            Transition::Opened { cooldown, .. } => {
+                Some(format!("breaker open {:.0}s", cooldown.as_secs_f64()))
+            }
+            Transition::HalfOpened => Some("breaker probing".to_owned()),
+            Transition::Closed => None,
+        });
+        self.journal(transition.kind(), transition.detail()).await
+    }
+
+    /// A 429 pauses every dispatch for the wait the server asked for.
+    fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = lock(&self.paused_until);
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Tracks consecutive identical permanent errors (`signature`: status and code; `None` for a
+    /// success, which ends any streak); returns the requests to requeue when the streak is long
+    /// enough to call it a configuration error.
+    fn note_permanent(
+        &self,
+        request: RequestId,
+        signature: Option<(Option<u16>, Option<String>)>,
+    ) -> Option<Vec<RequestId>> {
+        let mut streak = lock(&self.streak);
+        match signature {
+            None => {
+                *streak = Streak::default();
+                None
+            }
+            Some(signature) => {
+                if streak.signature.as_ref() != Some(&signature) {
+                    *streak = Streak {
+                        signature: Some(signature),
+                        requests: Vec::new(),
+                    };
+                }
+                streak.requests.push(request);
+                let limit = self.stop_after_same_error as usize;
+                (limit > 0 && streak.requests.len() >= limit)
+                    .then(|| std::mem::take(&mut streak.requests))
+            }
+        }
     }
 }
 
@@ -278,11 +454,16 @@ fn settle(
 }
 
 /// Sends one attempt, classifies it, journals it and decides the request's fate.
-async fn attempt(ctx: Arc<Context>, request: Claimed) -> Result<(), StoreError> {
+async fn attempt(
+    ctx: Arc<Context>,
+    request: Claimed,
+    lease: KeyLease,
+    probe: bool,
+) -> Result<(), StoreError> {
     let number = request.attempts + 1;
     let started_at = now_ms();
     let clock = Instant::now();
-    let sent = ctx.client.post(&request.url, request.body).await;
+    let sent = lease.client.post(&request.url, request.body).await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
 
     let mut completion = Completion {
@@ -297,12 +478,106 @@ async fn attempt(ctx: Arc<Context>, request: Claimed) -> Result<(), StoreError> 
         error_code: None,
         error_message: None,
         x_request_id: None,
-        key_fingerprint: ctx.client.key_fingerprint().map(str::to_owned),
+        key_fingerprint: lease.client.key_fingerprint().map(str::to_owned),
         response: None,
         usage: Usage::default(),
         disposition: Disposition::Failed,
     };
-    let (class, wait, stop_reason) = match sent {
+    let (class, wait, error) = read_answer(sent, &mut completion);
+    completion.class = class;
+    let now = Instant::now();
+
+    // The service's health: breaker and key pool.
+    let unwell = matches!(class, Class::Transient | Class::AuthTransient);
+    let transition = lock(&ctx.breaker).record(unwell, probe, now);
+    let rejected_key = class == Class::JobStop && completion.http_status == Some(401);
+    let key_outcome = match (class, rejected_key) {
+        (Class::AuthTransient, _) => KeyOutcome::AuthTransient,
+        (_, true) => KeyOutcome::Rejected,
+        _ => KeyOutcome::Fine,
+    };
+    let key_event = ctx.keys.record(&lease, key_outcome, now);
+
+    let spent = request.spent.of(class) + 1;
+    let mut next = ctx.policy.next(class, spent, wait, fastrand::f64());
+    let mut stop = None;
+    if next == Next::StopJob {
+        // A rejected key is the key's problem while another key is usable.
+        if rejected_key && ctx.keys.any_usable() {
+            next = Next::RetryAfter(Duration::ZERO);
+        } else if rejected_key {
+            stop = Some(no_keys_reason(ctx.keys.len()));
+        } else {
+            stop = Some(job_stop_reason(completion.http_status.unwrap_or(0), &error));
+        }
+    }
+    if class == Class::RateLimited
+        && let Next::RetryAfter(delay) = next
+    {
+        ctx.pause_for(delay);
+    }
+    completion.disposition = match next {
+        Next::Succeeded => Disposition::Succeeded,
+        Next::Failed => Disposition::Failed,
+        Next::RetryAfter(delay) if stop.is_none() && !rejected_key => {
+            Disposition::RetryAt(finished_at + delay.as_millis() as i64)
+        }
+        Next::RetryAfter(_) | Next::StopJob => Disposition::Requeue,
+    };
+    let streak = match class {
+        Class::RequestFailed => ctx.note_permanent(
+            request.id,
+            Some((completion.http_status, completion.error_code.clone())),
+        ),
+        Class::Succeeded => ctx.note_permanent(request.id, None),
+        // Retried classes and stops neither extend nor break a streak of configuration errors.
+        Class::Transient | Class::AuthTransient | Class::RateLimited | Class::JobStop => None,
+    };
+    tracing::debug!(
+        key = %request.key,
+        attempt = number,
+        status = ?completion.http_status,
+        class = %class,
+        "attempt finished"
+    );
+    let disposition = completion.disposition;
+    let status = completion.http_status;
+    let code = completion.error_code.clone();
+    ctx.store.record(completion).await?;
+    match disposition {
+        Disposition::Succeeded => ctx.tally.succeeded(),
+        Disposition::Failed => ctx.tally.failed(),
+        Disposition::RetryAt(_) | Disposition::Requeue => ctx.tally.retry_scheduled(),
+    }
+
+    if let Some(transition) = transition {
+        ctx.journal_breaker(&transition).await?;
+    }
+    if let Some(event) = key_event {
+        ctx.journal(event.kind(), event.detail()).await?;
+    }
+    if let Some(ids) = streak {
+        // The failures were journaled above (same channel, so before this): put them back.
+        let count = ids.len();
+        let requeued = ctx.store.call(move |c| db::requeue(c, &ids)).await?;
+        ctx.tally.unfail(requeued);
+        ctx.stop_job(format!(
+            "the last {count} requests all failed with HTTP {} {}: this looks like a configuration error \
+             (e.g. a wrong model name or endpoint); fix it, then run `runner resume` (those {requeued} requests were requeued)",
+            status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            code.as_deref().unwrap_or("(no code)"),
+        ));
+    }
+    if let Some(reason) = stop {
+        ctx.stop_job(reason);
+    }
+    Ok(())
+}
+
+/// Reads what came back into `completion`; returns the class, the server's requested wait and
+/// the parsed error body.
+fn read_answer(sent: Sent, completion: &mut Completion) -> (Class, Option<Duration>, ApiError) {
+    match sent {
         Sent::Answer(answer) => {
             let success = (200..300).contains(&answer.status);
             let usage = if success {
@@ -332,14 +607,13 @@ async fn attempt(ctx: Arc<Context>, request: Claimed) -> Result<(), StoreError> 
             if success && usage.is_none() {
                 completion.error_code = Some("invalid_json".into());
                 completion.error_message = Some("the answer's body is not a JSON object".into());
+            } else {
+                completion.error_code.clone_from(&error.code);
+                completion.error_message.clone_from(&error.message);
             }
-            let stop_reason =
-                (class == Class::JobStop).then(|| job_stop_reason(answer.status, &error));
-            completion.error_code = completion.error_code.take().or(error.code);
-            completion.error_message = completion.error_message.take().or(error.message);
             completion.usage = usage.unwrap_or_default();
             completion.response = Some(String::from_utf8_lossy(&answer.body).into_owned());
-            (class, wait, stop_reason)
+            (class, wait, error)
         }
         Sent::Failed { failure, message } => {
             completion.outcome = if failure.outcome_unknown() {
@@ -349,42 +623,31 @@ async fn attempt(ctx: Arc<Context>, request: Claimed) -> Result<(), StoreError> 
             };
             completion.error_code = Some(
                 match failure {
-                    crate::http::classify::TransportFailure::Connect => "connect_error",
-                    crate::http::classify::TransportFailure::Timeout => "timeout",
-                    crate::http::classify::TransportFailure::Other => "network_error",
+                    TransportFailure::Connect => "connect_error",
+                    TransportFailure::Timeout => "timeout",
+                    TransportFailure::Other => "network_error",
                 }
                 .into(),
             );
             completion.error_message = Some(message);
-            (classify(Observation::Transport(failure)), None, None)
-        }
-    };
-    completion.class = class;
-    let next = ctx.policy.next(class, number, wait, fastrand::f64());
-    completion.disposition = match next {
-        Next::Succeeded => Disposition::Succeeded,
-        Next::Failed => Disposition::Failed,
-        Next::RetryAfter(delay) => Disposition::RetryAt(finished_at + delay.as_millis() as i64),
-        Next::StopJob => Disposition::Requeue,
-    };
-    tracing::debug!(
-        key = %request.key,
-        attempt = number,
-        status = ?completion.http_status,
-        class = %class,
-        "attempt finished"
-    );
-    ctx.store.record(completion).await?;
-    match next {
-        Next::Succeeded => ctx.tally.succeeded(),
-        Next::Failed => ctx.tally.failed(),
-        Next::RetryAfter(_) => ctx.tally.retry_scheduled(),
-        Next::StopJob => {
-            ctx.tally.retry_scheduled();
-            ctx.stop_job(stop_reason.unwrap_or_else(|| "the server refused the job".into()));
+            (
+                classify(Observation::Transport(failure)),
+                None,
+                ApiError::default(),
+            )
         }
     }
-    Ok(())
+}
+
+/// What to tell the user when every key was rejected.
+fn no_keys_reason(keys: usize) -> String {
+    if keys <= 1 {
+        "the API key was rejected (invalid_api_key): set a valid OPENAI_API_KEY, then run `runner resume`".to_owned()
+    } else {
+        format!(
+            "all {keys} keys were rejected (invalid_api_key): fix the keys file, then run `runner resume`"
+        )
+    }
 }
 
 /// What to tell the user when the server's answer stops the whole job.
@@ -392,7 +655,6 @@ fn job_stop_reason(status: u16, error: &ApiError) -> String {
     let code = error.code.as_deref().unwrap_or("no code");
     let message = error.message.as_deref().unwrap_or("no message");
     let advice = match (status, error.code.as_deref()) {
-        (401, Some("invalid_api_key")) => "the API key was rejected: set a valid OPENAI_API_KEY",
         (401, _) => {
             "authentication failed: check OPENAI_API_KEY, OPENAI_PROJECT_ID and OPENAI_ORG_ID"
         }
@@ -401,4 +663,26 @@ fn job_stop_reason(status: u16, error: &ApiError) -> String {
         _ => "the server refused the job",
     };
     format!("{advice}, then run `runner resume` (HTTP {status} {code}: {message})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_say_what_to_fix() {
+        let quota = ApiError {
+            code: Some("insufficient_quota".into()),
+            kind: None,
+            message: Some("You exceeded your current quota".into()),
+        };
+        let reason = job_stop_reason(429, &quota);
+        assert!(
+            reason.starts_with("the account is out of quota"),
+            "{reason}"
+        );
+        assert!(reason.contains("runner resume"));
+        assert!(no_keys_reason(1).contains("OPENAI_API_KEY"));
+        assert!(no_keys_reason(3).contains("all 3 keys"));
+    }
 }

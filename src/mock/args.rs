@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Fault, MockConfig, Spike};
+use super::{Fault, MockConfig, RetryAfterStyle, Spike};
 
 /// Flags of `runner mock-server`: a fault-injecting mock of the OpenAI API.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,6 +61,44 @@ pub struct MockArgs {
     /// After this many successful answers, answer every request 429 insufficient_quota
     #[arg(long, value_name = "N")]
     pub quota_after: Option<u64>,
+
+    /// A key that flaps: KEY=RATE answers that share of its requests 401 missing_scope. Repeatable
+    #[arg(long = "flaky-key", value_name = "KEY=RATE")]
+    pub flaky_keys: Vec<String>,
+
+    /// Which wait hints rate-limit 429s carry
+    #[arg(long, value_enum, default_value_t = RetryAfterArg::All)]
+    pub retry_after_style: RetryAfterArg,
+}
+
+/// `--retry-after-style` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfterArg {
+    /// retry-after-ms, retry-after, x-ratelimit-reset-requests and the message
+    All,
+    /// Only retry-after-ms
+    Millis,
+    /// Only retry-after in seconds
+    Seconds,
+    /// Only retry-after as an HTTP date
+    HttpDate,
+    /// Only x-ratelimit-reset-requests
+    ResetHeader,
+    /// Only "Please try again in …" in the message
+    Message,
+}
+
+impl From<RetryAfterArg> for RetryAfterStyle {
+    fn from(arg: RetryAfterArg) -> Self {
+        match arg {
+            RetryAfterArg::All => RetryAfterStyle::All,
+            RetryAfterArg::Millis => RetryAfterStyle::Millis,
+            RetryAfterArg::Seconds => RetryAfterStyle::Seconds,
+            RetryAfterArg::HttpDate => RetryAfterStyle::HttpDate,
+            RetryAfterArg::ResetHeader => RetryAfterStyle::ResetHeader,
+            RetryAfterArg::Message => RetryAfterStyle::Message,
+        }
+    }
 }
 
 impl MockArgs {
@@ -73,6 +111,12 @@ impl MockArgs {
 /// Why the `runner mock-server` flags do not make a valid [`MockConfig`].
 #[derive(Debug, thiserror::Error)]
 pub enum MockArgsError {
+    /// A `--flaky-key` that is not `KEY=RATE` with a rate in 0..=1.
+    #[error("--flaky-key must be KEY=RATE with RATE between 0 and 1, got {spec:?}")]
+    FlakyKey {
+        /// The value given (it holds a test key, never a real one).
+        spec: String,
+    },
     /// A rate outside 0..=1 (or not a number).
     #[error("--{flag} must be between 0 and 1, got {value}")]
     RateOutOfRange {
@@ -165,8 +209,27 @@ impl TryFrom<&MockArgs> for MockConfig {
             spikes,
             invalid_keys: args.invalid_keys.clone(),
             quota_after: args.quota_after,
+            flaky_keys: args
+                .flaky_keys
+                .iter()
+                .map(|spec| parse_flaky_key(spec))
+                .collect::<Result<Vec<_>, _>>()?,
+            retry_after_style: args.retry_after_style.into(),
         })
     }
+}
+
+/// Parses `KEY=RATE`.
+fn parse_flaky_key(spec: &str) -> Result<(String, f64), MockArgsError> {
+    let bad = || MockArgsError::FlakyKey {
+        spec: spec.to_owned(),
+    };
+    let (key, rate) = spec.rsplit_once('=').ok_or_else(bad)?;
+    let rate: f64 = rate.trim().parse().map_err(|_| bad())?;
+    if key.is_empty() || !(0.0..=1.0).contains(&rate) {
+        return Err(bad());
+    }
+    Ok((key.to_owned(), rate))
 }
 
 /// Parses `FROM..TO[:FAULT]`; the fault defaults to missing-scope.

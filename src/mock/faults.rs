@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use super::MockConfig;
 use super::answer::Answer;
+use super::{MockConfig, RetryAfterStyle};
 
 /// A failure the mock can inject, from a rate, a spike or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,15 +77,7 @@ impl fmt::Display for Fault {
 /// in the order missing_scope, rate_limit, server_error, malformed, hang. A retry of the same body
 /// is a new attempt, so it gets a fresh draw, and the same seed replays the same sequence.
 pub(crate) fn draw(config: &MockConfig, key: &str, attempt: u64) -> Option<Fault> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&config.seed.to_le_bytes());
-    hasher.update(&attempt.to_le_bytes());
-    hasher.update(key.as_bytes());
-    let hash = hasher.finalize();
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&hash.as_bytes()[..8]);
-    // The top 53 bits fill an f64 mantissa exactly, so `unit` is uniform in [0, 1).
-    let unit = (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = unit_draw(config.seed, key, attempt);
     let table = [
         (config.missing_scope_rate, Fault::MissingScope),
         (config.rate_limit_rate, Fault::RateLimited),
@@ -104,12 +96,35 @@ pub(crate) fn draw(config: &MockConfig, key: &str, attempt: u64) -> Option<Fault
     None
 }
 
+/// blake3(seed, attempt, key) as a uniform number in [0, 1).
+fn unit_draw(seed: u64, key: &str, attempt: u64) -> f64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&attempt.to_le_bytes());
+    hasher.update(key.as_bytes());
+    let hash = hasher.finalize();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&hash.as_bytes()[..8]);
+    // The top 53 bits fill an f64 mantissa exactly, so the result is uniform in [0, 1).
+    (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Whether a request presenting a flaky key flaps this time: its own reproducible draw, apart
+/// from the random faults'.
+pub(crate) fn flaps(config: &MockConfig, presented: &str, key: &str, attempt: u64) -> bool {
+    config
+        .flaky_keys
+        .iter()
+        .find(|(flaky, _)| flaky == presented)
+        .is_some_and(|(_, rate)| unit_draw(config.seed ^ 0x006b_6579, key, attempt) < *rate)
+}
+
 /// The answer for `fault` (for [`Fault::Hang`], the 500 sent after the sleep).
-pub(crate) fn answer_for(fault: Fault, model: &str, retry_after: Duration) -> Answer {
+pub(crate) fn answer_for(fault: Fault, model: &str, config: &MockConfig) -> Answer {
     match fault {
         Fault::MissingScope => missing_scope(),
         Fault::RbacDenied => rbac_denied(),
-        Fault::RateLimited => rate_limited(model, retry_after),
+        Fault::RateLimited => rate_limited(model, config.retry_after, config.retry_after_style),
         Fault::ServerError | Fault::Hang => server_error(),
         Fault::Malformed => malformed(),
     }
@@ -154,28 +169,49 @@ pub(crate) fn rbac_denied() -> Answer {
     )
 }
 
-/// 429 `rate_limit_exceeded` (type `requests`) with `retry-after-ms`, `retry-after` and the
-/// `x-ratelimit-*-requests` headers.
-pub(crate) fn rate_limited(model: &str, retry_after: Duration) -> Answer {
+/// 429 `rate_limit_exceeded` (type `requests`) with the wait hints `style` asks for:
+/// `retry-after-ms`, `retry-after` (seconds or an HTTP date), `x-ratelimit-*-requests`, and
+/// "Please try again in …" in the message.
+pub(crate) fn rate_limited(model: &str, retry_after: Duration, style: RetryAfterStyle) -> Answer {
     let wait = go_duration(retry_after);
+    let hint = match style {
+        RetryAfterStyle::All | RetryAfterStyle::Message => format!(" Please try again in {wait}."),
+        RetryAfterStyle::Millis
+        | RetryAfterStyle::Seconds
+        | RetryAfterStyle::HttpDate
+        | RetryAfterStyle::ResetHeader => String::new(),
+    };
     let message = format!(
         "Rate limit reached for {model} in organization org-mock on requests per min (RPM): \
-         Limit 500, Used 500, Requested 1. Please try again in {wait}. Visit \
+         Limit 500, Used 500, Requested 1.{hint} Visit \
          https://platform.openai.com/account/rate-limits to learn more."
     );
     let millis = retry_after.as_millis();
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    error(
+    let mut answer = error(
         StatusCode::TOO_MANY_REQUESTS,
         &message,
         "requests",
         Some("rate_limit_exceeded"),
-    )
-    .with_header("retry-after-ms", millis.to_string())
-    .with_header("retry-after", seconds.to_string())
-    .with_header("x-ratelimit-limit-requests", "500".to_owned())
-    .with_header("x-ratelimit-remaining-requests", "0".to_owned())
-    .with_header("x-ratelimit-reset-requests", wait)
+    );
+    if matches!(style, RetryAfterStyle::All | RetryAfterStyle::Millis) {
+        answer = answer.with_header("retry-after-ms", millis.to_string());
+    }
+    if matches!(style, RetryAfterStyle::All | RetryAfterStyle::Seconds) {
+        answer = answer.with_header("retry-after", seconds.to_string());
+    }
+    if style == RetryAfterStyle::HttpDate {
+        // HTTP dates have whole seconds: round up so the client never comes back early.
+        let at = std::time::SystemTime::now() + Duration::from_secs(seconds);
+        answer = answer.with_header("retry-after", httpdate::fmt_http_date(at));
+    }
+    if matches!(style, RetryAfterStyle::All | RetryAfterStyle::ResetHeader) {
+        answer = answer
+            .with_header("x-ratelimit-limit-requests", "500".to_owned())
+            .with_header("x-ratelimit-remaining-requests", "0".to_owned())
+            .with_header("x-ratelimit-reset-requests", wait);
+    }
+    answer
 }
 
 /// 429 `rate_limit_exceeded` (type `tokens`) for a request that can never fit the limit: no

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use args::{MockArgs, MockArgsError};
+pub use args::{MockArgs, MockArgsError, RetryAfterArg};
 pub use faults::Fault;
 pub use stats::{BodyCounts, MockStats};
 
@@ -73,6 +73,29 @@ pub struct MockConfig {
     pub invalid_keys: Vec<String>,
     /// After this many successful answers, every request gets 429 `insufficient_quota`.
     pub quota_after: Option<u64>,
+    /// Keys that flap: each request presenting one gets 401 `missing_scope` with this
+    /// probability, on top of everything else (the "stuck to one key" reports of April 2026).
+    pub flaky_keys: Vec<(String, f64)>,
+    /// Which wait hints rate-limit 429s carry.
+    pub retry_after_style: RetryAfterStyle,
+}
+
+/// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryAfterStyle {
+    /// `retry-after-ms`, `retry-after` (seconds), `x-ratelimit-reset-requests` and the message.
+    #[default]
+    All,
+    /// Only `retry-after-ms`.
+    Millis,
+    /// Only `retry-after` in whole seconds (rounded up).
+    Seconds,
+    /// Only `retry-after` as an HTTP date.
+    HttpDate,
+    /// Only `x-ratelimit-reset-requests` (a Go duration).
+    ResetHeader,
+    /// Only "Please try again in …" in the message.
+    Message,
 }
 
 impl Default for MockConfig {
@@ -90,6 +113,8 @@ impl Default for MockConfig {
             spikes: Vec::new(),
             invalid_keys: Vec::new(),
             quota_after: None,
+            flaky_keys: Vec::new(),
+            retry_after_style: RetryAfterStyle::All,
         }
     }
 }

@@ -145,7 +145,14 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             )
         }
     };
-    send(&shared, started, None, Plan::now(answer)).await
+    send(
+        &shared,
+        started,
+        None,
+        Plan::now(answer),
+        presented_key(&headers),
+    )
+    .await
 }
 
 /// One entry of the `GET /v1/models` list.
@@ -159,7 +166,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
     let answer = faults::invalid_url(method.as_str(), uri.path());
-    send(&shared, Instant::now(), None, Plan::now(answer)).await
+    send(&shared, Instant::now(), None, Plan::now(answer), None).await
 }
 
 async fn method_not_allowed(
@@ -168,7 +175,7 @@ async fn method_not_allowed(
     uri: Uri,
 ) -> Response {
     let answer = faults::invalid_method(method.as_str(), uri.path());
-    send(&shared, Instant::now(), None, Plan::now(answer)).await
+    send(&shared, Instant::now(), None, Plan::now(answer), None).await
 }
 
 /// What to answer, and whether to hang first.
@@ -209,7 +216,8 @@ async fn answer_post(
         attempt,
         quota_exhausted,
     );
-    send(&shared, started, key.as_deref(), plan).await
+    let presented = presented_key(&headers).map(str::to_owned);
+    send(&shared, started, key.as_deref(), plan, presented.as_deref()).await
 }
 
 /// The answer for one POST request, in precedence order.
@@ -232,6 +240,11 @@ fn decide(
     let (Some(body), Some(key)) = (body, key) else {
         return Plan::now(faults::invalid_json());
     };
+    if let Some(presented) = presented_key(headers)
+        && faults::flaps(config, presented, key, attempt)
+    {
+        return Plan::now(faults::missing_scope());
+    }
     let model = echo::model_of(body);
     if let Some(raw) = body.get("mock_status")
         && let Some(answer) = faults::forced(raw, model)
@@ -243,7 +256,7 @@ fn decide(
         .or_else(|| faults::draw(config, key, attempt));
     match fault {
         Some(fault) => Plan {
-            answer: faults::answer_for(fault, model, config.retry_after),
+            answer: faults::answer_for(fault, model, config),
             hang: fault == Fault::Hang,
         },
         None => Plan::now(Answer::json(
@@ -257,7 +270,13 @@ fn decide(
 ///
 /// A success whose turn comes after the quota ran out meanwhile becomes `insufficient_quota`, so
 /// `quota_after` is exact even under concurrency.
-async fn send(shared: &Shared, started: Instant, key: Option<&str>, plan: Plan) -> Response {
+async fn send(
+    shared: &Shared,
+    started: Instant,
+    key: Option<&str>,
+    plan: Plan,
+    presented: Option<&str>,
+) -> Response {
     shared.pause(shared.config.latency).await;
     if plan.hang {
         shared.pause(shared.config.hang).await;
@@ -268,7 +287,14 @@ async fn send(shared: &Shared, started: Instant, key: Option<&str>, plan: Plan) 
         if answer.is_success() && counters.quota_exhausted(shared.config.quota_after) {
             answer = faults::insufficient_quota();
         }
-        counters.record(key, answer.status.as_u16(), answer.is_success());
+        let second = shared.started.elapsed().as_secs();
+        counters.record(
+            key,
+            answer.status.as_u16(),
+            answer.is_success(),
+            second,
+            presented,
+        );
     }
     tracing::debug!(status = answer.status.as_u16(), "mock answer");
     answer.into_response(&request_id(), started.elapsed())

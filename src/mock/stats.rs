@@ -15,6 +15,10 @@ pub struct MockStats {
     pub by_status: BTreeMap<u16, u64>,
     /// Answers per request body, keyed by [`body_key`]. Bodies that are not JSON are not listed.
     pub per_body: HashMap<String, BodyCounts>,
+    /// Answers by whole seconds since server start, then by status: what a client sent when.
+    pub by_second: BTreeMap<u64, BTreeMap<u16, u64>>,
+    /// Answers by the key presented (its last 8 characters, `-` for none), then by status.
+    pub by_key: BTreeMap<String, BTreeMap<u16, u64>>,
 }
 
 /// Answers sent for one request body.
@@ -66,6 +70,8 @@ pub(crate) struct Counters {
     successes: u64,
     by_status: BTreeMap<u16, u64>,
     bodies: HashMap<String, BodyRecord>,
+    by_second: BTreeMap<u64, BTreeMap<u16, u64>>,
+    by_key: BTreeMap<String, BTreeMap<u16, u64>>,
 }
 
 impl Counters {
@@ -88,9 +94,40 @@ impl Counters {
     }
 
     /// Counts one answer sent, under `key` when the body was JSON.
-    pub(crate) fn record(&mut self, key: Option<&str>, status: u16, success: bool) {
+    pub(crate) fn record(
+        &mut self,
+        key: Option<&str>,
+        status: u16,
+        success: bool,
+        second: u64,
+        presented: Option<&str>,
+    ) {
         self.answers += 1;
         *self.by_status.entry(status).or_default() += 1;
+        *self
+            .by_second
+            .entry(second)
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
+        let tail = presented.map_or_else(
+            || "-".to_owned(),
+            |k| {
+                k.chars()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect()
+            },
+        );
+        *self
+            .by_key
+            .entry(tail)
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
         let success = u64::from(success);
         self.successes += success;
         if let Some(key) = key {
@@ -114,6 +151,8 @@ impl Counters {
                 .filter(|(_, record)| record.counts.answers > 0)
                 .map(|(key, record)| (key.clone(), record.counts))
                 .collect(),
+            by_second: self.by_second.clone(),
+            by_key: self.by_key.clone(),
         }
     }
 }

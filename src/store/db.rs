@@ -7,9 +7,10 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
+use crate::http::classify::Class;
 use crate::input::{InputError, InputReader};
 use crate::request::{
-    AttemptOutcome, Claimed, Completion, Counts, Disposition, JobId, RequestId, RequestState,
+    AttemptOutcome, Claimed, Completion, Counts, Disposition, JobId, RequestId, RequestState, Spent,
 };
 
 /// A job as stored.
@@ -372,7 +373,7 @@ pub fn claim_due(
          WHERE id IN (SELECT id FROM requests
                       WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id, key, url, body, attempts",
+         RETURNING id, key, url, body, attempts, transient_attempts, auth_attempts, rate_limited_attempts",
     )?;
     let mut claimed = stmt
         .query_map(params![job.0, now, limit as i64], |r| {
@@ -382,6 +383,11 @@ pub fn claim_due(
                 url: r.get(2)?,
                 body: r.get(3)?,
                 attempts: r.get(4)?,
+                spent: Spent {
+                    transient: r.get(5)?,
+                    auth_transient: r.get(6)?,
+                    rate_limited: r.get(7)?,
+                },
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -401,6 +407,43 @@ pub fn release(conn: &Connection, ids: &[RequestId]) -> Result<(), StoreError> {
         stmt.execute([id.0])?;
     }
     Ok(())
+}
+
+/// Puts failed requests back in the queue with fresh retry budgets: all of a job's, or those
+/// whose last error has class `class`. Returns how many.
+///
+/// # Errors
+/// Database errors.
+pub fn requeue_failed(
+    conn: &Connection,
+    job: JobId,
+    class: Option<Class>,
+) -> Result<u64, StoreError> {
+    let n = conn.execute(
+        "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
+                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
+         WHERE job_id = ?1 AND state = 'failed' AND (?2 IS NULL OR error_class = ?2)",
+        params![job.0, class.map(Class::as_str)],
+    )?;
+    Ok(n as u64)
+}
+
+/// Puts these failed requests back in the queue with fresh budgets (a configuration error was
+/// found and fixed: their failure was not theirs).
+///
+/// # Errors
+/// Database errors.
+pub fn requeue(conn: &Connection, ids: &[RequestId]) -> Result<u64, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
+                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
+         WHERE id = ?1 AND state = 'failed'",
+    )?;
+    let mut n = 0;
+    for id in ids {
+        n += stmt.execute([id.0])? as u64;
+    }
+    Ok(n)
 }
 
 /// The earliest `next_attempt_at` of a pending request; `None` when nothing is pending.
@@ -451,7 +494,9 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
         "UPDATE requests SET state = ?2, attempts = ?3, next_attempt_at = ?4, in_flight_since = NULL,
                 http_status = ?5, error_class = ?6, error_code = ?7, error_message = ?8, x_request_id = ?9,
                 response = ?10, model = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14,
-                latency_ms = ?15, finished_at = ?16
+                latency_ms = ?15, finished_at = ?16,
+                transient_attempts = transient_attempts + ?17, auth_attempts = auth_attempts + ?18,
+                rate_limited_attempts = rate_limited_attempts + ?19
          WHERE id = ?1",
     )?
     .execute(params![
@@ -471,6 +516,9 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
         c.usage.total_tokens,
         c.latency_ms(),
         finished_at,
+        c.class == Class::Transient,
+        c.class == Class::AuthTransient,
+        c.class == Class::RateLimited,
     ])?;
     if changed != 1 {
         return Err(StoreError::Corrupt(format!(
