@@ -68,6 +68,9 @@ struct Streak {
     signature: Option<(Option<u16>, Option<String>)>,
     /// The requests that failed with it.
     requests: Vec<RequestId>,
+    /// The streak already stopped the job: requests in flight then that fail the same way are
+    /// requeued too.
+    fired: bool,
 }
 
 /// Everything an attempt task needs, shared.
@@ -431,12 +434,17 @@ impl Context {
                     *streak = Streak {
                         signature: Some(signature),
                         requests: Vec::new(),
+                        fired: false,
                     };
                 }
                 streak.requests.push(request);
                 let limit = self.stop_after_same_error as usize;
-                (limit > 0 && streak.requests.len() >= limit)
-                    .then(|| std::mem::take(&mut streak.requests))
+                if limit > 0 && (streak.fired || streak.requests.len() >= limit) {
+                    streak.fired = true;
+                    Some(std::mem::take(&mut streak.requests))
+                } else {
+                    None
+                }
             }
         }
     }

@@ -69,6 +69,10 @@ pub struct MockArgs {
     /// Which wait hints rate-limit 429s carry
     #[arg(long, value_enum, default_value_t = RetryAfterArg::All)]
     pub retry_after_style: RetryAfterArg,
+
+    /// A model this server does not have: requests naming it get 404 model_not_found. Repeatable
+    #[arg(long = "unknown-model", value_name = "MODEL")]
+    pub unknown_models: Vec<String>,
 }
 
 /// `--retry-after-style` values.
@@ -215,6 +219,7 @@ impl TryFrom<&MockArgs> for MockConfig {
                 .map(|spec| parse_flaky_key(spec))
                 .collect::<Result<Vec<_>, _>>()?,
             retry_after_style: args.retry_after_style.into(),
+            unknown_models: args.unknown_models.clone(),
         })
     }
 }

@@ -201,9 +201,15 @@ pub(crate) fn rate_limited(model: &str, retry_after: Duration, style: RetryAfter
         answer = answer.with_header("retry-after", seconds.to_string());
     }
     if style == RetryAfterStyle::HttpDate {
-        // HTTP dates have whole seconds: round up so the client never comes back early.
-        let at = std::time::SystemTime::now() + Duration::from_secs(seconds);
-        answer = answer.with_header("retry-after", httpdate::fmt_http_date(at));
+        // HTTP dates have whole seconds: round the moment up so the client never comes back
+        // before `retry_after` has passed.
+        let at = std::time::SystemTime::now() + retry_after;
+        let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let rounded = std::time::UNIX_EPOCH
+            + Duration::from_secs(
+                since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0),
+            );
+        answer = answer.with_header("retry-after", httpdate::fmt_http_date(rounded));
     }
     if matches!(style, RetryAfterStyle::All | RetryAfterStyle::ResetHeader) {
         answer = answer
@@ -227,6 +233,16 @@ fn request_too_large(model: &str) -> Answer {
         &message,
         "tokens",
         Some("rate_limit_exceeded"),
+    )
+}
+
+/// 404 `model_not_found` for `model`.
+pub(crate) fn model_not_found(model: &str) -> Answer {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("The model `{model}` does not exist or you do not have access to it."),
+        "invalid_request_error",
+        Some("model_not_found"),
     )
 }
 
@@ -362,12 +378,7 @@ pub(crate) fn forced(raw: &Value, model: &str) -> Option<Answer> {
             "request_forbidden",
             Some("unsupported_country_region_territory"),
         ),
-        404 => error(
-            status,
-            &format!("The model `{model}` does not exist or you do not have access to it."),
-            invalid,
-            Some("model_not_found"),
-        ),
+        404 => model_not_found(model),
         408 => error(status, "Request timed out.", "timeout", None),
         409 => error(
             status,

@@ -78,6 +78,8 @@ pub struct MockConfig {
     pub flaky_keys: Vec<(String, f64)>,
     /// Which wait hints rate-limit 429s carry.
     pub retry_after_style: RetryAfterStyle,
+    /// Models this server does not have: requests naming one get 404 `model_not_found`.
+    pub unknown_models: Vec<String>,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -115,6 +117,7 @@ impl Default for MockConfig {
             quota_after: None,
             flaky_keys: Vec::new(),
             retry_after_style: RetryAfterStyle::All,
+            unknown_models: Vec::new(),
         }
     }
 }

@@ -251,6 +251,9 @@ fn decide(
     {
         return Plan::now(answer);
     }
+    if config.unknown_models.iter().any(|m| m == model) {
+        return Plan::now(faults::model_not_found(model));
+    }
     let fault = shared
         .active_spike()
         .or_else(|| faults::draw(config, key, attempt));

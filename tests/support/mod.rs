@@ -190,3 +190,28 @@ pub fn interrupted_ids(db: &Path) -> std::collections::HashSet<String> {
         .collect::<Result<_, _>>()
         .expect("rows")
 }
+
+/// Polls the mock with a probe request until it answers 200: a spike window (wall-clock based)
+/// has passed. Bounded by [`WAIT_LIMIT`].
+pub async fn wait_until_healthy(base_url: &str) {
+    let client = reqwest::Client::new();
+    let url = format!("{base_url}/chat/completions");
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    loop {
+        let status = client
+            .post(&url)
+            .json(&json!({"model": "probe", "messages": [{"role": "user", "content": "probe"}]}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok();
+        if status == Some(200) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mock never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
