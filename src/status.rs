@@ -8,6 +8,9 @@ use crate::cli::{JobsArgs, StatusArgs};
 use crate::export::rfc3339;
 use crate::store::{self, db};
 
+/// Events listed in full by `status`: enough to see the last spike's breaker cycle.
+const RECENT_EVENTS: usize = 10;
+
 /// Prints one job's state, request counts, attempts by class and token totals.
 ///
 /// # Errors
@@ -19,6 +22,7 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     let classes = db::attempts_by_class(&conn, job.id)?;
     let (prompt, completion, total) = db::token_totals(&conn, job.id)?;
     let attempts: u64 = classes.iter().map(|(_, n)| n).sum();
+    let (event_counts, recent) = db::events(&conn, job.id, RECENT_EVENTS)?;
     if args.json {
         let value = json!({
             "job": job.name,
@@ -30,6 +34,10 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
             "requests": counts,
             "attempts": {"total": attempts, "by_class": classes.iter().map(|(c, n)| (c.clone(), json!(n))).collect::<serde_json::Map<_, _>>()},
             "tokens": {"prompt": prompt, "completion": completion, "total": total},
+            "events": {
+                "by_kind": event_counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "recent": recent.iter().map(|e| json!({"at": rfc3339(e.at), "kind": e.kind, "detail": e.detail})).collect::<Vec<_>>(),
+            },
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
@@ -61,6 +69,20 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
         out,
         "tokens    {prompt} prompt · {completion} completion · {total} total"
     )?;
+    let by_kind: Vec<String> = event_counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    writeln!(out, "events    {}", by_kind.join(" · "))?;
+    for event in &recent {
+        writeln!(
+            out,
+            "          {} {:<18} {}",
+            rfc3339(event.at),
+            event.kind,
+            event.detail.as_deref().unwrap_or("")
+        )?;
+    }
     Ok(())
 }
 

@@ -373,6 +373,54 @@ mod tests {
         );
     }
 
+    /// The README's taxonomy table and `classify` agree row for row: each row's representative
+    /// observation gets the class the row names, in the table's order.
+    #[test]
+    fn readme_table_matches_the_code_row_for_row() {
+        let readme = include_str!("../../README.md");
+        let table = &readme[readme.find("## Error taxonomy").expect("section")..];
+        let documented: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| # |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.split('|')
+                    .nth(3)
+                    .expect("class column")
+                    .trim()
+                    .trim_matches('`')
+            })
+            .collect();
+        let answer = |status: u16, body: &str, parses: bool| {
+            let error = ApiError::parse(body.as_bytes());
+            classify(Observation::Answer {
+                status,
+                error: &error,
+                body_parses: parses,
+                should_retry: None,
+            })
+        };
+        let rows = [
+            classify(Observation::Transport(TransportFailure::Connect)),
+            classify(Observation::Transport(TransportFailure::Timeout)),
+            answer(200, "{}", true),
+            answer(200, "", false),
+            answer(401, MISSING_SCOPE, true),
+            answer(401, INVALID_KEY, true),
+            answer(403, "{}", true),
+            answer(408, "", true),
+            answer(429, QUOTA, true),
+            answer(429, TOO_LARGE, true),
+            answer(429, RATE_LIMIT, true),
+            answer(400, "{}", true),
+            answer(500, SERVER_ERROR, true),
+            answer(302, "", true),
+        ];
+        let coded: Vec<&str> = rows.iter().map(|c| c.as_str()).collect();
+        assert_eq!(documented, coded, "README table vs classify()");
+    }
+
     #[test]
     fn class_names_round_trip() {
         for class in Class::ALL {

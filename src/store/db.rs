@@ -562,7 +562,7 @@ pub fn counts(conn: &Connection, job: JobId) -> Result<Counts, StoreError> {
 ///
 /// # Errors
 /// Database errors.
-pub fn attempts_by_class(conn: &Connection, job: JobId) -> Result<Vec<(String, u64)>, StoreError> {
+pub fn attempts_by_class(conn: &Connection, job: JobId) -> Result<Tallies, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT coalesce(error_class, outcome), count(*) FROM attempts WHERE job_id = ?1
          GROUP BY 1 ORDER BY 2 DESC",
@@ -571,6 +571,51 @@ pub fn attempts_by_class(conn: &Connection, job: JobId) -> Result<Vec<(String, u
         .query_map([job.0], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+/// A job-level event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    /// Unix ms.
+    pub at: i64,
+    /// e.g. `breaker_open`, `key_quarantined`, `stopped`.
+    pub kind: String,
+    /// Human detail.
+    pub detail: Option<String>,
+}
+
+/// Counts by name, e.g. events by kind or attempts by class.
+pub type Tallies = Vec<(String, u64)>;
+
+/// Events of a job by kind, and the last `limit` of them (oldest first).
+///
+/// # Errors
+/// Database errors.
+pub fn events(
+    conn: &Connection,
+    job: JobId,
+    limit: usize,
+) -> Result<(Tallies, Vec<Event>), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT kind, count(*) FROM events WHERE job_id = ?1 GROUP BY kind ORDER BY kind",
+    )?;
+    let by_kind = stmt
+        .query_map([job.0], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT at, kind, detail FROM (SELECT id, at, kind, detail FROM events WHERE job_id = ?1
+                                       ORDER BY id DESC LIMIT ?2) ORDER BY id",
+    )?;
+    let last = stmt
+        .query_map(params![job.0, limit as i64], |r| {
+            Ok(Event {
+                at: r.get(0)?,
+                kind: r.get(1)?,
+                detail: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((by_kind, last))
 }
 
 /// Token totals of a job's successful requests: (prompt, completion, total).
