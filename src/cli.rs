@@ -71,6 +71,12 @@ pub struct RunArgs {
     /// Requests per minute at most, retries included [default: no limit]
     #[arg(long, value_name = "N")]
     pub rpm: Option<NonZeroU32>,
+    /// Tokens per minute at most: each request waits for its estimated prompt + output tokens [default: no limit]
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<NonZeroU32>,
+    /// Output tokens counted for --tpm when a request sets no max_tokens / max_completion_tokens / max_output_tokens [default: 256]
+    #[arg(long, value_name = "N")]
+    pub default_output_tokens: Option<u32>,
     /// Attempts per request for transient failures (connection, timeout, 5xx) [default: 10]
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<NonZeroU32>,

@@ -111,6 +111,12 @@ pub struct JobSettings {
     /// Keys file (its path only; the keys are read at each run and never stored).
     #[serde(default)]
     pub keys_file: Option<PathBuf>,
+    /// Tokens per minute at most.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Output tokens counted for `tpm` when a request names no maximum.
+    #[serde(default = "defaults::default_output_tokens")]
+    pub default_output_tokens: u32,
 }
 
 /// Defaults of settings added after the first release: older stored settings lack them.
@@ -138,6 +144,9 @@ mod defaults {
     pub fn stop_after_same_error() -> u32 {
         20
     }
+    pub fn default_output_tokens() -> u32 {
+        256
+    }
 }
 
 impl JobSettings {
@@ -162,6 +171,8 @@ impl JobSettings {
             breaker_max_cooldown_ms: defaults::breaker_max_cooldown_ms(),
             stop_after_same_error: defaults::stop_after_same_error(),
             keys_file: None,
+            tpm: None,
+            default_output_tokens: defaults::default_output_tokens(),
         }
     }
 
@@ -189,6 +200,12 @@ impl JobSettings {
         }
         if let Some(n) = run.rpm {
             self.rpm = Some(n.get());
+        }
+        if let Some(n) = run.tpm {
+            self.tpm = Some(n.get());
+        }
+        if let Some(n) = run.default_output_tokens {
+            self.default_output_tokens = n;
         }
         if let Some(n) = run.max_attempts {
             self.max_attempts = n.get();
@@ -267,6 +284,11 @@ impl JobSettings {
     /// The rate ceiling.
     pub fn rpm(&self) -> Option<NonZeroU32> {
         self.rpm.and_then(NonZeroU32::new)
+    }
+
+    /// The token ceiling.
+    pub fn tpm(&self) -> Option<NonZeroU32> {
+        self.tpm.and_then(NonZeroU32::new)
     }
 
     /// The retry policy these settings imply.

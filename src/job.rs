@@ -192,6 +192,8 @@ async fn execute(
             policy: settings.retry_policy(),
             breaker: settings.breaker(),
             stop_after_same_error: settings.stop_after_same_error,
+            tpm: settings.tpm(),
+            default_output_tokens: u64::from(settings.default_output_tokens),
         },
         Arc::clone(&tally),
     );

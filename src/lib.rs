@@ -17,7 +17,8 @@
 //!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] limiter), runs attempts, journals each.
 //! - [`http::client`]: sends one attempt; [`http::classify`]: the error taxonomy (one enum, one
 //!   function); [`retry`]: what follows an attempt (backoff, server-requested waits).
-//! - [`response`]: usage and output text of success bodies.
+//! - [`response`]: usage and output text of success bodies; [`tokens`]: token estimates for
+//!   `--tpm` (tiktoken).
 //! - [`export`]: CSV and Batch-output JSONL; [`status`]: `status` and `jobs`.
 //! - [`progress`]: the bar or summary lines on stderr.
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, tests);
@@ -51,6 +52,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod status;
 pub mod store;
+pub mod tokens;
 pub mod worker;
 
 use std::io;

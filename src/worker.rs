@@ -7,6 +7,7 @@
 //! dispatcher sleeps until the earliest deadline (or until a task ends), never in a polling loop,
 //! and a restart picks up exactly where the journal says.
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,12 +19,13 @@ use crate::http::classify::{ApiError, Class, Observation, TransportFailure, clas
 use crate::http::client::Sent;
 use crate::keys::{KeyLease, KeyOutcome, KeyPool, Pick};
 use crate::progress::Tally;
-use crate::rate_limit::RequestLimiter;
+use crate::rate_limit::{Pacer, RequestLimiter, TokenLimiter, TooLarge};
 use crate::request::{AttemptOutcome, Claimed, Completion, Disposition, JobId, RequestId, Usage};
 use crate::response::parse_success;
 use crate::retry::{Next, RetryPolicy, server_wait};
 use crate::shutdown::Shutdown;
 use crate::store::{JobStore, StoreError, db};
+use crate::tokens::estimate;
 
 /// Most requests claimed in one store round trip.
 const CLAIM_BATCH: usize = 256;
@@ -59,6 +61,10 @@ pub struct PoolSettings {
     pub breaker: BreakerSettings,
     /// Consecutive identical permanent errors that stop the job (0: never).
     pub stop_after_same_error: u32,
+    /// Tokens per minute at most.
+    pub tpm: Option<NonZeroU32>,
+    /// Output tokens counted for `tpm` when a request names no maximum.
+    pub default_output_tokens: u64,
 }
 
 /// The same permanent error on consecutive requests, with no success between them.
@@ -83,6 +89,8 @@ struct Context {
     breaker: Mutex<Breaker>,
     /// No dispatch before this instant: a 429 slows the whole pool, not one request.
     paused_until: Mutex<Option<Instant>>,
+    /// Pace learned from the server's rate-limit headers and 429s.
+    pacer: Pacer,
     streak: Mutex<Streak>,
     stop_after_same_error: u32,
     /// Cancelled on a job-level stop.
@@ -112,6 +120,7 @@ enum Gate {
 pub struct WorkerPool {
     context: Arc<Context>,
     limiter: RequestLimiter,
+    tokens: Option<TokenLimiter>,
     settings: PoolSettings,
 }
 
@@ -134,12 +143,14 @@ impl WorkerPool {
                 tally,
                 breaker: Mutex::new(Breaker::new(settings.breaker)),
                 paused_until: Mutex::new(None),
+                pacer: Pacer::default(),
                 streak: Mutex::new(Streak::default()),
                 stop_after_same_error: settings.stop_after_same_error,
                 halt: CancellationToken::new(),
                 stop_reason: Mutex::new(None),
             }),
             limiter,
+            tokens: settings.tpm.map(TokenLimiter::per_minute),
             settings,
         }
     }
@@ -251,13 +262,7 @@ impl WorkerPool {
                 (true, Pick::Key(lease)) => Some(lease),
                 (true | false, Pick::Key(_) | Pick::WaitUntil(_) | Pick::NoneLeft) => None,
             };
-            let ready = lease.is_some()
-                && tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => false,
-                    _ = ctx.halt.cancelled() => false,
-                    _ = self.limiter.until_ready() => true,
-                };
+            let ready = lease.is_some() && self.pace(&request, stop).await?;
             let Some(lease) = lease.filter(|_| ready) else {
                 if probe {
                     lock(&ctx.breaker).probe_withdrawn();
@@ -273,6 +278,38 @@ impl WorkerPool {
             first = false;
         }
         Ok(())
+    }
+
+    /// Waits for the request's turn under `--rpm`, `--tpm` and the server's pace. `false` when
+    /// a halt came first, or when the request can never fit `--tpm` (then it is journaled as
+    /// failed, unsent, and the next request may go).
+    async fn pace(&self, request: &Claimed, stop: &CancellationToken) -> Result<bool, StoreError> {
+        let ctx = &self.context;
+        let paced = async {
+            self.limiter.until_ready().await;
+            if let Some(tokens) = &self.tokens {
+                let body: serde_json::Value =
+                    serde_json::from_str(&request.body).unwrap_or_default();
+                let needed = estimate(&request.url, &body, self.settings.default_output_tokens);
+                tokens.until_ready(needed).await?;
+            }
+            if let Some(slot) = ctx.pacer.reserve(Instant::now()) {
+                tokio::time::sleep_until(slot.into()).await;
+            }
+            Ok::<(), TooLarge>(())
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ok(false),
+            _ = ctx.halt.cancelled() => Ok(false),
+            paced = paced => match paced {
+                Ok(()) => Ok(true),
+                Err(too_large) => {
+                    ctx.fail_unsent(request, &too_large).await?;
+                    Ok(false)
+                }
+            },
+        }
     }
 
     /// Checks the pause, the keys and the breaker, in that order (the breaker last, because
@@ -387,6 +424,32 @@ impl Context {
         self.halt.cancel();
     }
 
+    /// Journals a request that can never be sent under `--tpm` as failed (not sent).
+    async fn fail_unsent(&self, request: &Claimed, reason: &TooLarge) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.store
+            .record(Completion {
+                request: request.id,
+                job: self.job,
+                number: request.attempts + 1,
+                started_at: now,
+                finished_at: now,
+                outcome: AttemptOutcome::NotSent,
+                http_status: None,
+                class: Class::RequestFailed,
+                error_code: Some("exceeds_tpm".to_owned()),
+                error_message: Some(reason.to_string()),
+                x_request_id: None,
+                key_fingerprint: None,
+                response: None,
+                usage: Usage::default(),
+                disposition: Disposition::Failed,
+            })
+            .await?;
+        self.tally.failed();
+        Ok(())
+    }
+
     async fn journal(&self, kind: &'static str, detail: String) -> Result<(), StoreError> {
         tracing::info!(event = kind, %detail);
         let (job, now) = (self.job, now_ms());
@@ -491,10 +554,19 @@ async fn attempt(
         usage: Usage::default(),
         disposition: Disposition::Failed,
     };
-    let (class, wait, error) = read_answer(sent, &mut completion);
+    let reading = read_answer(sent, &mut completion);
+    let Reading {
+        class,
+        wait,
+        ref error,
+        ..
+    } = reading;
     completion.class = class;
     let now = Instant::now();
 
+    // The server's pace, from its rate-limit headers and 429s.
+    ctx.pacer
+        .observe(reading.limit_per_minute, class == Class::RateLimited, now);
     // The service's health: breaker and key pool.
     let unwell = matches!(class, Class::Transient | Class::AuthTransient);
     let transition = lock(&ctx.breaker).record(unwell, probe, now);
@@ -516,7 +588,7 @@ async fn attempt(
         } else if rejected_key {
             stop = Some(no_keys_reason(ctx.keys.len()));
         } else {
-            stop = Some(job_stop_reason(completion.http_status.unwrap_or(0), &error));
+            stop = Some(job_stop_reason(completion.http_status.unwrap_or(0), error));
         }
     }
     if class == Class::RateLimited
@@ -582,9 +654,20 @@ async fn attempt(
     Ok(())
 }
 
-/// Reads what came back into `completion`; returns the class, the server's requested wait and
-/// the parsed error body.
-fn read_answer(sent: Sent, completion: &mut Completion) -> (Class, Option<Duration>, ApiError) {
+/// What an attempt's result says, beyond what the journal keeps.
+struct Reading {
+    /// The taxonomy's verdict.
+    class: Class,
+    /// The wait the server asked for.
+    wait: Option<Duration>,
+    /// The parsed error body.
+    error: ApiError,
+    /// `x-ratelimit-limit-requests`, when sent.
+    limit_per_minute: Option<f64>,
+}
+
+/// Reads what came back into `completion`.
+fn read_answer(sent: Sent, completion: &mut Completion) -> Reading {
     match sent {
         Sent::Answer(answer) => {
             let success = (200..300).contains(&answer.status);
@@ -621,7 +704,15 @@ fn read_answer(sent: Sent, completion: &mut Completion) -> (Class, Option<Durati
             }
             completion.usage = usage.unwrap_or_default();
             completion.response = Some(String::from_utf8_lossy(&answer.body).into_owned());
-            (class, wait, error)
+            let limit_per_minute = answer
+                .header("x-ratelimit-limit-requests")
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            Reading {
+                class,
+                wait,
+                error,
+                limit_per_minute,
+            }
         }
         Sent::Failed { failure, message } => {
             completion.outcome = if failure.outcome_unknown() {
@@ -638,11 +729,12 @@ fn read_answer(sent: Sent, completion: &mut Completion) -> (Class, Option<Durati
                 .into(),
             );
             completion.error_message = Some(message);
-            (
-                classify(Observation::Transport(failure)),
-                None,
-                ApiError::default(),
-            )
+            Reading {
+                class: classify(Observation::Transport(failure)),
+                wait: None,
+                error: ApiError::default(),
+                limit_per_minute: None,
+            }
         }
     }
 }

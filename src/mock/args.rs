@@ -73,6 +73,10 @@ pub struct MockArgs {
     /// A model this server does not have: requests naming it get 404 model_not_found. Repeatable
     #[arg(long = "unknown-model", value_name = "MODEL")]
     pub unknown_models: Vec<String>,
+
+    /// Enforce this many requests per second (429 above it, x-ratelimit headers on every answer)
+    #[arg(long, value_name = "N")]
+    pub requests_per_second: Option<f64>,
 }
 
 /// `--retry-after-style` values.
@@ -220,6 +224,7 @@ impl TryFrom<&MockArgs> for MockConfig {
                 .collect::<Result<Vec<_>, _>>()?,
             retry_after_style: args.retry_after_style.into(),
             unknown_models: args.unknown_models.clone(),
+            requests_per_second: args.requests_per_second,
         })
     }
 }

@@ -211,11 +211,10 @@ pub(crate) fn rate_limited(model: &str, retry_after: Duration, style: RetryAfter
             );
         answer = answer.with_header("retry-after", httpdate::fmt_http_date(rounded));
     }
+    // Only the reset hint: a random refusal does not announce a per-minute limit (the
+    // server-side limit of `requests_per_second` sends the real headers).
     if matches!(style, RetryAfterStyle::All | RetryAfterStyle::ResetHeader) {
-        answer = answer
-            .with_header("x-ratelimit-limit-requests", "500".to_owned())
-            .with_header("x-ratelimit-remaining-requests", "0".to_owned())
-            .with_header("x-ratelimit-reset-requests", wait);
+        answer = answer.with_header("x-ratelimit-reset-requests", wait);
     }
     answer
 }

@@ -26,6 +26,7 @@ mod answer;
 mod args;
 mod echo;
 mod faults;
+mod limit;
 mod server;
 mod stats;
 #[cfg(test)]
@@ -80,6 +81,9 @@ pub struct MockConfig {
     pub retry_after_style: RetryAfterStyle,
     /// Models this server does not have: requests naming one get 404 `model_not_found`.
     pub unknown_models: Vec<String>,
+    /// A server-side limit in requests per second: above it, 429 `rate_limit_exceeded`; every
+    /// answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
+    pub requests_per_second: Option<f64>,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -118,6 +122,7 @@ impl Default for MockConfig {
             flaky_keys: Vec::new(),
             retry_after_style: RetryAfterStyle::All,
             unknown_models: Vec::new(),
+            requests_per_second: None,
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::answer::{Answer, request_id};
 use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
+use super::limit::{Bucket, Verdict};
 use super::stats::Counters;
 use super::{MockConfig, MockStats, body_key};
 
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     counters: Mutex<Counters>,
     /// Turns `true` on shutdown; hangs and latency sleeps race it.
     stopping: watch::Receiver<bool>,
+    /// The server-side rate limit, when configured.
+    bucket: Option<Mutex<Bucket>>,
 }
 
 impl Shared {
@@ -48,11 +51,16 @@ impl Shared {
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
+        let bucket = config
+            .requests_per_second
+            .filter(|rps| *rps > 0.0)
+            .map(|rps| Mutex::new(Bucket::new(rps, started)));
         Self {
             config,
             started,
             counters: Mutex::new(Counters::default()),
             stopping,
+            bucket,
         }
     }
 
@@ -216,6 +224,20 @@ async fn answer_post(
         attempt,
         quota_exhausted,
     );
+    let plan = match &shared.bucket {
+        Some(bucket) => {
+            let verdict = bucket
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(Instant::now());
+            limited(
+                plan,
+                verdict,
+                body.as_ref().map_or("gpt-4o-mini", echo::model_of),
+            )
+        }
+        None => plan,
+    };
     let presented = presented_key(&headers).map(str::to_owned);
     send(&shared, started, key.as_deref(), plan, presented.as_deref()).await
 }
@@ -266,6 +288,33 @@ fn decide(
             StatusCode::OK,
             echo::success(endpoint, body, key, attempt),
         )),
+    }
+}
+
+/// Applies the server-side rate limit's verdict: a 429 when refused, and the
+/// `x-ratelimit-*-requests` headers on every answer.
+fn limited(plan: Plan, verdict: Verdict, model: &str) -> Plan {
+    let answer = if verdict.allowed {
+        plan.answer
+    } else {
+        let wait = verdict.retry_after.max(Duration::from_millis(1));
+        faults::rate_limited(model, wait, super::RetryAfterStyle::Millis)
+    };
+    Plan {
+        answer: answer
+            .with_header(
+                "x-ratelimit-limit-requests",
+                verdict.limit_per_minute.to_string(),
+            )
+            .with_header(
+                "x-ratelimit-remaining-requests",
+                verdict.remaining.to_string(),
+            )
+            .with_header(
+                "x-ratelimit-reset-requests",
+                faults::go_duration(verdict.reset),
+            ),
+        hang: plan.hang && verdict.allowed,
     }
 }
 

@@ -1,0 +1,198 @@
+//! Token cost of a request, for `--tpm`: prompt tokens counted with tiktoken (encoding chosen by
+//! model) plus the output the request asks for.
+//!
+//! This is an estimate, as OpenAI's own limiter makes one: it counts the text the model reads
+//! (message contents, inputs, prompts, instructions) with a small per-message overhead, and the
+//! requested maximum output (`max_completion_tokens`, `max_tokens`, `max_output_tokens`), or a
+//! configurable default when none is given.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+/// Tokens every chat message costs beyond its content (role, separators), and the tokens that
+/// prime the reply: the figures of OpenAI's token-counting cookbook.
+const PER_MESSAGE: u64 = 3;
+const REPLY_PRIMING: u64 = 3;
+/// A rough cost for an image part; the real one depends on size and detail.
+const PER_IMAGE: u64 = 765;
+
+/// The BPE encodings in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o-series, and unknown models (the documented fallback:
+    /// current models use it, and for other servers' models any estimate is approximate).
+    O200k,
+    /// gpt-4, gpt-3.5, text-embedding-3, ada-002.
+    Cl100k,
+}
+
+/// The encoding of `model`.
+pub fn encoding_for(model: &str) -> Encoding {
+    const CL100K: [&str; 4] = ["gpt-4-", "gpt-3.5", "text-embedding-", "davinci-002"];
+    let legacy_gpt4 =
+        model == "gpt-4" || (model.starts_with("gpt-4-") && !model.starts_with("gpt-4-o"));
+    if legacy_gpt4 || CL100K.iter().any(|p| model.starts_with(p)) {
+        Encoding::Cl100k
+    } else {
+        Encoding::O200k
+    }
+}
+
+fn bpe(encoding: Encoding) -> Option<&'static CoreBPE> {
+    static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    // The BPE files ship inside the crate; loading cannot fail short of a broken build, and
+    // then the estimate falls back to bytes/4.
+    match encoding {
+        Encoding::O200k => O200K
+            .get_or_init(|| tiktoken_rs::o200k_base().ok())
+            .as_ref(),
+        Encoding::Cl100k => CL100K
+            .get_or_init(|| tiktoken_rs::cl100k_base().ok())
+            .as_ref(),
+    }
+}
+
+/// Tokens of `text` in `encoding`.
+pub fn count(text: &str, encoding: Encoding) -> u64 {
+    match bpe(encoding) {
+        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        None => (text.len() as u64).div_ceil(4),
+    }
+}
+
+/// The estimated token cost of a request body sent to `url`: prompt plus requested output.
+pub fn estimate(url: &str, body: &Value, default_output: u64) -> u64 {
+    let encoding = encoding_for(body.get("model").and_then(Value::as_str).unwrap_or(""));
+    let prompt = prompt_tokens(url, body, encoding);
+    let output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|field| body.get(*field).and_then(Value::as_u64));
+    let output = if url.ends_with("/embeddings") || url.ends_with("/moderations") {
+        0
+    } else {
+        output.unwrap_or(default_output)
+    };
+    prompt + output
+}
+
+fn prompt_tokens(url: &str, body: &Value, encoding: Encoding) -> u64 {
+    let text = |value: &Value| content_tokens(value, encoding);
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        let per_message: u64 = messages
+            .iter()
+            .map(|m| {
+                PER_MESSAGE + m.get("content").map_or(0, text) + m.get("name").map_or(0, |_| 1)
+            })
+            .sum();
+        return per_message + REPLY_PRIMING;
+    }
+    if url.ends_with("/responses") {
+        let instructions = body.get("instructions").map_or(0, text);
+        let input = match body.get("input") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| PER_MESSAGE + item.get("content").map_or_else(|| text(item), text))
+                .sum(),
+            Some(other) => text(other),
+            None => 0,
+        };
+        return instructions + input;
+    }
+    let field = body.get("input").or_else(|| body.get("prompt"));
+    field.map_or_else(|| count(&body.to_string(), encoding), text)
+}
+
+/// Tokens of a content value: a string, an array of strings or token ids, or of content parts.
+fn content_tokens(value: &Value, encoding: Encoding) -> u64 {
+    match value {
+        Value::String(s) => count(s, encoding),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => count(s, encoding),
+                // A pre-tokenized input: one token each.
+                Value::Number(_) => 1,
+                Value::Array(ids) => ids.len() as u64,
+                Value::Object(part) => match part.get("text").and_then(Value::as_str) {
+                    Some(s) => count(s, encoding),
+                    None if part.contains_key("image_url") || part.contains_key("image") => {
+                        PER_IMAGE
+                    }
+                    None => 0,
+                },
+                Value::Null | Value::Bool(_) => 0,
+            })
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::Object(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use serde_json::json;
+
+    #[rstest]
+    #[case("gpt-4o-mini", Encoding::O200k)]
+    #[case("gpt-4.1", Encoding::O200k)]
+    #[case("gpt-5-mini", Encoding::O200k)]
+    #[case("o3", Encoding::O200k)]
+    #[case("o4-mini", Encoding::O200k)]
+    #[case("gpt-4", Encoding::Cl100k)]
+    #[case("gpt-4-turbo", Encoding::Cl100k)]
+    #[case("gpt-3.5-turbo", Encoding::Cl100k)]
+    #[case("text-embedding-3-small", Encoding::Cl100k)]
+    #[case("meta-llama/Llama-3.1-8B", Encoding::O200k)]
+    fn chooses_the_encoding_by_model(#[case] model: &str, #[case] expected: Encoding) {
+        assert_eq!(encoding_for(model), expected);
+    }
+
+    #[test]
+    fn counts_with_the_real_encodings() {
+        // Known counts: "hello world" is two tokens in both encodings.
+        assert_eq!(count("hello world", Encoding::O200k), 2);
+        assert_eq!(count("hello world", Encoding::Cl100k), 2);
+        assert!(count(&"word ".repeat(1000), Encoding::O200k) >= 1000);
+    }
+
+    #[test]
+    fn chat_cost_is_messages_plus_overhead_plus_requested_output() {
+        let body = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+            "messages": [{"role": "system", "content": "hello world"}, {"role": "user", "content": "hello world"}]});
+        assert_eq!(
+            estimate("/v1/chat/completions", &body, 999),
+            2 * (3 + 2) + 3 + 100
+        );
+        let no_max = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world"}]});
+        assert_eq!(
+            estimate("/v1/chat/completions", &no_max, 50),
+            3 + 2 + 3 + 50
+        );
+    }
+
+    #[test]
+    fn responses_embeddings_and_completions() {
+        let responses = json!({"model": "gpt-4.1", "input": "hello world", "instructions": "hello world", "max_output_tokens": 10});
+        assert_eq!(estimate("/v1/responses", &responses, 0), 2 + 2 + 10);
+        let embeddings =
+            json!({"model": "text-embedding-3-small", "input": ["hello world", "hello world"]});
+        assert_eq!(
+            estimate("/v1/embeddings", &embeddings, 500),
+            4,
+            "embeddings produce no output tokens"
+        );
+        let completions =
+            json!({"model": "gpt-3.5-turbo-instruct", "prompt": "hello world", "max_tokens": 5});
+        assert_eq!(estimate("/v1/completions", &completions, 0), 7);
+        let parts = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hello world"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
+        assert_eq!(
+            estimate("/v1/chat/completions", &parts, 0),
+            3 + 2 + PER_IMAGE + 3
+        );
+    }
+}
