@@ -6,10 +6,16 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Every migration, in order; `user_version` is the count applied. Never edit a shipped entry.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_create_jobs_requests_attempts",
-    include_str!("../../migrations/0001_create_jobs_requests_attempts.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_create_jobs_requests_attempts",
+        include_str!("../../migrations/0001_create_jobs_requests_attempts.sql"),
+    ),
+    (
+        "0002_add_job_lease",
+        include_str!("../../migrations/0002_add_job_lease.sql"),
+    ),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
