@@ -73,6 +73,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         endpoint: None,
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: crate::input::DEFAULT_MAX_LINE_BYTES,
+        skip_invalid: false,
         run: RunArgs {
             base_url: Some(mock.base_url()),
             concurrency: NonZeroUsize::new(16),

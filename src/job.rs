@@ -69,7 +69,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             model: settings.model.clone(),
             max_line_bytes: args.max_line_bytes,
         };
-        let mut reader = InputReader::open(&args.file, options)?;
+        let mut reader = InputReader::open(&args.file, options)?.skip_invalid(args.skip_invalid);
         let input_path = absolute(&args.file).display().to_string();
         let config = settings.to_json();
         let now = now_ms();
@@ -97,6 +97,12 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             report.added,
             report.known
         );
+        if report.invalid > 0 {
+            eprintln!(
+                "{}: {} invalid lines recorded as failed requests (--skip-invalid): `runner export --job {}` shows why",
+                job.name, report.invalid, job.name
+            );
+        }
         execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
     })
     .await

@@ -11,6 +11,7 @@
 
 pub mod db;
 pub mod fault;
+mod invalid;
 pub mod lease;
 pub mod migrate;
 
