@@ -163,6 +163,10 @@ pub struct ExportArgs {
     /// Write here (created with mode 0600) instead of stdout
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
+    /// CSV cells exactly as stored. By default a cell starting with =, +, -, @, tab or CR gets a
+    /// leading ' so that spreadsheets show it instead of running it as a formula
+    #[arg(long)]
+    pub no_sanitize: bool,
 }
 
 /// `runner jobs`.

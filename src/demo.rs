@@ -100,6 +100,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         },
         format: ExportFormat::Csv,
         output: Some(args.output.clone()),
+        no_sanitize: false,
     };
     let rows = tokio::task::spawn_blocking(move || crate::export::export(&export)).await??;
     let errors: u64 = stats

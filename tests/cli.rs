@@ -6,43 +6,12 @@ mod support;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use runner::mock::{MockConfig, MockServer};
+use support::bin::{output, runner, text};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_runner");
-
-/// The binary with a clean environment: no OPENAI_* or RUNNER_* from the developer's shell.
-fn runner(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir);
-    for var in [
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "RUNNER_DB",
-        "RUNNER_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-async fn output(mut cmd: Command) -> Output {
-    within(
-        "the binary",
-        tokio::task::spawn_blocking(move || cmd.output().expect("binary runs")),
-    )
-    .await
-    .expect("join")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test]
 async fn help_lists_every_command() {
@@ -282,6 +251,7 @@ async fn the_key_is_never_written_anywhere() {
         &["status"][..],
         &["export"][..],
         &["export", "--format", "jsonl"][..],
+        &["export", "--output", "results.csv"][..],
     ] {
         let mut cmd = runner(s.dir.path());
         cmd.args(args).env("OPENAI_API_KEY", key);
@@ -309,6 +279,11 @@ async fn the_key_is_never_written_anywhere() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(s.db()).expect("db").permissions().mode();
     assert_eq!(mode & 0o077, 0, "the database is private: {mode:o}");
+    let mode = std::fs::metadata(s.path("results.csv"))
+        .expect("export file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the export file is private: {mode:o}");
     mock.shutdown().await;
 }
 
