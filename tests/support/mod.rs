@@ -211,3 +211,13 @@ pub fn integrity(db: &Path) -> String {
 pub fn write_bytes(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("write input");
 }
+
+/// [`query_i64`] for a database that a running binary may still be creating: `None` until the
+/// file and its schema exist.
+pub fn try_query_i64(db: &Path, sql: &str) -> Option<i64> {
+    if !db.exists() {
+        return None;
+    }
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row(sql, [], |r| r.get(0)).ok()
+}
