@@ -6,7 +6,9 @@ use serde_json::json;
 
 use crate::cli::{JobsArgs, StatusArgs};
 use crate::export::rfc3339;
+use crate::store::lease::{self, LeaseOwner};
 use crate::store::{self, db};
+use crate::worker::now_ms;
 
 /// Prints one job's state, request counts, attempts by class and token totals.
 ///
@@ -19,6 +21,13 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     let classes = db::attempts_by_class(&conn, job.id)?;
     let (prompt, completion, total) = db::token_totals(&conn, job.id)?;
     let attempts: u64 = classes.iter().map(|(_, n)| n).sum();
+    let runner = lease::holder(&conn, job.id)?.map(|(owner, until)| {
+        let alive = until > now_ms()
+            && !owner
+                .parse::<LeaseOwner>()
+                .is_ok_and(|holder| lease::holder_is_gone(&holder, &LeaseOwner::current()));
+        (owner, until, alive)
+    });
     if args.json {
         let value = json!({
             "job": job.name,
@@ -30,6 +39,9 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
             "requests": counts,
             "attempts": {"total": attempts, "by_class": classes.iter().map(|(c, n)| (c.clone(), json!(n))).collect::<serde_json::Map<_, _>>()},
             "tokens": {"prompt": prompt, "completion": completion, "total": total},
+            "runner": runner.as_ref().map(|(owner, until, alive)| json!({
+                "owner": owner, "lease_until": rfc3339(*until), "alive": alive,
+            })),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
@@ -39,6 +51,18 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
         writeln!(out, "reason    {reason}")?;
     }
     writeln!(out, "input     {}", job.input_path)?;
+    if let Some((owner, until, alive)) = &runner {
+        let note = if *alive {
+            ""
+        } else {
+            " · not running any more: `runner resume` takes over"
+        };
+        writeln!(
+            out,
+            "runner    {owner} · lease until {}{note}",
+            rfc3339(*until)
+        )?;
+    }
     writeln!(
         out,
         "times     created {} · updated {}",
