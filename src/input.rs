@@ -686,6 +686,51 @@ mod tests {
         );
     }
 
+    /// A 64 MiB line made on the fly, then one good line.
+    struct LongLine {
+        left: usize,
+        tail: Cursor<Vec<u8>>,
+    }
+
+    impl Read for LongLine {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return self.tail.read(buf);
+            }
+            let n = buf.len().min(self.left);
+            buf[..n].fill(b'x');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_over_long_line_is_skipped_without_being_read_into_memory() {
+        let source = LongLine {
+            left: 64 << 20,
+            tail: Cursor::new(b"\n{\"prompt\":\"after\"}\n".to_vec()),
+        };
+        let mut reader = InputReader::new(
+            "in.jsonl".into(),
+            Box::new(BufReader::with_capacity(64 * 1024, source)),
+            options(),
+        )
+        .skip_invalid(true);
+        let first = reader.next().expect("an item").expect_err("too long");
+        assert!(
+            matches!(first, InputError::TooLong { line: 1, .. }),
+            "{first}"
+        );
+        assert!(
+            reader.buf.capacity() <= 4 * options().max_line_bytes,
+            "kept {} bytes of the line",
+            reader.buf.capacity()
+        );
+        let second = reader.next().expect("an item").expect("valid");
+        assert_eq!(second.line, 2);
+        assert!(reader.next().is_none());
+    }
+
     #[rstest]
     #[case::plain(r#"{"custom_id": "a\"b", "prompt": "x"#, Some("a\"b"))]
     #[case::spaced(r#"{ "custom_id" :"id-1" ,"#, Some("id-1"))]

@@ -282,9 +282,13 @@ fn ingest_all(
                     }
                     .into());
                 }
-                // A known request under this custom_id is left as it is (see store::invalid).
-                invalid::record(conn, job, &key, custom_id.as_deref(), &e, now_ms())?;
-                report.invalid += 1;
+                if invalid::record(conn, job, &key, custom_id.as_deref(), &e, now_ms())? {
+                    report.invalid += 1;
+                } else {
+                    tracing::warn!(
+                        "{e} (skipped: custom_id '{key}' keeps the request and result it already has)"
+                    );
+                }
                 continue;
             }
             Err(e) => return Err(e.into()),
