@@ -51,7 +51,7 @@ pub enum StorageFault {
     },
     /// A read or write of the file failed.
     #[error(
-        "database {}: disk I/O error ({detail}): check the disk and the file system, then run the same command again (it resumes the job; nothing journaled is lost)",
+        "database {}: reading or writing the file failed ({detail}): check the disk, its free space and any quota or file size limit, then run the same command again (it resumes the job; nothing journaled is lost)",
         path.display()
     )]
     Io {
@@ -241,7 +241,10 @@ mod tests {
                 rusqlite::ffi::SQLITE_CANTOPEN,
                 "cannot use /x/r.db as the database",
             ),
-            (rusqlite::ffi::SQLITE_IOERR, "disk I/O error"),
+            (
+                rusqlite::ffi::SQLITE_IOERR,
+                "reading or writing the file failed",
+            ),
             (rusqlite::ffi::SQLITE_NOTADB, "is not a runner database"),
         ];
         for (code, expected) in cases {
