@@ -266,25 +266,30 @@ fn ingest_all(
         conn.prepare_cached("UPDATE requests SET line = ?3 WHERE job_id = ?1 AND key = ?2")?;
 
     let mut report = IngestReport::default();
+    // Bad lines left out with a warning (their custom_id holds a request): not an empty file.
+    let mut kept_invalid = 0u64;
     while let Some(prompt) = reader.next() {
         let prompt = match prompt {
             Ok(prompt) => prompt,
             Err(e) if reader.skips_invalid() && e.is_invalid_line() => {
+                // Every invalid-line error names its line.
+                let bad_line = e.line().unwrap_or(0);
                 let custom_id = reader.salvaged_custom_id();
-                let key = invalid::key_for(custom_id.as_deref(), e.line().unwrap_or(0));
-                if mark_seen.execute(params![key, e.line().unwrap_or(0) as i64])? == 0 {
+                let key = invalid::key_for(custom_id.as_deref(), bad_line);
+                if mark_seen.execute(params![key, bad_line as i64])? == 0 {
                     let first: i64 = first_line.query_row([&key], |r| r.get(0))?;
                     return Err(InputError::DuplicateCustomId {
                         path: reader.path().to_owned(),
                         custom_id: key,
                         first_line: first as u64,
-                        line: e.line().unwrap_or(0),
+                        line: bad_line,
                     }
                     .into());
                 }
                 if invalid::record(conn, job, &key, custom_id.as_deref(), &e, now_ms())? {
                     report.invalid += 1;
                 } else {
+                    kept_invalid += 1;
                     tracing::warn!(
                         "{e} (skipped: custom_id '{key}' keeps the request and result it already has)"
                     );
@@ -358,7 +363,7 @@ fn ingest_all(
             }
         }
     }
-    if report.read + report.invalid == 0 {
+    if report.read + report.invalid + kept_invalid == 0 {
         return Err(InputError::Empty {
             path: reader.path().to_owned(),
         }
