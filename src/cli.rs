@@ -167,6 +167,11 @@ pub struct SubmitArgs {
     /// Longest input line accepted, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
+    /// Record each line that is not a valid request as a failed request (error class
+    /// invalid_input) and run the rest, instead of refusing the whole file. A repeated custom_id
+    /// or a changed body is still refused
+    #[arg(long)]
+    pub skip_invalid: bool,
     /// Run settings.
     #[command(flatten)]
     pub run: RunArgs,
@@ -241,6 +246,10 @@ pub struct ExportArgs {
     /// Write here (created with mode 0600) instead of stdout
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
+    /// CSV cells exactly as stored. By default a cell starting with =, +, -, @, tab or CR gets a
+    /// leading ' so that spreadsheets show it instead of running it as a formula
+    #[arg(long)]
+    pub no_sanitize: bool,
 }
 
 /// `runner jobs`.

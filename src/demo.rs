@@ -73,6 +73,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         endpoint: None,
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: crate::input::DEFAULT_MAX_LINE_BYTES,
+        skip_invalid: false,
         run: RunArgs {
             base_url: Some(mock.base_url()),
             concurrency: NonZeroUsize::new(16),
@@ -99,6 +100,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         },
         format: ExportFormat::Csv,
         output: Some(args.output.clone()),
+        no_sanitize: false,
     };
     let rows = tokio::task::spawn_blocking(move || crate::export::export(&export)).await??;
     let errors: u64 = stats

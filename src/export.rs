@@ -1,6 +1,10 @@
 //! `runner export`: a job's results as CSV (through the csv crate) or as the Batch API's output
 //! JSONL, in input order, streamed from a read-only connection.
+//!
+//! CSV cells that a spreadsheet would run as a formula are neutralised by default (see
+//! [`neutralise`]); JSONL is data for programs and is never altered.
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +39,39 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "line",
 ];
 
+/// The first characters that make a spreadsheet evaluate a cell as a formula (OWASP, "CSV
+/// Injection"): `=`, `+`, `-`, `@`, tab and carriage return.
+pub const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// How CSV cells are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CsvCells {
+    /// Cells starting with one of [`FORMULA_TRIGGERS`] get a leading `'` (the default).
+    Sanitized,
+    /// Exactly as stored (`--no-sanitize`).
+    Raw,
+}
+
+impl CsvCells {
+    fn apply(self, cell: &str) -> Cow<'_, str> {
+        match self {
+            CsvCells::Sanitized => neutralise(cell),
+            CsvCells::Raw => Cow::Borrowed(cell),
+        }
+    }
+}
+
+/// OWASP's defence against CSV injection: a cell starting with one of [`FORMULA_TRIGGERS`] gets a
+/// leading `'`, so a spreadsheet shows `=HYPERLINK(…)` as text instead of running it. Model
+/// output and custom ids are untrusted text: either can start with `=`.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(FORMULA_TRIGGERS) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
 /// Errors of an export.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -62,13 +99,19 @@ impl From<csv::Error> for ExportError {
 pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
     let conn = store::open_read_only(&args.db.db)?;
     let job = db::resolve_job(&conn, args.job.as_deref())?;
+    let cells = if args.no_sanitize {
+        CsvCells::Raw
+    } else {
+        CsvCells::Sanitized
+    };
     match &args.output {
         None => {
             let stdout = io::stdout().lock();
-            Ok(write_export(
+            Ok(write_export_with(
                 &conn,
                 &job,
                 args.format,
+                cells,
                 BufWriter::new(stdout),
             )?)
         }
@@ -77,7 +120,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
             let partial = partial_path(path);
             let file = create_private(&partial)
                 .with_context(|| format!("cannot create {}", partial.display()))?;
-            let rows = write_export(&conn, &job, args.format, BufWriter::new(file))
+            let rows = write_export_with(&conn, &job, args.format, cells, BufWriter::new(file))
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             fs::rename(&partial, path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
@@ -86,7 +129,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
     }
 }
 
-/// Writes a job's rows in `format`; returns the row count.
+/// Writes a job's rows in `format` (CSV cells sanitised); returns the row count.
 ///
 /// # Errors
 /// Store or write failures.
@@ -96,8 +139,22 @@ pub fn write_export(
     format: ExportFormat,
     out: impl Write,
 ) -> Result<u64, ExportError> {
+    write_export_with(conn, job, format, CsvCells::Sanitized, out)
+}
+
+/// [`write_export`] with the choice of CSV cells; JSONL ignores it.
+///
+/// # Errors
+/// Store or write failures.
+pub fn write_export_with(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    format: ExportFormat,
+    cells: CsvCells,
+    out: impl Write,
+) -> Result<u64, ExportError> {
     match format {
-        ExportFormat::Csv => write_csv(conn, job, out),
+        ExportFormat::Csv => write_csv(conn, job, cells, out),
         ExportFormat::Jsonl => write_jsonl(conn, job, out),
     }
 }
@@ -105,6 +162,7 @@ pub fn write_export(
 fn write_csv(
     conn: &rusqlite::Connection,
     job: &db::Job,
+    cells: CsvCells,
     out: impl Write,
 ) -> Result<u64, ExportError> {
     let mut writer = csv::Writer::from_writer(out);
@@ -119,7 +177,7 @@ fn write_csv(
         } else {
             None
         };
-        writer.write_record([
+        let record = [
             row.key.as_str(),
             row.state.as_str(),
             &opt(row.http_status),
@@ -136,7 +194,9 @@ fn write_csv(
             &row.finished_at.map(rfc3339).unwrap_or_default(),
             row.error_class.as_deref().unwrap_or(""),
             &row.line.to_string(),
-        ])?;
+        ];
+        let record: Vec<Cow<'_, str>> = record.iter().map(|cell| cells.apply(cell)).collect();
+        writer.write_record(record.iter().map(|cell| cell.as_bytes()))?;
         rows += 1;
         Ok(())
     })?;
@@ -215,14 +275,21 @@ fn partial_path(path: &Path) -> PathBuf {
 }
 
 /// Creates (or truncates) a file readable by its owner only: results are private data.
+///
+/// # Errors
+/// The file cannot be created or its mode set.
 pub fn create_private(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    // The mode above applies only when the file is new: a file left by an earlier run keeps its
+    // own, so set it again.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -233,6 +300,35 @@ mod tests {
     fn formats_timestamps_as_rfc3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_776_159_012_345), "2026-04-14T09:30:12.345Z");
+    }
+
+    #[rstest::rstest]
+    #[case::equals("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")")]
+    #[case::plus("+1+1", "'+1+1")]
+    #[case::minus("-2+3", "'-2+3")]
+    #[case::at("@SUM(A1)", "'@SUM(A1)")]
+    #[case::tab("\t=1", "'\t=1")]
+    #[case::carriage_return("\r=1", "'\r=1")]
+    #[case::plain("echo: hi", "echo: hi")]
+    #[case::inner("a=b", "a=b")]
+    #[case::empty("", "")]
+    #[case::quote("'=1", "'=1")]
+    fn neutralises_cells_a_spreadsheet_would_run(#[case] cell: &str, #[case] expected: &str) {
+        assert_eq!(neutralise(cell), expected);
+        assert_eq!(CsvCells::Raw.apply(cell), cell);
+    }
+
+    #[test]
+    fn an_old_partial_file_does_not_keep_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out.csv.partial");
+        fs::write(&path, "old").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(create_private(&path).expect("create"));
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(fs::read(&path).expect("read"), b"", "truncated");
     }
 
     #[test]

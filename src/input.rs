@@ -138,6 +138,51 @@ pub enum InputError {
     },
 }
 
+impl InputError {
+    /// The 1-based line a line-level error is about.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            InputError::Utf8 { line, .. }
+            | InputError::TooLong { line, .. }
+            | InputError::Json { line, .. }
+            | InputError::Invalid { line, .. }
+            | InputError::DuplicateCustomId { line, .. }
+            | InputError::ChangedBody { line, .. } => Some(*line),
+            InputError::Io { .. } | InputError::Empty { .. } => None,
+        }
+    }
+
+    /// Whether the error is about one line that cannot become a request, so that reading can go
+    /// on after it (`--skip-invalid`). A duplicate custom_id or a changed body is not: which of
+    /// the two lines is the right one is for a person to decide.
+    pub fn is_invalid_line(&self) -> bool {
+        match self {
+            InputError::Utf8 { .. }
+            | InputError::TooLong { .. }
+            | InputError::Json { .. }
+            | InputError::Invalid { .. } => true,
+            InputError::Io { .. }
+            | InputError::DuplicateCustomId { .. }
+            | InputError::ChangedBody { .. }
+            | InputError::Empty { .. } => false,
+        }
+    }
+
+    /// A stable short name, stored as the `error_code` of a line recorded by `--skip-invalid`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::Io { .. } => "unreadable_input",
+            InputError::Utf8 { .. } => "invalid_utf8",
+            InputError::TooLong { .. } => "line_too_long",
+            InputError::Json { .. } => "malformed_json",
+            InputError::Invalid { .. } => "invalid_request",
+            InputError::DuplicateCustomId { .. } => "duplicate_custom_id",
+            InputError::ChangedBody { .. } => "changed_body",
+            InputError::Empty { .. } => "empty_input",
+        }
+    }
+}
+
 /// Streams [`Prompt`]s out of a JSONL source. Also fingerprints the raw bytes it reads.
 pub struct InputReader {
     path: PathBuf,
@@ -147,6 +192,7 @@ pub struct InputReader {
     buf: Vec<u8>,
     hasher: blake3::Hasher,
     done: bool,
+    skip_invalid: bool,
 }
 
 impl InputReader {
@@ -176,6 +222,37 @@ impl InputReader {
             buf: Vec::new(),
             hasher: blake3::Hasher::new(),
             done: false,
+            skip_invalid: false,
+        }
+    }
+
+    /// Keeps reading after an invalid line (`--skip-invalid`): the error is still returned for
+    /// that line, and a line over the length limit is read past without being kept in memory.
+    /// Without it, reading ends at an over-long line.
+    #[must_use]
+    pub fn skip_invalid(mut self, skip: bool) -> Self {
+        self.skip_invalid = skip;
+        self
+    }
+
+    /// Whether [`InputReader::skip_invalid`] is on.
+    pub fn skips_invalid(&self) -> bool {
+        self.skip_invalid
+    }
+
+    /// The custom_id of the line last read, if one can be read from it although the line is not
+    /// a valid request: a top-level string `custom_id` when the line is a JSON object, else the
+    /// first `"custom_id": "…"` in its text (a truncated or malformed line usually starts with
+    /// it). Of an over-long line only the first `--max-line-bytes` bytes are searched.
+    pub fn salvaged_custom_id(&self) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.buf);
+        let text = text.trim_start_matches('\u{feff}').trim();
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(object)) => match object.get("custom_id") {
+                Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+                _ => None,
+            },
+            _ => scan_custom_id(text),
         }
     }
 
@@ -203,6 +280,9 @@ impl InputReader {
         self.line += 1;
         self.hasher.update(&self.buf);
         if read as u64 == limit && self.buf.last() != Some(&b'\n') {
+            if self.skip_invalid {
+                self.skip_rest_of_line()?;
+            }
             return Err(InputError::TooLong {
                 path: self.path.clone(),
                 line: self.line,
@@ -210,6 +290,42 @@ impl InputReader {
             });
         }
         Ok(true)
+    }
+
+    /// Reads up to the end of the current line in buffer-sized chunks, keeping none of it (but
+    /// hashing it: the fingerprint covers the whole file).
+    fn skip_rest_of_line(&mut self) -> Result<(), InputError> {
+        loop {
+            let (used, at_end) = {
+                let chunk = match self.source.fill_buf() {
+                    Ok(chunk) => chunk,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        return Err(InputError::Io {
+                            path: self.path.clone(),
+                            source,
+                        });
+                    }
+                };
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        self.hasher.update(&chunk[..=end]);
+                        (end + 1, true)
+                    }
+                    None => {
+                        self.hasher.update(chunk);
+                        (chunk.len(), false)
+                    }
+                }
+            };
+            self.source.consume(used);
+            if at_end {
+                return Ok(());
+            }
+        }
     }
 
     fn io_error(&self, source: io::Error) -> InputError {
@@ -348,8 +464,9 @@ impl Iterator for InputReader {
                     return Some(self.parse_line(raw));
                 }
                 Err(e) => {
-                    // Reading past a broken line would misnumber every later line.
-                    self.done = true;
+                    // Reading past a broken line would misnumber every later line, unless the
+                    // rest of it was skipped (`skip_invalid`).
+                    self.done = !(self.skip_invalid && e.is_invalid_line());
                     return Some(Err(e));
                 }
             }
@@ -367,6 +484,38 @@ pub fn content_hash(method: &str, url: &str, body: &str) -> String {
     hasher.update(b"\n");
     hasher.update(body.as_bytes());
     hasher.finalize().to_hex().to_string()
+}
+
+/// Finds the first `"custom_id": "…"` in text that is not valid JSON, and decodes the string.
+fn scan_custom_id(text: &str) -> Option<String> {
+    const NEEDLE: &str = "\"custom_id\"";
+    let mut rest = text;
+    while let Some(at) = rest.find(NEEDLE) {
+        rest = &rest[at + NEEDLE.len()..];
+        let Some(value) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let value = value.trim_start();
+        if !value.starts_with('"') {
+            continue;
+        }
+        // The closing quote: the first `"` not escaped by a backslash.
+        let bytes = value.as_bytes();
+        let mut i = 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => {
+                    return serde_json::from_str::<String>(&value[..=i])
+                        .ok()
+                        .filter(|id| !id.is_empty());
+                }
+                _ => i += 1,
+            }
+        }
+        return None;
+    }
+    None
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -486,6 +635,111 @@ mod tests {
             "{message}"
         );
         assert_eq!(results.len(), 2);
+    }
+
+    #[test]
+    fn skipping_reads_past_invalid_and_over_long_lines() {
+        let mut input = b"{\"prompt\":\"a\"}\n".to_vec();
+        input.extend(
+            format!(
+                "{{\"custom_id\":\"long\",\"prompt\":\"{}\"}}\n",
+                "x".repeat(5000)
+            )
+            .as_bytes(),
+        );
+        input.extend(b"{\"custom_id\":\"cut\",\"prompt\":\"trunc\n[1]\n{\"prompt\":\"b\"}\n");
+        let mut reader = InputReader::new(
+            "in.jsonl".into(),
+            Box::new(Cursor::new(input.clone())),
+            options(),
+        )
+        .skip_invalid(true);
+        let mut seen = Vec::new();
+        while let Some(item) = reader.next() {
+            seen.push(match item {
+                Ok(prompt) => format!("ok {}", prompt.line),
+                Err(e) => {
+                    assert!(e.is_invalid_line(), "{e}");
+                    format!(
+                        "{} {} {:?}",
+                        e.code(),
+                        e.line().expect("line"),
+                        reader.salvaged_custom_id()
+                    )
+                }
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "ok 1",
+                "line_too_long 2 Some(\"long\")",
+                "malformed_json 3 Some(\"cut\")",
+                "invalid_request 4 None",
+                "ok 5"
+            ]
+        );
+        assert_eq!(
+            reader.fingerprint(),
+            blake3::hash(&input).to_hex().to_string(),
+            "the skipped bytes are fingerprinted too"
+        );
+    }
+
+    /// A 64 MiB line made on the fly, then one good line.
+    struct LongLine {
+        left: usize,
+        tail: Cursor<Vec<u8>>,
+    }
+
+    impl Read for LongLine {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return self.tail.read(buf);
+            }
+            let n = buf.len().min(self.left);
+            buf[..n].fill(b'x');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_over_long_line_is_skipped_without_being_read_into_memory() {
+        let source = LongLine {
+            left: 64 << 20,
+            tail: Cursor::new(b"\n{\"prompt\":\"after\"}\n".to_vec()),
+        };
+        let mut reader = InputReader::new(
+            "in.jsonl".into(),
+            Box::new(BufReader::with_capacity(64 * 1024, source)),
+            options(),
+        )
+        .skip_invalid(true);
+        let first = reader.next().expect("an item").expect_err("too long");
+        assert!(
+            matches!(first, InputError::TooLong { line: 1, .. }),
+            "{first}"
+        );
+        assert!(
+            reader.buf.capacity() <= 4 * options().max_line_bytes,
+            "kept {} bytes of the line",
+            reader.buf.capacity()
+        );
+        let second = reader.next().expect("an item").expect("valid");
+        assert_eq!(second.line, 2);
+        assert!(reader.next().is_none());
+    }
+
+    #[rstest]
+    #[case::plain(r#"{"custom_id": "a\"b", "prompt": "x"#, Some("a\"b"))]
+    #[case::spaced(r#"{ "custom_id" :"id-1" ,"#, Some("id-1"))]
+    #[case::not_a_string(r#"{"custom_id": 7, "#, None)]
+    #[case::unterminated(r#"{"custom_id": "abc"#, None)]
+    #[case::empty(r#"{"custom_id": "", "#, None)]
+    #[case::absent(r#"{"prompt": "custom_id"#, None)]
+    fn scans_custom_id_out_of_broken_lines(#[case] text: &str, #[case] expected: Option<&str>) {
+        assert_eq!(scan_custom_id(text).as_deref(), expected);
     }
 
     #[test]

@@ -14,11 +14,14 @@ use crate::keys::KeyPool;
 use crate::progress::{Display, Reporter, Tally};
 use crate::rate_limit::RequestLimiter;
 use crate::shutdown::Shutdown;
-use crate::store::JobStore;
 use crate::store::db::{self, Job, JobState};
+use crate::store::lease::{self, Acquired, LeaseKeeper, LeaseOwner};
+use crate::store::{JobStore, StoreError, fault};
 use crate::worker::{PoolExit, PoolSettings, WorkerPool, now_ms};
 
 /// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
+/// Storage faults come back as a [`fault::StorageFault`] that names the database and says what
+/// to do.
 pub(crate) async fn with_store<T>(
     path: &Path,
     f: impl AsyncFnOnce(JobStore) -> anyhow::Result<T>,
@@ -27,8 +30,10 @@ pub(crate) async fn with_store<T>(
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || JobStore::open(&path)).await?
     };
-    let (store, thread) = opened.with_context(|| format!("database {}", path.display()))?;
-    let result = f(store).await;
+    let (store, thread) = opened
+        .with_context(|| format!("database {}", path.display()))
+        .map_err(|e| fault::explain(path, e))?;
+    let result = f(store).await.map_err(|e| fault::explain(path, e));
     thread.join().await;
     result
 }
@@ -64,19 +69,26 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             model: settings.model.clone(),
             max_line_bytes: args.max_line_bytes,
         };
-        let mut reader = InputReader::open(&args.file, options)?;
+        let mut reader = InputReader::open(&args.file, options)?.skip_invalid(args.skip_invalid);
         let input_path = absolute(&args.file).display().to_string();
         let config = settings.to_json();
         let now = now_ms();
-        let (job, report) = store
+        let me = LeaseOwner::current();
+        let owner = me.clone();
+        let (job, report, acquired) = store
             .call(move |c| {
                 db::atomically(c, |c| {
                     let job = db::upsert_job(c, &name, &input_path, &config, now)?;
+                    // Before the ingest: a running job's requests are not touched.
+                    let acquired = lease::acquire(c, &job, &owner, now)?;
                     let report = db::ingest(c, job.id, &mut reader)?;
-                    Ok((job, report))
+                    // A long ingest must not start the run on a lapsed lease.
+                    lease::renew(c, job.id, &owner, now_ms())?;
+                    Ok((job, report, acquired))
                 })
             })
             .await?;
+        report_takeover(&job.name, &acquired);
         eprintln!(
             "{}: read {} requests from {}: {} new, {} already in the job",
             job.name,
@@ -85,7 +97,13 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             report.added,
             report.known
         );
-        execute(&store, job, &settings, env, &args.run, shutdown).await
+        if report.invalid > 0 {
+            eprintln!(
+                "{}: {} invalid lines recorded as failed requests (--skip-invalid): `runner export --job {}` shows why",
+                job.name, report.invalid, job.name
+            );
+        }
+        execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
     })
     .await
 }
@@ -97,9 +115,16 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
 pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyhow::Result<Exit> {
     with_store(&args.db.db, async |store| {
         let name = args.job.clone();
-        let job = store
-            .call(move |c| db::resolve_job(c, name.as_deref()))
+        let me = LeaseOwner::current();
+        let owner = me.clone();
+        let (job, acquired) = store
+            .call(move |c| {
+                let job = db::resolve_job(c, name.as_deref())?;
+                let acquired = lease::acquire(c, &job, &owner, now_ms())?;
+                Ok((job, acquired))
+            })
             .await?;
+        report_takeover(&job.name, &acquired);
         let mut settings = JobSettings::from_json(&job.config)?;
         settings.apply(&args.run);
         settings.check(env)?;
@@ -110,7 +135,7 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 .call(move |c| db::update_job_config(c, id, &config, now))
                 .await?;
         }
-        execute(&store, job, &settings, env, &args.run, shutdown).await
+        execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
     })
     .await
 }
@@ -126,9 +151,17 @@ pub async fn retry_failed(
 ) -> anyhow::Result<Exit> {
     with_store(&args.db.db, async |store| {
         let name = args.job.clone();
-        let job = store
-            .call(move |c| db::resolve_job(c, name.as_deref()))
+        let me = LeaseOwner::current();
+        let owner = me.clone();
+        // The lease first: requeueing under a runner that is still working would race it.
+        let (job, acquired) = store
+            .call(move |c| {
+                let job = db::resolve_job(c, name.as_deref())?;
+                let acquired = lease::acquire(c, &job, &owner, now_ms())?;
+                Ok((job, acquired))
+            })
             .await?;
+        report_takeover(&job.name, &acquired);
         let mut settings = JobSettings::from_json(&job.config)?;
         settings.apply(&args.run);
         settings.check(env)?;
@@ -144,9 +177,45 @@ pub async fn retry_failed(
             job.name,
             class.map(|c| format!(" of class {c}")).unwrap_or_default()
         );
-        execute(&store, job, &settings, env, &args.run, shutdown).await
+        execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
     })
     .await
+}
+
+/// Says so when the job's lease was taken from a runner that is gone.
+fn report_takeover(job: &str, acquired: &Acquired) {
+    match acquired {
+        Acquired::Free => {}
+        Acquired::Expired { previous } => {
+            eprintln!("{job}: took over the job from {previous}, which stopped renewing its lease")
+        }
+        Acquired::HolderGone { previous } => {
+            eprintln!("{job}: took over the job from {previous}, which is no longer running")
+        }
+    }
+}
+
+/// [`execute`] while keeping the job's lease renewed; releases it at the end.
+async fn execute_leased(
+    store: &JobStore,
+    job: Job,
+    me: LeaseOwner,
+    settings: &JobSettings,
+    env: &ApiEnv,
+    run: &RunArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Exit> {
+    let keeper = LeaseKeeper::start(store, &job, me, shutdown);
+    let result = execute(store, job, settings, env, run, shutdown).await;
+    match (result, keeper.finish().await) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(lost @ StoreError::Lease(_))) => Err(lost.into()),
+        (Ok(exit), Err(e)) => {
+            tracing::warn!(error = %e, "cannot release the job's lease: it lapses by itself");
+            Ok(exit)
+        }
+        (Ok(exit), Ok(())) => Ok(exit),
+    }
 }
 
 /// Runs a job's pending requests to the end, a job-level stop or a shutdown.

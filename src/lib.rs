@@ -11,7 +11,9 @@
 //!   environment, defaults.
 //! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
-//!   commit); [`store::db`] holds the SQL, [`store::migrate`] the schema versions.
+//!   commit); [`store::db`] holds the SQL, [`store::migrate`] the schema versions,
+//!   [`store::lease`] the one-runner-per-job lease, [`store::fault`] storage faults in words a
+//!   user can act on.
 //! - [`request`]: domain types: ids, the request state machine, attempts, completions.
 //! - [`worker`]: the pool: claims due requests, passes them through the gates (a 429's pause,
 //!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] limiter), runs attempts, journals each.

@@ -54,9 +54,20 @@ impl Shutdown {
 /// Turns SIGINT/SIGTERM into [`Shutdown`]: the first stops, the second aborts. Runs until the
 /// second signal or until the caller drops (aborts) the task.
 pub async fn forward_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Both streams are made once, before the first signal: a stream only sees signals that arrive
+    // after it exists, so making new ones after the first signal could lose a quick second one.
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot watch signals: Ctrl-C will kill the runner without a clean stop");
+        return;
+    };
     for nth in 0..2 {
-        if !next_signal().await {
-            return;
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
         if nth == 0 {
             tracing::warn!("stopping: waiting for requests in flight (Ctrl-C again to abort)");
@@ -65,21 +76,5 @@ pub async fn forward_signals(shutdown: Shutdown) {
             tracing::warn!("aborting: requests in flight are journaled as interrupted");
             shutdown.abort();
         }
-    }
-}
-
-/// Waits for SIGINT or SIGTERM; `false` if signals cannot be watched.
-async fn next_signal() -> bool {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!("cannot watch signals: Ctrl-C will kill the runner without a clean stop");
-        return false;
-    };
-    tokio::select! {
-        _ = int.recv() => true,
-        _ = term.recv() => true,
     }
 }

@@ -6,7 +6,9 @@ use serde_json::json;
 
 use crate::cli::{JobsArgs, StatusArgs};
 use crate::export::rfc3339;
+use crate::store::lease::{self, LeaseOwner};
 use crate::store::{self, db};
+use crate::worker::now_ms;
 
 /// Events listed in full by `status`: enough to see the last spike's breaker cycle.
 const RECENT_EVENTS: usize = 10;
@@ -23,6 +25,13 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     let (prompt, completion, total) = db::token_totals(&conn, job.id)?;
     let attempts: u64 = classes.iter().map(|(_, n)| n).sum();
     let (event_counts, recent) = db::events(&conn, job.id, RECENT_EVENTS)?;
+    let runner = lease::holder(&conn, job.id)?.map(|(owner, until)| {
+        let alive = until > now_ms()
+            && !owner
+                .parse::<LeaseOwner>()
+                .is_ok_and(|holder| lease::holder_is_gone(&holder, &LeaseOwner::current()));
+        (owner, until, alive)
+    });
     if args.json {
         let value = json!({
             "job": job.name,
@@ -38,6 +47,9 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
                 "by_kind": event_counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "recent": recent.iter().map(|e| json!({"at": rfc3339(e.at), "kind": e.kind, "detail": e.detail})).collect::<Vec<_>>(),
             },
+            "runner": runner.as_ref().map(|(owner, until, alive)| json!({
+                "owner": owner, "lease_until": rfc3339(*until), "alive": alive,
+            })),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
@@ -47,6 +59,18 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
         writeln!(out, "reason    {reason}")?;
     }
     writeln!(out, "input     {}", job.input_path)?;
+    if let Some((owner, until, alive)) = &runner {
+        let note = if *alive {
+            ""
+        } else {
+            " · not running any more: `runner resume` takes over"
+        };
+        writeln!(
+            out,
+            "runner    {owner} · lease until {}{note}",
+            rfc3339(*until)
+        )?;
+    }
     writeln!(
         out,
         "times     created {} · updated {}",

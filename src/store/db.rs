@@ -6,12 +6,13 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::StoreError;
+use super::{StoreError, invalid};
 use crate::http::classify::Class;
 use crate::input::{InputError, InputReader};
 use crate::request::{
     AttemptOutcome, Claimed, Completion, Counts, Disposition, JobId, RequestId, RequestState, Spent,
 };
+use crate::worker::now_ms;
 
 /// A job as stored.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -219,12 +220,17 @@ pub struct IngestReport {
     pub added: u64,
     /// Of those, already in the job (left as they are).
     pub known: u64,
+    /// Lines that are not valid requests, recorded as failed (`--skip-invalid`); not in `read`.
+    pub invalid: u64,
 }
 
 /// Reads the whole input into the job: new requests are queued, known ones (same key, same body)
 /// are left as they are, so a resubmitted file resumes its job.
 ///
 /// All or nothing: on any input error nothing is written, and the error names file and line.
+/// When the reader skips invalid lines ([`InputReader::skip_invalid`]), a line that cannot
+/// become a request is recorded as a failed request instead (see `store::invalid`); a duplicate
+/// custom_id and a changed body still stop the ingest.
 ///
 /// # Errors
 /// [`StoreError::Input`] for bad input, including a duplicate custom_id (with both lines) and a
@@ -261,8 +267,38 @@ fn ingest_all(
         conn.prepare_cached("UPDATE requests SET line = ?3 WHERE job_id = ?1 AND key = ?2")?;
 
     let mut report = IngestReport::default();
+    // Bad lines left out with a warning (their custom_id holds a request): not an empty file.
+    let mut kept_invalid = 0u64;
     while let Some(prompt) = reader.next() {
-        let prompt = prompt?;
+        let prompt = match prompt {
+            Ok(prompt) => prompt,
+            Err(e) if reader.skips_invalid() && e.is_invalid_line() => {
+                // Every invalid-line error names its line.
+                let bad_line = e.line().unwrap_or(0);
+                let custom_id = reader.salvaged_custom_id();
+                let key = invalid::key_for(custom_id.as_deref(), bad_line);
+                if mark_seen.execute(params![key, bad_line as i64])? == 0 {
+                    let first: i64 = first_line.query_row([&key], |r| r.get(0))?;
+                    return Err(InputError::DuplicateCustomId {
+                        path: reader.path().to_owned(),
+                        custom_id: key,
+                        first_line: first as u64,
+                        line: bad_line,
+                    }
+                    .into());
+                }
+                if invalid::record(conn, job, &key, custom_id.as_deref(), &e, now_ms())? {
+                    report.invalid += 1;
+                } else {
+                    kept_invalid += 1;
+                    tracing::warn!(
+                        "{e} (skipped: custom_id '{key}' keeps the request and result it already has)"
+                    );
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let line = prompt.line as i64;
         let key = match &prompt.custom_id {
             Some(id) => {
@@ -295,6 +331,11 @@ fn ingest_all(
             .optional()?;
         match known {
             Some((hash, _)) if hash != prompt.body_hash => {
+                if invalid::replace(conn, job, &key, &prompt)? {
+                    // The line was invalid at an earlier submit and is fixed now.
+                    report.added += 1;
+                    continue;
+                }
                 return Err(InputError::ChangedBody {
                     path: reader.path().to_owned(),
                     custom_id: key,
@@ -323,12 +364,13 @@ fn ingest_all(
             }
         }
     }
-    if report.read == 0 {
+    if report.read + report.invalid + kept_invalid == 0 {
         return Err(InputError::Empty {
             path: reader.path().to_owned(),
         }
         .into());
     }
+    invalid::drop_stale(conn, job)?;
     conn.execute(
         "UPDATE jobs SET input_fingerprint = ?2 WHERE id = ?1",
         params![job.0, reader.fingerprint()],

@@ -1,7 +1,7 @@
 //! Schema migrations: `migrations/NNNN_verb_noun.sql`, embedded at build time, applied in order
 //! inside one transaction each and versioned by `PRAGMA user_version`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::StoreError;
 
@@ -10,6 +10,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0001_create_jobs_requests_attempts",
         include_str!("../../migrations/0001_create_jobs_requests_attempts.sql"),
+    ),
+    (
+        "0002_add_job_lease",
+        include_str!("../../migrations/0002_add_job_lease.sql"),
     ),
     (
         "0003_add_request_class_attempts",
@@ -35,14 +39,22 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as u32 + 1;
-        let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+        // Two runners may open the same new file at once: the version is read again under the
+        // write lock, and a migration the other one applied meanwhile is skipped.
+        let apply = |conn: &mut Connection| -> rusqlite::Result<bool> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let applied: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            if applied >= version {
+                return Ok(false);
+            }
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", version)?;
-            tx.commit()
+            tx.commit()?;
+            Ok(true)
         };
-        apply(conn).map_err(|source| StoreError::Migrate { name, source })?;
-        tracing::debug!(migration = name, version, "applied migration");
+        if apply(conn).map_err(|source| StoreError::Migrate { name, source })? {
+            tracing::debug!(migration = name, version, "applied migration");
+        }
     }
     Ok(())
 }
@@ -56,6 +68,32 @@ mod tests {
         let mut conn = Connection::open_in_memory().expect("in-memory db");
         migrate(&mut conn).expect("first migration");
         migrate(&mut conn).expect("second run is a no-op");
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn runners_opening_a_new_file_at_once_all_succeed() {
+        const RUNNERS: usize = 8;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("new.db");
+        let barrier = std::sync::Barrier::new(RUNNERS);
+        std::thread::scope(|scope| {
+            let opened: Vec<_> = (0..RUNNERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        crate::store::open_writer(&path).map(drop)
+                    })
+                })
+                .collect();
+            for runner in opened {
+                runner.join().expect("thread").expect("opens and migrates");
+            }
+        });
+        let conn = Connection::open(&path).expect("open");
         let version: u32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");

@@ -10,6 +10,9 @@
 //! [`open_read_only`]; WAL lets them read while a job runs.
 
 pub mod db;
+pub mod fault;
+mod invalid;
+pub mod lease;
 pub mod migrate;
 
 use std::path::{Path, PathBuf};
@@ -88,9 +91,50 @@ pub enum StoreError {
     /// An earlier write failed; the store refuses further work so nothing half-done is committed.
     #[error("the database stopped accepting writes after an earlier error: {0}")]
     Failed(String),
+    /// A batch's write or commit failed (everything in it was rolled back), or an earlier one
+    /// did and the store refuses further work so nothing half-done is committed.
+    #[error("the database stopped accepting writes after an earlier error: {0}")]
+    WriteFailed(WriteFailure),
+    /// Another runner holds the job, or took it over.
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
     /// The owner thread is gone.
     #[error("the database thread has stopped")]
     Closed,
+}
+
+/// A failed write as the store thread remembers it: what SQLite said, and its error code so the
+/// message shown to the user can say what to do (see [`fault`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// SQLite's primary error code, when the failure came from SQLite.
+    pub code: Option<rusqlite::ErrorCode>,
+    /// The error's text.
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<rusqlite::Error> for WriteFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        WriteFailure {
+            code: e.sqlite_error_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for WriteFailure {
+    fn from(e: StoreError) -> Self {
+        WriteFailure {
+            code: fault::sqlite_code(&e),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Opens (creating it with mode 0600 if needed) and migrates the database for writing.
@@ -175,11 +219,11 @@ trait Call: Send {
     /// Runs inside the batch transaction; returns the reply to send once the commit is known.
     fn run(self: Box<Self>, conn: &Connection) -> Reply;
     /// Answers without running, after an earlier failure.
-    fn refuse(self: Box<Self>, reason: &str);
+    fn refuse(self: Box<Self>, reason: &WriteFailure);
 }
 
 /// Sends a call's result, or the commit's error instead of it.
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+type Reply = Box<dyn FnOnce(Option<&WriteFailure>) + Send>;
 
 struct CallOf<T, F> {
     f: F,
@@ -194,9 +238,9 @@ where
     fn run(self: Box<Self>, conn: &Connection) -> Reply {
         let CallOf { f, reply } = *self;
         let result = f(conn);
-        Box::new(move |commit_error: Option<&str>| {
+        Box::new(move |commit_error: Option<&WriteFailure>| {
             let result = match commit_error {
-                Some(e) => Err(StoreError::Failed(e.to_owned())),
+                Some(e) => Err(StoreError::WriteFailed(e.clone())),
                 None => result,
             };
             // The caller may have gone away (cancelled): nothing to tell.
@@ -204,8 +248,10 @@ where
         })
     }
 
-    fn refuse(self: Box<Self>, reason: &str) {
-        let _ = self.reply.send(Err(StoreError::Failed(reason.to_owned())));
+    fn refuse(self: Box<Self>, reason: &WriteFailure) {
+        let _ = self
+            .reply
+            .send(Err(StoreError::WriteFailed(reason.clone())));
     }
 }
 
@@ -302,7 +348,7 @@ impl JobStore {
 
 /// The owner thread's loop: batch, apply in one transaction, commit, reply.
 fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
-    let mut failed: Option<String> = None;
+    let mut failed: Option<WriteFailure> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -323,7 +369,7 @@ fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn refuse(batch: &mut Vec<Command>, reason: &str) {
+fn refuse(batch: &mut Vec<Command>, reason: &WriteFailure) {
     for cmd in batch.drain(..) {
         match cmd {
             // Lost like any write after a crash: the request stays in_flight and recovery
@@ -336,16 +382,16 @@ fn refuse(batch: &mut Vec<Command>, reason: &str) {
 
 /// Runs one batch in one transaction. On failure everything in it is rolled back and every
 /// caller in it is told; the error is returned so the store stops accepting writes.
-fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), String> {
+fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), WriteFailure> {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let mut result = conn
         .execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| e.to_string());
+        .map_err(WriteFailure::from);
     for cmd in batch.drain(..) {
         match cmd {
             Command::Record(completion) => {
                 if result.is_ok() {
-                    result = db::record_attempt(conn, &completion).map_err(|e| e.to_string());
+                    result = db::record_attempt(conn, &completion).map_err(WriteFailure::from);
                 }
             }
             Command::Call(call) => match &result {
@@ -355,13 +401,13 @@ fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), String
         }
     }
     if result.is_ok() {
-        result = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        result = conn.execute_batch("COMMIT").map_err(WriteFailure::from);
     }
     if result.is_err() && !conn.is_autocommit() {
         // Best effort: the error that matters is the one already in `result`.
         let _ = conn.execute_batch("ROLLBACK");
     }
-    let commit_error = result.as_ref().err().map(String::as_str);
+    let commit_error = result.as_ref().err();
     for reply in replies {
         reply(commit_error);
     }

@@ -2,6 +2,8 @@
 //! in-process runs of the real command code, CSV and database readers, bounded waits.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod bin;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -145,6 +147,7 @@ pub fn export_csv(db: &Path, job: &str) -> (Vec<String>, Vec<csv::StringRecord>)
         db: runner::cli::DbArgs { db: db.to_owned() },
         format: runner::cli::ExportFormat::Csv,
         output: Some(out.clone()),
+        no_sanitize: false,
     };
     runner::export::export(&args).expect("export");
     let mut reader = csv::Reader::from_path(&out).expect("csv opens");
@@ -214,4 +217,32 @@ pub async fn wait_until_healthy(base_url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Reads one text value from the database with `sql` (NULL as `None`).
+pub fn query_text(db: &Path, sql: &str) -> Option<String> {
+    let conn = rusqlite::Connection::open(db).expect("db opens");
+    conn.query_row(sql, [], |r| r.get(0)).expect("query")
+}
+
+/// `PRAGMA integrity_check` of the database: "ok" when nothing is corrupted.
+pub fn integrity(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).expect("db opens");
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
+}
+
+/// Writes `text` as raw bytes (for input that is not UTF-8).
+pub fn write_bytes(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).expect("write input");
+}
+
+/// [`query_i64`] for a database that a running binary may still be creating: `None` until the
+/// file and its schema exist.
+pub fn try_query_i64(db: &Path, sql: &str) -> Option<i64> {
+    if !db.exists() {
+        return None;
+    }
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row(sql, [], |r| r.get(0)).ok()
 }
