@@ -15,7 +15,7 @@
 //!   [`store::lease`] the one-runner-per-job lease, [`store::fault`] storage faults in words a
 //!   user can act on.
 //! - [`request`]: domain types: ids, the request state machine, attempts, completions.
-//! - [`worker`]: the pool: claims due requests, passes them through the gates (a 429's pause,
+//! - [`worker`]: the pool (with [`attempt`], one attempt from send to journal): claims due requests, passes them through the gates (a 429's pause,
 //!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] limiter), runs attempts, journals each.
 //! - [`http::client`]: sends one attempt; [`http::classify`]: the error taxonomy (one enum, one
 //!   function); [`retry`]: what follows an attempt (backoff, server-requested waits).
@@ -36,6 +36,7 @@
 //! store ─▶ export (CSV / JSONL), status
 //! ```
 
+pub mod attempt;
 pub mod breaker;
 pub mod cli;
 pub mod config;

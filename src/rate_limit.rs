@@ -18,11 +18,12 @@ pub struct RequestLimiter {
 impl RequestLimiter {
     /// `None` means no ceiling.
     ///
-    /// The burst is one second's share of the minute, not the whole minute: OpenAI enforces a
-    /// per-minute limit over shorter periods, so a full-minute burst earns 429s.
+    /// The burst is a tenth of a second's share of the minute, not the whole minute: OpenAI
+    /// enforces a per-minute limit over shorter periods (60,000 RPM as 1,000 per second), so a
+    /// large burst earns 429s even while the minute's total is under the limit.
     pub fn per_minute(rpm: Option<NonZeroU32>) -> RequestLimiter {
         let limiter = rpm.map(|rpm| {
-            let burst = NonZeroU32::new(rpm.get() / 60).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(rpm.get() / 600).unwrap_or(NonZeroU32::MIN);
             let period = Duration::from_secs(60) / rpm.get();
             // `with_period` is `None` only for a zero period, and 60 s / u32::MAX is 13 ns.
             let quota = Quota::with_period(period)
@@ -306,10 +307,13 @@ mod tests {
     }
 
     #[test]
-    fn burst_is_a_second_of_the_minute() {
-        let limiter = RequestLimiter::per_minute(NonZeroU32::new(600));
+    fn burst_is_a_tenth_of_a_second_of_the_minute() {
+        let limiter = RequestLimiter::per_minute(NonZeroU32::new(6000));
         let inner = limiter.limiter.as_ref().expect("limited");
         let allowed = (0..100).filter(|_| inner.check().is_ok()).count();
-        assert_eq!(allowed, 10, "600 rpm allows a burst of 10, not 600");
+        assert_eq!(
+            allowed, 10,
+            "6000 rpm allows a burst of 10, not 100 or 6000"
+        );
     }
 }

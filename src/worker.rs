@@ -14,15 +14,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempt::{attempt, no_keys_reason};
 use crate::breaker::{Admission, Breaker, BreakerSettings, Transition};
-use crate::http::classify::{ApiError, Class, Observation, TransportFailure, classify};
-use crate::http::client::Sent;
-use crate::keys::{KeyLease, KeyOutcome, KeyPool, Pick};
+use crate::http::classify::Class;
+use crate::keys::{KeyPool, Pick};
 use crate::progress::Tally;
 use crate::rate_limit::{Pacer, RequestLimiter, TokenLimiter, TooLarge};
 use crate::request::{AttemptOutcome, Claimed, Completion, Disposition, JobId, RequestId, Usage};
-use crate::response::parse_success;
-use crate::retry::{Next, RetryPolicy, server_wait};
+use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::store::{JobStore, StoreError, db};
 use crate::tokens::estimate;
@@ -80,17 +79,17 @@ struct Streak {
 }
 
 /// Everything an attempt task needs, shared.
-struct Context {
-    job: JobId,
-    store: JobStore,
-    keys: KeyPool,
-    policy: RetryPolicy,
-    tally: Arc<Tally>,
-    breaker: Mutex<Breaker>,
+pub(crate) struct Context {
+    pub(crate) job: JobId,
+    pub(crate) store: JobStore,
+    pub(crate) keys: KeyPool,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) tally: Arc<Tally>,
+    pub(crate) breaker: Mutex<Breaker>,
     /// No dispatch before this instant: a 429 slows the whole pool, not one request.
     paused_until: Mutex<Option<Instant>>,
     /// Pace learned from the server's rate-limit headers and 429s.
-    pacer: Pacer,
+    pub(crate) pacer: Pacer,
     streak: Mutex<Streak>,
     stop_after_same_error: u32,
     /// Cancelled on a job-level stop.
@@ -98,7 +97,7 @@ struct Context {
     stop_reason: Mutex<Option<String>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here are a few assignments with no await: a panic cannot leave half a
     // state behind, so a poisoned lock is still usable.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -414,7 +413,7 @@ impl Context {
     }
 
     /// Records the first job-level stop and halts dispatch.
-    fn stop_job(&self, reason: String) {
+    pub(crate) fn stop_job(&self, reason: String) {
         let mut slot = lock(&self.stop_reason);
         if slot.is_none() {
             tracing::warn!(%reason, "stopping the job");
@@ -450,7 +449,11 @@ impl Context {
         Ok(())
     }
 
-    async fn journal(&self, kind: &'static str, detail: String) -> Result<(), StoreError> {
+    pub(crate) async fn journal(
+        &self,
+        kind: &'static str,
+        detail: String,
+    ) -> Result<(), StoreError> {
         tracing::info!(event = kind, %detail);
         let (job, now) = (self.job, now_ms());
         self.store
@@ -458,7 +461,7 @@ impl Context {
             .await
     }
 
-    async fn journal_breaker(&self, transition: &Transition) -> Result<(), StoreError> {
+    pub(crate) async fn journal_breaker(&self, transition: &Transition) -> Result<(), StoreError> {
         self.tally.set_note(match transition {
             Transition::Opened { cooldown, .. } => {
                 Some(format!("breaker open {:.0}s", cooldown.as_secs_f64()))
@@ -470,7 +473,7 @@ impl Context {
     }
 
     /// A 429 pauses every dispatch for the wait the server asked for.
-    fn pause_for(&self, wait: Duration) {
+    pub(crate) fn pause_for(&self, wait: Duration) {
         let until = Instant::now() + wait;
         let mut paused = lock(&self.paused_until);
         if paused.is_none_or(|current| current < until) {
@@ -481,7 +484,7 @@ impl Context {
     /// Tracks consecutive identical permanent errors (`signature`: status and code; `None` for a
     /// success, which ends any streak); returns the requests to requeue when the streak is long
     /// enough to call it a configuration error.
-    fn note_permanent(
+    pub(crate) fn note_permanent(
         &self,
         request: RequestId,
         signature: Option<(Option<u16>, Option<String>)>,
@@ -521,268 +524,5 @@ fn settle(
         Ok(result) => result,
         Err(e) if e.is_cancelled() => Ok(()),
         Err(e) => Err(StoreError::Failed(format!("an attempt task panicked: {e}"))),
-    }
-}
-
-/// Sends one attempt, classifies it, journals it and decides the request's fate.
-async fn attempt(
-    ctx: Arc<Context>,
-    request: Claimed,
-    lease: KeyLease,
-    probe: bool,
-) -> Result<(), StoreError> {
-    let number = request.attempts + 1;
-    let started_at = now_ms();
-    let clock = Instant::now();
-    let sent = lease.client.post(&request.url, request.body).await;
-    let finished_at = started_at + clock.elapsed().as_millis() as i64;
-
-    let mut completion = Completion {
-        request: request.id,
-        job: ctx.job,
-        number,
-        started_at,
-        finished_at,
-        outcome: AttemptOutcome::Answered,
-        http_status: None,
-        class: Class::Transient,
-        error_code: None,
-        error_message: None,
-        x_request_id: None,
-        key_fingerprint: lease.client.key_fingerprint().map(str::to_owned),
-        response: None,
-        usage: Usage::default(),
-        disposition: Disposition::Failed,
-    };
-    let reading = read_answer(sent, &mut completion);
-    let Reading {
-        class,
-        wait,
-        ref error,
-        ..
-    } = reading;
-    completion.class = class;
-    let now = Instant::now();
-
-    // The server's pace, from its rate-limit headers and 429s.
-    ctx.pacer
-        .observe(reading.limit_per_minute, class == Class::RateLimited, now);
-    // The service's health: breaker and key pool.
-    let unwell = matches!(class, Class::Transient | Class::AuthTransient);
-    let transition = lock(&ctx.breaker).record(unwell, probe, now);
-    let rejected_key = class == Class::JobStop && completion.http_status == Some(401);
-    let key_outcome = match (class, rejected_key) {
-        (Class::AuthTransient, _) => KeyOutcome::AuthTransient,
-        (_, true) => KeyOutcome::Rejected,
-        _ => KeyOutcome::Fine,
-    };
-    let key_event = ctx.keys.record(&lease, key_outcome, now);
-
-    let spent = request.spent.of(class) + 1;
-    let mut next = ctx.policy.next(class, spent, wait, fastrand::f64());
-    let mut stop = None;
-    if next == Next::StopJob {
-        // A rejected key is the key's problem while another key is usable.
-        if rejected_key && ctx.keys.any_usable() {
-            next = Next::RetryAfter(Duration::ZERO);
-        } else if rejected_key {
-            stop = Some(no_keys_reason(ctx.keys.len()));
-        } else {
-            stop = Some(job_stop_reason(completion.http_status.unwrap_or(0), error));
-        }
-    }
-    if class == Class::RateLimited
-        && let Next::RetryAfter(delay) = next
-    {
-        ctx.pause_for(delay);
-    }
-    completion.disposition = match next {
-        Next::Succeeded => Disposition::Succeeded,
-        Next::Failed => Disposition::Failed,
-        Next::RetryAfter(delay) if stop.is_none() && !rejected_key => {
-            Disposition::RetryAt(finished_at + delay.as_millis() as i64)
-        }
-        Next::RetryAfter(_) | Next::StopJob => Disposition::Requeue,
-    };
-    let streak = match class {
-        Class::RequestFailed => ctx.note_permanent(
-            request.id,
-            Some((completion.http_status, completion.error_code.clone())),
-        ),
-        Class::Succeeded => ctx.note_permanent(request.id, None),
-        // Retried classes and stops neither extend nor break a streak of configuration errors.
-        Class::Transient | Class::AuthTransient | Class::RateLimited | Class::JobStop => None,
-    };
-    tracing::debug!(
-        key = %request.key,
-        attempt = number,
-        status = ?completion.http_status,
-        class = %class,
-        "attempt finished"
-    );
-    let disposition = completion.disposition;
-    let status = completion.http_status;
-    let code = completion.error_code.clone();
-    ctx.store.record(completion).await?;
-    match disposition {
-        Disposition::Succeeded => ctx.tally.succeeded(),
-        Disposition::Failed => ctx.tally.failed(),
-        Disposition::RetryAt(_) | Disposition::Requeue => ctx.tally.retry_scheduled(),
-    }
-
-    if let Some(transition) = transition {
-        ctx.journal_breaker(&transition).await?;
-    }
-    if let Some(event) = key_event {
-        ctx.journal(event.kind(), event.detail()).await?;
-    }
-    if let Some(ids) = streak {
-        // The failures were journaled above (same channel, so before this): put them back.
-        let count = ids.len();
-        let requeued = ctx.store.call(move |c| db::requeue(c, &ids)).await?;
-        ctx.tally.unfail(requeued);
-        ctx.stop_job(format!(
-            "the last {count} requests all failed with HTTP {} {}: this looks like a configuration error \
-             (e.g. a wrong model name or endpoint); fix it, then run `runner resume` (those {requeued} requests were requeued)",
-            status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            code.as_deref().unwrap_or("(no code)"),
-        ));
-    }
-    if let Some(reason) = stop {
-        ctx.stop_job(reason);
-    }
-    Ok(())
-}
-
-/// What an attempt's result says, beyond what the journal keeps.
-struct Reading {
-    /// The taxonomy's verdict.
-    class: Class,
-    /// The wait the server asked for.
-    wait: Option<Duration>,
-    /// The parsed error body.
-    error: ApiError,
-    /// `x-ratelimit-limit-requests`, when sent.
-    limit_per_minute: Option<f64>,
-}
-
-/// Reads what came back into `completion`.
-fn read_answer(sent: Sent, completion: &mut Completion) -> Reading {
-    match sent {
-        Sent::Answer(answer) => {
-            let success = (200..300).contains(&answer.status);
-            let usage = if success {
-                parse_success(&answer.body)
-            } else {
-                None
-            };
-            let error = if success {
-                ApiError::default()
-            } else {
-                ApiError::parse(&answer.body)
-            };
-            let should_retry = match answer.header("x-should-retry") {
-                Some("true") => Some(true),
-                Some("false") => Some(false),
-                _ => None,
-            };
-            let class = classify(Observation::Answer {
-                status: answer.status,
-                error: &error,
-                body_parses: usage.is_some(),
-                should_retry,
-            });
-            let wait = server_wait(&answer.headers, error.message.as_deref(), SystemTime::now());
-            completion.http_status = Some(answer.status);
-            completion.x_request_id = answer.header("x-request-id").map(str::to_owned);
-            if success && usage.is_none() {
-                completion.error_code = Some("invalid_json".into());
-                completion.error_message = Some("the answer's body is not a JSON object".into());
-            } else {
-                completion.error_code.clone_from(&error.code);
-                completion.error_message.clone_from(&error.message);
-            }
-            completion.usage = usage.unwrap_or_default();
-            completion.response = Some(String::from_utf8_lossy(&answer.body).into_owned());
-            let limit_per_minute = answer
-                .header("x-ratelimit-limit-requests")
-                .and_then(|v| v.trim().parse::<f64>().ok());
-            Reading {
-                class,
-                wait,
-                error,
-                limit_per_minute,
-            }
-        }
-        Sent::Failed { failure, message } => {
-            completion.outcome = if failure.outcome_unknown() {
-                AttemptOutcome::OutcomeUnknown
-            } else {
-                AttemptOutcome::NotSent
-            };
-            completion.error_code = Some(
-                match failure {
-                    TransportFailure::Connect => "connect_error",
-                    TransportFailure::Timeout => "timeout",
-                    TransportFailure::Other => "network_error",
-                }
-                .into(),
-            );
-            completion.error_message = Some(message);
-            Reading {
-                class: classify(Observation::Transport(failure)),
-                wait: None,
-                error: ApiError::default(),
-                limit_per_minute: None,
-            }
-        }
-    }
-}
-
-/// What to tell the user when every key was rejected.
-fn no_keys_reason(keys: usize) -> String {
-    if keys <= 1 {
-        "the API key was rejected (invalid_api_key): set a valid OPENAI_API_KEY, then run `runner resume`".to_owned()
-    } else {
-        format!(
-            "all {keys} keys were rejected (invalid_api_key): fix the keys file, then run `runner resume`"
-        )
-    }
-}
-
-/// What to tell the user when the server's answer stops the whole job.
-fn job_stop_reason(status: u16, error: &ApiError) -> String {
-    let code = error.code.as_deref().unwrap_or("no code");
-    let message = error.message.as_deref().unwrap_or("no message");
-    let advice = match (status, error.code.as_deref()) {
-        (401, _) => {
-            "authentication failed: check OPENAI_API_KEY, OPENAI_PROJECT_ID and OPENAI_ORG_ID"
-        }
-        (429, _) => "the account is out of quota: check the plan and billing details",
-        (403, _) => "access is forbidden: check the project's model access and region",
-        _ => "the server refused the job",
-    };
-    format!("{advice}, then run `runner resume` (HTTP {status} {code}: {message})")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_reasons_say_what_to_fix() {
-        let quota = ApiError {
-            code: Some("insufficient_quota".into()),
-            kind: None,
-            message: Some("You exceeded your current quota".into()),
-        };
-        let reason = job_stop_reason(429, &quota);
-        assert!(
-            reason.starts_with("the account is out of quota"),
-            "{reason}"
-        );
-        assert!(reason.contains("runner resume"));
-        assert!(no_keys_reason(1).contains("OPENAI_API_KEY"));
-        assert!(no_keys_reason(3).contains("all 3 keys"));
     }
 }
