@@ -60,10 +60,14 @@ pub(crate) async fn attempt(
     let unwell = matches!(class, Class::Transient | Class::AuthTransient);
     let transition = lock(&ctx.breaker).record(unwell, probe, now);
     let rejected_key = class == Class::JobStop && completion.http_status == Some(401);
-    let key_outcome = match (class, rejected_key) {
-        (Class::AuthTransient, _) => KeyOutcome::AuthTransient,
-        (_, true) => KeyOutcome::Rejected,
-        _ => KeyOutcome::Fine,
+    let key_outcome = match class {
+        Class::AuthTransient => KeyOutcome::AuthTransient,
+        Class::JobStop if rejected_key => KeyOutcome::Rejected,
+        Class::Succeeded
+        | Class::Transient
+        | Class::RateLimited
+        | Class::RequestFailed
+        | Class::JobStop => KeyOutcome::Fine,
     };
     let key_event = ctx.keys.record(&lease, key_outcome, now);
 
