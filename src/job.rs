@@ -114,20 +114,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
 /// Unknown job, bad settings, store failures.
 pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyhow::Result<Exit> {
     with_store(&args.db.db, async |store| {
-        let name = args.job.clone();
-        let me = LeaseOwner::current();
-        let owner = me.clone();
-        let (job, acquired) = store
-            .call(move |c| {
-                let job = db::resolve_job(c, name.as_deref())?;
-                let acquired = lease::acquire(c, &job, &owner, now_ms())?;
-                Ok((job, acquired))
-            })
-            .await?;
-        report_takeover(&job.name, &acquired);
-        let mut settings = JobSettings::from_json(&job.config)?;
-        settings.apply(&args.run);
-        settings.check(env)?;
+        let (job, me, settings) = take_job(&store, args.job.clone(), &args.run, env).await?;
         let config = settings.to_json();
         if config != job.config {
             let (id, now) = (job.id, now_ms());
@@ -140,6 +127,31 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
     .await
 }
 
+/// Finds the job (`name`, or the most recent), takes its lease, and checks its stored settings
+/// with `run`'s overrides applied. The lease comes first: nothing may change a job that another
+/// runner is working on.
+async fn take_job(
+    store: &JobStore,
+    name: Option<String>,
+    run: &RunArgs,
+    env: &ApiEnv,
+) -> anyhow::Result<(Job, LeaseOwner, JobSettings)> {
+    let me = LeaseOwner::current();
+    let owner = me.clone();
+    let (job, acquired) = store
+        .call(move |c| {
+            let job = db::resolve_job(c, name.as_deref())?;
+            let acquired = lease::acquire(c, &job, &owner, now_ms())?;
+            Ok((job, acquired))
+        })
+        .await?;
+    report_takeover(&job.name, &acquired);
+    let mut settings = JobSettings::from_json(&job.config)?;
+    settings.apply(run);
+    settings.check(env)?;
+    Ok((job, me, settings))
+}
+
 /// `runner retry-failed`: requeue failed requests (all, or one class) with fresh budgets and run.
 ///
 /// # Errors
@@ -150,21 +162,7 @@ pub async fn retry_failed(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Exit> {
     with_store(&args.db.db, async |store| {
-        let name = args.job.clone();
-        let me = LeaseOwner::current();
-        let owner = me.clone();
-        // The lease first: requeueing under a runner that is still working would race it.
-        let (job, acquired) = store
-            .call(move |c| {
-                let job = db::resolve_job(c, name.as_deref())?;
-                let acquired = lease::acquire(c, &job, &owner, now_ms())?;
-                Ok((job, acquired))
-            })
-            .await?;
-        report_takeover(&job.name, &acquired);
-        let mut settings = JobSettings::from_json(&job.config)?;
-        settings.apply(&args.run);
-        settings.check(env)?;
+        let (job, me, settings) = take_job(&store, args.job.clone(), &args.run, env).await?;
         let (id, class, config, now) = (job.id, args.class, settings.to_json(), now_ms());
         let requeued = store
             .call(move |c| {
