@@ -137,12 +137,53 @@ impl From<StoreError> for WriteFailure {
     }
 }
 
+impl StoreError {
+    /// Whether another connection's lock caused it: worth retrying a moment later.
+    pub fn is_busy(&self) -> bool {
+        let sqlite = match self {
+            StoreError::Open { source, .. }
+            | StoreError::Sqlite(source)
+            | StoreError::Migrate { source, .. } => source,
+            StoreError::Create { .. }
+            | StoreError::NewerSchema { .. }
+            | StoreError::JobNotFound(_)
+            | StoreError::NoJobs
+            | StoreError::Input(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Failed(_)
+            | StoreError::WriteFailed(_)
+            | StoreError::Lease(_)
+            | StoreError::Closed => return false,
+        };
+        matches!(
+            sqlite.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 /// Opens (creating it with mode 0600 if needed) and migrates the database for writing.
 ///
 /// # Errors
 /// [`StoreError::Create`], [`StoreError::Open`], migration errors.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     create_private(path)?;
+    // SQLite answers some lock conflicts while a file is being set up (turning a new file into
+    // WAL, recovering a WAL) with SQLITE_BUSY at once, without its busy handler: two runners
+    // started together on a new file would see "database is locked". Retry those within the
+    // same budget the busy handler has.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match set_up_writer(path) {
+            Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open {
         path: path.to_owned(),
         source,
