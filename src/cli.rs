@@ -313,7 +313,7 @@ pub struct AttemptsArgs {
     /// Only attempts sent at or after T: RFC 3339 (2026-04-14T09:30:00Z) or a duration ago (10m, 2h)
     #[arg(long, value_name = "T")]
     pub since: Option<TimeArg>,
-    /// Only attempts sent before T: RFC 3339 or a duration ago
+    /// Only attempts sent at or before T: RFC 3339 or a duration ago
     #[arg(long, value_name = "T")]
     pub until: Option<TimeArg>,
     /// Only attempts that did not succeed

@@ -54,7 +54,7 @@ pub struct AttemptFilter {
     pub key: Option<String>,
     /// Only attempts started at or after this unix ms.
     pub since: Option<i64>,
-    /// Only attempts started before this unix ms.
+    /// Only attempts started at or before this unix ms.
     pub until: Option<i64>,
     /// Only attempts that did not succeed.
     pub errors_only: bool,
@@ -87,7 +87,7 @@ pub fn for_each_attempt<E: From<StoreError>>(
            AND (?4 IS NULL OR {CLASS_SQL} = ?4)
            AND (?5 IS NULL OR a.key_fingerprint = ?5)
            AND (?6 IS NULL OR a.started_at >= ?6)
-           AND (?7 IS NULL OR a.started_at < ?7)
+           AND (?7 IS NULL OR a.started_at <= ?7)
            AND (?8 = 0 OR {CLASS_SQL} <> 'succeeded')"
     );
     // The most recent N, listed oldest first: select newest first with the limit, then re-sort.
@@ -429,7 +429,7 @@ mod tests {
             (
                 AttemptFilter {
                     since: Some(2000),
-                    until: Some(4000),
+                    until: Some(3999),
                     ..all.clone()
                 },
                 vec!["a#2", "b#1"],

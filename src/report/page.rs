@@ -7,9 +7,7 @@ use super::svg::{self, colour};
 use crate::export::rfc3339;
 use crate::prices::Usd;
 use crate::summary::JobSummary;
-use crate::timeline::{
-    MAX_GAP_BUCKETS, MIN_SPIKE_ERRORS, SPIKE_ERROR_SHARE, Series, Spike, Timeline, human_ms, utc,
-};
+use crate::timeline::{MIN_SPIKE_SCORE, SPIKE_ERROR_SHARE, Series, Spike, Timeline, human_ms, utc};
 
 /// Events listed in the page at most; the rest are counted.
 const MAX_LISTED_EVENTS: usize = 300;
@@ -184,8 +182,7 @@ fn story(html: &mut String, s: &JobSummary, t: &Timeline) {
     }
     if t.spikes.is_empty() {
         lines.push(format!(
-            "No spikes: no run of buckets where {:.0}% or more of the attempts failed.",
-            SPIKE_ERROR_SHARE * 100.0
+            "No spikes: failures never outnumbered successes by {MIN_SPIKE_SCORE} or more."
         ));
     }
     for (n, spike) in t.spikes.iter().enumerate() {
@@ -249,7 +246,7 @@ fn charts(html: &mut String, t: &Timeline) {
     html.push_str("</div></section>");
     let _ = write!(
         html,
-        r#"<section><h2>Share of attempts that failed</h2><p class="sub">Red: at or above the spike threshold ({:.0}%).</p>{}</section>"#,
+        r#"<section><h2>Share of attempts that failed</h2><p class="sub">Red: more than {:.0}% failed, as inside a spike.</p>{}</section>"#,
         SPIKE_ERROR_SHARE * 100.0,
         svg::error_share_chart(t)
     );
@@ -305,8 +302,7 @@ fn keys_table(t: &Timeline) -> String {
 fn spikes(html: &mut String, t: &Timeline) {
     let _ = write!(
         html,
-        r#"<section id="spikes"><h2>Spikes</h2><p class="sub">A bucket fails when at least {:.0}% of its attempts failed; a spike is a run of failing buckets, merged across empty buckets and {MAX_GAP_BUCKETS} healthy bucket, with at least {MIN_SPIKE_ERRORS} errors. Quote the request ids to support.</p>"#,
-        SPIKE_ERROR_SHARE * 100.0
+        r#"<section id="spikes"><h2>Spikes</h2><p class="sub">A spike is a stretch of attempts in which failures outnumber successes by {MIN_SPIKE_SCORE} or more, from its first failure to its last. Quote the request ids to support.</p>"#
     );
     if t.spikes.is_empty() {
         html.push_str(r#"<p>None.</p></section>"#);

@@ -267,7 +267,7 @@ pub fn error_share_chart(t: &Timeline) -> String {
     }
     let _ = write!(
         svg,
-        r#"<line class="threshold" x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text class="threshold-label" x="{:.1}" y="{:.1}" text-anchor="end">spike threshold</text></svg>"#,
+        r#"<line class="threshold" x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text class="threshold-label" x="{:.1}" y="{:.1}" text-anchor="end">half failed</text></svg>"#,
         WIDTH - RIGHT,
         WIDTH - RIGHT - 4.0,
         y_of(crate::timeline::SPIKE_ERROR_SHARE) - 4.0,

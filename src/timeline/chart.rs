@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use serde_json::{Value, json};
 
-use super::{Bucket, MAX_GAP_BUCKETS, MIN_SPIKE_ERRORS, SPIKE_ERROR_SHARE, Series, Timeline};
+use super::{Bucket, MIN_SPIKE_SCORE, Series, Timeline};
 use super::{human_ms, utc};
 use crate::export::rfc3339;
 
@@ -116,9 +116,8 @@ pub fn render_text(t: &Timeline, out: &mut dyn Write) -> io::Result<()> {
 /// The spike list.
 fn render_spikes(t: &Timeline, out: &mut dyn Write) -> io::Result<()> {
     let rule = format!(
-        "a bucket fails when ≥ {:.0}% of its attempts failed; a spike is a run of failing buckets, \
-         merged across empty buckets and {MAX_GAP_BUCKETS} healthy bucket, with ≥ {MIN_SPIKE_ERRORS} errors",
-        SPIKE_ERROR_SHARE * 100.0
+        "a spike: a stretch of attempts in which failures outnumber successes by {MIN_SPIKE_SCORE} or more, \
+         from its first failure to its last"
     );
     if t.spikes.is_empty() {
         writeln!(out, "no spikes ({rule})")?;
@@ -140,7 +139,7 @@ fn render_spikes(t: &Timeline, out: &mut dyn Write) -> io::Result<()> {
         if let Some(at) = spike.recovered_by.filter(|at| *at > spike.end) {
             writeln!(
                 out,
-                "      {:<13}{} UTC (first success after it; the breaker held requests back in between)",
+                "      {:<13}{} UTC (the first success sent after it: the spike was over by then)",
                 "recovered by",
                 utc(at, "[hour]:[minute]:[second]")
             )?;

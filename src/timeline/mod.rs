@@ -14,7 +14,8 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`Timeline`], [`Bucket`], [`Series`], building them from the journal.
-//! - `spikes.rs`: [`Spike`], the spike rule and the evidence (scopes, keys, request ids).
+//! - `spikes.rs`: [`Spike`], the spike rule ([`Scanner`]) and the evidence (scopes, keys,
+//!   request ids, a verdict).
 //! - `chart.rs`: the terminal rendering (sparklines, spike list) and the JSON form.
 
 mod chart;
@@ -29,7 +30,7 @@ use crate::store::StoreError;
 use crate::store::db::{Event, Job};
 
 pub use chart::{render_text, to_json};
-pub use spikes::{MAX_GAP_BUCKETS, MIN_SPIKE_ERRORS, SPIKE_ERROR_SHARE, Spike, missing_scopes};
+pub use spikes::{MIN_SPIKE_SCORE, SPIKE_ERROR_SHARE, Scanner, Spike, Stretch, missing_scopes};
 
 /// Most buckets an automatic width gives a job: one character each in a 100-column terminal.
 pub const MAX_AUTO_BUCKETS: i64 = 75;
@@ -320,6 +321,7 @@ pub fn build(
         .collect();
     let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); count];
     let mut keys: Vec<KeyHealth> = Vec::new();
+    let mut scanner = Scanner::default();
     journal::for_each_outcome::<StoreError>(&snapshot, job.id, |o: Outcome| {
         let Some(series) = Series::from_name(&o.class) else {
             tracing::debug!(class = %o.class, "attempt with an unknown class left off the timeline");
@@ -331,6 +333,9 @@ pub fn build(
             return Ok(());
         };
         timeline.buckets[index].counts[series.index()] += 1;
+        if series != Series::Interrupted {
+            scanner.push(o.started_at, series.is_error());
+        }
         if let Some(ms) = o.latency_ms.filter(|_| series != Series::Interrupted) {
             latencies[index].push(u32::try_from(ms.max(0)).unwrap_or(u32::MAX));
         }
@@ -353,7 +358,7 @@ pub fn build(
     timeline.keys = keys;
     timeline.events =
         journal::events_between(&snapshot, job.id, start, timeline.end(), MAX_EVENTS)?;
-    timeline.spikes = spikes::find(&snapshot, job.id, &timeline)?;
+    timeline.spikes = spikes::describe_all(&snapshot, job.id, &timeline, &scanner.finish())?;
     Ok(timeline)
 }
 

@@ -1,37 +1,40 @@
-//! Spikes: when most attempts failed, and the evidence to take to support.
+//! Spikes: when failures outnumbered successes, and the evidence to take to support.
 //!
 //! # The rule
-//! A bucket **fails** when at least one of its attempts got a verdict and at least
-//! [`SPIKE_ERROR_SHARE`] of those verdicts are errors (any class but `succeeded`; interrupted
-//! attempts count neither way). It is **healthy** when it has verdicts and does not fail, and
-//! **empty** when it has none (e.g. while the breaker holds requests back).
+//! Walk a job's attempts in the order they were sent (interrupted ones, which have no verdict,
+//! are skipped) keeping a score: each failure (any class but `succeeded`) adds one, each
+//! success takes one away, and the score never goes below zero. A stretch starts at the failure
+//! that lifts the score above zero and ends at the failure where the score peaks, before it falls
+//! back to zero. The stretch is a **spike** when that peak is at least [`MIN_SPIKE_SCORE`]:
+//! failures outnumbered successes by that many. Inside a spike more than half of the attempts
+//! failed ([`SPIKE_ERROR_SHARE`]).
 //!
-//! A spike is a maximal run of failing buckets in which empty buckets, and at most
-//! [`MAX_GAP_BUCKETS`] healthy bucket between two failing ones, do not break the run; the run
-//! counts as a spike when its buckets hold at least [`MIN_SPIKE_ERRORS`] errors. It starts where
-//! its first failing bucket starts and ends where its last failing bucket ends, so the detected
-//! window is within one bucket of the real one at each end while requests keep flowing. When
-//! the breaker holds requests back, the last error seen is the last evidence: the spike ended
-//! between [`Spike::end`] and [`Spike::recovered_by`], the first bucket with a success after it.
+//! This is the stretch in which failures most outnumber successes (a maximum-sum run, with a
+//! failure worth +1 and a success −1). So a spike's start and end are the send times of its first
+//! and last failure: exact, not rounded to a bucket, and the breaker holding requests back does
+//! not split it (no attempts, no score change; each failed probe lifts the score). A later burst
+//! joins the spike when it brings the score back to its peak, i.e. when it has at least as many
+//! failures as there were successes since the peak; a smaller one is part of the spike's tail.
+//! Random errors at a low rate almost never reach the minimum: with 10% of attempts failing at
+//! random, a net ten failures needs ten in a row, about once in 10¹⁰ attempts.
+//! While the breaker holds requests back, the last failure seen is the last evidence: the real end
+//! lies between [`Spike::end`] and [`Spike::recovered_by`], the first success sent after it.
 
 use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use super::{Bucket, Series, Timeline};
+use super::{Bucket, Timeline};
 use crate::journal::{self, AttemptFilter, AttemptRecord};
 use crate::request::JobId;
 use crate::store::StoreError;
 
-/// Share of errors from which a bucket fails.
+/// Inside a spike, more than this share of attempts failed (the chart's threshold line).
 pub const SPIKE_ERROR_SHARE: f64 = 0.5;
 
-/// Healthy buckets a spike may hold between two failing ones: one random good bucket inside an
-/// outage must not split it in two.
-pub const MAX_GAP_BUCKETS: usize = 1;
-
-/// Errors a run of failing buckets needs to count as a spike: a lone failed probe is not one.
-pub const MIN_SPIKE_ERRORS: u64 = 5;
+/// Net failures (failures minus successes) a stretch needs to be a spike: the breaker trips at
+/// ten failures too, so a spike it reacted to is always found, and random errors are not.
+pub const MIN_SPIKE_SCORE: u64 = 10;
 
 /// Request ids quoted per spike: enough for support to find it, few enough to paste.
 const QUOTED_IDS: usize = 5;
@@ -39,25 +42,114 @@ const QUOTED_IDS: usize = 5;
 /// Request ids kept while sampling: bounds memory in a spike of millions of errors.
 const MAX_SAMPLED_IDS: usize = 100_000;
 
+/// A stretch of attempts found by [`Scanner`]: send times of its first and last failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stretch {
+    /// Send time (unix ms) of the first failure.
+    pub start: i64,
+    /// Send time of the last failure.
+    pub end: i64,
+    /// Failures in it.
+    pub errors: u64,
+    /// Attempts with a verdict in it.
+    pub attempts: u64,
+    /// Send time of the first success after it, if any.
+    pub recovered_by: Option<i64>,
+}
+
+/// The open stretch of a [`Scanner`].
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    start: i64,
+    errors: u64,
+    attempts: u64,
+    peak: u64,
+    /// The stretch as of its peak: what is reported if the score falls back to zero.
+    at_peak: Stretch,
+}
+
+/// Finds spikes in one pass over the attempts, in send order, with constant memory per spike.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    score: u64,
+    open: Option<Open>,
+    found: Vec<Stretch>,
+}
+
+impl Scanner {
+    /// Takes the next attempt with a verdict: sent at `at`, failed or not.
+    pub fn push(&mut self, at: i64, failed: bool) {
+        if failed {
+            self.score += 1;
+            let open = self.open.get_or_insert(Open {
+                start: at,
+                errors: 0,
+                attempts: 0,
+                peak: 0,
+                at_peak: Stretch {
+                    start: at,
+                    end: at,
+                    errors: 0,
+                    attempts: 0,
+                    recovered_by: None,
+                },
+            });
+            open.errors += 1;
+            open.attempts += 1;
+            if self.score >= open.peak {
+                open.peak = self.score;
+                open.at_peak = Stretch {
+                    start: open.start,
+                    end: at,
+                    errors: open.errors,
+                    attempts: open.attempts,
+                    recovered_by: None,
+                };
+            }
+        } else if let Some(open) = &mut self.open {
+            self.score -= 1;
+            open.attempts += 1;
+            open.at_peak.recovered_by.get_or_insert(at);
+            if self.score == 0 {
+                self.close();
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(open) = self.open.take()
+            && open.peak >= MIN_SPIKE_SCORE
+        {
+            self.found.push(open.at_peak);
+        }
+    }
+
+    /// The spikes found, oldest first.
+    pub fn finish(mut self) -> Vec<Stretch> {
+        self.close();
+        self.found
+    }
+}
+
 /// One detected spike and what the journal says about it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Spike {
-    /// Unix ms where it starts (its first failing bucket's start).
+    /// Unix ms when its first failure was sent.
     pub start: i64,
-    /// Unix ms where it ends (its last failing bucket's end).
+    /// Unix ms when its last failure was sent.
     pub end: i64,
-    /// Unix ms of the first bucket after it with a success: the spike was over by then (it
-    /// ended between [`Spike::end`] and this). `None` when nothing has succeeded since.
+    /// Unix ms when the first success after it was sent: the spike was over by then (it ended
+    /// between [`Spike::end`] and this). `None` when nothing has succeeded since.
     pub recovered_by: Option<i64>,
-    /// Index of its first bucket.
+    /// Index of the bucket of its first failure.
     pub first_bucket: usize,
-    /// Index of its last bucket.
+    /// Index of the bucket of its last failure.
     pub last_bucket: usize,
     /// Attempts with a verdict sent in it.
     pub attempts: u64,
     /// Of those, errors.
     pub errors: u64,
-    /// The highest error share of its buckets.
+    /// The highest error share of the buckets it spans.
     pub peak_share: f64,
     /// Errors by class, most first.
     pub classes: Vec<(String, u64)>,
@@ -119,57 +211,16 @@ impl Spike {
     }
 }
 
-/// The bucket ranges (first, last) that are spikes under the rule above.
-pub fn detect(buckets: &[Bucket]) -> Vec<(usize, usize)> {
-    let mut spikes = Vec::new();
-    // The open run: its first and last failing bucket, and healthy buckets seen since the last.
-    let mut run: Option<(usize, usize, usize)> = None;
-    let mut close = |run: (usize, usize, usize)| {
-        let errors: u64 = buckets[run.0..=run.1].iter().map(Bucket::errors).sum();
-        if errors >= MIN_SPIKE_ERRORS {
-            spikes.push((run.0, run.1));
-        }
-    };
-    for (i, bucket) in buckets.iter().enumerate() {
-        match bucket.error_share() {
-            Some(share) if share >= SPIKE_ERROR_SHARE => {
-                run = Some(match run {
-                    Some((first, _, gap)) if gap <= MAX_GAP_BUCKETS => (first, i, 0),
-                    Some(done) => {
-                        close(done);
-                        (i, i, 0)
-                    }
-                    None => (i, i, 0),
-                });
-            }
-            Some(_) => {
-                if let Some((first, last, gap)) = run {
-                    if gap + 1 > MAX_GAP_BUCKETS {
-                        close((first, last, gap));
-                        run = None;
-                    } else {
-                        run = Some((first, last, gap + 1));
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-    if let Some(open) = run {
-        close(open);
-    }
-    spikes
-}
-
-/// Detects the spikes of `timeline` and reads each one's errors from the journal.
-pub(super) fn find(
+/// Reads each stretch's errors from the journal and places it on `timeline`.
+pub(super) fn describe_all(
     conn: &Connection,
     job: JobId,
     timeline: &Timeline,
+    stretches: &[Stretch],
 ) -> Result<Vec<Spike>, StoreError> {
-    detect(&timeline.buckets)
-        .into_iter()
-        .map(|(first, last)| describe(conn, job, timeline, first, last))
+    stretches
+        .iter()
+        .map(|stretch| describe(conn, job, timeline, stretch))
         .collect()
 }
 
@@ -177,12 +228,15 @@ fn describe(
     conn: &Connection,
     job: JobId,
     timeline: &Timeline,
-    first: usize,
-    last: usize,
+    stretch: &Stretch,
 ) -> Result<Spike, StoreError> {
+    let last_index = timeline.buckets.len().saturating_sub(1);
+    let first = timeline.bucket_of(stretch.start).unwrap_or(0);
+    let last = timeline
+        .bucket_of(stretch.end)
+        .unwrap_or(last_index)
+        .max(first);
     let buckets = &timeline.buckets[first..=last];
-    let start = buckets[0].start;
-    let end = buckets[buckets.len() - 1].start + timeline.width_ms;
     let mut classes = Tally::default();
     let mut statuses: BTreeMap<Option<u16>, u64> = BTreeMap::new();
     let mut codes = Tally::default();
@@ -193,13 +247,13 @@ fn describe(
     let mut stride = 1usize;
     let mut last_id: Option<String> = None;
     let filter = AttemptFilter {
-        since: Some(start),
-        until: Some(end),
+        since: Some(stretch.start),
+        until: Some(stretch.end),
         errors_only: true,
         ..AttemptFilter::default()
     };
     journal::for_each_attempt::<StoreError>(conn, job, &filter, |a: AttemptRecord| {
-        if Series::from_name(&a.class).is_none_or(|s| !s.is_error()) {
+        if super::Series::from_name(&a.class).is_none_or(|s| !s.is_error()) {
             return Ok(());
         }
         classes.add(&a.class);
@@ -238,16 +292,13 @@ fn describe(
     let mut statuses: Vec<(Option<u16>, u64)> = statuses.into_iter().collect();
     statuses.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(Spike {
-        start,
-        end,
-        recovered_by: timeline.buckets[last + 1..]
-            .iter()
-            .find(|b| b.count(Series::Succeeded) > 0)
-            .map(|b| b.start),
+        start: stretch.start,
+        end: stretch.end,
+        recovered_by: stretch.recovered_by,
         first_bucket: first,
         last_bucket: last,
-        attempts: buckets.iter().map(Bucket::judged).sum(),
-        errors: buckets.iter().map(Bucket::errors).sum(),
+        attempts: stretch.attempts,
+        errors: stretch.errors,
         peak_share: buckets
             .iter()
             .filter_map(Bucket::error_share)
@@ -354,45 +405,56 @@ pub fn missing_scopes(message: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Series;
     use super::*;
     use rstest::rstest;
 
-    /// Buckets from a compact picture: `.` empty, `o` healthy (10 ok), `x` failing (10 errors),
-    /// `p` a lone failed probe (1 error), `h` half (5 ok, 5 errors: fails).
-    fn buckets(picture: &str) -> Vec<Bucket> {
-        picture
-            .chars()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut b = Bucket {
-                    start: i as i64 * 1000,
-                    ..Bucket::default()
-                };
-                let (ok, bad) = match c {
-                    'o' => (10, 0),
-                    'x' => (0, 10),
-                    'p' => (0, 1),
-                    'h' => (5, 5),
-                    _ => (0, 0),
-                };
-                b.counts[Series::Succeeded.index()] = ok;
-                b.counts[Series::AuthTransient.index()] = bad;
-                b
-            })
+    /// Scans a picture of attempts, one per millisecond: `o` a success, `x` a failure; digits
+    /// repeat the next character (`9x` is nine failures, up to 9).
+    fn scan(picture: &str) -> Vec<(i64, i64, u64)> {
+        let mut scanner = Scanner::default();
+        let mut at = 0;
+        let mut repeat = 1;
+        for c in picture.chars() {
+            if let Some(n) = c.to_digit(10) {
+                repeat = n;
+                continue;
+            }
+            for _ in 0..repeat {
+                scanner.push(at, c == 'x');
+                at += 1;
+            }
+            repeat = 1;
+        }
+        scanner
+            .finish()
+            .into_iter()
+            .map(|s| (s.start, s.end, s.errors))
             .collect()
     }
 
     #[rstest]
-    #[case::none("oooooo", &[])]
-    #[case::one("ooxxxoo", &[(2, 4)])]
-    #[case::half_counts("oohhoo", &[(2, 3)])]
-    #[case::empty_buckets_do_not_break("ox..p...pxoo", &[(1, 9)])]
-    #[case::one_healthy_gap_merges("oxxoxxo", &[(1, 5)])]
-    #[case::two_healthy_buckets_split("oxxooxxo", &[(1, 2), (5, 6)])]
-    #[case::lone_probes_are_not_a_spike("oopoopoo", &[])]
-    #[case::at_the_edges("xxooooxx", &[(0, 1), (6, 7)])]
-    fn the_spike_rule(#[case] picture: &str, #[case] expected: &[(usize, usize)]) {
-        assert_eq!(detect(&buckets(picture)), expected, "{picture}");
+    #[case::healthy("9o9o9o", &[])]
+    #[case::one_spike("3o9x3x3o", &[(3, 14, 12)])]
+    #[case::random_errors_never_add_up("4ox4ox4ox4ox4ox4ox4ox4ox4ox4ox", &[])]
+    #[case::too_small("3o9x9o", &[])]
+    #[case::a_bigger_second_burst_joins("9x3x5o6x9o9o9o", &[(0, 22, 18)])]
+    #[case::a_smaller_second_burst_is_the_tail("9x3x5o3x9o9o", &[(0, 11, 12)])]
+    #[case::a_long_recovery_splits("9x3x9o4o9x3x", &[(0, 11, 12), (25, 36, 12)])]
+    #[case::the_end_is_the_last_failure("9x3xoxo9o9o", &[(0, 13, 13)])]
+    fn the_spike_rule(#[case] picture: &str, #[case] expected: &[(i64, i64, u64)]) {
+        assert_eq!(scan(picture), expected, "{picture}");
+    }
+
+    #[test]
+    fn the_first_success_after_a_spike_marks_the_recovery() {
+        let mut scanner = Scanner::default();
+        for at in 0..12 {
+            scanner.push(at, true);
+        }
+        scanner.push(100, false);
+        let found = scanner.finish();
+        assert_eq!(found[0].recovered_by, Some(100));
     }
 
     #[test]
