@@ -332,3 +332,53 @@ async fn status_estimates_cost_with_the_prices_given() {
     assert!(text.contains("built-in prices of 2025-08-07"), "{text}");
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let input = s.prompts("pipe.jsonl", 0..1500);
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = within(
+        "job",
+        run(
+            &submit_args(&file, &db, &url, &["--concurrency", "64"]),
+            env(),
+        ),
+    )
+    .await
+    .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    for format in ["csv", "jsonl", "table"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
+        cmd.args(["attempts", "--db", &db, "--format", format])
+            .env_remove("RUNNER_DB")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = within(
+            "attempts into a closed pipe",
+            tokio::task::spawn_blocking(move || {
+                let mut child = cmd.spawn().expect("spawn");
+                let mut first = String::new();
+                BufReader::new(child.stdout.take().expect("stdout"))
+                    .read_line(&mut first)
+                    .expect("read");
+                // Dropping the reader closes the pipe with most rows unwritten.
+                assert!(!first.is_empty());
+                child.wait_with_output().expect("wait")
+            }),
+        )
+        .await
+        .expect("join");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && stderr.is_empty(),
+            "{format}: {stderr}"
+        );
+    }
+    mock.shutdown().await;
+}
