@@ -186,8 +186,12 @@ fn story(html: &mut String, s: &JobSummary, t: &Timeline) {
         ));
     }
     for (n, spike) in t.spikes.iter().enumerate() {
+        let over = spike.recovered_by.map_or_else(
+            || ", not over yet".to_owned(),
+            |at| format!(", over by {}", utc(at, "[hour]:[minute]:[second]")),
+        );
         lines.push(format!(
-            "Spike #{} from {} to {} UTC ({}): up to {:.0}% of attempts failed, {} errors in all: {}.",
+            "Spike #{} from {} to {} UTC ({}{over}): up to {:.0}% of attempts failed, {} errors in all: {}.",
             n + 1,
             utc(spike.start, "[hour]:[minute]:[second]"),
             utc(spike.end, "[hour]:[minute]:[second]"),

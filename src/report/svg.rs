@@ -155,7 +155,7 @@ pub fn attempts_chart(t: &Timeline) -> String {
             f.top,
             (x1 - x0).max(2.0),
             f.bottom - f.top,
-            x0 + 3.0,
+            x0 + 6.0,
             f.top + 12.0,
             n + 1
         );
@@ -249,7 +249,7 @@ pub fn error_share_chart(t: &Timeline) -> String {
             continue;
         };
         let x = LEFT + i as f64 * bw;
-        let class = if share >= crate::timeline::SPIKE_ERROR_SHARE {
+        let class = if share > crate::timeline::SPIKE_ERROR_SHARE {
             "share-high"
         } else {
             "share-low"
