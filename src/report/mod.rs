@@ -1,6 +1,6 @@
 //! `runner report`: one self-contained HTML file that shows what happened to a job.
 //!
-//! The page holds its CSS and its charts (inline SVG drawn in [`svg`]); it loads nothing, runs no
+//! The page holds its CSS and its charts (inline SVG drawn in `svg.rs`); it loads nothing, runs no
 //! script and opens offline in any browser. Sections: the job at a glance (cards), what happened
 //! in plain words, attempts over time by class with spikes and breaker pauses, the error share
 //! with the spike threshold, latency percentiles, the health of each key, the spikes with their
