@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::attempts::{AttemptsFormat, TimeArg, parse_class_filter};
 use crate::http::classify::{Class, UnknownClass};
 use crate::input::DEFAULT_MAX_LINE_BYTES;
 use crate::mock::MockArgs;
+use crate::prices::PriceOverride;
 
 /// Resilient batch runner for the OpenAI API and OpenAI-compatible servers.
 ///
@@ -45,6 +47,14 @@ pub enum Command {
     MockServer(MockArgs),
     /// Run a sample job against the built-in mock (no key, no network)
     Demo(DemoArgs),
+    /// List a job's attempts from the journal, filtered (status, class, key, time, request)
+    Attempts(AttemptsArgs),
+    /// Chart a job's attempts over time by class and list the spikes with their request ids
+    Timeline(TimelineArgs),
+    /// Write a job's report as one self-contained HTML file with charts
+    Report(ReportArgs),
+    /// Check the key, the environment and the API before a big job
+    Doctor(DoctorArgs),
 }
 
 /// Where jobs live.
@@ -220,6 +230,15 @@ pub struct StatusArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+    /// Also chart the attempts over time and list the spikes (as `runner timeline`)
+    #[arg(long)]
+    pub timeline: bool,
+    /// Timeline bucket width, e.g. 10s or 1m [default: chosen for ~20 to 75 buckets]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "timeline")]
+    pub bucket: Option<Duration>,
+    /// Prices for the cost estimate.
+    #[command(flatten)]
+    pub prices: PriceArgs,
 }
 
 /// Output formats of `runner export`.
@@ -272,4 +291,108 @@ pub struct DemoArgs {
     /// No progress bar: print a summary line every few seconds instead
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// Token prices for the cost estimate (USD per 1M tokens), over the built-in table.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PriceArgs {
+    /// Prices file: JSON {"MODEL": {"input": IN, "output": OUT}} or CSV rows model,input,output
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Price of one model in USD per 1M input and output tokens, e.g. my-model=0.5,1.5. Repeatable
+    #[arg(long = "price", value_name = "MODEL=IN,OUT")]
+    pub price: Vec<PriceOverride>,
+}
+
+/// `runner attempts`.
+#[derive(Args, Debug, Clone)]
+pub struct AttemptsArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Only this request's attempts (its custom_id, or the derived key)
+    #[arg(long, value_name = "ID")]
+    pub custom_id: Option<String>,
+    /// Only answers with this HTTP status, e.g. 401
+    #[arg(long, value_name = "CODE")]
+    pub status: Option<u16>,
+    /// Only this class: succeeded, transient, auth_transient, rate_limited, request_failed, job_stop or interrupted
+    #[arg(long, value_name = "CLASS", value_parser = parse_class_filter)]
+    pub class: Option<String>,
+    /// Only attempts sent with this key: its label, or its fingerprint as journaled (sk-proj-…abcd)
+    #[arg(long, value_name = "LABEL")]
+    pub key: Option<String>,
+    /// Only attempts sent at or after T: RFC 3339 (2026-04-14T09:30:00Z) or a duration ago (10m, 2h)
+    #[arg(long, value_name = "T")]
+    pub since: Option<TimeArg>,
+    /// Only attempts sent at or before T: RFC 3339 or a duration ago
+    #[arg(long, value_name = "T")]
+    pub until: Option<TimeArg>,
+    /// Only attempts that did not succeed
+    #[arg(long)]
+    pub errors: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = AttemptsFormat::Table)]
+    pub format: AttemptsFormat,
+    /// Only the most recent N matching attempts (still listed oldest first)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+/// `runner timeline`.
+#[derive(Args, Debug, Clone)]
+pub struct TimelineArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Bucket width, e.g. 10s or 1m [default: chosen for ~20 to 75 buckets]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub bucket: Option<Duration>,
+    /// Print JSON instead of the chart
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `runner report`.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The HTML file to write (self-contained: open it in any browser, offline)
+    #[arg(long, short, value_name = "PATH")]
+    pub output: PathBuf,
+    /// Bucket width of the charts, e.g. 10s or 1m [default: chosen for ~20 to 75 buckets]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub bucket: Option<Duration>,
+    /// Prices for the cost estimate.
+    #[command(flatten)]
+    pub prices: PriceArgs,
+}
+
+/// `runner doctor`.
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// API base URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "API base URL to check [default: $OPENAI_BASE_URL, else https://api.openai.com/v1]"
+    )]
+    pub base_url: Option<String>,
+    /// Keys file to check, one key per line as KEY or LABEL=KEY [default: $OPENAI_API_KEY]
+    #[arg(long, value_name = "PATH")]
+    pub keys_file: Option<PathBuf>,
+    /// Time limit of each network check
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub timeout: Duration,
 }

@@ -26,6 +26,10 @@
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, tests);
 //!   [`demo`]: `runner demo`.
 //! - [`shutdown`]: two-stage Ctrl-C handling passed into [`run`].
+//! - Showing what happened: [`journal`] (read-only queries over attempts and events),
+//!   [`summary`] and [`prices`] (`status`: counts, cost estimate, throughput), [`timeline`]
+//!   (buckets, spikes, the terminal chart), [`attempts`] (`runner attempts`), [`report`] (the
+//!   HTML report), [`doctor`] (`runner doctor`: key, environment, reachability, one probe).
 //!
 //! # Data flow
 //!
@@ -37,24 +41,31 @@
 //! ```
 
 pub mod attempt;
+pub mod attempts;
 pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod export;
 pub mod http;
 pub mod input;
 pub mod job;
+pub mod journal;
 pub mod keys;
 pub mod mock;
+pub mod prices;
 pub mod progress;
 pub mod rate_limit;
+pub mod report;
 pub mod request;
 pub mod response;
 pub mod retry;
 pub mod shutdown;
 pub mod status;
 pub mod store;
+pub mod summary;
+pub mod timeline;
 pub mod tokens;
 pub mod worker;
 
@@ -107,6 +118,14 @@ pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::R
             .await
             .map(|()| Exit::Success),
         Command::Demo(args) => demo::demo(args, &shutdown).await,
+        Command::Attempts(args) => {
+            blocking(move || attempts::attempts(&args, io::stdout().lock()).map(drop)).await
+        }
+        Command::Timeline(args) => {
+            blocking(move || status::timeline(&args, io::stdout().lock())).await
+        }
+        Command::Report(args) => blocking(move || report::report(&args)).await,
+        Command::Doctor(args) => doctor::doctor(&args, &env).await,
     }
 }
 

@@ -1,0 +1,315 @@
+//! `runner attempts`: the raw journal, filtered, as a table, JSONL or CSV on stdout.
+//!
+//! One row per attempt, oldest first. Filters: request, HTTP status, class, key, a time window
+//! (`--since`/`--until` as RFC 3339 or a duration ago: `10m` is "ten minutes before now"), errors
+//! only, the most recent N. CSV goes through the csv crate; a closed pipe ends quietly.
+
+use std::io::{self, Write};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::cli::AttemptsArgs;
+use crate::export::rfc3339;
+use crate::journal::{self, AttemptFilter, AttemptRecord};
+use crate::store::{self, StoreError, db};
+use crate::timeline::{Series, utc};
+use crate::worker::now_ms;
+
+/// The CSV header and the JSONL keys, in order: a contract; add columns only at the end.
+pub const ATTEMPT_COLUMNS: [&str; 13] = [
+    "job",
+    "custom_id",
+    "attempt",
+    "started_at",
+    "finished_at",
+    "latency_ms",
+    "outcome",
+    "http_status",
+    "class",
+    "error_code",
+    "error_message",
+    "x_request_id",
+    "key",
+];
+
+/// Longest error message shown in the table (CSV and JSONL carry it whole).
+const TABLE_MESSAGE: usize = 60;
+
+/// Output formats of `runner attempts`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptsFormat {
+    /// Aligned columns for people (long custom_ids and messages are shortened)
+    Table,
+    /// One JSON object per attempt
+    Jsonl,
+    /// One row per attempt, with a header row
+    Csv,
+}
+
+/// A point in time given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeArg {
+    /// An absolute time, unix ms.
+    At(i64),
+    /// This long before now.
+    Ago(Duration),
+}
+
+impl TimeArg {
+    /// Unix ms, with `now` for relative times.
+    pub fn resolve(self, now: i64) -> i64 {
+        match self {
+            TimeArg::At(ms) => ms,
+            TimeArg::Ago(d) => now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl FromStr for TimeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+            let ms = t.unix_timestamp_nanos() / 1_000_000;
+            return i64::try_from(ms)
+                .map(TimeArg::At)
+                .map_err(|_| format!("'{s}' is out of range"));
+        }
+        humantime::parse_duration(s).map(TimeArg::Ago).map_err(|_| {
+            format!(
+                "'{s}' is neither an RFC 3339 time (2026-04-14T09:30:00Z) nor a duration ago (10m, 2h30m)"
+            )
+        })
+    }
+}
+
+/// Checks a `--class` value: a class name or `interrupted`.
+///
+/// # Errors
+/// A message listing the accepted names.
+pub fn parse_class_filter(s: &str) -> Result<String, String> {
+    Series::from_name(s)
+        .map(|series| series.as_str().to_owned())
+        .ok_or_else(|| {
+            let names: Vec<&str> = Series::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown class '{s}': expected one of {}", names.join(", "))
+        })
+}
+
+/// Errors of `runner attempts`.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptsError {
+    /// Reading the journal failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing failed (a closed pipe included: the caller ends quietly on that).
+    #[error("cannot write the attempts: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<csv::Error> for AttemptsError {
+    fn from(e: csv::Error) -> Self {
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => AttemptsError::Io(io),
+            other => AttemptsError::Io(io::Error::other(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Runs `runner attempts`, writing to `out`. Returns how many attempts were written; says on
+/// stderr when none matched.
+///
+/// # Errors
+/// Unknown job or database, or a write failure.
+pub fn attempts(args: &AttemptsArgs, out: impl Write) -> anyhow::Result<u64> {
+    let conn = store::open_read_only(&args.db.db)?;
+    let job = db::resolve_job(&conn, args.job.as_deref())?;
+    let now = now_ms();
+    let filter = AttemptFilter {
+        custom_id: args.custom_id.clone(),
+        status: args.status,
+        class: args.class.clone(),
+        key: args.key.clone(),
+        since: args.since.map(|t| t.resolve(now)),
+        until: args.until.map(|t| t.resolve(now)),
+        errors_only: args.errors,
+        limit: args.limit,
+    };
+    let rows = write_attempts(&conn, &job, &filter, args.format, io::BufWriter::new(out))?;
+    if rows == 0 {
+        eprintln!("{}: no attempts match", job.name);
+    }
+    Ok(rows)
+}
+
+/// Writes the attempts of `job` passing `filter` in `format`; returns how many.
+///
+/// # Errors
+/// Store or write failures.
+pub fn write_attempts(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    filter: &AttemptFilter,
+    format: AttemptsFormat,
+    mut out: impl Write,
+) -> Result<u64, AttemptsError> {
+    let mut rows = 0u64;
+    match format {
+        AttemptsFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(&mut out);
+            writer.write_record(ATTEMPT_COLUMNS)?;
+            journal::for_each_attempt::<AttemptsError>(conn, job.id, filter, |a| {
+                writer.write_record(fields(&job.name, &a))?;
+                rows += 1;
+                Ok(())
+            })?;
+            writer.flush()?;
+        }
+        AttemptsFormat::Jsonl => {
+            journal::for_each_attempt::<AttemptsError>(conn, job.id, filter, |a| {
+                let object: serde_json::Map<String, serde_json::Value> = ATTEMPT_COLUMNS
+                    .iter()
+                    .zip(json_fields(&job.name, &a))
+                    .map(|(k, v)| ((*k).to_owned(), v))
+                    .collect();
+                serde_json::to_writer(&mut out, &object).map_err(io::Error::from)?;
+                out.write_all(b"\n")?;
+                rows += 1;
+                Ok(())
+            })?;
+        }
+        AttemptsFormat::Table => {
+            writeln!(
+                out,
+                "{:<18} {:<14} {:>3} {:<12} {:>6} {:<14} {:>7}  {:<36}  error",
+                "sent (UTC)", "custom_id", "#", "key", "status", "class", "latency", "request id"
+            )?;
+            journal::for_each_attempt::<AttemptsError>(conn, job.id, filter, |a| {
+                writeln!(out, "{}", table_row(&a))?;
+                rows += 1;
+                Ok(())
+            })?;
+        }
+    }
+    out.flush()?;
+    Ok(rows)
+}
+
+/// The CSV fields, in [`ATTEMPT_COLUMNS`] order.
+fn fields(job: &str, a: &AttemptRecord) -> [String; 13] {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    [
+        job.to_owned(),
+        a.custom_id.clone(),
+        a.attempt.to_string(),
+        rfc3339(a.started_at),
+        rfc3339(a.finished_at),
+        opt(a.latency_ms.map(|v| v.to_string())),
+        a.outcome.clone(),
+        opt(a.http_status.map(|v| v.to_string())),
+        a.class.clone(),
+        opt(a.error_code.clone()),
+        opt(a.error_message.clone()),
+        opt(a.x_request_id.clone()),
+        opt(a.key.clone()),
+    ]
+}
+
+/// The JSONL values, in [`ATTEMPT_COLUMNS`] order (absent values are `null`).
+fn json_fields(job: &str, a: &AttemptRecord) -> [serde_json::Value; 13] {
+    use serde_json::json;
+    [
+        json!(job),
+        json!(a.custom_id),
+        json!(a.attempt),
+        json!(rfc3339(a.started_at)),
+        json!(rfc3339(a.finished_at)),
+        json!(a.latency_ms),
+        json!(a.outcome),
+        json!(a.http_status),
+        json!(a.class),
+        json!(a.error_code),
+        json!(a.error_message),
+        json!(a.x_request_id),
+        json!(a.key),
+    ]
+}
+
+fn table_row(a: &AttemptRecord) -> String {
+    let error = match (&a.error_code, &a.error_message) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(text), None) | (None, Some(text)) => text.clone(),
+        (None, None) => String::new(),
+    };
+    format!(
+        "{:<18} {:<14} {:>3} {:<12} {:>6} {:<14} {:>7}  {:<36}  {}",
+        utc(
+            a.started_at,
+            "[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
+        ),
+        shorten(&a.custom_id, 14),
+        a.attempt,
+        shorten(a.key.as_deref().unwrap_or("-"), 12),
+        a.http_status
+            .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+        a.class,
+        a.latency_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms")),
+        a.x_request_id.as_deref().unwrap_or("-"),
+        shorten(&error.replace('\n', " "), TABLE_MESSAGE),
+    )
+}
+
+/// `text` cut to `max` characters with a trailing `…`.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if text.chars().count() > max => format!("{}…", &text[..cut]),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("2026-04-14T09:30:00Z", TimeArg::At(1_776_159_000_000))]
+    #[case("2026-04-14T11:30:00+02:00", TimeArg::At(1_776_159_000_000))]
+    #[case("10m", TimeArg::Ago(Duration::from_secs(600)))]
+    #[case("1h 30m", TimeArg::Ago(Duration::from_secs(5400)))]
+    fn times_are_absolute_or_ago(#[case] text: &str, #[case] expected: TimeArg) {
+        assert_eq!(text.parse::<TimeArg>(), Ok(expected));
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        assert_eq!(
+            TimeArg::Ago(Duration::from_secs(600)).resolve(1_000_000),
+            400_000
+        );
+        let err = "yesterday".parse::<TimeArg>().expect_err("not a time");
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn class_filters_accept_interrupted() {
+        assert_eq!(
+            parse_class_filter("interrupted").as_deref(),
+            Ok("interrupted")
+        );
+        assert!(parse_class_filter("oops").is_err_and(|e| e.contains("auth_transient")));
+    }
+
+    #[test]
+    fn shortening_keeps_short_text() {
+        assert_eq!(shorten("abc", 5), "abc");
+        assert_eq!(shorten("abcdefgh", 5), "abcd…");
+        assert_eq!(shorten("abcde", 5), "abcde");
+    }
+}
