@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::cli::{ExportArgs, ExportFormat};
 use crate::response::output_text;
@@ -257,11 +256,15 @@ fn opt<T: ToString>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
 }
 
-/// Unix ms as RFC 3339 UTC, e.g. `2026-04-14T09:30:12.345Z`.
+/// Unix ms as RFC 3339 UTC with exactly three fractional digits, e.g.
+/// `2026-04-14T09:30:12.340Z`: fixed width, so columns of timestamps line up.
 pub fn rfc3339(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
 }
 
@@ -298,7 +301,8 @@ mod tests {
 
     #[test]
     fn formats_timestamps_as_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_776_159_012_340), "2026-04-14T09:30:12.340Z");
         assert_eq!(rfc3339(1_776_159_012_345), "2026-04-14T09:30:12.345Z");
     }
 
