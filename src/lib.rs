@@ -9,14 +9,16 @@
 //!
 //! - [`cli`]: the raw command-line flags (clap); [`config`]: checked settings, the `OPENAI_*`
 //!   environment, defaults.
-//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.
+//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line;
+//!   [`store::ingest`] reads a whole file into a job, all or nothing.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit); [`store::db`] holds the SQL, [`store::migrate`] the schema versions,
 //!   [`store::lease`] the one-runner-per-job lease, [`store::fault`] storage faults in words a
 //!   user can act on.
 //! - [`request`]: domain types: ids, the request state machine, attempts, completions.
-//! - [`worker`]: the pool (with [`attempt`], one attempt from send to journal): claims due requests, passes them through the gates (a 429's pause,
-//!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] limiter), runs attempts, journals each.
+//! - [`worker`]: the pool: claims due requests, passes each through the gates (a 429's pause,
+//!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] ceilings and pacer) and runs it;
+//!   [`attempt`]: one attempt, from send to journal.
 //! - [`http::client`]: sends one attempt; [`http::classify`]: the error taxonomy (one enum, one
 //!   function); [`retry`]: what follows an attempt (backoff, server-requested waits).
 //! - [`response`]: usage and output text of success bodies; [`tokens`]: token estimates for
@@ -34,10 +36,14 @@
 //! # Data flow
 //!
 //! ```text
-//! file ─▶ input ─▶ store (requests: pending) ─▶ worker: claim ─▶ limiter ─▶ http ─▶ classify
-//!                        ▲                                                         │
-//!                        └──── attempt + new state, one transaction (group commit) ◀┘
-//! store ─▶ export (CSV / JSONL), status
+//! file ─▶ input ─▶ store::ingest (requests: pending, one transaction)
+//!                        │
+//!           worker: claim due ─▶ gates (429 pause, key, breaker, rpm/tpm, pacer)
+//!                        │                                   │
+//!                        │             attempt: http ─▶ classify ─▶ retry policy
+//!                        ▲                                   │
+//!                        └── attempt row + new state, group-committed by the store thread
+//! store ─▶ export (CSV / JSONL), status, attempts, timeline, report
 //! ```
 
 pub mod attempt;

@@ -309,6 +309,21 @@ mod tests {
         assert_eq!(join_url(base, path), expected);
     }
 
+    #[test]
+    fn a_clients_debug_output_never_shows_its_key() {
+        let key = ApiKey::new("sk-proj-SECRET-debug-check-0000000000");
+        let settings = ClientSettings {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            timeout: std::time::Duration::from_secs(1),
+            connect_timeout: std::time::Duration::from_secs(1),
+            organization: Some("org-x".into()),
+            project: Some("proj-x".into()),
+        };
+        let client = ApiClient::new(&settings, Some(&key)).expect("client");
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+    }
+
     #[rstest]
     #[case("sk-proj-abcdefghijklmnopWXYZ", "sk-proj-…WXYZ")]
     #[case("sk-svcacct-0123456789abcd", "sk-svcacct-…abcd")]

@@ -11,6 +11,7 @@
 
 pub mod db;
 pub mod fault;
+pub mod ingest;
 mod invalid;
 pub mod lease;
 pub mod migrate;

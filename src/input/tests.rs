@@ -1,0 +1,224 @@
+//! Unit tests of the input reader.
+use super::*;
+use rstest::rstest;
+use std::io::Cursor;
+
+fn options() -> InputOptions {
+    InputOptions {
+        endpoint: CHAT_ENDPOINT.into(),
+        model: Some("gpt-4o-mini".into()),
+        max_line_bytes: 1024,
+    }
+}
+
+fn read(text: &[u8]) -> Vec<Result<Prompt, InputError>> {
+    InputReader::new(
+        "in.jsonl".into(),
+        Box::new(Cursor::new(text.to_vec())),
+        options(),
+    )
+    .collect()
+}
+
+fn body(prompt: &Prompt) -> Value {
+    serde_json::from_str(&prompt.body).expect("body is JSON")
+}
+
+#[test]
+fn reads_plain_and_batch_lines() {
+    let input = br#"{"custom_id":"a","metadata":{"x":1},"messages":[{"role":"user","content":"hi"}]}
+{"custom_id":"b","method":"POST","url":"/v1/embeddings","body":{"model":"text-embedding-3-small","input":"x"}}
+{"prompt":"say hi"}
+"#;
+    let prompts: Vec<Prompt> = read(input).into_iter().map(|r| r.expect("valid")).collect();
+    assert_eq!(prompts.len(), 3);
+    assert_eq!(prompts[0].custom_id.as_deref(), Some("a"));
+    assert_eq!(prompts[0].url, CHAT_ENDPOINT);
+    assert_eq!(body(&prompts[0])["model"], "gpt-4o-mini");
+    assert!(body(&prompts[0]).get("metadata").is_none());
+    assert!(body(&prompts[0]).get("custom_id").is_none());
+    assert_eq!(prompts[1].url, "/v1/embeddings");
+    assert_eq!(body(&prompts[1])["model"], "text-embedding-3-small");
+    assert_eq!(prompts[2].line, 3);
+    assert_eq!(
+        body(&prompts[2])["messages"],
+        serde_json::json!([{"role":"user","content":"say hi"}])
+    );
+}
+
+#[test]
+fn skips_blank_lines_accepts_crlf_and_bom() {
+    let input = b"\xEF\xBB\xBF{\"prompt\":\"a\"}\r\n\r\n   \n{\"prompt\":\"b\"}\r\n";
+    let prompts: Vec<Prompt> = read(input).into_iter().map(|r| r.expect("valid")).collect();
+    assert_eq!(prompts.iter().map(|p| p.line).collect::<Vec<_>>(), [1, 4]);
+}
+
+#[test]
+fn key_is_stable_under_key_order() {
+    let a = read(br#"{"model":"m","messages":[],"temperature":0}"#);
+    let b = read(br#"{"temperature":0,"messages":[],"model":"m"}"#);
+    let (a, b) = (a[0].as_ref().expect("valid"), b[0].as_ref().expect("valid"));
+    assert_eq!(a.body_hash, b.body_hash);
+    assert_eq!(a.derived_key(1), b.derived_key(1));
+    assert_ne!(a.derived_key(1), a.derived_key(2));
+}
+
+#[rstest]
+#[case::malformed(b"{\"prompt\": ", "in.jsonl:1: invalid JSON")]
+#[case::not_object(b"[1,2]", "in.jsonl:1: expected a JSON object, found an array")]
+#[case::no_method(br#"{"url":"/v1/chat/completions","body":{}}"#, "no \"method\"")]
+#[case::get(
+    br#"{"method":"GET","url":"/v1/models","body":{}}"#,
+    "method 'GET' is not supported"
+)]
+#[case::no_url(br#"{"method":"POST","body":{}}"#, "no \"url\"")]
+#[case::no_body(
+    br#"{"method":"POST","url":"/v1/x"}"#,
+    "in.jsonl:1: batch line has no \"body\""
+)]
+#[case::body_not_object(
+    br#"{"method":"POST","url":"/v1/x","body":"s"}"#,
+    "body must be a JSON object"
+)]
+#[case::bad_custom_id(br#"{"custom_id":3,"prompt":"x"}"#, "custom_id must be a string")]
+#[case::utf8(b"{\"prompt\":\"\xff\"}", "in.jsonl:1: line is not valid UTF-8")]
+fn rejects_bad_lines(#[case] input: &[u8], #[case] expected: &str) {
+    let results = read(input);
+    let message = match &results[0] {
+        Ok(p) => panic!("accepted {p:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains(expected), "{message}");
+}
+
+#[test]
+fn too_long_line_names_its_line() {
+    let mut input = b"{\"prompt\":\"ok\"}\n".to_vec();
+    input.extend(format!("{{\"prompt\":\"{}\"}}\n", "x".repeat(2000)).as_bytes());
+    let results = read(&input);
+    assert!(results[0].is_ok());
+    let message = results[1].as_ref().expect_err("too long").to_string();
+    assert!(
+        message.starts_with("in.jsonl:2: line is longer than 1024 bytes"),
+        "{message}"
+    );
+    assert_eq!(results.len(), 2);
+}
+
+#[test]
+fn skipping_reads_past_invalid_and_over_long_lines() {
+    let mut input = b"{\"prompt\":\"a\"}\n".to_vec();
+    input.extend(
+        format!(
+            "{{\"custom_id\":\"long\",\"prompt\":\"{}\"}}\n",
+            "x".repeat(5000)
+        )
+        .as_bytes(),
+    );
+    input.extend(b"{\"custom_id\":\"cut\",\"prompt\":\"trunc\n[1]\n{\"prompt\":\"b\"}\n");
+    let mut reader = InputReader::new(
+        "in.jsonl".into(),
+        Box::new(Cursor::new(input.clone())),
+        options(),
+    )
+    .skip_invalid(true);
+    let mut seen = Vec::new();
+    while let Some(item) = reader.next() {
+        seen.push(match item {
+            Ok(prompt) => format!("ok {}", prompt.line),
+            Err(e) => {
+                assert!(e.is_invalid_line(), "{e}");
+                format!(
+                    "{} {} {:?}",
+                    e.code(),
+                    e.line().expect("line"),
+                    reader.salvaged_custom_id()
+                )
+            }
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            "ok 1",
+            "line_too_long 2 Some(\"long\")",
+            "malformed_json 3 Some(\"cut\")",
+            "invalid_request 4 None",
+            "ok 5"
+        ]
+    );
+    assert_eq!(
+        reader.fingerprint(),
+        blake3::hash(&input).to_hex().to_string(),
+        "the skipped bytes are fingerprinted too"
+    );
+}
+
+/// A 64 MiB line made on the fly, then one good line.
+struct LongLine {
+    left: usize,
+    tail: Cursor<Vec<u8>>,
+}
+
+impl Read for LongLine {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return self.tail.read(buf);
+        }
+        let n = buf.len().min(self.left);
+        buf[..n].fill(b'x');
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn an_over_long_line_is_skipped_without_being_read_into_memory() {
+    let source = LongLine {
+        left: 64 << 20,
+        tail: Cursor::new(b"\n{\"prompt\":\"after\"}\n".to_vec()),
+    };
+    let mut reader = InputReader::new(
+        "in.jsonl".into(),
+        Box::new(BufReader::with_capacity(64 * 1024, source)),
+        options(),
+    )
+    .skip_invalid(true);
+    let first = reader.next().expect("an item").expect_err("too long");
+    assert!(
+        matches!(first, InputError::TooLong { line: 1, .. }),
+        "{first}"
+    );
+    assert!(
+        reader.buf.capacity() <= 4 * options().max_line_bytes,
+        "kept {} bytes of the line",
+        reader.buf.capacity()
+    );
+    let second = reader.next().expect("an item").expect("valid");
+    assert_eq!(second.line, 2);
+    assert!(reader.next().is_none());
+}
+
+#[rstest]
+#[case::plain(r#"{"custom_id": "a\"b", "prompt": "x"#, Some("a\"b"))]
+#[case::spaced(r#"{ "custom_id" :"id-1" ,"#, Some("id-1"))]
+#[case::not_a_string(r#"{"custom_id": 7, "#, None)]
+#[case::unterminated(r#"{"custom_id": "abc"#, None)]
+#[case::empty(r#"{"custom_id": "", "#, None)]
+#[case::absent(r#"{"prompt": "custom_id"#, None)]
+fn scans_custom_id_out_of_broken_lines(#[case] text: &str, #[case] expected: Option<&str>) {
+    assert_eq!(scan_custom_id(text).as_deref(), expected);
+}
+
+#[test]
+fn fingerprint_covers_the_whole_file() {
+    let text = b"{\"prompt\":\"a\"}\n\n{\"prompt\":\"b\"}\n";
+    let mut reader = InputReader::new("x".into(), Box::new(Cursor::new(text.to_vec())), options());
+    for r in reader.by_ref() {
+        r.expect("valid");
+    }
+    assert_eq!(
+        reader.fingerprint(),
+        blake3::hash(text).to_hex().to_string()
+    );
+}
