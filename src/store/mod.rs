@@ -141,23 +141,8 @@ impl From<StoreError> for WriteFailure {
 impl StoreError {
     /// Whether another connection's lock caused it: worth retrying a moment later.
     pub fn is_busy(&self) -> bool {
-        let sqlite = match self {
-            StoreError::Open { source, .. }
-            | StoreError::Sqlite(source)
-            | StoreError::Migrate { source, .. } => source,
-            StoreError::Create { .. }
-            | StoreError::NewerSchema { .. }
-            | StoreError::JobNotFound(_)
-            | StoreError::NoJobs
-            | StoreError::Input(_)
-            | StoreError::Corrupt(_)
-            | StoreError::Failed(_)
-            | StoreError::WriteFailed(_)
-            | StoreError::Lease(_)
-            | StoreError::Closed => return false,
-        };
         matches!(
-            sqlite.sqlite_error_code(),
+            fault::sqlite_code(self),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )
     }

@@ -125,29 +125,11 @@ async fn keep_renewed(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use rusqlite::Connection;
 
-    use super::*;
+    use crate::store::lease::tests::{ALIVE, conn_with_job, owner};
     use crate::store::lease::{acquire_with, holder};
-    use crate::store::{db, migrate};
-
-    fn conn_with_job() -> (Connection, Job) {
-        let mut conn = Connection::open_in_memory().expect("memory db");
-        migrate::migrate(&mut conn).expect("migrate");
-        let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1).expect("job");
-        (conn, job)
-    }
-
-    fn owner(pid: u32, run: &str) -> LeaseOwner {
-        LeaseOwner {
-            pid,
-            host: "h".into(),
-            pid_namespace: Some(4_026_531_836),
-            run: run.into(),
-        }
-    }
-
-    const ALIVE: fn(&LeaseOwner) -> bool = |_| false;
 
     /// Polls `check` (a store query) until it holds, for at most ten seconds.
     async fn eventually(store: &JobStore, what: &str, check: fn(&Connection) -> bool) {

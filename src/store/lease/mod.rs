@@ -332,18 +332,20 @@ fn pid_namespace() -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{db, migrate};
 
-    fn conn_with_job() -> (Connection, Job) {
+    /// An in-memory, migrated database holding one job (shared with the keeper's tests).
+    pub(crate) fn conn_with_job() -> (Connection, Job) {
         let mut conn = Connection::open_in_memory().expect("memory db");
         migrate::migrate(&mut conn).expect("migrate");
         let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1).expect("job");
         (conn, job)
     }
 
-    fn owner(pid: u32, run: &str) -> LeaseOwner {
+    /// A lease owner on host `h` in one pid namespace.
+    pub(crate) fn owner(pid: u32, run: &str) -> LeaseOwner {
         LeaseOwner {
             pid,
             host: "h".into(),
@@ -352,7 +354,8 @@ mod tests {
         }
     }
 
-    const ALIVE: fn(&LeaseOwner) -> bool = |_| false;
+    /// A holder check that finds every holder alive.
+    pub(crate) const ALIVE: fn(&LeaseOwner) -> bool = |_| false;
     const DEAD: fn(&LeaseOwner) -> bool = |_| true;
 
     #[test]
