@@ -10,7 +10,7 @@ use crate::export::rfc3339;
 use crate::prices::{PriceTable, Usd};
 use crate::store::{self, db};
 use crate::summary::{JobSummary, RunnerLease};
-use crate::timeline::{self, human_ms};
+use crate::timeline::{self, human_ms, status_label};
 
 /// Prints one job's state, requests by state, attempts by class and by HTTP status, tokens and
 /// their estimated cost, throughput and recent events; with `--timeline`, the timeline too.
@@ -161,10 +161,7 @@ fn write_summary(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let by_status: Vec<String> = s
         .statuses
         .iter()
-        .map(|(status, n)| match status {
-            Some(code) => format!("{code} {n}"),
-            None => format!("no answer {n}"),
-        })
+        .map(|(status, n)| format!("{} {n}", status_label(*status)))
         .collect();
     writeln!(out, "statuses  {}", by_status.join(" · "))?;
     let (prompt, completion, total) = s.token_totals();

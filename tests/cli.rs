@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -303,18 +302,6 @@ fn successes_by_id(mock: &MockServer, n: usize) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Requests the journal says succeeded.
-fn journaled_successes(db: &Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).expect("db opens after kill");
-    let mut stmt = conn
-        .prepare("SELECT key FROM requests WHERE state = 'succeeded'")
-        .expect("prepare");
-    stmt.query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_success() {
     const N: usize = 3000;
@@ -403,11 +390,7 @@ async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_succe
         rows.iter()
             .all(|r| cell(&header, r, "status") == "succeeded")
     );
-    let conn = rusqlite::Connection::open(s.db()).expect("db");
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    assert_eq!(integrity, "ok");
+    assert_eq!(integrity(&s.db()), "ok");
     mock.shutdown().await;
 }
 

@@ -144,18 +144,9 @@ async fn of_two_submits_started_together_exactly_one_runs() {
     let slow = mock(hanging()).await;
     let input = s.prompts("race.jsonl", 0..10);
     let (file, db, url) = (input.display().to_string(), s.db_arg(), slow.base_url());
-    let args: Vec<String> = submit_args(&file, &db, &url, &["--concurrency", "2"])
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let args = submit_args(&file, &db, &url, &["--concurrency", "2"]);
     let shutdown = Shutdown::new();
-    let start = |shutdown: Shutdown| {
-        let args = args.clone();
-        tokio::spawn(async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_with(&args, env(), shutdown).await
-        })
-    };
+    let start = |shutdown: Shutdown| spawn_run(&args, env(), shutdown);
     let (a, b) = (start(shutdown.clone()), start(shutdown.clone()));
     // The loser ends at once; the winner runs until it is aborted.
     let loser = within("one submit is refused", async {

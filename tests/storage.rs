@@ -261,16 +261,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_spa
         tmpfs.grow();
     }
     assert_eq!(integrity(&db), "ok", "nothing corrupted");
-    let journaled: Vec<String> = {
-        let conn = rusqlite::Connection::open(&db).expect("db");
-        let mut stmt = conn
-            .prepare("SELECT key FROM requests WHERE state = 'succeeded'")
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    };
+    let journaled = journaled_successes(&db);
     let before = successes(&mock);
 
     let mut cmd = runner(s.dir.path());

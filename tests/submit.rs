@@ -164,14 +164,7 @@ async fn stop_midway_then_resume_sends_each_request_to_success_once() {
     let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
     let shutdown = Shutdown::new();
     let args = submit_args(&file, &db, &url, &["--concurrency", "8"]);
-    let running = {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_with(&args, env(), shutdown).await
-        })
-    };
+    let running = spawn_run(&args, env(), shutdown.clone());
     wait_until("some successes", || mock.stats().successes() >= 40).await;
     shutdown.stop();
     let exit = within("stopped run", running)
@@ -223,17 +216,8 @@ async fn abort_journals_in_flight_requests_as_interrupted() {
     let input = s.prompts("abort.jsonl", 0..40);
     let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
     let shutdown = Shutdown::new();
-    let args: Vec<String> = submit_args(&file, &db, &url, &["--concurrency", "8"])
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    let running = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_with(&args, env(), shutdown).await
-        })
-    };
+    let args = submit_args(&file, &db, &url, &["--concurrency", "8"]);
+    let running = spawn_run(&args, env(), shutdown.clone());
     wait_until("some successes", || mock.stats().successes() >= 8).await;
     shutdown.abort();
     let exit = within("aborted run", running)

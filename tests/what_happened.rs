@@ -63,23 +63,14 @@ async fn status_reads_a_job_while_it_runs() {
     .await;
     let input = s.prompts("live.jsonl", 0..200);
     let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args: Vec<String> = submit_args(
+    let args = submit_args(
         &file,
         &db,
         &url,
         &["--concurrency", "8", "--timeout", "90s"],
-    )
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    );
     let shutdown = Shutdown::new();
-    let running = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_with(&args, env(), shutdown).await
-        })
-    };
+    let running = spawn_run(&args, env(), shutdown.clone());
     let db_path = s.db();
     wait_until("journaled successes", || {
         db_path.exists()

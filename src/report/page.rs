@@ -7,7 +7,9 @@ use super::svg::{self, colour};
 use crate::export::rfc3339;
 use crate::prices::Usd;
 use crate::summary::JobSummary;
-use crate::timeline::{MIN_SPIKE_SCORE, SPIKE_ERROR_SHARE, Series, Spike, Timeline, human_ms, utc};
+use crate::timeline::{
+    MIN_SPIKE_SCORE, SPIKE_ERROR_SHARE, Series, Spike, Timeline, human_ms, status_label, utc,
+};
 
 /// Events listed in the page at most; the rest are counted.
 const MAX_LISTED_EVENTS: usize = 300;
@@ -356,16 +358,7 @@ fn what(spike: &Spike) -> String {
             .collect::<Vec<_>>()
             .join(" · ")
     };
-    let statuses: Vec<(String, u64)> = spike
-        .statuses
-        .iter()
-        .map(|(s, n)| {
-            (
-                s.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
-                *n,
-            )
-        })
-        .collect();
+    let statuses = spike.status_tally();
     let mut lines = Vec::new();
     for (label, tally) in [
         ("classes", &spike.classes),
@@ -428,7 +421,7 @@ fn counts(html: &mut String, s: &JobSummary) {
         let _ = write!(
             html,
             r#"<tr><td>{}</td><td class="num">{n}</td></tr>"#,
-            status.map_or_else(|| "no answer".to_owned(), |s| s.to_string())
+            status_label(*status)
         );
     }
     html.push_str(r#"</table><table><tr><th>model</th><th class="num">prompt</th><th class="num">completion</th><th class="num">est. cost</th></tr>"#);

@@ -144,16 +144,7 @@ fn render_spikes(t: &Timeline, out: &mut dyn Write) -> io::Result<()> {
                 utc(at, "[hour]:[minute]:[second]")
             )?;
         }
-        let statuses: Vec<(String, u64)> = spike
-            .statuses
-            .iter()
-            .map(|(s, n)| {
-                (
-                    s.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
-                    *n,
-                )
-            })
-            .collect();
+        let statuses = spike.status_tally();
         for (label, tally) in [
             ("classes", &spike.classes),
             ("statuses", &statuses),

@@ -30,7 +30,9 @@ use crate::store::StoreError;
 use crate::store::db::{Event, Job};
 
 pub use chart::{render_text, to_json};
-pub use spikes::{MIN_SPIKE_SCORE, SPIKE_ERROR_SHARE, Scanner, Spike, Stretch, missing_scopes};
+pub use spikes::{
+    MIN_SPIKE_SCORE, SPIKE_ERROR_SHARE, Scanner, Spike, Stretch, missing_scopes, status_label,
+};
 
 /// Most buckets an automatic width gives a job: one character each in a 100-column terminal.
 pub const MAX_AUTO_BUCKETS: i64 = 75;

@@ -167,7 +167,20 @@ pub struct Spike {
     pub keys_in_use: Vec<(String, u64, u64)>,
 }
 
+/// An attempt's HTTP status as shown to people: the code, or "no answer".
+pub fn status_label(status: Option<u16>) -> String {
+    status.map_or_else(|| "no answer".to_owned(), |s| s.to_string())
+}
+
 impl Spike {
+    /// [`Spike::statuses`] labelled for display, like the other tallies.
+    pub fn status_tally(&self) -> Vec<(String, u64)> {
+        self.statuses
+            .iter()
+            .map(|(status, n)| (status_label(*status), *n))
+            .collect()
+    }
+
     /// What it was and whose fault it looks like, in one sentence for people.
     pub fn verdict(&self) -> String {
         let cause = match self.classes.first().map(|(c, _)| c.as_str()) {

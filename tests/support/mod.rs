@@ -98,6 +98,20 @@ pub async fn run_with(args: &[&str], env: ApiEnv, shutdown: Shutdown) -> anyhow:
     runner::run(cli.command, env, shutdown).await
 }
 
+/// Runs `args` in-process on a task of its own, so a test can act while it runs (stop it,
+/// start a rival, read the journal).
+pub fn spawn_run(
+    args: &[&str],
+    env: ApiEnv,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<anyhow::Result<Exit>> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_with(&args, env, shutdown).await
+    })
+}
+
 /// `submit FILE --db DB --base-url MOCK --model test-model --no-progress` plus `extra`.
 pub fn submit_args<'a>(
     file: &'a str,
@@ -223,6 +237,18 @@ pub async fn wait_until_healthy(base_url: &str) {
 pub fn query_text(db: &Path, sql: &str) -> Option<String> {
     let conn = rusqlite::Connection::open(db).expect("db opens");
     conn.query_row(sql, [], |r| r.get(0)).expect("query")
+}
+
+/// Keys of the requests the journal says succeeded.
+pub fn journaled_successes(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).expect("db opens");
+    let mut stmt = conn
+        .prepare("SELECT key FROM requests WHERE state = 'succeeded'")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
 }
 
 /// `PRAGMA integrity_check` of the database: "ok" when nothing is corrupted.
