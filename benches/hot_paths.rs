@@ -5,10 +5,10 @@
 use std::hint::black_box;
 use std::io::Cursor;
 
+use runner::domain::{AttemptOutcome, Completion, Disposition, JobId, Usage};
 use runner::http::classify::{ApiError, Class, Observation, classify};
+use runner::http::response::parse_success;
 use runner::input::{CHAT_ENDPOINT, InputOptions, InputReader, content_hash};
-use runner::request::{AttemptOutcome, Completion, Disposition, JobId, Usage};
-use runner::response::parse_success;
 use runner::store::{db, migrate};
 
 fn main() {
@@ -139,5 +139,5 @@ fn estimate_tokens() -> u64 {
     let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
         {"role": "system", "content": "You are a careful assistant."},
         {"role": "user", "content": "Summarise item number 12345 in one sentence."}]});
-    runner::tokens::estimate("/v1/chat/completions", black_box(&body), 256)
+    runner::engine::tokens::estimate("/v1/chat/completions", black_box(&body), 256)
 }

@@ -1,4 +1,4 @@
-//! The raw command-line flags (clap). [`crate::config`] turns them into checked settings.
+//! The raw command-line flags (clap). [`crate::engine::config`] turns them into checked settings.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
@@ -6,12 +6,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use crate::attempts::{AttemptsFormat, TimeArg, parse_class_filter};
-use crate::http::classify::{Class, UnknownClass};
+use crate::domain::{AttemptClass, PriceOverride, UnknownName};
 use crate::input::DEFAULT_MAX_LINE_BYTES;
 use crate::mock::MockArgs;
-use crate::prices::PriceOverride;
 
 /// Resilient batch runner for the OpenAI API and OpenAI-compatible servers.
 ///
@@ -126,7 +126,7 @@ pub struct RunArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryBudget {
     /// `transient`, `auth_transient` or `rate_limited`.
-    pub class: Class,
+    pub class: AttemptClass,
     /// Attempts of that class a request may spend.
     pub attempts: u32,
 }
@@ -138,10 +138,10 @@ impl FromStr for RetryBudget {
         let (class, n) = s
             .split_once('=')
             .ok_or_else(|| format!("'{s}' is not CLASS=N, e.g. auth_transient=200"))?;
-        let class: Class = class
+        let class: AttemptClass = class
             .trim()
             .parse()
-            .map_err(|e: UnknownClass| e.to_string())?;
+            .map_err(|e: UnknownName| e.to_string())?;
         if !class.is_retryable() {
             return Err(format!(
                 "class '{class}' is never retried: budgets exist for transient, auth_transient and rate_limited"
@@ -209,7 +209,7 @@ pub struct RetryFailedArgs {
     pub job: Option<String>,
     /// Only requests whose last error has this class, e.g. auth_transient or request_failed
     #[arg(long, value_name = "CLASS")]
-    pub class: Option<Class>,
+    pub class: Option<AttemptClass>,
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,
@@ -320,8 +320,8 @@ pub struct AttemptsArgs {
     #[arg(long, value_name = "CODE")]
     pub status: Option<u16>,
     /// Only this class: succeeded, transient, auth_transient, rate_limited, request_failed, job_stop or interrupted
-    #[arg(long, value_name = "CLASS", value_parser = parse_class_filter)]
-    pub class: Option<String>,
+    #[arg(long, value_name = "CLASS")]
+    pub class: Option<AttemptClass>,
     /// Only attempts sent with this key: its label, or its fingerprint as journaled (sk-proj-…abcd)
     #[arg(long, value_name = "LABEL")]
     pub key: Option<String>,
@@ -395,4 +395,93 @@ pub struct DoctorArgs {
     /// Time limit of each network check
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
+}
+
+/// Output formats of `runner attempts`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptsFormat {
+    /// Aligned columns for people (long custom_ids and messages are shortened)
+    Table,
+    /// One JSON object per attempt
+    Jsonl,
+    /// One row per attempt, with a header row
+    Csv,
+}
+
+/// A point in time given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeArg {
+    /// An absolute time, unix ms.
+    At(i64),
+    /// This long before now.
+    Ago(Duration),
+}
+
+impl TimeArg {
+    /// Unix ms, with `now` for relative times.
+    pub fn resolve(self, now: i64) -> i64 {
+        match self {
+            TimeArg::At(ms) => ms,
+            TimeArg::Ago(d) => now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl FromStr for TimeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+            let ms = t.unix_timestamp_nanos() / 1_000_000;
+            return i64::try_from(ms)
+                .map(TimeArg::At)
+                .map_err(|_| format!("'{s}' is out of range"));
+        }
+        humantime::parse_duration(s).map(TimeArg::Ago).map_err(|_| {
+            format!(
+                "'{s}' is neither an RFC 3339 time (2026-04-14T09:30:00Z) nor a duration ago (10m, 2h30m)"
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case("2026-04-14T09:30:00Z", TimeArg::At(1_776_159_000_000))]
+    #[case("2026-04-14T11:30:00+02:00", TimeArg::At(1_776_159_000_000))]
+    #[case("10m", TimeArg::Ago(Duration::from_secs(600)))]
+    #[case("1h 30m", TimeArg::Ago(Duration::from_secs(5400)))]
+    fn times_are_absolute_or_ago(#[case] text: &str, #[case] expected: TimeArg) {
+        assert_eq!(text.parse::<TimeArg>(), Ok(expected));
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        assert_eq!(
+            TimeArg::Ago(Duration::from_secs(600)).resolve(1_000_000),
+            400_000
+        );
+        let err = "yesterday".parse::<TimeArg>().expect_err("not a time");
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn class_filters_accept_interrupted() {
+        let cli =
+            Cli::try_parse_from(["runner", "attempts", "--class", "interrupted"]).expect("parses");
+        let Command::Attempts(args) = cli.command else {
+            panic!("not attempts: {:?}", cli.command);
+        };
+        assert_eq!(args.class, Some(AttemptClass::Interrupted));
+        let err = Cli::try_parse_from(["runner", "attempts", "--class", "oops"])
+            .expect_err("unknown class");
+        assert!(err.to_string().contains("auth_transient"), "{err}");
+    }
 }

@@ -10,10 +10,10 @@ use anyhow::Context as _;
 
 use crate::Exit;
 use crate::cli::{DbArgs, DemoArgs, ExportArgs, ExportFormat, RunArgs, SubmitArgs};
-use crate::config::ApiEnv;
+use crate::engine::config::ApiEnv;
+use crate::engine::shutdown::Shutdown;
 use crate::http::client::ApiKey;
 use crate::mock::{Fault, MockConfig, MockServer, Spike};
-use crate::shutdown::Shutdown;
 
 /// The sample prompts, built into the binary so the demo runs from any directory.
 pub const DEMO_INPUT: &str = include_str!("../samples/demo.jsonl");
@@ -87,7 +87,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         api_key: Some(ApiKey::new("sk-demo-not-a-real-key-0000")),
         ..ApiEnv::default()
     };
-    let result = crate::job::submit(submit, &env, shutdown).await;
+    let result = crate::engine::job::submit(submit, &env, shutdown).await;
     let _ = std::fs::remove_file(&input);
     let stats = mock.stats();
     mock.shutdown().await;
@@ -102,7 +102,8 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         output: Some(args.output.clone()),
         no_sanitize: false,
     };
-    let rows = tokio::task::spawn_blocking(move || crate::export::export(&export)).await??;
+    let rows =
+        tokio::task::spawn_blocking(move || crate::inspect::export::export(&export)).await??;
     let errors: u64 = stats
         .by_status
         .iter()

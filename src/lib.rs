@@ -46,41 +46,25 @@
 //! store ─▶ export (CSV / JSONL), status, attempts, timeline, report
 //! ```
 
-pub mod attempt;
-pub mod attempts;
-pub mod breaker;
 pub mod cli;
-pub mod config;
 pub mod demo;
-pub mod doctor;
-pub mod export;
+pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod input;
-pub mod job;
-pub mod journal;
-pub mod keys;
+pub mod inspect;
 pub mod mock;
-pub mod prices;
-pub mod progress;
-pub mod rate_limit;
-pub mod report;
-pub mod request;
-pub mod response;
-pub mod retry;
-pub mod shutdown;
-pub mod status;
 pub mod store;
-pub mod summary;
-pub mod timeline;
-pub mod tokens;
-pub mod worker;
+pub mod util;
 
 use std::io;
 use std::process::ExitCode;
 
 use crate::cli::Command;
-use crate::config::ApiEnv;
-use crate::shutdown::Shutdown;
+use crate::engine::config::ApiEnv;
+use crate::engine::job;
+use crate::engine::shutdown::Shutdown;
+use crate::inspect::{attempts, doctor, export, report, status};
 
 /// How a command ended, as the process exit code (see README "Exit codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

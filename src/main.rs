@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use runner::cli::Cli;
-use runner::config::ApiEnv;
-use runner::shutdown::{Shutdown, forward_signals};
+use runner::engine::config::ApiEnv;
+use runner::engine::shutdown::{Shutdown, forward_signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use rstest::rstest;
 use runner::cli::DoctorArgs;
-use runner::config::ApiEnv;
-use runner::doctor::{Diagnosis, Verdict, diagnose};
+use runner::engine::config::ApiEnv;
+use runner::inspect::doctor::{Diagnosis, Verdict, diagnose};
 use runner::mock::MockConfig;
 use support::*;
 

@@ -153,9 +153,12 @@ async fn two_keys_one_invalid_the_job_completes_on_the_other() {
         &url,
         &["--keys-file", &keys, "--concurrency", "8"],
     );
-    let exit = within("two keys", run(&args, runner::config::ApiEnv::default()))
-        .await
-        .expect("runs");
+    let exit = within(
+        "two keys",
+        run(&args, runner::engine::config::ApiEnv::default()),
+    )
+    .await
+    .expect("runs");
     assert_eq!(exit, Exit::Success);
     assert_eq!(count(&s.db(), "succeeded"), 200);
     let stats = mock.stats();
@@ -204,7 +207,7 @@ async fn a_flapping_key_cools_down_and_traffic_shifts_to_the_other() {
     );
     let exit = within(
         "flapping key",
-        run(&args, runner::config::ApiEnv::default()),
+        run(&args, runner::engine::config::ApiEnv::default()),
     )
     .await
     .expect("runs");

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use runner::Exit;
+use runner::engine::shutdown::Shutdown;
 use runner::mock::MockConfig;
-use runner::shutdown::Shutdown;
 use support::bin::{Running, output, runner, text};
 use support::*;
 

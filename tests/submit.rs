@@ -5,9 +5,9 @@ mod support;
 use std::time::Duration;
 
 use runner::Exit;
-use runner::export::CSV_COLUMNS;
+use runner::engine::shutdown::Shutdown;
+use runner::inspect::export::CSV_COLUMNS;
 use runner::mock::{Fault, MockConfig, Spike};
-use runner::shutdown::Shutdown;
 use serde_json::json;
 use support::*;
 
@@ -438,8 +438,13 @@ async fn batch_lines_reach_their_own_endpoints_and_export_as_batch_output() {
     let conn = runner::store::open_read_only(&s.db()).expect("db");
     let job = runner::store::db::resolve_job(&conn, Some("batch")).expect("job");
     let mut out = Vec::new();
-    let n = runner::export::write_export(&conn, &job, runner::cli::ExportFormat::Jsonl, &mut out)
-        .expect("export");
+    let n = runner::inspect::export::write_export(
+        &conn,
+        &job,
+        runner::cli::ExportFormat::Jsonl,
+        &mut out,
+    )
+    .expect("export");
     assert_eq!(n, 4);
     let lines: Vec<serde_json::Value> = String::from_utf8(out)
         .expect("utf8")

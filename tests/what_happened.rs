@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use runner::Exit;
 use runner::cli::{Cli, Command};
+use runner::engine::shutdown::Shutdown;
 use runner::mock::{Fault, MockConfig, Spike};
-use runner::shutdown::Shutdown;
-use runner::worker::now_ms;
+use runner::util::clock::now_ms;
 use serde_json::Value;
 use support::*;
 
@@ -28,7 +28,7 @@ async fn status(args: &[&str]) -> String {
     };
     let out = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        runner::status::status(&args, &mut out).map(|()| out)
+        runner::inspect::status::status(&args, &mut out).map(|()| out)
     })
     .await
     .expect("join")
@@ -43,7 +43,7 @@ async fn attempts(args: &[&str]) -> String {
     };
     let out = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        runner::attempts::attempts(&args, &mut out).map(|_| out)
+        runner::inspect::attempts::attempts(&args, &mut out).map(|_| out)
     })
     .await
     .expect("join")
@@ -158,7 +158,7 @@ async fn a_missing_scope_spike_is_found_within_one_bucket_with_its_evidence() {
         };
         let out = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            runner::status::timeline(&args, &mut out).map(|()| out)
+            runner::inspect::status::timeline(&args, &mut out).map(|()| out)
         })
         .await
         .expect("join")
@@ -234,7 +234,7 @@ async fn a_missing_scope_spike_is_found_within_one_bucket_with_its_evidence() {
         .iter()
         .map(str::to_owned)
         .collect();
-    assert_eq!(header, runner::attempts::ATTEMPT_COLUMNS);
+    assert_eq!(header, runner::inspect::attempts::ATTEMPT_COLUMNS);
     let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>().expect("rows");
     assert_eq!(rows.len() as i64, all_401);
     assert!(

@@ -4,85 +4,9 @@
 //! HTTP status, the error body's `code`, `type` and `message`, and the `x-should-retry` header. Its
 //! match arms are the README's "Error taxonomy" table, row for row: change one, change the other.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::Deserialize;
 
-/// What an attempt's result means. Stored in `attempts.error_class` by [`Class::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Class {
-    /// A 2xx answer with a body that parses.
-    Succeeded,
-    /// Worth retrying with backoff: connection errors, timeouts, 408, 409, 5xx, an unparseable 2xx.
-    Transient,
-    /// The intermittent 401 of the April 2026 incident ("Missing scopes", "RBAC: access denied"):
-    /// the same request succeeds later, so it is requeued, never failed fast.
-    AuthTransient,
-    /// 429 `rate_limit_exceeded`: wait as the server says.
-    RateLimited,
-    /// This request is wrong (400, 404, 422, other 4xx, 429 "Request too large"): record it and go on.
-    RequestFailed,
-    /// Nothing will succeed until a person acts (invalid key, 403, quota): stop dispatching and keep
-    /// every unsent request pending.
-    JobStop,
-}
-
-impl Class {
-    /// Every class, in the README's table order.
-    pub const ALL: [Class; 6] = [
-        Class::Succeeded,
-        Class::Transient,
-        Class::AuthTransient,
-        Class::RateLimited,
-        Class::RequestFailed,
-        Class::JobStop,
-    ];
-
-    /// The stable name stored in the journal and accepted on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Succeeded => "succeeded",
-            Class::Transient => "transient",
-            Class::AuthTransient => "auth_transient",
-            Class::RateLimited => "rate_limited",
-            Class::RequestFailed => "request_failed",
-            Class::JobStop => "job_stop",
-        }
-    }
-
-    /// Whether another attempt of the same request can succeed.
-    pub fn is_retryable(self) -> bool {
-        match self {
-            Class::Transient | Class::AuthTransient | Class::RateLimited => true,
-            Class::Succeeded | Class::RequestFailed | Class::JobStop => false,
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A class name that is not one of [`Class::ALL`].
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown error class '{0}': expected one of succeeded, transient, auth_transient, rate_limited, request_failed, job_stop"
-)]
-pub struct UnknownClass(String);
-
-impl FromStr for Class {
-    type Err = UnknownClass;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Class::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownClass(s.to_owned()))
-    }
-}
+pub use crate::domain::{Class, StopCause};
 
 /// How an attempt failed to produce an HTTP answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,10 +158,10 @@ fn classify_status(status: u16, error: &ApiError, body_parses: bool) -> Class {
         200..=299 if body_parses => Class::Succeeded,
         200..=299 => Class::Transient,
         401 if error.is_scope_flap() => Class::AuthTransient,
-        401 => Class::JobStop,
-        403 => Class::JobStop,
+        401 => Class::JobStop(StopCause::KeyRejected),
+        403 => Class::JobStop(StopCause::Forbidden),
         408 | 409 => Class::Transient,
-        429 if error.is_quota() => Class::JobStop,
+        429 if error.is_quota() => Class::JobStop(StopCause::Quota),
         429 if error.is_too_large() => Class::RequestFailed,
         429 => Class::RateLimited,
         400..=499 => Class::RequestFailed,
@@ -251,7 +175,7 @@ fn classify_status(status: u16, error: &ApiError, body_parses: bool) -> Class {
 /// cannot turn a success into a failure nor a job-level stop into a retry.
 fn apply_should_retry(class: Class, should_retry: Option<bool>) -> Class {
     match (class, should_retry) {
-        (Class::Succeeded | Class::JobStop, _) | (_, None) => class,
+        (Class::Succeeded | Class::JobStop(_), _) | (_, None) => class,
         (Class::RequestFailed, Some(true)) => Class::Transient,
         (Class::Transient | Class::AuthTransient | Class::RateLimited, Some(false)) => {
             Class::RequestFailed
@@ -291,8 +215,8 @@ mod tests {
     #[case::missing_scope(401, MISSING_SCOPE, Class::AuthTransient)]
     #[case::missing_scope_null_code(401, MISSING_SCOPE_NULL_CODE, Class::AuthTransient)]
     #[case::rbac_plain_text(401, "RBAC: access denied", Class::AuthTransient)]
-    #[case::invalid_key(401, INVALID_KEY, Class::JobStop)]
-    #[case::forbidden(403, r#"{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","param":null,"code":"unsupported_country_region_territory"}}"#, Class::JobStop)]
+    #[case::invalid_key(401, INVALID_KEY, Class::JobStop(StopCause::KeyRejected))]
+    #[case::forbidden(403, r#"{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","param":null,"code":"unsupported_country_region_territory"}}"#, Class::JobStop(StopCause::Forbidden))]
     #[case::bad_request(
         400,
         r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#,
@@ -304,8 +228,8 @@ mod tests {
     #[case::conflict(409, "", Class::Transient)]
     #[case::rate_limited(429, RATE_LIMIT, Class::RateLimited)]
     #[case::too_large(429, TOO_LARGE, Class::RequestFailed)]
-    #[case::quota(429, QUOTA, Class::JobStop)]
-    #[case::quota_old_form(429, QUOTA_OLD, Class::JobStop)]
+    #[case::quota(429, QUOTA, Class::JobStop(StopCause::Quota))]
+    #[case::quota_old_form(429, QUOTA_OLD, Class::JobStop(StopCause::Quota))]
     #[case::server_error(500, SERVER_ERROR, Class::Transient)]
     #[case::bad_gateway(502, "<html>bad gateway</html>", Class::Transient)]
     #[case::overloaded(503, "The engine is currently overloaded", Class::Transient)]
@@ -338,7 +262,7 @@ mod tests {
     #[case::retry_forces_4xx(400, Some(true), Class::Transient)]
     #[case::no_retry_stops_5xx(500, Some(false), Class::RequestFailed)]
     #[case::no_retry_stops_429(429, Some(false), Class::RequestFailed)]
-    #[case::cannot_unstop_job(403, Some(true), Class::JobStop)]
+    #[case::cannot_unstop_job(403, Some(true), Class::JobStop(StopCause::Forbidden))]
     #[case::absent_keeps_status_rule(500, None, Class::Transient)]
     fn should_retry_header_overrides(
         #[case] status: u16,
@@ -417,27 +341,7 @@ mod tests {
             answer(500, SERVER_ERROR, true),
             answer(302, "", true),
         ];
-        let coded: Vec<&str> = rows.iter().map(|c| c.as_str()).collect();
+        let coded: Vec<&str> = rows.iter().map(|c| c.journaled().as_str()).collect();
         assert_eq!(documented, coded, "README table vs classify()");
-    }
-
-    #[test]
-    fn class_names_round_trip() {
-        for class in Class::ALL {
-            assert_eq!(class.as_str().parse::<Class>().ok(), Some(class));
-        }
-        assert!("nonsense".parse::<Class>().is_err());
-    }
-
-    #[test]
-    fn only_transient_kinds_retry() {
-        let retryable: Vec<Class> = Class::ALL
-            .into_iter()
-            .filter(|c| c.is_retryable())
-            .collect();
-        assert_eq!(
-            retryable,
-            [Class::Transient, Class::AuthTransient, Class::RateLimited]
-        );
     }
 }

@@ -8,9 +8,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 pub use super::ingest::{IngestReport, ingest};
-use crate::http::classify::Class;
-use crate::request::{
-    AttemptOutcome, Claimed, Completion, Counts, Disposition, JobId, RequestId, RequestState, Spent,
+use crate::domain::{
+    AttemptClass, AttemptOutcome, Claimed, Class, Completion, Counts, Disposition, EventKind,
+    JobId, JobState, RequestId, RequestState, Spent,
 };
 
 /// A job as stored.
@@ -27,39 +27,14 @@ pub struct Job {
     pub input_fingerprint: Option<String>,
     /// JSON of the run settings.
     pub config: String,
-    /// `running`, `completed`, `stopped` or `interrupted`.
-    pub state: String,
+    /// Where the job is in its life.
+    pub state: JobState,
     /// Why it stopped, for `stopped`.
     pub state_reason: Option<String>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
-}
-
-/// The life of a job as a whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobState {
-    /// A runner is (or was, until it crashed) working on it.
-    Running,
-    /// Every request is done.
-    Completed,
-    /// A job-level condition stopped dispatch; requests are pending.
-    Stopped,
-    /// A signal stopped the runner; requests are pending.
-    Interrupted,
-}
-
-impl JobState {
-    /// The name stored in `jobs.state`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Running => "running",
-            JobState::Completed => "completed",
-            JobState::Stopped => "stopped",
-            JobState::Interrupted => "interrupted",
-        }
-    }
 }
 
 const JOB_COLUMNS: &str =
@@ -168,9 +143,9 @@ pub fn set_job_state(
 ) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE jobs SET state = ?2, state_reason = ?3, updated_at = ?4 WHERE id = ?1",
-        params![job.0, state.as_str(), reason, now],
+        params![job.0, state, reason, now],
     )?;
-    record_event(conn, job, state.as_str(), reason, now)
+    record_event(conn, job, EventKind::from(state), reason, now)
 }
 
 /// Appends a job-level event.
@@ -180,7 +155,7 @@ pub fn set_job_state(
 pub fn record_event(
     conn: &Connection,
     job: JobId,
-    kind: &str,
+    kind: EventKind,
     detail: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -291,13 +266,13 @@ pub fn release(conn: &Connection, ids: &[RequestId]) -> Result<(), StoreError> {
 pub fn requeue_failed(
     conn: &Connection,
     job: JobId,
-    class: Option<Class>,
+    class: Option<AttemptClass>,
 ) -> Result<u64, StoreError> {
     let n = conn.execute(
         "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
                 transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
          WHERE job_id = ?1 AND state = 'failed' AND (?2 IS NULL OR error_class = ?2)",
-        params![job.0, class.map(Class::as_str)],
+        params![job.0, class],
     )?;
     Ok(n as u64)
 }
@@ -349,9 +324,9 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
         c.started_at,
         c.finished_at,
         c.latency_ms(),
-        c.outcome.as_str(),
+        c.outcome,
         c.http_status,
-        c.class.as_str(),
+        c.class.journaled(),
         c.error_code,
         c.error_message,
         c.x_request_id,
@@ -375,11 +350,11 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
     )?
     .execute(params![
         c.request.0,
-        state.as_str(),
+        state,
         c.number,
         next_at,
         c.http_status,
-        (!succeeded).then(|| c.class.as_str()),
+        (!succeeded).then(|| c.class.journaled()),
         c.error_code,
         c.error_message,
         c.x_request_id,
@@ -414,19 +389,18 @@ pub fn counts(conn: &Connection, job: JobId) -> Result<Counts, StoreError> {
     let mut counts = Counts::default();
     let mut rows = stmt.query([job.0])?;
     while let Some(row) = rows.next()? {
-        let state: String = row.get(0)?;
+        let state: RequestState = row.get(0)?;
         let n = row.get::<_, i64>(1)? as u64;
         let retried = row.get::<_, i64>(2)? as u64;
         counts.total += n;
-        match state.parse::<RequestState>() {
-            Ok(RequestState::Pending) => {
+        match state {
+            RequestState::Pending => {
                 counts.pending = n;
                 counts.retrying = retried;
             }
-            Ok(RequestState::InFlight) => counts.in_flight = n,
-            Ok(RequestState::Succeeded) => counts.succeeded = n,
-            Ok(RequestState::Failed) => counts.failed = n,
-            Err(e) => return Err(StoreError::Corrupt(e.to_string())),
+            RequestState::InFlight => counts.in_flight = n,
+            RequestState::Succeeded => counts.succeeded = n,
+            RequestState::Failed => counts.failed = n,
         }
     }
     Ok(counts)
@@ -436,7 +410,11 @@ pub fn counts(conn: &Connection, job: JobId) -> Result<Counts, StoreError> {
 ///
 /// # Errors
 /// Database errors.
-pub fn attempts_by_class(conn: &Connection, job: JobId) -> Result<Tallies, StoreError> {
+pub fn attempts_by_class(
+    conn: &Connection,
+    job: JobId,
+) -> Result<Tallies<AttemptClass>, StoreError> {
+    // An interrupted attempt has no class; its outcome, `interrupted`, is the class's name.
     let mut stmt = conn.prepare(
         "SELECT coalesce(error_class, outcome), count(*) FROM attempts WHERE job_id = ?1
          GROUP BY 1 ORDER BY 2 DESC",
@@ -452,14 +430,14 @@ pub fn attempts_by_class(conn: &Connection, job: JobId) -> Result<Tallies, Store
 pub struct Event {
     /// Unix ms.
     pub at: i64,
-    /// e.g. `breaker_open`, `key_quarantined`, `stopped`.
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// Human detail.
     pub detail: Option<String>,
 }
 
-/// Counts by name, e.g. events by kind or attempts by class.
-pub type Tallies = Vec<(String, u64)>;
+/// Counts by name, e.g. events by kind or attempts by class, most first or in name order.
+pub type Tallies<T> = Vec<(T, u64)>;
 
 /// Events of a job by kind, and the last `limit` of them (oldest first).
 ///
@@ -469,7 +447,7 @@ pub fn events(
     conn: &Connection,
     job: JobId,
     limit: usize,
-) -> Result<(Tallies, Vec<Event>), StoreError> {
+) -> Result<(Tallies<EventKind>, Vec<Event>), StoreError> {
     let mut stmt = conn.prepare(
         "SELECT kind, count(*) FROM events WHERE job_id = ?1 GROUP BY kind ORDER BY kind",
     )?;
@@ -506,14 +484,14 @@ pub fn token_totals(conn: &Connection, job: JobId) -> Result<(i64, i64, i64), St
 }
 
 /// One request as exported.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RequestRow {
     /// custom_id or derived key.
     pub key: String,
     /// Input line.
     pub line: i64,
-    /// State name.
-    pub state: String,
+    /// Where the request is.
+    pub state: RequestState,
     /// Last HTTP status.
     pub http_status: Option<u16>,
     /// Attempts journaled.
@@ -531,7 +509,7 @@ pub struct RequestRow {
     /// Last `x-request-id`.
     pub x_request_id: Option<String>,
     /// Last error's class (none after success).
-    pub error_class: Option<String>,
+    pub error_class: Option<AttemptClass>,
     /// Last error's code.
     pub error_code: Option<String>,
     /// Last error's message.

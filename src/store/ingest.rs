@@ -4,9 +4,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::db::atomically;
 use super::{StoreError, invalid};
+use crate::domain::JobId;
 use crate::input::{InputError, InputReader};
-use crate::request::JobId;
-use crate::worker::now_ms;
+use crate::util::clock::now_ms;
 
 /// What an ingest did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

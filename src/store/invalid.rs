@@ -13,8 +13,8 @@
 use rusqlite::{Connection, params};
 
 use super::StoreError;
+use crate::domain::JobId;
 use crate::input::{InputError, Prompt};
-use crate::request::JobId;
 
 /// The `error_class` of a line that could not be read as a request.
 pub const INVALID_INPUT: &str = "invalid_input";

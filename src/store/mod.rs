@@ -13,8 +13,10 @@ pub mod db;
 pub mod fault;
 pub mod ingest;
 mod invalid;
+pub mod journal;
 pub mod lease;
 pub mod migrate;
+mod sql;
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -23,8 +25,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::domain::Completion;
 use crate::input::InputError;
-use crate::request::Completion;
 
 /// Commands queued for the owner thread at most. Bounds memory; a full queue slows the workers
 /// (backpressure) instead of growing without limit.
@@ -444,8 +446,8 @@ fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), WriteF
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{AttemptOutcome, Disposition, JobId, Usage};
     use crate::http::classify::Class;
-    use crate::request::{AttemptOutcome, Disposition, JobId, Usage};
 
     fn memory_store() -> (JobStore, StoreThread) {
         let mut conn = Connection::open_in_memory().expect("memory db");
@@ -486,7 +488,7 @@ mod tests {
         // A failed journal write is the store's problem: nothing after it is accepted.
         store
             .record(Completion {
-                request: crate::request::RequestId(999),
+                request: crate::domain::RequestId(999),
                 job: JobId(999),
                 number: 1,
                 started_at: 0,

@@ -12,10 +12,10 @@ use std::time::Duration;
 use clap::Parser;
 use runner::Exit;
 use runner::cli::Cli;
-use runner::config::ApiEnv;
+use runner::engine::config::ApiEnv;
+use runner::engine::shutdown::Shutdown;
 use runner::http::client::ApiKey;
 use runner::mock::{MockConfig, MockServer};
-use runner::shutdown::Shutdown;
 use serde_json::{Value, json};
 
 /// Upper bound for any wait in a test: generous for a loaded 2-core CI machine.
@@ -163,7 +163,7 @@ pub fn export_csv(db: &Path, job: &str) -> (Vec<String>, Vec<csv::StringRecord>)
         output: Some(out.clone()),
         no_sanitize: false,
     };
-    runner::export::export(&args).expect("export");
+    runner::inspect::export::export(&args).expect("export");
     let mut reader = csv::Reader::from_path(&out).expect("csv opens");
     let header = reader
         .headers()

@@ -6,11 +6,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{LeaseError, LeaseOwner, RENEW_EVERY, Renewal, release, renew};
-use crate::request::JobId;
-use crate::shutdown::Shutdown;
+use crate::domain::JobId;
+use crate::engine::shutdown::Shutdown;
 use crate::store::db::Job;
 use crate::store::{JobStore, StoreError};
-use crate::worker::now_ms;
+use crate::util::clock::now_ms;
 
 /// Keeps a lease renewed while a job runs. Dropping it stops the renewals (the lease then
 /// expires); [`LeaseKeeper::finish`] also releases it.

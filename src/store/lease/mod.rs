@@ -26,7 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use super::db::Job;
-use crate::request::JobId;
+use crate::domain::JobId;
 
 mod keeper;
 

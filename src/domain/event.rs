@@ -1,0 +1,105 @@
+//! Job-level events: what the `events` table records beside the attempts.
+
+use super::names::named;
+use super::state::JobState;
+
+/// What happened to a job as a whole, at a moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A run started ([`JobState::Running`]).
+    Running,
+    /// A run ended with every request done.
+    Completed,
+    /// A run ended on a job-level stop; the detail says why.
+    Stopped,
+    /// A run ended on a signal.
+    Interrupted,
+    /// The circuit breaker opened: dispatch paused for a cool-down.
+    BreakerOpen,
+    /// The cool-down ended: one probe request goes out.
+    BreakerHalfOpen,
+    /// The probe succeeded: dispatch resumed.
+    BreakerClosed,
+    /// A key is cooling down after auth flaps; traffic moved to the others.
+    KeyCooling,
+    /// A key was rejected and is not used again in this run.
+    KeyQuarantined,
+}
+
+named!(EventKind, "event kind", {
+    Running => "running",
+    Completed => "completed",
+    Stopped => "stopped",
+    Interrupted => "interrupted",
+    BreakerOpen => "breaker_open",
+    BreakerHalfOpen => "breaker_half_open",
+    BreakerClosed => "breaker_closed",
+    KeyCooling => "key_cooling",
+    KeyQuarantined => "key_quarantined",
+});
+
+impl EventKind {
+    /// Whether the event is about one key of the pool.
+    pub fn is_key(self) -> bool {
+        match self {
+            EventKind::KeyCooling | EventKind::KeyQuarantined => true,
+            EventKind::Running
+            | EventKind::Completed
+            | EventKind::Stopped
+            | EventKind::Interrupted
+            | EventKind::BreakerOpen
+            | EventKind::BreakerHalfOpen
+            | EventKind::BreakerClosed => false,
+        }
+    }
+
+    /// Whether the event ends a run of the job.
+    pub fn ends_run(self) -> bool {
+        match self {
+            EventKind::Completed | EventKind::Stopped | EventKind::Interrupted => true,
+            EventKind::Running
+            | EventKind::BreakerOpen
+            | EventKind::BreakerHalfOpen
+            | EventKind::BreakerClosed
+            | EventKind::KeyCooling
+            | EventKind::KeyQuarantined => false,
+        }
+    }
+}
+
+impl From<JobState> for EventKind {
+    /// A job's change of state is journaled as the event of the same name.
+    fn from(state: JobState) -> EventKind {
+        match state {
+            JobState::Running => EventKind::Running,
+            JobState::Completed => EventKind::Completed,
+            JobState::Stopped => EventKind::Stopped,
+            JobState::Interrupted => EventKind::Interrupted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_states_are_events_of_the_same_name() {
+        for state in JobState::ALL {
+            assert_eq!(EventKind::from(*state).as_str(), state.as_str());
+        }
+        let ends: Vec<EventKind> = EventKind::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.ends_run())
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                EventKind::Completed,
+                EventKind::Stopped,
+                EventKind::Interrupted
+            ]
+        );
+    }
+}

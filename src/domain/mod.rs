@@ -1,0 +1,155 @@
+//! The domain's vocabulary, shared by every layer: ids, the request state machine, the error
+//! taxonomy's classes, job events, and the records an attempt leaves. Each vocabulary is one
+//! enum, converted to and from text only where it meets SQL or output ([`names`]).
+
+mod class;
+mod event;
+pub(crate) mod names;
+pub mod price;
+mod state;
+
+pub use class::{AttemptClass, Class, StopCause};
+pub use event::EventKind;
+pub use names::UnknownName;
+pub use price::{BadPrice, Price, PriceOverride};
+pub use state::{AttemptOutcome, JobState, RequestState};
+
+/// A job's row id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub i64);
+
+/// A request's row id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub i64);
+
+/// A request claimed for sending: everything a worker needs.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// Row id.
+    pub id: RequestId,
+    /// custom_id or derived key.
+    pub key: String,
+    /// Path joined to the base URL.
+    pub url: String,
+    /// JSON body, sent as is.
+    pub body: String,
+    /// Attempts journaled before this one.
+    pub attempts: u32,
+    /// Of those, per retried class, since the budget was last reset.
+    pub spent: Spent,
+}
+
+/// Attempts a request spent per retried class: what its retry budgets are measured against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// `transient` attempts.
+    pub transient: u32,
+    /// `auth_transient` attempts.
+    pub auth_transient: u32,
+    /// `rate_limited` attempts.
+    pub rate_limited: u32,
+}
+
+impl Spent {
+    /// Attempts spent on `class` so far (0 for classes without a budget).
+    pub fn of(&self, class: Class) -> u32 {
+        match class {
+            Class::Transient => self.transient,
+            Class::AuthTransient => self.auth_transient,
+            Class::RateLimited => self.rate_limited,
+            Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => 0,
+        }
+    }
+}
+
+/// Token usage and model read from a success body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// `model` of the answer.
+    pub model: Option<String>,
+    /// `prompt_tokens` or `input_tokens`.
+    pub prompt_tokens: Option<i64>,
+    /// `completion_tokens` or `output_tokens`.
+    pub completion_tokens: Option<i64>,
+    /// `total_tokens`.
+    pub total_tokens: Option<i64>,
+}
+
+/// Where a request goes after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done, successfully.
+    Succeeded,
+    /// Done, failed with this attempt's error.
+    Failed,
+    /// Pending again, not before this time (unix ms).
+    RetryAt(i64),
+    /// Pending again at once; the job is stopping and keeps it for a resume.
+    Requeue,
+}
+
+/// One finished attempt and its request's new state: written in one transaction.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The request.
+    pub request: RequestId,
+    /// Its job.
+    pub job: JobId,
+    /// 1-based attempt number.
+    pub number: u32,
+    /// Unix ms when sending started.
+    pub started_at: i64,
+    /// Unix ms when the answer (or failure) arrived.
+    pub finished_at: i64,
+    /// Whether the server saw it.
+    pub outcome: AttemptOutcome,
+    /// HTTP status, when answered.
+    pub http_status: Option<u16>,
+    /// The taxonomy's verdict.
+    pub class: Class,
+    /// `error.code`, or a transport error's kind.
+    pub error_code: Option<String>,
+    /// `error.message`, or a transport error's text.
+    pub error_message: Option<String>,
+    /// `x-request-id` of the answer.
+    pub x_request_id: Option<String>,
+    /// Which key sent it: a label or `sk-…last4`, never the key.
+    pub key_fingerprint: Option<String>,
+    /// The answer's body (success or error), when there is one.
+    pub response: Option<String>,
+    /// Usage, for successes.
+    pub usage: Usage,
+    /// What happens to the request now.
+    pub disposition: Disposition,
+}
+
+impl Completion {
+    /// Milliseconds from send to answer.
+    pub fn latency_ms(&self) -> i64 {
+        self.finished_at - self.started_at
+    }
+}
+
+/// Requests of a job by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Every request of the job.
+    pub total: u64,
+    /// Waiting to be sent (first time or retry).
+    pub pending: u64,
+    /// Pending after at least one attempt: waiting for a retry.
+    pub retrying: u64,
+    /// Claimed by a worker.
+    pub in_flight: u64,
+    /// Done with success.
+    pub succeeded: u64,
+    /// Done without success.
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Requests that need no more work.
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed
+    }
+}

@@ -1,0 +1,527 @@
+//! One attempt, in three steps: **read** what came back into a [`Reading`] (pure), **decide** the
+//! request's fate with [`decide`] (pure, a table of cases below), then **record**: tell the
+//! breaker, the key pool and the pacer, journal the attempt with its request's new state, and
+//! act on a job-level stop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::domain::{
+    AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, StopCause, Usage,
+};
+use crate::engine::context::Context;
+use crate::engine::keys::{KeyLease, KeyOutcome};
+use crate::engine::retry::{RetryPolicy, server_wait};
+use crate::http::classify::{ApiError, Observation, TransportFailure, classify};
+use crate::http::client::Sent;
+use crate::http::response::parse_success;
+use crate::store::{StoreError, db};
+use crate::util::clock::now_ms;
+use crate::util::sync::lock;
+
+/// Sends one attempt, reads it, decides the request's fate and records it.
+pub(crate) async fn attempt(
+    ctx: Arc<Context>,
+    request: Claimed,
+    lease: KeyLease,
+    probe: bool,
+) -> Result<(), StoreError> {
+    let Claimed {
+        id,
+        key,
+        url,
+        body,
+        attempts,
+        spent,
+    } = request;
+    let started_at = now_ms();
+    let clock = Instant::now();
+    let sent = lease.client.post(&url, body).await;
+    let finished_at = started_at + clock.elapsed().as_millis() as i64;
+    let reading = read(sent, SystemTime::now());
+
+    // The gates learn from every attempt: the server's pace, the service's health, the key's.
+    let now = Instant::now();
+    ctx.pacer.observe(
+        reading.limit_per_minute,
+        reading.class == Class::RateLimited,
+        now,
+    );
+    let unwell = matches!(reading.class, Class::Transient | Class::AuthTransient);
+    let transition = lock(&ctx.breaker).record(unwell, probe, now);
+    let key_event = ctx.keys.record(&lease, KeyOutcome::of(reading.class), now);
+
+    let decision = decide(&Situation {
+        class: reading.class,
+        status: reading.http_status,
+        error: &reading.error,
+        server_wait: reading.wait,
+        spent: spent.of(reading.class) + 1,
+        policy: &ctx.policy,
+        jitter: fastrand::f64(),
+        finished_at,
+        other_keys_usable: ctx.keys.any_usable(),
+        keys: ctx.keys.len(),
+    });
+    if let Some(wait) = decision.pause {
+        ctx.pause_for(wait);
+    }
+    tracing::debug!(
+        key = %key,
+        attempt = attempts + 1,
+        status = ?reading.http_status,
+        class = %reading.class.journaled(),
+        "attempt finished"
+    );
+    let completion = reading.into_completion(
+        id,
+        attempts + 1,
+        ctx.job,
+        lease.client.key_fingerprint().map(str::to_owned),
+        started_at,
+        finished_at,
+        decision.disposition,
+    );
+    record(&ctx, completion, decision.stop).await?;
+    if let Some(transition) = transition {
+        ctx.journal_breaker(&transition).await?;
+    }
+    if let Some(event) = key_event {
+        ctx.journal(event.kind(), event.detail()).await?;
+    }
+    Ok(())
+}
+
+/// Journals the attempt, counts it, and follows a streak of identical permanent errors or a
+/// job-level stop.
+async fn record(
+    ctx: &Context,
+    completion: Completion,
+    stop: Option<String>,
+) -> Result<(), StoreError> {
+    let streak = match completion.class {
+        Class::RequestFailed => ctx.note_permanent(
+            completion.request,
+            Some((completion.http_status, completion.error_code.clone())),
+        ),
+        Class::Succeeded => ctx.note_permanent(completion.request, None),
+        // Retried classes and stops neither extend nor break a streak of configuration errors.
+        Class::Transient | Class::AuthTransient | Class::RateLimited | Class::JobStop(_) => None,
+    };
+    let disposition = completion.disposition;
+    let status = completion.http_status;
+    let code = completion.error_code.clone();
+    ctx.store.record(completion).await?;
+    match disposition {
+        Disposition::Succeeded => ctx.tally.succeeded(),
+        Disposition::Failed => ctx.tally.failed(),
+        Disposition::RetryAt(_) | Disposition::Requeue => ctx.tally.retry_scheduled(),
+    }
+    if let Some(ids) = streak {
+        // The failures were journaled above (same channel, so before this): put them back.
+        let count = ids.len();
+        let requeued = ctx.store.call(move |c| db::requeue(c, &ids)).await?;
+        ctx.tally.unfail(requeued);
+        ctx.stop_job(format!(
+            "the last {count} requests all failed with HTTP {} {}: this looks like a configuration error \
+             (e.g. a wrong model name or endpoint); fix it, then run `runner resume` (those {requeued} requests were requeued)",
+            status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            code.as_deref().unwrap_or("(no code)"),
+        ));
+    }
+    if let Some(reason) = stop {
+        ctx.stop_job(reason);
+    }
+    Ok(())
+}
+
+/// What came back from one attempt: the journal's facts and the hints the gates use.
+#[derive(Clone, Debug)]
+pub(crate) struct Reading {
+    /// Whether the server saw it.
+    outcome: AttemptOutcome,
+    /// HTTP status, when answered.
+    http_status: Option<u16>,
+    /// The taxonomy's verdict.
+    class: Class,
+    /// The parsed error body (empty for a success or a transport failure).
+    error: ApiError,
+    /// `error.code` (or a transport failure's kind), as journaled.
+    error_code: Option<String>,
+    /// `error.message` (or a transport failure's text), as journaled.
+    error_message: Option<String>,
+    /// `x-request-id` of the answer.
+    x_request_id: Option<String>,
+    /// The answer's body, when there is one.
+    response: Option<String>,
+    /// Usage, for successes.
+    usage: Usage,
+    /// The wait the server asked for.
+    wait: Option<Duration>,
+    /// `x-ratelimit-limit-requests`, when sent.
+    limit_per_minute: Option<f64>,
+}
+
+impl Reading {
+    /// The journal's record of this attempt, with the fate [`decide`] chose.
+    fn into_completion(
+        self,
+        request: RequestId,
+        number: u32,
+        job: JobId,
+        key_fingerprint: Option<String>,
+        started_at: i64,
+        finished_at: i64,
+        disposition: Disposition,
+    ) -> Completion {
+        Completion {
+            request,
+            job,
+            number,
+            started_at,
+            finished_at,
+            outcome: self.outcome,
+            http_status: self.http_status,
+            class: self.class,
+            error_code: self.error_code,
+            error_message: self.error_message,
+            x_request_id: self.x_request_id,
+            key_fingerprint,
+            response: self.response,
+            usage: self.usage,
+            disposition,
+        }
+    }
+}
+
+/// Reads what came back. `now` resolves a `retry-after` given as an HTTP date.
+pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
+    match sent {
+        Sent::Answer(answer) => {
+            let success = (200..300).contains(&answer.status);
+            let usage = if success {
+                parse_success(&answer.body)
+            } else {
+                None
+            };
+            let error = if success {
+                ApiError::default()
+            } else {
+                ApiError::parse(&answer.body)
+            };
+            let should_retry = match answer.header("x-should-retry") {
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                _ => None,
+            };
+            let class = classify(Observation::Answer {
+                status: answer.status,
+                error: &error,
+                body_parses: usage.is_some(),
+                should_retry,
+            });
+            let (error_code, error_message) = if success && usage.is_none() {
+                (
+                    Some("invalid_json".to_owned()),
+                    Some("the answer's body is not a JSON object".to_owned()),
+                )
+            } else {
+                (error.code.clone(), error.message.clone())
+            };
+            Reading {
+                outcome: AttemptOutcome::Answered,
+                http_status: Some(answer.status),
+                class,
+                wait: server_wait(&answer.headers, error.message.as_deref(), now),
+                error_code,
+                error_message,
+                x_request_id: answer.header("x-request-id").map(str::to_owned),
+                response: Some(String::from_utf8_lossy(&answer.body).into_owned()),
+                usage: usage.unwrap_or_default(),
+                limit_per_minute: answer
+                    .header("x-ratelimit-limit-requests")
+                    .and_then(|v| v.trim().parse::<f64>().ok()),
+                error,
+            }
+        }
+        Sent::Failed { failure, message } => Reading {
+            outcome: if failure.outcome_unknown() {
+                AttemptOutcome::OutcomeUnknown
+            } else {
+                AttemptOutcome::NotSent
+            },
+            http_status: None,
+            class: classify(Observation::Transport(failure)),
+            error: ApiError::default(),
+            error_code: Some(
+                match failure {
+                    TransportFailure::Connect => "connect_error",
+                    TransportFailure::Timeout => "timeout",
+                    TransportFailure::Other => "network_error",
+                }
+                .to_owned(),
+            ),
+            error_message: Some(message),
+            x_request_id: None,
+            response: None,
+            usage: Usage::default(),
+            wait: None,
+            limit_per_minute: None,
+        },
+    }
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Situation<'a> {
+    /// The verdict.
+    pub(crate) class: Class,
+    /// HTTP status, when answered (for the stop message).
+    pub(crate) status: Option<u16>,
+    /// The error body (for the stop message).
+    pub(crate) error: &'a ApiError,
+    /// The wait the server asked for.
+    pub(crate) server_wait: Option<Duration>,
+    /// Attempts of this class the request has spent, this one included.
+    pub(crate) spent: u32,
+    /// Budgets and backoff.
+    pub(crate) policy: &'a RetryPolicy,
+    /// A uniform draw from `[0, 1)` for the backoff's jitter.
+    pub(crate) jitter: f64,
+    /// Unix ms when the attempt ended: retries are scheduled from it.
+    pub(crate) finished_at: i64,
+    /// Whether another key of the pool can still be used (after this attempt's key outcome).
+    pub(crate) other_keys_usable: bool,
+    /// Keys in the pool.
+    pub(crate) keys: usize,
+}
+
+/// What follows one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Decision {
+    /// The request's fate.
+    pub(crate) disposition: Disposition,
+    /// A 429's wait: the whole pool pauses, not just this request.
+    pub(crate) pause: Option<Duration>,
+    /// The job stops, with what to tell the user.
+    pub(crate) stop: Option<String>,
+}
+
+/// Decides a request's fate from its attempt. Pure: the whole policy is in this match.
+pub(crate) fn decide(s: &Situation<'_>) -> Decision {
+    let settle = |disposition| Decision {
+        disposition,
+        pause: None,
+        stop: None,
+    };
+    let retry =
+        |pause_pool: bool| match s
+            .policy
+            .retry_delay(s.class, s.spent, s.server_wait, s.jitter)
+        {
+            Some(delay) => Decision {
+                disposition: Disposition::RetryAt(
+                    s.finished_at
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                ),
+                pause: pause_pool.then_some(delay),
+                stop: None,
+            },
+            None => settle(Disposition::Failed),
+        };
+    let stop = |reason: String| Decision {
+        disposition: Disposition::Requeue,
+        pause: None,
+        stop: Some(reason),
+    };
+    match s.class {
+        Class::Succeeded => settle(Disposition::Succeeded),
+        Class::RequestFailed => settle(Disposition::Failed),
+        Class::Transient | Class::AuthTransient => retry(false),
+        Class::RateLimited => retry(true),
+        // A rejected key is the key's problem while another key is usable: the request goes
+        // back at once and the pool picks another key.
+        Class::JobStop(StopCause::KeyRejected) if s.other_keys_usable => {
+            settle(Disposition::Requeue)
+        }
+        Class::JobStop(StopCause::KeyRejected) => stop(no_keys_reason(s.keys)),
+        Class::JobStop(cause @ (StopCause::Forbidden | StopCause::Quota)) => {
+            stop(job_stop_reason(cause, s.status, s.error))
+        }
+    }
+}
+
+/// What to tell the user when every key was rejected.
+pub(crate) fn no_keys_reason(keys: usize) -> String {
+    if keys <= 1 {
+        "the API key was rejected (invalid_api_key): set a valid OPENAI_API_KEY, then run `runner resume`".to_owned()
+    } else {
+        format!(
+            "all {keys} keys were rejected (invalid_api_key): fix the keys file, then run `runner resume`"
+        )
+    }
+}
+
+/// What to tell the user when the server's answer stops the whole job.
+fn job_stop_reason(cause: StopCause, status: Option<u16>, error: &ApiError) -> String {
+    let code = error.code.as_deref().unwrap_or("no code");
+    let message = error.message.as_deref().unwrap_or("no message");
+    let status = status.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    format!(
+        "{}, then run `runner resume` (HTTP {status} {code}: {message})",
+        cause.advice()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    const FINISHED: i64 = 1_000_000;
+
+    fn situation<'a>(
+        class: Class,
+        spent: u32,
+        wait: Option<Duration>,
+        others: bool,
+        policy: &'a RetryPolicy,
+        error: &'a ApiError,
+    ) -> Situation<'a> {
+        Situation {
+            class,
+            status: Some(429),
+            error,
+            server_wait: wait,
+            spent,
+            policy,
+            jitter: 0.5,
+            finished_at: FINISHED,
+            other_keys_usable: others,
+            keys: if others { 2 } else { 1 },
+        }
+    }
+
+    /// Row by row: verdict, attempts spent on it, the server's wait, whether another key is
+    /// usable → the request's fate, the pool's pause, and whether the job stops.
+    #[rstest]
+    #[case::success(Class::Succeeded, 1, None, false, Disposition::Succeeded, None, false)]
+    #[case::bad_request(Class::RequestFailed, 1, None, false, Disposition::Failed, None, false)]
+    #[case::transient_backs_off(Class::Transient, 1, None, false, Disposition::RetryAt(FINISHED + 250), None, false)]
+    #[case::transient_budget_spent(
+        Class::Transient,
+        10,
+        None,
+        false,
+        Disposition::Failed,
+        None,
+        false
+    )]
+    #[case::auth_flap_is_requeued(Class::AuthTransient, 3, None, false, Disposition::RetryAt(FINISHED + 1000), None, false)]
+    #[case::auth_flap_budget_spent(
+        Class::AuthTransient,
+        50,
+        None,
+        false,
+        Disposition::Failed,
+        None,
+        false
+    )]
+    #[case::rate_limited_pauses_the_pool(Class::RateLimited, 1, Some(Duration::from_secs(3)), false, Disposition::RetryAt(FINISHED + 3000), Some(Duration::from_secs(3)), false)]
+    #[case::server_wait_is_capped(Class::RateLimited, 1, Some(Duration::from_secs(900)), false, Disposition::RetryAt(FINISHED + 120_000), Some(Duration::from_secs(120)), false)]
+    #[case::rate_limit_budget_spent(
+        Class::RateLimited,
+        50,
+        Some(Duration::from_secs(3)),
+        false,
+        Disposition::Failed,
+        None,
+        false
+    )]
+    #[case::rejected_key_with_others(
+        Class::JobStop(StopCause::KeyRejected),
+        1,
+        None,
+        true,
+        Disposition::Requeue,
+        None,
+        false
+    )]
+    #[case::rejected_last_key(
+        Class::JobStop(StopCause::KeyRejected),
+        1,
+        None,
+        false,
+        Disposition::Requeue,
+        None,
+        true
+    )]
+    #[case::quota_stops_even_with_other_keys(
+        Class::JobStop(StopCause::Quota),
+        1,
+        None,
+        true,
+        Disposition::Requeue,
+        None,
+        true
+    )]
+    #[case::forbidden_stops(
+        Class::JobStop(StopCause::Forbidden),
+        1,
+        None,
+        false,
+        Disposition::Requeue,
+        None,
+        true
+    )]
+    fn decides_by_the_table(
+        #[case] class: Class,
+        #[case] spent: u32,
+        #[case] wait: Option<Duration>,
+        #[case] others: bool,
+        #[case] disposition: Disposition,
+        #[case] pause: Option<Duration>,
+        #[case] stops: bool,
+    ) {
+        let policy = RetryPolicy::default();
+        let error = ApiError::default();
+        let decision = decide(&situation(class, spent, wait, others, &policy, &error));
+        assert_eq!(decision.disposition, disposition);
+        assert_eq!(decision.pause, pause);
+        assert_eq!(decision.stop.is_some(), stops, "{:?}", decision.stop);
+    }
+
+    #[test]
+    fn stop_reasons_say_what_to_fix() {
+        let quota = ApiError {
+            code: Some("insufficient_quota".into()),
+            kind: None,
+            message: Some("You exceeded your current quota".into()),
+        };
+        let reason = job_stop_reason(StopCause::Quota, Some(429), &quota);
+        assert!(
+            reason.starts_with("the account is out of quota"),
+            "{reason}"
+        );
+        assert!(reason.contains("runner resume"));
+        assert!(reason.contains("HTTP 429 insufficient_quota"));
+        assert!(no_keys_reason(1).contains("OPENAI_API_KEY"));
+        assert!(no_keys_reason(3).contains("all 3 keys"));
+    }
+
+    #[test]
+    fn reads_transport_failures_without_a_verdict_from_the_server() {
+        let reading = read(
+            Sent::Failed {
+                failure: TransportFailure::Timeout,
+                message: "timed out".into(),
+            },
+            SystemTime::now(),
+        );
+        assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.error_code.as_deref(), Some("timeout"));
+        assert_eq!(reading.http_status, None);
+    }
+}

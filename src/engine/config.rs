@@ -1,0 +1,371 @@
+//! Checked settings: the flags of [`crate::cli`] merged over a job's stored settings, the
+//! environment (OpenAI SDK names) and the defaults.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::RunArgs;
+use crate::domain::AttemptClass;
+use crate::engine::breaker::BreakerSettings;
+use crate::engine::keys::{KeysError, read_keys_file};
+use crate::engine::retry::{Budgets, RetryPolicy};
+use crate::http::client::{ApiKey, ClientSettings};
+use crate::input::CHAT_ENDPOINT;
+
+/// The OpenAI SDKs' default base URL.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// Requests in flight at most, by default: enough to hide latency, few enough for any tier.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Time limit of one attempt, by default: long generations take minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connect time limit: a server that does not accept in this time is not there.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the process environment says, read once (tests build their own).
+#[derive(Clone, Debug, Default)]
+pub struct ApiEnv {
+    /// `OPENAI_API_KEY`.
+    pub api_key: Option<ApiKey>,
+    /// `OPENAI_BASE_URL`.
+    pub base_url: Option<String>,
+    /// `OPENAI_ORG_ID`, sent as `OpenAI-Organization`.
+    pub organization: Option<String>,
+    /// `OPENAI_PROJECT_ID`, sent as `OpenAI-Project`.
+    pub project: Option<String>,
+}
+
+impl ApiEnv {
+    /// Reads the `OPENAI_*` variables; empty ones count as unset.
+    pub fn from_process() -> ApiEnv {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        ApiEnv {
+            api_key: var("OPENAI_API_KEY").map(|k| ApiKey::new(&k)),
+            base_url: var("OPENAI_BASE_URL"),
+            organization: var("OPENAI_ORG_ID"),
+            project: var("OPENAI_PROJECT_ID"),
+        }
+    }
+}
+
+/// Bad settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The base URL does not parse or is not http(s).
+    #[error("base URL '{0}' is not an http:// or https:// URL")]
+    BaseUrl(String),
+    /// The endpoint is not a path.
+    #[error("endpoint '{0}' must be a path such as /v1/chat/completions")]
+    Endpoint(String),
+    /// OpenAI's own API needs a key.
+    #[error(
+        "OPENAI_API_KEY is not set: export it before running against {0} (keys are never accepted as flags)"
+    )]
+    MissingKey(String),
+    /// The stored settings of a job do not parse.
+    #[error("the job's stored settings are unreadable: {0}")]
+    Stored(#[from] serde_json::Error),
+}
+
+/// A job's settings, stored with the job (as JSON, never with a key) so that a resume runs the
+/// same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSettings {
+    /// API base URL.
+    pub base_url: String,
+    /// Endpoint for plain lines.
+    pub endpoint: String,
+    /// Model filled into bodies without one.
+    pub model: Option<String>,
+    /// Requests in flight at most.
+    pub concurrency: usize,
+    /// Requests per minute at most.
+    pub rpm: Option<u32>,
+    /// Budget of `transient` attempts per request.
+    pub max_attempts: u32,
+    /// One attempt's time limit, in ms.
+    pub timeout_ms: u64,
+    /// Budget of `auth_transient` attempts per request.
+    #[serde(default = "defaults::auth_retries")]
+    pub auth_retries: u32,
+    /// Budget of `rate_limited` attempts per request.
+    #[serde(default = "defaults::rate_limit_retries")]
+    pub rate_limit_retries: u32,
+    /// First backoff step, ms.
+    #[serde(default = "defaults::backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// Longest backoff step, ms.
+    #[serde(default = "defaults::backoff_cap_ms")]
+    pub backoff_cap_ms: u64,
+    /// Longest server-requested wait honoured, ms.
+    #[serde(default = "defaults::max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Longest breaker cool-down (the probe interval in a long outage), ms.
+    #[serde(default = "defaults::breaker_max_cooldown_ms")]
+    pub breaker_max_cooldown_ms: u64,
+    /// Consecutive identical permanent errors that stop the job (0: never).
+    #[serde(default = "defaults::stop_after_same_error")]
+    pub stop_after_same_error: u32,
+    /// Keys file (its path only; the keys are read at each run and never stored).
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+    /// Tokens per minute at most.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Output tokens counted for `tpm` when a request names no maximum.
+    #[serde(default = "defaults::default_output_tokens")]
+    pub default_output_tokens: u32,
+}
+
+/// Defaults of settings added after the first release: older stored settings lack them.
+mod defaults {
+    use crate::engine::retry::{Budgets, RetryPolicy};
+
+    pub fn auth_retries() -> u32 {
+        Budgets::default().auth_transient
+    }
+    pub fn rate_limit_retries() -> u32 {
+        Budgets::default().rate_limited
+    }
+    pub fn backoff_base_ms() -> u64 {
+        RetryPolicy::default().base.as_millis() as u64
+    }
+    pub fn backoff_cap_ms() -> u64 {
+        RetryPolicy::default().cap.as_millis() as u64
+    }
+    pub fn max_wait_ms() -> u64 {
+        RetryPolicy::default().max_server_wait.as_millis() as u64
+    }
+    pub fn breaker_max_cooldown_ms() -> u64 {
+        10_000
+    }
+    pub fn stop_after_same_error() -> u32 {
+        20
+    }
+    pub fn default_output_tokens() -> u32 {
+        256
+    }
+}
+
+impl JobSettings {
+    /// Defaults, with the base URL from the environment if set.
+    pub fn defaults(env: &ApiEnv) -> JobSettings {
+        JobSettings {
+            base_url: env
+                .base_url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
+            endpoint: CHAT_ENDPOINT.to_owned(),
+            model: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            rpm: None,
+            max_attempts: Budgets::default().transient,
+            timeout_ms: DEFAULT_TIMEOUT.as_millis() as u64,
+            auth_retries: defaults::auth_retries(),
+            rate_limit_retries: defaults::rate_limit_retries(),
+            backoff_base_ms: defaults::backoff_base_ms(),
+            backoff_cap_ms: defaults::backoff_cap_ms(),
+            max_wait_ms: defaults::max_wait_ms(),
+            breaker_max_cooldown_ms: defaults::breaker_max_cooldown_ms(),
+            stop_after_same_error: defaults::stop_after_same_error(),
+            keys_file: None,
+            tpm: None,
+            default_output_tokens: defaults::default_output_tokens(),
+        }
+    }
+
+    /// Reads stored settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Stored`] when the JSON does not parse.
+    pub fn from_json(json: &str) -> Result<JobSettings, ConfigError> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// As stored.
+    pub fn to_json(&self) -> String {
+        // Plain strings and numbers: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Overrides with the flags that were given.
+    pub fn apply(&mut self, run: &RunArgs) {
+        if let Some(url) = &run.base_url {
+            self.base_url.clone_from(url);
+        }
+        if let Some(n) = run.concurrency {
+            self.concurrency = n.get();
+        }
+        if let Some(n) = run.rpm {
+            self.rpm = Some(n.get());
+        }
+        if let Some(n) = run.tpm {
+            self.tpm = Some(n.get());
+        }
+        if let Some(n) = run.default_output_tokens {
+            self.default_output_tokens = n;
+        }
+        if let Some(n) = run.max_attempts {
+            self.max_attempts = n.get();
+        }
+        if let Some(t) = run.timeout {
+            self.timeout_ms = t.as_millis() as u64;
+        }
+        for budget in &run.retry_budgets {
+            match budget.class {
+                AttemptClass::Transient => self.max_attempts = budget.attempts,
+                AttemptClass::AuthTransient => self.auth_retries = budget.attempts,
+                AttemptClass::RateLimited => self.rate_limit_retries = budget.attempts,
+                // RetryBudget's parser accepts only the three retried classes.
+                AttemptClass::Succeeded
+                | AttemptClass::RequestFailed
+                | AttemptClass::JobStop
+                | AttemptClass::InvalidInput
+                | AttemptClass::Interrupted => {}
+            }
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        if let Some(d) = run.backoff_base {
+            self.backoff_base_ms = ms(d);
+        }
+        if let Some(d) = run.backoff_cap {
+            self.backoff_cap_ms = ms(d);
+        }
+        if let Some(d) = run.max_wait {
+            self.max_wait_ms = ms(d);
+        }
+        if let Some(d) = run.breaker_max_cooldown {
+            self.breaker_max_cooldown_ms = ms(d);
+        }
+        if let Some(n) = run.stop_after_same_error {
+            self.stop_after_same_error = n;
+        }
+        if let Some(path) = &run.keys_file {
+            self.keys_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+        }
+    }
+
+    /// The keys to send with: the keys file if set, else `OPENAI_API_KEY`, else none.
+    ///
+    /// # Errors
+    /// The keys file cannot be read or holds no key.
+    pub fn keys(&self, env: &ApiEnv) -> Result<Vec<ApiKey>, KeysError> {
+        match &self.keys_file {
+            Some(path) => read_keys_file(path),
+            None => Ok(env.api_key.iter().cloned().collect()),
+        }
+    }
+
+    /// Checks the settings and the environment together.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unusable URL or endpoint, or no key for OpenAI's own API.
+    pub fn check(&self, env: &ApiEnv) -> Result<(), ConfigError> {
+        let url = reqwest::Url::parse(&self.base_url)
+            .map_err(|_| ConfigError::BaseUrl(self.base_url.clone()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::BaseUrl(self.base_url.clone()));
+        }
+        if !self.endpoint.starts_with('/') {
+            return Err(ConfigError::Endpoint(self.endpoint.clone()));
+        }
+        if env.api_key.is_none()
+            && self.keys_file.is_none()
+            && url.host_str() == Some("api.openai.com")
+        {
+            return Err(ConfigError::MissingKey(self.base_url.clone()));
+        }
+        Ok(())
+    }
+
+    /// Requests in flight at most.
+    pub fn concurrency(&self) -> NonZeroUsize {
+        NonZeroUsize::new(self.concurrency).unwrap_or(NonZeroUsize::MIN)
+    }
+
+    /// The rate ceiling.
+    pub fn rpm(&self) -> Option<NonZeroU32> {
+        self.rpm.and_then(NonZeroU32::new)
+    }
+
+    /// The token ceiling.
+    pub fn tpm(&self) -> Option<NonZeroU32> {
+        self.tpm.and_then(NonZeroU32::new)
+    }
+
+    /// The retry policy these settings imply.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            budgets: Budgets {
+                transient: self.max_attempts.max(1),
+                auth_transient: self.auth_retries.max(1),
+                rate_limited: self.rate_limit_retries.max(1),
+            },
+            base: Duration::from_millis(self.backoff_base_ms),
+            cap: Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
+            max_server_wait: Duration::from_millis(self.max_wait_ms),
+        }
+    }
+
+    /// The breaker settings these settings imply.
+    pub fn breaker(&self) -> BreakerSettings {
+        let mut breaker = BreakerSettings::for_concurrency(self.concurrency);
+        breaker.max_cooldown =
+            Duration::from_millis(self.breaker_max_cooldown_ms).max(breaker.cooldown);
+        breaker
+    }
+
+    /// The HTTP client's settings.
+    pub fn client_settings(&self, env: &ApiEnv) -> ClientSettings {
+        ClientSettings {
+            base_url: self.base_url.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            connect_timeout: CONNECT_TIMEOUT.min(Duration::from_millis(self.timeout_ms)),
+            organization: env.organization.clone(),
+            project: env.project.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_stored_settings() {
+        let env = ApiEnv::default();
+        let mut settings = JobSettings::defaults(&env);
+        settings.rpm = Some(600);
+        let stored = settings.to_json();
+        let mut resumed = JobSettings::from_json(&stored).expect("parses");
+        resumed.apply(&RunArgs {
+            concurrency: NonZeroUsize::new(4),
+            ..RunArgs::default()
+        });
+        assert_eq!(resumed.rpm, Some(600), "kept from the job");
+        assert_eq!(resumed.concurrency, 4, "taken from the flag");
+    }
+
+    #[test]
+    fn openai_needs_a_key_local_servers_do_not() {
+        let env = ApiEnv::default();
+        let settings = JobSettings::defaults(&env);
+        let err = settings.check(&env).expect_err("no key");
+        assert!(
+            err.to_string().contains("OPENAI_API_KEY is not set"),
+            "{err}"
+        );
+        let local = JobSettings {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            ..settings
+        };
+        local.check(&env).expect("local server without key");
+        let bad = JobSettings {
+            base_url: "ftp://x".into(),
+            ..local
+        };
+        assert!(bad.check(&env).is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! What every attempt task of a pool shares: the store handle, the key pool, the breaker, the
+//! pacer, the pool-wide pause, the streak of identical permanent errors, and the job's stop.
+//!
+//! The pool ([`crate::engine::pool`]) owns one [`Context`] behind an `Arc`; each attempt task
+//! ([`crate::engine::attempt`]) holds a clone. Locks here guard a few assignments and are never
+//! held across an `.await`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{
+    AttemptOutcome, Claimed, Class, Completion, Disposition, EventKind, JobId, RequestId, Usage,
+};
+use crate::engine::breaker::{Breaker, BreakerSettings, Transition};
+use crate::engine::keys::KeyPool;
+use crate::engine::progress::Tally;
+use crate::engine::rate_limit::{Pacer, TooLarge};
+use crate::engine::retry::RetryPolicy;
+use crate::store::{JobStore, StoreError, db};
+use crate::util::clock::now_ms;
+use crate::util::sync::lock;
+
+/// The same permanent error on consecutive requests, with no success between them.
+#[derive(Debug, Default)]
+struct Streak {
+    /// HTTP status and error code of the error.
+    signature: Option<(Option<u16>, Option<String>)>,
+    /// The requests that failed with it.
+    requests: Vec<RequestId>,
+    /// The streak already stopped the job: requests in flight then that fail the same way are
+    /// requeued too.
+    fired: bool,
+}
+
+/// Everything an attempt task needs, shared.
+pub(crate) struct Context {
+    pub(crate) job: JobId,
+    pub(crate) store: JobStore,
+    pub(crate) keys: KeyPool,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) tally: Arc<Tally>,
+    pub(crate) breaker: Mutex<Breaker>,
+    /// No dispatch before this instant: a 429 slows the whole pool, not one request.
+    pub(crate) paused_until: Mutex<Option<Instant>>,
+    /// Pace learned from the server's rate-limit headers and 429s.
+    pub(crate) pacer: Pacer,
+    streak: Mutex<Streak>,
+    stop_after_same_error: u32,
+    /// Cancelled on a job-level stop.
+    pub(crate) halt: CancellationToken,
+    stop_reason: Mutex<Option<String>>,
+}
+
+impl Context {
+    /// A fresh context for one pool run: no pause, breaker closed, no streak, no stop.
+    pub(crate) fn new(
+        job: JobId,
+        store: JobStore,
+        keys: KeyPool,
+        policy: RetryPolicy,
+        breaker: BreakerSettings,
+        stop_after_same_error: u32,
+        tally: Arc<Tally>,
+    ) -> Context {
+        Context {
+            job,
+            store,
+            keys,
+            policy,
+            tally,
+            breaker: Mutex::new(Breaker::new(breaker)),
+            paused_until: Mutex::new(None),
+            pacer: Pacer::default(),
+            streak: Mutex::new(Streak::default()),
+            stop_after_same_error,
+            halt: CancellationToken::new(),
+            stop_reason: Mutex::new(None),
+        }
+    }
+
+    /// The reason of the first job-level stop, if there was one.
+    pub(crate) fn stop_reason(&self) -> Option<String> {
+        lock(&self.stop_reason).clone()
+    }
+
+    /// Records the first job-level stop and halts dispatch.
+    pub(crate) fn stop_job(&self, reason: String) {
+        let mut slot = lock(&self.stop_reason);
+        if slot.is_none() {
+            tracing::warn!(%reason, "stopping the job");
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.halt.cancel();
+    }
+
+    /// Journals a request that can never be sent under `--tpm` as failed (not sent).
+    pub(crate) async fn fail_unsent(
+        &self,
+        request: &Claimed,
+        reason: &TooLarge,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.store
+            .record(Completion {
+                request: request.id,
+                job: self.job,
+                number: request.attempts + 1,
+                started_at: now,
+                finished_at: now,
+                outcome: AttemptOutcome::NotSent,
+                http_status: None,
+                class: Class::RequestFailed,
+                error_code: Some("exceeds_tpm".to_owned()),
+                error_message: Some(reason.to_string()),
+                x_request_id: None,
+                key_fingerprint: None,
+                response: None,
+                usage: Usage::default(),
+                disposition: Disposition::Failed,
+            })
+            .await?;
+        self.tally.failed();
+        Ok(())
+    }
+
+    pub(crate) async fn journal(&self, kind: EventKind, detail: String) -> Result<(), StoreError> {
+        tracing::info!(event = kind.as_str(), %detail);
+        let (job, now) = (self.job, now_ms());
+        self.store
+            .call(move |c| db::record_event(c, job, kind, Some(&detail), now))
+            .await
+    }
+
+    pub(crate) async fn journal_breaker(&self, transition: &Transition) -> Result<(), StoreError> {
+        self.tally.set_note(match transition {
+            Transition::Opened { cooldown, .. } => {
+                Some(format!("breaker open {:.0}s", cooldown.as_secs_f64()))
+            }
+            Transition::HalfOpened => Some("breaker probing".to_owned()),
+            Transition::Closed => None,
+        });
+        self.journal(transition.kind(), transition.detail()).await
+    }
+
+    /// A 429 pauses every dispatch for the wait the server asked for.
+    pub(crate) fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = lock(&self.paused_until);
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Tracks consecutive identical permanent errors (`signature`: status and code; `None` for a
+    /// success, which ends any streak); returns the requests to requeue when the streak is long
+    /// enough to call it a configuration error.
+    pub(crate) fn note_permanent(
+        &self,
+        request: RequestId,
+        signature: Option<(Option<u16>, Option<String>)>,
+    ) -> Option<Vec<RequestId>> {
+        let mut streak = lock(&self.streak);
+        match signature {
+            None => {
+                *streak = Streak::default();
+                None
+            }
+            Some(signature) => {
+                if streak.signature.as_ref() != Some(&signature) {
+                    *streak = Streak {
+                        signature: Some(signature),
+                        requests: Vec::new(),
+                        fired: false,
+                    };
+                }
+                streak.requests.push(request);
+                let limit = self.stop_after_same_error as usize;
+                if limit > 0 && (streak.fired || streak.requests.len() >= limit) {
+                    streak.fired = true;
+                    Some(std::mem::take(&mut streak.requests))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Live progress on stderr: an indicatif bar on a terminal, a summary line every few seconds
+//! otherwise (or with `--no-progress`), and a final summary always. stdout is never touched.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Counts;
+
+/// How often the bar is redrawn.
+const BAR_TICK: Duration = Duration::from_millis(200);
+/// How often a summary line is printed when there is no bar.
+pub const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// Live counters, bumped by the workers, read by the reporter.
+#[derive(Debug, Default)]
+pub struct Tally {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    retrying: AtomicI64,
+    attempts: AtomicU64,
+    /// A state worth showing, e.g. "breaker open 4s".
+    note: Mutex<Option<String>>,
+}
+
+impl Tally {
+    /// Starts from what the store already holds (a resumed job).
+    pub fn from_counts(counts: &Counts) -> Tally {
+        Tally {
+            succeeded: AtomicU64::new(counts.succeeded),
+            failed: AtomicU64::new(counts.failed),
+            retrying: AtomicI64::new(counts.retrying as i64),
+            attempts: AtomicU64::new(0),
+            note: Mutex::new(None),
+        }
+    }
+
+    /// Requests counted failed were requeued (a configuration error's streak).
+    pub fn unfail(&self, n: u64) {
+        self.failed.fetch_sub(n, Ordering::Relaxed);
+        self.retrying.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    /// Shows `note` on the progress line until replaced (`None` clears it).
+    pub fn set_note(&self, note: Option<String>) {
+        *self.note.lock().unwrap_or_else(PoisonError::into_inner) = note;
+    }
+
+    /// An attempt was sent.
+    pub fn attempt_started(&self, is_retry: bool) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if is_retry {
+            self.retrying.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request succeeded.
+    pub fn succeeded(&self) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request failed for good.
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request will be retried later.
+    pub fn retry_scheduled(&self) {
+        self.retrying.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retrying: self.retrying.load(Ordering::Relaxed).max(0) as u64,
+            attempts: self.attempts.load(Ordering::Relaxed),
+            note: self
+                .note
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Snapshot {
+    succeeded: u64,
+    failed: u64,
+    retrying: u64,
+    attempts: u64,
+    note: Option<String>,
+}
+
+impl Snapshot {
+    fn done(&self) -> u64 {
+        self.succeeded + self.failed
+    }
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Display {
+    /// A live bar (stderr is a terminal).
+    Bar,
+    /// A line every [`LINE_EVERY`].
+    Lines,
+}
+
+impl Display {
+    /// The bar on a terminal unless `no_progress`; lines otherwise.
+    pub fn choose(no_progress: bool) -> Display {
+        if !no_progress && std::io::stderr().is_terminal() {
+            Display::Bar
+        } else {
+            Display::Lines
+        }
+    }
+}
+
+/// The running reporter. [`Reporter::finish`] stops it and prints the final summary.
+pub struct Reporter {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    bar: Option<ProgressBar>,
+    view: View,
+}
+
+#[derive(Clone)]
+struct View {
+    job: String,
+    total: u64,
+    tally: Arc<Tally>,
+    start_done: u64,
+    started: Instant,
+}
+
+impl View {
+    fn line(&self, s: &Snapshot) -> String {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            (s.done().saturating_sub(self.start_done)) as f64 / elapsed
+        } else {
+            0.0
+        };
+        let remaining = self.total.saturating_sub(s.done());
+        let eta = if rate > 0.0 && remaining > 0 {
+            format!(" · eta {}", format_secs(remaining as f64 / rate))
+        } else {
+            String::new()
+        };
+        let note = s
+            .note
+            .as_deref()
+            .map(|n| format!(" · {n}"))
+            .unwrap_or_default();
+        format!(
+            "ok {} · failed {} · retrying {} · {:.1} req/s{eta}{note}",
+            s.succeeded, s.failed, s.retrying, rate
+        )
+    }
+}
+
+fn format_secs(secs: f64) -> String {
+    let secs = secs.round() as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+impl Reporter {
+    /// Starts reporting on a job of `total` requests.
+    pub fn start(job: &str, total: u64, tally: Arc<Tally>, display: Display) -> Reporter {
+        let view = View {
+            job: job.to_owned(),
+            total,
+            start_done: tally.snapshot().done(),
+            tally,
+            started: Instant::now(),
+        };
+        let cancel = CancellationToken::new();
+        let bar = (display == Display::Bar).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            // The template is a literal checked by the tests; fall back to the default style.
+            let style = ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
+            bar.set_prefix(view.job.clone());
+            bar
+        });
+        let task = tokio::spawn(report(view.clone(), bar.clone(), cancel.clone()));
+        Reporter {
+            cancel,
+            task,
+            bar,
+            view,
+        }
+    }
+
+    /// Stops the live display and prints the final summary line to stderr.
+    pub async fn finish(self, outcome: &str) {
+        self.cancel.cancel();
+        // The task only sleeps and draws; it ends at once when cancelled.
+        let _ = self.task.await;
+        let s = self.view.tally.snapshot();
+        if let Some(bar) = &self.bar {
+            bar.set_position(s.done());
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "{}: {outcome} · {}/{} done · {} · {} attempts in {}",
+            self.view.job,
+            s.done(),
+            self.view.total,
+            self.view.line(&s),
+            s.attempts,
+            format_secs(self.view.started.elapsed().as_secs_f64()),
+        );
+    }
+}
+
+async fn report(view: View, bar: Option<ProgressBar>, cancel: CancellationToken) {
+    let every = if bar.is_some() { BAR_TICK } else { LINE_EVERY };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let s = view.tally.snapshot();
+        match &bar {
+            Some(bar) => {
+                bar.set_position(s.done());
+                bar.set_message(view.line(&s));
+            }
+            None if view.started.elapsed() >= every => {
+                eprintln!(
+                    "{}: {}/{} done · {}",
+                    view.job,
+                    s.done(),
+                    view.total,
+                    view.line(&s)
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_template_parses() {
+        assert!(
+            ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(format_secs(5.2), "5s");
+        assert_eq!(format_secs(125.0), "2m05s");
+        assert_eq!(format_secs(7300.0), "2h01m");
+    }
+
+    #[test]
+    fn tally_counts_retries_down_when_sent() {
+        let tally = Tally::from_counts(&Counts {
+            retrying: 2,
+            ..Counts::default()
+        });
+        tally.attempt_started(true);
+        tally.retry_scheduled();
+        tally.retry_scheduled();
+        tally.succeeded();
+        let s = tally.snapshot();
+        assert_eq!((s.retrying, s.succeeded, s.attempts), (3, 1, 1));
+    }
+}

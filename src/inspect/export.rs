@@ -1,0 +1,312 @@
+//! `runner export`: a job's results as CSV (through the csv crate) or as the Batch API's output
+//! JSONL, in input order, streamed from a read-only connection.
+//!
+//! CSV cells that a spreadsheet would run as a formula are neutralised by default (see
+//! [`neutralise`]); JSONL is data for programs and is never altered.
+
+use std::borrow::Cow;
+use std::fs::{self};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::cli::{ExportArgs, ExportFormat};
+use crate::domain::{AttemptClass, RequestState};
+use crate::http::response::output_text;
+use crate::store::db::{self, RequestRow};
+use crate::store::{self, StoreError};
+use crate::util::clock::rfc3339;
+use crate::util::fs::create_private;
+
+/// The CSV header: a contract (tests pin it); add columns only at the end.
+pub const CSV_COLUMNS: [&str; 16] = [
+    "custom_id",
+    "status",
+    "http_status",
+    "attempts",
+    "output_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "model",
+    "request_id",
+    "error_code",
+    "error_message",
+    "latency_ms",
+    "finished_at",
+    "error_class",
+    "line",
+];
+
+/// The first characters that make a spreadsheet evaluate a cell as a formula (OWASP, "CSV
+/// Injection"): `=`, `+`, `-`, `@`, tab and carriage return.
+pub const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// How CSV cells are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CsvCells {
+    /// Cells starting with one of [`FORMULA_TRIGGERS`] get a leading `'` (the default).
+    Sanitized,
+    /// Exactly as stored (`--no-sanitize`).
+    Raw,
+}
+
+impl CsvCells {
+    fn apply(self, cell: &str) -> Cow<'_, str> {
+        match self {
+            CsvCells::Sanitized => neutralise(cell),
+            CsvCells::Raw => Cow::Borrowed(cell),
+        }
+    }
+}
+
+/// OWASP's defence against CSV injection: a cell starting with one of [`FORMULA_TRIGGERS`] gets a
+/// leading `'`, so a spreadsheet shows `=HYPERLINK(…)` as text instead of running it. Model
+/// output and custom ids are untrusted text: either can start with `=`.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(FORMULA_TRIGGERS) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// Errors of an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Reading the job failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing failed (a closed pipe included: the caller ends quietly on that).
+    #[error("cannot write the export: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<csv::Error> for ExportError {
+    fn from(e: csv::Error) -> Self {
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => ExportError::Io(io),
+            other => ExportError::Io(io::Error::other(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Runs `runner export`. Returns how many rows were written.
+///
+/// # Errors
+/// Unknown job or database, or a write failure.
+pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
+    let conn = store::open_read_only(&args.db.db)?;
+    let job = db::resolve_job(&conn, args.job.as_deref())?;
+    let cells = if args.no_sanitize {
+        CsvCells::Raw
+    } else {
+        CsvCells::Sanitized
+    };
+    match &args.output {
+        None => {
+            let stdout = io::stdout().lock();
+            Ok(write_export_with(
+                &conn,
+                &job,
+                args.format,
+                cells,
+                BufWriter::new(stdout),
+            )?)
+        }
+        Some(path) => {
+            // Write beside the target and rename: a reader never sees half a file.
+            let partial = partial_path(path);
+            let file = create_private(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+            let rows = write_export_with(&conn, &job, args.format, cells, BufWriter::new(file))
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            fs::rename(&partial, path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Ok(rows)
+        }
+    }
+}
+
+/// Writes a job's rows in `format` (CSV cells sanitised); returns the row count.
+///
+/// # Errors
+/// Store or write failures.
+pub fn write_export(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    format: ExportFormat,
+    out: impl Write,
+) -> Result<u64, ExportError> {
+    write_export_with(conn, job, format, CsvCells::Sanitized, out)
+}
+
+/// [`write_export`] with the choice of CSV cells; JSONL ignores it.
+///
+/// # Errors
+/// Store or write failures.
+pub fn write_export_with(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    format: ExportFormat,
+    cells: CsvCells,
+    out: impl Write,
+) -> Result<u64, ExportError> {
+    match format {
+        ExportFormat::Csv => write_csv(conn, job, cells, out),
+        ExportFormat::Jsonl => write_jsonl(conn, job, out),
+    }
+}
+
+fn write_csv(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    cells: CsvCells,
+    out: impl Write,
+) -> Result<u64, ExportError> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(CSV_COLUMNS)?;
+    let mut rows = 0u64;
+    db::for_each_request(conn, job.id, |row: RequestRow| -> Result<(), ExportError> {
+        let text = if row.state == RequestState::Succeeded {
+            row.response
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Value>(r).ok())
+                .and_then(|body| output_text(&body))
+        } else {
+            None
+        };
+        let record = [
+            row.key.as_str(),
+            row.state.as_str(),
+            &opt(row.http_status),
+            &row.attempts.to_string(),
+            text.as_deref().unwrap_or(""),
+            &opt(row.prompt_tokens),
+            &opt(row.completion_tokens),
+            &opt(row.total_tokens),
+            row.model.as_deref().unwrap_or(""),
+            row.x_request_id.as_deref().unwrap_or(""),
+            row.error_code.as_deref().unwrap_or(""),
+            row.error_message.as_deref().unwrap_or(""),
+            &opt(row.latency_ms),
+            &row.finished_at.map(rfc3339).unwrap_or_default(),
+            row.error_class.map_or("", AttemptClass::as_str),
+            &row.line.to_string(),
+        ];
+        let record: Vec<Cow<'_, str>> = record.iter().map(|cell| cells.apply(cell)).collect();
+        writer.write_record(record.iter().map(|cell| cell.as_bytes()))?;
+        rows += 1;
+        Ok(())
+    })?;
+    writer.flush()?;
+    Ok(rows)
+}
+
+/// The Batch API output format: one line per finished request. `response` holds any HTTP answer
+/// (errors included); `error` is set only when there was no answer at all.
+fn write_jsonl(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    mut out: impl Write,
+) -> Result<u64, ExportError> {
+    let mut rows = 0u64;
+    db::for_each_request(conn, job.id, |row: RequestRow| -> Result<(), ExportError> {
+        match row.state {
+            RequestState::Succeeded | RequestState::Failed => {}
+            // Not finished: the Batch output lists finished requests only.
+            RequestState::Pending | RequestState::InFlight => return Ok(()),
+        }
+        let id = format!(
+            "batch_req_{}",
+            &blake3::hash(format!("{}\n{}", job.name, row.key).as_bytes()).to_hex()[..24]
+        );
+        let line = match row.http_status {
+            Some(status) => {
+                let body = row
+                    .response
+                    .as_deref()
+                    .map(|r| {
+                        serde_json::from_str::<Value>(r)
+                            .unwrap_or_else(|_| Value::String(r.to_owned()))
+                    })
+                    .unwrap_or(Value::Null);
+                json!({
+                    "id": id,
+                    "custom_id": row.key,
+                    "response": {"status_code": status, "request_id": row.x_request_id, "body": body},
+                    "error": null,
+                })
+            }
+            None => json!({
+                "id": id,
+                "custom_id": row.key,
+                "response": null,
+                "error": {"code": row.error_code, "message": row.error_message},
+            }),
+        };
+        serde_json::to_writer(&mut out, &line).map_err(io::Error::from)?;
+        out.write_all(b"\n")?;
+        rows += 1;
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(rows)
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rstest::rstest]
+    #[case::equals("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")")]
+    #[case::plus("+1+1", "'+1+1")]
+    #[case::minus("-2+3", "'-2+3")]
+    #[case::at("@SUM(A1)", "'@SUM(A1)")]
+    #[case::tab("\t=1", "'\t=1")]
+    #[case::carriage_return("\r=1", "'\r=1")]
+    #[case::plain("echo: hi", "echo: hi")]
+    #[case::inner("a=b", "a=b")]
+    #[case::empty("", "")]
+    #[case::quote("'=1", "'=1")]
+    fn neutralises_cells_a_spreadsheet_would_run(#[case] cell: &str, #[case] expected: &str) {
+        assert_eq!(neutralise(cell), expected);
+        assert_eq!(CsvCells::Raw.apply(cell), cell);
+    }
+
+    #[test]
+    fn an_old_partial_file_does_not_keep_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out.csv.partial");
+        fs::write(&path, "old").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(create_private(&path).expect("create"));
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(fs::read(&path).expect("read"), b"", "truncated");
+    }
+
+    #[test]
+    fn partial_files_sit_beside_the_target() {
+        assert_eq!(
+            partial_path(Path::new("/x/out.csv")),
+            PathBuf::from("/x/out.csv.partial")
+        );
+    }
+}

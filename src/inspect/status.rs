@@ -1,0 +1,251 @@
+//! `runner status` and `runner jobs`: read-only views of the journal, safe while a job runs.
+//! The numbers come from [`crate::inspect::summary`]; the timeline from [`crate::inspect::timeline`].
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use crate::cli::{JobsArgs, StatusArgs, TimelineArgs};
+use crate::inspect::prices::{PriceTable, Usd};
+use crate::inspect::summary::{JobSummary, RunnerLease};
+use crate::inspect::timeline::{self, human_ms, pairs, status_label};
+use crate::store::{self, db};
+use crate::util::clock::rfc3339;
+
+/// Prints one job's state, requests by state, attempts by class and by HTTP status, tokens and
+/// their estimated cost, throughput and recent events; with `--timeline`, the timeline too.
+///
+/// # Errors
+/// Unknown job or database, an unreadable prices file; a write failure.
+pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
+    let prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &args.prices.price)?;
+    let conn = store::open_read_only(&args.db.db)?;
+    let job = db::resolve_job(&conn, args.job.as_deref())?;
+    let timeline = if args.timeline {
+        Some(timeline::build(&conn, &job, args.bucket)?)
+    } else {
+        None
+    };
+    let summary = JobSummary::load(&conn, job, &prices)?;
+    if args.json {
+        let mut value = summary_json(&summary);
+        if let Some(t) = &timeline {
+            value["timeline"] = timeline::to_json(t);
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    write_summary(&summary, &mut out)?;
+    if let Some(t) = &timeline {
+        writeln!(out)?;
+        timeline::render_text(t, &mut out)?;
+    }
+    Ok(())
+}
+
+/// `runner timeline`: the chart and spike list (or JSON) of one job.
+///
+/// # Errors
+/// Unknown job or database, a bucket far too small; a write failure.
+pub fn timeline(args: &TimelineArgs, out: impl Write) -> anyhow::Result<()> {
+    let conn = store::open_read_only(&args.db.db)?;
+    let job = db::resolve_job(&conn, args.job.as_deref())?;
+    let timeline = timeline::build(&conn, &job, args.bucket)?;
+    let mut out = std::io::BufWriter::new(out);
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &timeline::to_json(&timeline))?;
+        writeln!(out)?;
+    } else {
+        timeline::render_text(&timeline, &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The summary as JSON (the shape `runner status --json` prints).
+pub fn summary_json(s: &JobSummary) -> Value {
+    let (prompt, completion, total) = s.token_totals();
+    let by_status: serde_json::Map<String, Value> = s
+        .statuses
+        .iter()
+        .map(|(status, n)| {
+            (
+                status.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+                json!(n),
+            )
+        })
+        .collect();
+    json!({
+        "job": s.job.name,
+        "state": s.job.state,
+        "state_reason": s.job.state_reason,
+        "input_path": s.job.input_path,
+        "created_at": rfc3339(s.job.created_at),
+        "updated_at": rfc3339(s.job.updated_at),
+        "requests": s.counts,
+        "attempts": {"total": s.attempts(), "by_class": pairs(&s.classes), "by_status": by_status},
+        "tokens": {"prompt": prompt, "completion": completion, "total": total, "by_model": s.tokens},
+        "cost": {
+            "estimate_usd": s.cost.usd,
+            "is_estimate": true,
+            "prices": s.cost.source,
+            "by_model": s.cost.models,
+            "unpriced_models": s.cost.unpriced,
+        },
+        "throughput": {
+            "active_seconds": s.active_ms as f64 / 1000.0,
+            "requests_per_second": s.requests_per_second(),
+            "attempts_per_second": s.attempts_per_second(),
+        },
+        "runner": s.runner.as_ref().map(|r| json!({
+            "owner": r.owner, "lease_until": rfc3339(r.until), "alive": r.alive,
+        })),
+        "events": {
+            "by_kind": pairs(&s.event_counts),
+            "recent": s.recent_events.iter().map(|e| json!({"at": rfc3339(e.at), "kind": e.kind, "detail": e.detail})).collect::<Vec<_>>(),
+        },
+    })
+}
+
+fn write_summary(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
+    let job = &s.job;
+    writeln!(out, "job       {} ({})", job.name, job.state)?;
+    if let Some(reason) = &job.state_reason {
+        writeln!(out, "reason    {reason}")?;
+    }
+    writeln!(out, "input     {}", job.input_path)?;
+    if let Some(RunnerLease {
+        owner,
+        until,
+        alive,
+    }) = &s.runner
+    {
+        let note = if *alive {
+            ""
+        } else {
+            " · not running any more: `runner resume` takes over"
+        };
+        writeln!(
+            out,
+            "runner    {owner} · lease until {}{note}",
+            rfc3339(*until)
+        )?;
+    }
+    writeln!(
+        out,
+        "times     created {} · updated {}",
+        rfc3339(job.created_at),
+        rfc3339(job.updated_at)
+    )?;
+    let counts = &s.counts;
+    writeln!(
+        out,
+        "requests  {} total · {} succeeded · {} failed · {} pending ({} awaiting retry) · {} in flight",
+        counts.total,
+        counts.succeeded,
+        counts.failed,
+        counts.pending,
+        counts.retrying,
+        counts.in_flight
+    )?;
+    let by_class: Vec<String> = s.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    writeln!(
+        out,
+        "attempts  {} total: {}",
+        s.attempts(),
+        by_class.join(" · ")
+    )?;
+    let by_status: Vec<String> = s
+        .statuses
+        .iter()
+        .map(|(status, n)| format!("{} {n}", status_label(*status)))
+        .collect();
+    writeln!(out, "statuses  {}", by_status.join(" · "))?;
+    let (prompt, completion, total) = s.token_totals();
+    writeln!(
+        out,
+        "tokens    {prompt} prompt · {completion} completion · {total} total"
+    )?;
+    for m in s.tokens.iter().filter(|_| s.tokens.len() > 1) {
+        writeln!(
+            out,
+            "          {}: {} prompt · {} completion ({} requests)",
+            m.model.as_deref().unwrap_or("(unnamed)"),
+            m.prompt,
+            m.completion,
+            m.requests
+        )?;
+    }
+    let priced: Vec<String> = s
+        .cost
+        .models
+        .iter()
+        .map(|m| format!("{} {}", m.model, Usd(m.usd)))
+        .collect();
+    let mut cost = format!("≈ {} estimated ({}", Usd(s.cost.usd), s.cost.source);
+    if !priced.is_empty() {
+        cost.push_str(&format!("; {}", priced.join(" · ")));
+    }
+    cost.push(')');
+    writeln!(out, "cost      {cost}")?;
+    if !s.cost.unpriced.is_empty() {
+        writeln!(
+            out,
+            "          no price for {}: add --price MODEL=IN,OUT (USD per 1M tokens) or --prices FILE",
+            s.cost.unpriced.join(", ")
+        )?;
+    }
+    match (s.requests_per_second(), s.attempts_per_second()) {
+        (Some(requests), Some(attempts)) => writeln!(
+            out,
+            "speed     {requests:.1} requests/s · {attempts:.1} attempts/s over {} running",
+            human_ms(s.active_ms)
+        )?,
+        _ => writeln!(out, "speed     not started yet")?,
+    }
+    let by_kind: Vec<String> = s
+        .event_counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    writeln!(out, "events    {}", by_kind.join(" · "))?;
+    for event in &s.recent_events {
+        writeln!(
+            out,
+            "          {} {:<18} {}",
+            rfc3339(event.at),
+            event.kind,
+            event.detail.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+/// Lists the jobs of a database, newest first.
+///
+/// # Errors
+/// Unknown database; a write failure.
+pub fn jobs(args: &JobsArgs, mut out: impl Write) -> anyhow::Result<()> {
+    let conn = store::open_read_only(&args.db.db)?;
+    let jobs = db::list_jobs(&conn)?;
+    writeln!(
+        out,
+        "{:<24} {:<12} {:>9} {:>9} {:>9} {:>9}  updated",
+        "job", "state", "total", "ok", "failed", "pending"
+    )?;
+    for job in jobs {
+        let c = db::counts(&conn, job.id)?;
+        writeln!(
+            out,
+            "{:<24} {:<12} {:>9} {:>9} {:>9} {:>9}  {}",
+            job.name,
+            job.state,
+            c.total,
+            c.succeeded,
+            c.failed,
+            c.pending + c.in_flight,
+            rfc3339(job.updated_at)
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Small leaf helpers every layer may use: the clock, private files, locks. Nothing here imports
+//! another module of the crate.
+
+pub mod clock;
+pub mod fs;
+pub mod sync;
