@@ -1,3 +1,5 @@
+//! The `runner` binary: parses the command line and hands it to [`runner::run`].
+
 use std::process::ExitCode;
 
 use clap::Parser;
