@@ -1,6 +1,8 @@
-//! Talking to the API: sending attempts ([`client`]) and deciding what their results mean
-//! ([`classify`]).
+//! Talking to the API: sending attempts ([`client`]), reading answers with bounds ([`body`],
+//! [`hints`]), assembling streamed answers ([`sse`]), reading success bodies ([`response`]) and
+//! deciding what results mean ([`classify`]).
 
 pub mod classify;
 pub mod client;
 pub mod response;
+pub mod sse;
