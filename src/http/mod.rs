@@ -2,7 +2,9 @@
 //! [`hints`]), assembling streamed answers ([`sse`]), reading success bodies ([`response`]) and
 //! deciding what results mean ([`classify`]).
 
+pub mod body;
 pub mod classify;
 pub mod client;
+pub mod hints;
 pub mod response;
 pub mod sse;

@@ -1,0 +1,231 @@
+//! What the runner reads from a server's answer headers: how long to wait before retrying, the
+//! announced request limit, and `x-should-retry`.
+//!
+//! Every header is text a server (or a proxy in front of it) chose, so every parser here is
+//! total: any string yields a bounded value or `None`, and nothing panics. In particular no
+//! server-chosen `f64` reaches `Duration::from_secs_f64` (which panics on huge, infinite or NaN
+//! input), and a wait is never longer than the caller's cap.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+
+/// The longest duration [`parse_go_duration`] returns: Go's own `time.Duration` maximum
+/// (`i64::MAX` nanoseconds, about 292 years). Go refuses longer durations; here they saturate,
+/// because "longer than anyone would wait" is all a caller needs to know, and callers cap the
+/// result anyway.
+pub const MAX_GO_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Slowest pace [`limit_per_minute`] reports: one request per minute. A positive limit below
+/// this (e.g. `0.001`, which would space requests 17 hours apart) is a broken server, not a
+/// plan anyone is on. The pacer still makes progress, and a server that really wants fewer
+/// requests says so with 429s and `retry-after`, which are honoured.
+pub const MIN_LIMIT_PER_MINUTE: f64 = 1.0;
+
+/// Fastest pace [`limit_per_minute`] reports: ten million requests per minute, far above any
+/// published OpenAI tier (the highest are in the tens of thousands). A larger value would make
+/// the pacer's slot interval round to nothing; capping it keeps the arithmetic meaningful
+/// while no real limit is affected.
+pub const MAX_LIMIT_PER_MINUTE: f64 = 10_000_000.0;
+
+/// The wait a server asked for, from the headers and the error message, in the order the
+/// OpenAI SDKs trust them: `retry-after-ms`, `retry-after` (seconds or an HTTP date),
+/// "Please try again in 1.5s" in the message, then the longer of `x-ratelimit-reset-requests`
+/// and `x-ratelimit-reset-tokens`.
+///
+/// Every wait is at most `cap` (the user's `--max-wait`): an infinite or enormous value becomes
+/// `cap`. NaN, negative and unparseable values are ignored, so the next source in the order is
+/// tried. A date in the past means "now" ([`Duration::ZERO`]).
+pub fn server_wait(
+    headers: &HeaderMap,
+    message: Option<&str>,
+    now: SystemTime,
+    cap: Duration,
+) -> Option<Duration> {
+    if let Some(wait) = header(headers, "retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| bounded_secs(ms / 1000.0, cap))
+    {
+        return Some(wait);
+    }
+    if let Some(value) = header(headers, "retry-after") {
+        let wait = match value.parse::<f64>() {
+            Ok(secs) => bounded_secs(secs, cap),
+            // httpdate only accepts years 1970..=9999, so the SystemTime it builds is valid.
+            Err(_) => httpdate::parse_http_date(value)
+                .ok()
+                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO).min(cap)),
+        };
+        if wait.is_some() {
+            return wait;
+        }
+    }
+    if let Some(wait) = message.and_then(try_again_in) {
+        return Some(wait.min(cap));
+    }
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .into_iter()
+        .filter_map(|name| header(headers, name).and_then(parse_go_duration))
+        .max()
+        .map(|wait| wait.min(cap))
+}
+
+/// Reads "Please try again in 1.574s" / "in 120ms" / "in 6m0s" from a rate-limit message, as a
+/// Go duration (see [`parse_go_duration`], which bounds it).
+pub fn try_again_in(message: &str) -> Option<Duration> {
+    const MARKER: &str = "try again in ";
+    let (_, rest) = message.split_once(MARKER)?;
+    let token = rest
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .next()?
+        .trim_end_matches('.');
+    parse_go_duration(token)
+}
+
+/// Parses a Go-style duration as sent in `x-ratelimit-reset-*`: `1s`, `6m0s`, `12ms`,
+/// `1m30.5s`, `1h2m`, `250us`, `.5s`, with units `h`, `m`, `s`, `ms`, `us`/`µs`/`μs`, `ns`.
+/// A bare `0` is zero; a leading `+` is allowed.
+///
+/// Returns `None` for anything else, negative durations included (Azure's `-1`). Arithmetic is
+/// in integer nanoseconds and saturates: a duration longer than [`MAX_GO_DURATION`] is
+/// [`MAX_GO_DURATION`]. Fractions are exact to the nanosecond (digits beyond 18 are dropped).
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let text = text.strip_prefix('+').unwrap_or(text);
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return None;
+    }
+    let max = MAX_GO_DURATION.as_nanos();
+    let mut total: u128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (whole, fraction, after_number) = split_number(rest)?;
+        let unit_end = after_number
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after_number.len());
+        let (unit, after_unit) = after_number.split_at_checked(unit_end)?;
+        let unit_nanos: u128 = match unit {
+            "h" => 3_600_000_000_000,
+            "m" => 60_000_000_000,
+            "s" => 1_000_000_000,
+            "ms" => 1_000_000,
+            "us" | "µs" | "μs" => 1_000,
+            "ns" => 1,
+            _ => return None,
+        };
+        total = total
+            .saturating_add(whole.saturating_mul(unit_nanos))
+            .saturating_add(fraction.nanos(unit_nanos))
+            .min(max);
+        rest = after_unit;
+    }
+    // `total` is at most `max`, which is `i64::MAX` and so fits a u64.
+    Some(u64::try_from(total).map_or(MAX_GO_DURATION, Duration::from_nanos))
+}
+
+/// The request limit a server announces in `x-ratelimit-limit-requests`, per minute, clamped to
+/// [`MIN_LIMIT_PER_MINUTE`]..=[`MAX_LIMIT_PER_MINUTE`].
+///
+/// `None` when the header is absent, unparseable, NaN, or not positive: Azure sends `-1` or
+/// `0` for "unknown", and no server can mean "never send". `+inf` is the cap.
+pub fn limit_per_minute(headers: &HeaderMap) -> Option<f64> {
+    let limit = header(headers, "x-ratelimit-limit-requests")?
+        .parse::<f64>()
+        .ok()?;
+    // NaN fails the comparison, so it is unknown too.
+    (limit > 0.0).then(|| limit.clamp(MIN_LIMIT_PER_MINUTE, MAX_LIMIT_PER_MINUTE))
+}
+
+/// `x-should-retry`: `Some(true)` or `Some(false)` when the server overrides the status-code
+/// rules, `None` when it is absent or anything else. Case and surrounding spaces are ignored.
+pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
+    let value = header(headers, "x-should-retry")?;
+    if value.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A header's first value as trimmed text; `None` when absent or not visible ASCII.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// `secs` as a wait of at most `cap`; `None` for NaN and negative values. Infinity and values
+/// beyond [`Duration::MAX`] are longer than any cap, so they are the cap.
+fn bounded_secs(secs: f64, cap: Duration) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(cap, |wait| wait.min(cap)))
+}
+
+/// The fractional digits of one duration component, kept as an exact ratio.
+#[derive(Clone, Copy, Debug)]
+struct Fraction {
+    /// The digits as an integer (`.25` is 25).
+    digits: u128,
+    /// `10^(number of digits)`.
+    scale: u128,
+}
+
+impl Fraction {
+    /// Digits kept: 10^18 times the largest unit (an hour, 3.6·10^12 ns) stays far below
+    /// `u128::MAX`, and 18 digits resolve a nanosecond of any unit.
+    const MAX_DIGITS: u32 = 18;
+
+    /// This fraction of `unit_nanos`, truncated to whole nanoseconds.
+    fn nanos(self, unit_nanos: u128) -> u128 {
+        self.digits
+            .saturating_mul(unit_nanos)
+            .checked_div(self.scale)
+            .unwrap_or(0)
+    }
+}
+
+/// Splits `text` into the leading number's whole part, its fraction and the rest. The number
+/// needs at least one digit (`5`, `5.`, `.5`, `5.25`); the whole part saturates.
+fn split_number(text: &str) -> Option<(u128, Fraction, &str)> {
+    let mut whole: u128 = 0;
+    let mut fraction = Fraction {
+        digits: 0,
+        scale: 1,
+    };
+    let mut kept = 0;
+    let mut seen_digit = false;
+    let mut seen_dot = false;
+    let mut end = text.len();
+    for (i, c) in text.char_indices() {
+        if c == '.' && !seen_dot {
+            seen_dot = true;
+            continue;
+        }
+        let Some(digit) = c.to_digit(10).map(u128::from) else {
+            end = i;
+            break;
+        };
+        seen_digit = true;
+        if !seen_dot {
+            whole = whole.saturating_mul(10).saturating_add(digit);
+        } else if kept < Fraction::MAX_DIGITS {
+            // At most 18 digits: both stay below 10^18, far from overflow.
+            fraction.digits = fraction.digits.saturating_mul(10).saturating_add(digit);
+            fraction.scale = fraction.scale.saturating_mul(10);
+            kept += 1;
+        }
+    }
+    // `end` comes from `char_indices`, so it is a character boundary.
+    seen_digit.then(|| (whole, fraction, text.get(end..).unwrap_or("")))
+}
+
+#[cfg(test)]
+mod tests;
