@@ -73,15 +73,15 @@ pub(crate) async fn attempt(
         class = %reading.class.journaled(),
         "attempt finished"
     );
-    let completion = reading.into_completion(
-        id,
-        attempts + 1,
-        ctx.job,
-        lease.client.key_fingerprint().map(str::to_owned),
+    let sending = Sending {
+        request: id,
+        job: ctx.job,
+        number: attempts + 1,
+        key_fingerprint: lease.client.key_fingerprint().map(str::to_owned),
         started_at,
         finished_at,
-        decision.disposition,
-    );
+    };
+    let completion = reading.into_completion(sending, decision.disposition);
     record(&ctx, completion, decision.stop).await?;
     if let Some(transition) = transition {
         ctx.journal_breaker(&transition).await?;
@@ -162,18 +162,32 @@ pub(crate) struct Reading {
     limit_per_minute: Option<f64>,
 }
 
+/// Which attempt it was and when: the journal's facts that do not come from the answer.
+#[derive(Clone, Debug)]
+struct Sending {
+    request: RequestId,
+    job: JobId,
+    /// 1-based attempt number.
+    number: u32,
+    /// Which key sent it (a label or `sk-…last4`, never the key).
+    key_fingerprint: Option<String>,
+    /// Unix ms when sending started.
+    started_at: i64,
+    /// Unix ms when the answer (or failure) arrived.
+    finished_at: i64,
+}
+
 impl Reading {
     /// The journal's record of this attempt, with the fate [`decide`] chose.
-    fn into_completion(
-        self,
-        request: RequestId,
-        number: u32,
-        job: JobId,
-        key_fingerprint: Option<String>,
-        started_at: i64,
-        finished_at: i64,
-        disposition: Disposition,
-    ) -> Completion {
+    fn into_completion(self, sending: Sending, disposition: Disposition) -> Completion {
+        let Sending {
+            request,
+            job,
+            number,
+            key_fingerprint,
+            started_at,
+            finished_at,
+        } = sending;
         Completion {
             request,
             job,

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use crate::Exit;
 use crate::cli::{ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
-use crate::domain::JobState;
+use crate::domain::{Counts, JobState};
 use crate::engine::config::{ApiEnv, JobSettings};
 use crate::engine::keys::KeyPool;
 use crate::engine::pool::{PoolExit, PoolSettings, WorkerPool};
@@ -105,7 +105,17 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 job.name, report.invalid, job.name
             );
         }
-        execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
+        JobRun {
+            store: &store,
+            job,
+            me,
+            settings: &settings,
+            env,
+            run: &args.run,
+            shutdown,
+        }
+        .execute_leased()
+        .await
     })
     .await
 }
@@ -124,7 +134,17 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 .call(move |c| db::update_job_config(c, id, &config, now))
                 .await?;
         }
-        execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
+        JobRun {
+            store: &store,
+            job,
+            me,
+            settings: &settings,
+            env,
+            run: &args.run,
+            shutdown,
+        }
+        .execute_leased()
+        .await
     })
     .await
 }
@@ -177,7 +197,17 @@ pub async fn retry_failed(
             job.name,
             class.map(|c| format!(" of class {c}")).unwrap_or_default()
         );
-        execute_leased(&store, job, me, &settings, env, &args.run, shutdown).await
+        JobRun {
+            store: &store,
+            job,
+            me,
+            settings: &settings,
+            env,
+            run: &args.run,
+            shutdown,
+        }
+        .execute_leased()
+        .await
     })
     .await
 }
@@ -195,135 +225,178 @@ fn report_takeover(job: &str, acquired: &Acquired) {
     }
 }
 
-/// [`execute`] while keeping the job's lease renewed; releases it at the end.
-async fn execute_leased(
-    store: &JobStore,
-    job: Job,
-    me: LeaseOwner,
-    settings: &JobSettings,
-    env: &ApiEnv,
-    run: &RunArgs,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Exit> {
-    let keeper = LeaseKeeper::start(store, &job, me, shutdown);
-    let result = execute(store, job, settings, env, run, shutdown).await;
-    match (result, keeper.finish().await) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(lost @ StoreError::Lease(_))) => Err(lost.into()),
-        (Ok(exit), Err(e)) => {
-            tracing::warn!(error = %e, "cannot release the job's lease: it lapses by itself");
-            Ok(exit)
+/// One run of a job: everything the steps after taking the lease share.
+pub(crate) struct JobRun<'a> {
+    /// The store's handle.
+    pub(crate) store: &'a JobStore,
+    /// The job, as it was when the lease was taken.
+    pub(crate) job: Job,
+    /// This runner, holding the job's lease.
+    pub(crate) me: LeaseOwner,
+    /// The checked settings of this run.
+    pub(crate) settings: &'a JobSettings,
+    /// The `OPENAI_*` environment.
+    pub(crate) env: &'a ApiEnv,
+    /// The run flags (grace period, progress display).
+    pub(crate) run: &'a RunArgs,
+    /// Signals.
+    pub(crate) shutdown: &'a Shutdown,
+}
+
+impl JobRun<'_> {
+    /// [`JobRun::execute`] while keeping the job's lease renewed; releases it at the end.
+    async fn execute_leased(self) -> anyhow::Result<Exit> {
+        let keeper = LeaseKeeper::start(self.store, &self.job, self.me.clone(), self.shutdown);
+        let result = self.execute().await;
+        match (result, keeper.finish().await) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(lost @ StoreError::Lease(_))) => Err(lost.into()),
+            (Ok(exit), Err(e)) => {
+                tracing::warn!(error = %e, "cannot release the job's lease: it lapses by itself");
+                Ok(exit)
+            }
+            (Ok(exit), Ok(())) => Ok(exit),
         }
-        (Ok(exit), Ok(())) => Ok(exit),
+    }
+
+    /// Runs the job's pending requests to the end, a job-level stop or a shutdown.
+    async fn execute(&self) -> anyhow::Result<Exit> {
+        let counts = self.recover().await?;
+        if self.env.api_key.is_none() {
+            tracing::warn!(
+                "OPENAI_API_KEY is not set: sending requests without an Authorization header"
+            );
+        }
+        let tally = Arc::new(Tally::from_counts(&counts));
+        let pool = self.pool(Arc::clone(&tally))?;
+        let reporter = Reporter::start(
+            &self.job.name,
+            counts.total,
+            tally,
+            Display::choose(self.run.no_progress),
+        );
+        let exit = match pool.run(self.shutdown).await {
+            Ok(exit) => exit,
+            Err(e) => {
+                reporter.finish("failed").await;
+                return Err(e).context(
+                    "the job stopped on a database error; it is resumable once that is fixed",
+                );
+            }
+        };
+        let id = self.job.id;
+        let counts = self.store.call(move |c| db::counts(c, id)).await?;
+        let ending = Ending::of(&exit, &counts);
+        let (state, reason, now) = (ending.state, ending.reason.clone(), now_ms());
+        self.store
+            .call(move |c| db::set_job_state(c, id, state, reason.as_deref(), now))
+            .await?;
+        reporter.finish(ending.label).await;
+        ending.tell(&self.job.name, &counts);
+        Ok(ending.exit)
+    }
+
+    /// Journals what a crash left in flight as interrupted, marks the job running, and counts
+    /// its requests.
+    async fn recover(&self) -> anyhow::Result<Counts> {
+        let (id, now) = (self.job.id, now_ms());
+        let (recovered, counts) = self
+            .store
+            .call(move |c| {
+                let recovered = db::recover_in_flight(c, id, now)?;
+                db::set_job_state(c, id, JobState::Running, None, now)?;
+                Ok((recovered, db::counts(c, id)?))
+            })
+            .await?;
+        if recovered > 0 {
+            eprintln!(
+                "{}: {recovered} requests were in flight when the last run ended: journaled as interrupted and queued again",
+                self.job.name
+            );
+        }
+        Ok(counts)
+    }
+
+    /// The worker pool for this run's settings.
+    fn pool(&self, tally: Arc<Tally>) -> anyhow::Result<WorkerPool> {
+        let settings = self.settings;
+        let keys = KeyPool::new(settings.keys(self.env)?, settings.client_settings(self.env))?;
+        Ok(WorkerPool::new(
+            self.job.id,
+            self.store.clone(),
+            keys,
+            RequestLimiter::per_minute(settings.rpm()),
+            PoolSettings {
+                concurrency: settings.concurrency().get(),
+                grace: self.run.grace,
+                policy: settings.retry_policy(),
+                breaker: settings.breaker(),
+                stop_after_same_error: settings.stop_after_same_error,
+                tpm: settings.tpm(),
+                default_output_tokens: u64::from(settings.default_output_tokens),
+            },
+            tally,
+        ))
     }
 }
 
-/// Runs a job's pending requests to the end, a job-level stop or a shutdown.
-async fn execute(
-    store: &JobStore,
-    job: Job,
-    settings: &JobSettings,
-    env: &ApiEnv,
-    run: &RunArgs,
-    shutdown: &Shutdown,
-) -> anyhow::Result<Exit> {
-    let id = job.id;
-    let now = now_ms();
-    let recovered = store
-        .call(move |c| {
-            let recovered = db::recover_in_flight(c, id, now)?;
-            db::set_job_state(c, id, JobState::Running, None, now)?;
-            Ok(recovered)
-        })
-        .await?;
-    if recovered > 0 {
-        eprintln!(
-            "{}: {recovered} requests were in flight when the last run ended: journaled as interrupted and queued again",
-            job.name
-        );
-    }
-    let counts = store.call(move |c| db::counts(c, id)).await?;
-    if env.api_key.is_none() {
-        tracing::warn!(
-            "OPENAI_API_KEY is not set: sending requests without an Authorization header"
-        );
-    }
-    let keys = KeyPool::new(settings.keys(env)?, settings.client_settings(env))?;
-    let tally = Arc::new(Tally::from_counts(&counts));
-    let pool = WorkerPool::new(
-        id,
-        store.clone(),
-        keys,
-        RequestLimiter::per_minute(settings.rpm()),
-        PoolSettings {
-            concurrency: settings.concurrency().get(),
-            grace: run.grace,
-            policy: settings.retry_policy(),
-            breaker: settings.breaker(),
-            stop_after_same_error: settings.stop_after_same_error,
-            tpm: settings.tpm(),
-            default_output_tokens: u64::from(settings.default_output_tokens),
-        },
-        Arc::clone(&tally),
-    );
-    let reporter = Reporter::start(
-        &job.name,
-        counts.total,
-        tally,
-        Display::choose(run.no_progress),
-    );
-    let exit = match pool.run(shutdown).await {
-        Ok(exit) => exit,
-        Err(e) => {
-            reporter.finish("failed").await;
-            return Err(e).context(
-                "the job stopped on a database error; it is resumable once that is fixed",
-            );
+/// How a run ended: the job's new state, the exit code, and what to tell the user.
+struct Ending {
+    state: JobState,
+    reason: Option<String>,
+    exit: Exit,
+    label: &'static str,
+}
+
+impl Ending {
+    fn of(exit: &PoolExit, counts: &Counts) -> Ending {
+        let ending = |state, reason, exit, label| Ending {
+            state,
+            reason,
+            exit,
+            label,
+        };
+        match exit {
+            PoolExit::Drained if counts.failed > 0 => ending(
+                JobState::Completed,
+                None,
+                Exit::SomeFailed,
+                "finished with failures",
+            ),
+            PoolExit::Drained => ending(JobState::Completed, None, Exit::Success, "completed"),
+            PoolExit::Stopped(reason) => ending(
+                JobState::Stopped,
+                Some(reason.clone()),
+                Exit::Stopped,
+                "stopped",
+            ),
+            PoolExit::Interrupted => ending(
+                JobState::Interrupted,
+                None,
+                Exit::Interrupted,
+                "interrupted",
+            ),
         }
-    };
-    let counts = store.call(move |c| db::counts(c, id)).await?;
-    let (state, reason, result, label) = match &exit {
-        PoolExit::Drained if counts.failed > 0 => (
-            JobState::Completed,
-            None,
-            Exit::SomeFailed,
-            "finished with failures",
-        ),
-        PoolExit::Drained => (JobState::Completed, None, Exit::Success, "completed"),
-        PoolExit::Stopped(reason) => (
-            JobState::Stopped,
-            Some(reason.clone()),
-            Exit::Stopped,
-            "stopped",
-        ),
-        PoolExit::Interrupted => (
-            JobState::Interrupted,
-            None,
-            Exit::Interrupted,
-            "interrupted",
-        ),
-    };
-    let now = now_ms();
-    store
-        .call(move |c| db::set_job_state(c, id, state, reason.as_deref(), now))
-        .await?;
-    reporter.finish(label).await;
-    match &exit {
-        PoolExit::Drained if counts.failed > 0 => eprintln!(
-            "{}: {} requests failed for good: `runner export --job {}` shows why; `runner status` sums it up",
-            job.name, counts.failed, job.name
-        ),
-        PoolExit::Drained => {}
-        PoolExit::Stopped(reason) => eprintln!(
-            "{}: stopped with {} requests pending: {reason}",
-            job.name, counts.pending
-        ),
-        PoolExit::Interrupted => eprintln!(
-            "{}: interrupted with {} requests pending: `runner resume --job {}` continues",
-            job.name, counts.pending, job.name
-        ),
     }
-    Ok(result)
+
+    /// The closing line on stderr, when there is something to say.
+    fn tell(&self, job: &str, counts: &Counts) {
+        match (self.exit, &self.reason) {
+            (Exit::SomeFailed, _) => eprintln!(
+                "{job}: {} requests failed for good: `runner export --job {job}` shows why; `runner status` sums it up",
+                counts.failed
+            ),
+            (Exit::Stopped, Some(reason)) => eprintln!(
+                "{job}: stopped with {} requests pending: {reason}",
+                counts.pending
+            ),
+            (Exit::Interrupted, _) => eprintln!(
+                "{job}: interrupted with {} requests pending: `runner resume --job {job}` continues",
+                counts.pending
+            ),
+            (Exit::Success | Exit::Stopped, _) => {}
+        }
+    }
 }
 
 /// The default job name: the input file's stem.

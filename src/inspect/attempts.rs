@@ -65,7 +65,7 @@ pub fn attempts(args: &AttemptsArgs, out: impl Write) -> anyhow::Result<u64> {
     let filter = AttemptFilter {
         custom_id: args.custom_id.clone(),
         status: args.status,
-        class: args.class.clone(),
+        class: args.class,
         key: args.key.clone(),
         since: args.since.map(|t| t.resolve(now)),
         until: args.until.map(|t| t.resolve(now)),

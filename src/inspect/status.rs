@@ -108,6 +108,14 @@ pub fn summary_json(s: &JobSummary) -> Value {
 }
 
 fn write_summary(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
+    write_job(s, out)?;
+    write_work(s, out)?;
+    write_cost(s, out)?;
+    write_activity(s, out)
+}
+
+/// The job itself: state, input, who runs it, when.
+fn write_job(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let job = &s.job;
     writeln!(out, "job       {} ({})", job.name, job.state)?;
     if let Some(reason) = &job.state_reason {
@@ -136,7 +144,11 @@ fn write_summary(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         "times     created {} · updated {}",
         rfc3339(job.created_at),
         rfc3339(job.updated_at)
-    )?;
+    )
+}
+
+/// Requests by state, attempts by class and by status.
+fn write_work(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let counts = &s.counts;
     writeln!(
         out,
@@ -160,7 +172,11 @@ fn write_summary(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         .iter()
         .map(|(status, n)| format!("{} {n}", status_label(*status)))
         .collect();
-    writeln!(out, "statuses  {}", by_status.join(" · "))?;
+    writeln!(out, "statuses  {}", by_status.join(" · "))
+}
+
+/// Tokens and their estimated cost.
+fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let (prompt, completion, total) = s.token_totals();
     writeln!(
         out,
@@ -195,6 +211,11 @@ fn write_summary(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
             s.cost.unpriced.join(", ")
         )?;
     }
+    Ok(())
+}
+
+/// Speed and the job's events.
+fn write_activity(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     match (s.requests_per_second(), s.attempts_per_second()) {
         (Some(requests), Some(attempts)) => writeln!(
             out,
