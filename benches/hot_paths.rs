@@ -98,7 +98,7 @@ fn journal_1000_attempts(bencher: divan::Bencher) {
                     max_line_bytes: 1 << 20,
                 },
             );
-            db::ingest(&conn, job.id, &mut reader).expect("ingest");
+            runner::store::ingest::ingest(&conn, job.id, &mut reader).expect("ingest");
             let claimed = db::claim_due(&conn, job.id, 1, 1000).expect("claim");
             (conn, job.id, claimed)
         })

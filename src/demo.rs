@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::Exit;
 use crate::cli::{DbArgs, DemoArgs, ExportArgs, ExportFormat, RunArgs, SubmitArgs};
+use crate::domain::Exit;
 use crate::engine::config::ApiEnv;
 use crate::engine::shutdown::Shutdown;
 use crate::http::client::ApiKey;

@@ -7,43 +7,46 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the raw command-line flags (clap); [`config`]: checked settings, the `OPENAI_*`
-//!   environment, defaults.
-//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line;
-//!   [`store::ingest`] reads a whole file into a job, all or nothing.
+//! Folders by concern, lowest layer last; every import points down this list (checked by
+//! `tests/architecture.rs`).
+//!
+//! - This file: [`run`] (one command), [`exit_code`], logging. [`demo`]: `runner demo`.
+//! - [`inspect`]: the read-only commands over the journal: [`inspect::status`] (`status`,
+//!   `jobs`; [`inspect::summary`], [`inspect::prices`]), [`inspect::attempts`],
+//!   [`inspect::timeline`] (buckets, spikes, chart), [`inspect::report`] (HTML),
+//!   [`inspect::export`] (CSV, Batch JSONL), [`inspect::doctor`].
+//! - [`engine`]: running a job. [`engine::job`] orchestrates `submit`, `resume` and
+//!   `retry-failed` as a `JobRun`; [`engine::config`] checks settings; [`engine::pool`] claims
+//!   due requests and passes each through the gates (429 pause, [`engine::keys`],
+//!   [`engine::breaker`], [`engine::rate_limit`]); [`engine::attempt`] reads, decides
+//!   ([`engine::retry`]) and records one attempt; [`engine::context`] is what attempt tasks
+//!   share; [`engine::tokens`], [`engine::progress`], [`engine::shutdown`].
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
-//!   commit); [`store::db`] holds the SQL, [`store::migrate`] the schema versions,
-//!   [`store::lease`] the one-runner-per-job lease, [`store::fault`] storage faults in words a
-//!   user can act on.
-//! - [`request`]: domain types: ids, the request state machine, attempts, completions.
-//! - [`worker`]: the pool: claims due requests, passes each through the gates (a 429's pause,
-//!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] ceilings and pacer) and runs it;
-//!   [`attempt`]: one attempt, from send to journal.
-//! - [`http::client`]: sends one attempt; [`http::classify`]: the error taxonomy (one enum, one
-//!   function); [`retry`]: what follows an attempt (backoff, server-requested waits).
-//! - [`response`]: usage and output text of success bodies; [`tokens`]: token estimates for
-//!   `--tpm` (tiktoken).
-//! - [`export`]: CSV and Batch-output JSONL; [`status`]: `status` and `jobs`.
-//! - [`progress`]: the bar or summary lines on stderr.
-//! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, tests);
-//!   [`demo`]: `runner demo`.
-//! - [`shutdown`]: two-stage Ctrl-C handling passed into [`run`].
-//! - Showing what happened: [`journal`] (read-only queries over attempts and events),
-//!   [`summary`] and [`prices`] (`status`: counts, cost estimate, throughput), [`timeline`]
-//!   (buckets, spikes, the terminal chart), [`attempts`] (`runner attempts`), [`report`] (the
-//!   HTML report), [`doctor`] (`runner doctor`: key, environment, reachability, one probe).
+//!   commit). Every SQL statement lives here: [`store::db`] (writes, jobs), [`store::journal`]
+//!   (read-only queries), [`store::ingest`] (a file into a job, all or nothing),
+//!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].
+//! - [`cli`]: the raw command-line flags (clap).
+//! - [`http`]: [`http::client`] sends one attempt; [`http::classify`] is the error taxonomy (one
+//!   function); [`http::response`] reads success bodies; [`http::sse`] assembles streamed
+//!   answers; [`http::body`] and [`http::hints`] read bodies and headers with bounds.
+//! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests).
+//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.
+//! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
+//!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
+//!   [`domain::EventKind`], [`Exit`]; one enum each, text only at the SQL and output boundaries.
+//! - [`util`]: the clock, private files, locks.
 //!
 //! # Data flow
 //!
 //! ```text
-//! file ─▶ input ─▶ store::ingest (requests: pending, one transaction)
+//! file ─▶ input ─▶ store::ingest (requests: pending, all or nothing)
 //!                        │
-//!           worker: claim due ─▶ gates (429 pause, key, breaker, rpm/tpm, pacer)
+//!     engine::pool: claim due ─▶ gates (429 pause, key, breaker, rpm/tpm, pacer)
 //!                        │                                   │
-//!                        │             attempt: http ─▶ classify ─▶ retry policy
+//!                        │     engine::attempt: http::client ─▶ read (classify) ─▶ decide
 //!                        ▲                                   │
-//!                        └── attempt row + new state, group-committed by the store thread
-//! store ─▶ export (CSV / JSONL), status, attempts, timeline, report
+//!                        └── record: attempt row + new state, group-committed by the store
+//! store ─▶ inspect: export (CSV / JSONL), status, attempts, timeline, report
 //! ```
 
 pub mod cli;
@@ -60,36 +63,13 @@ pub mod util;
 use std::io;
 use std::process::ExitCode;
 
+pub use crate::domain::Exit;
+
 use crate::cli::Command;
 use crate::engine::config::ApiEnv;
 use crate::engine::job;
 use crate::engine::shutdown::Shutdown;
 use crate::inspect::{attempts, doctor, export, report, status};
-
-/// How a command ended, as the process exit code (see README "Exit codes").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// 0: every request succeeded (or the command had nothing to send).
-    Success,
-    /// 3: the job finished and some requests failed permanently.
-    SomeFailed,
-    /// 4: a job-level condition (bad key, quota, …) stopped it; requests are pending.
-    Stopped,
-    /// 130: interrupted by a signal; resumable.
-    Interrupted,
-}
-
-impl Exit {
-    /// The process exit code.
-    pub fn code(self) -> u8 {
-        match self {
-            Exit::Success => 0,
-            Exit::SomeFailed => 3,
-            Exit::Stopped => 4,
-            Exit::Interrupted => 130,
-        }
-    }
-}
 
 /// Runs one command. `shutdown` is triggered by signals in the binary and by tests directly.
 ///

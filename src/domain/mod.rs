@@ -1,15 +1,17 @@
 //! The domain's vocabulary, shared by every layer: ids, the request state machine, the error
 //! taxonomy's classes, job events, and the records an attempt leaves. Each vocabulary is one
-//! enum, converted to and from text only where it meets SQL or output ([`names`]).
+//! enum, converted to and from text only where it meets SQL or output (the `names` module).
 
 mod class;
 mod event;
+mod exit;
 pub(crate) mod names;
 pub mod price;
 mod state;
 
 pub use class::{AttemptClass, Class, StopCause};
 pub use event::EventKind;
+pub use exit::Exit;
 pub use names::UnknownName;
 pub use price::{BadPrice, Price, PriceOverride};
 pub use state::{AttemptOutcome, JobState, RequestState};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::Exit;
 use crate::cli::{ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
+use crate::domain::Exit;
 use crate::domain::{Counts, JobState};
 use crate::engine::config::{ApiEnv, JobSettings};
 use crate::engine::keys::KeyPool;
@@ -18,7 +18,7 @@ use crate::engine::shutdown::Shutdown;
 use crate::input::{InputOptions, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::lease::{self, Acquired, LeaseKeeper, LeaseOwner};
-use crate::store::{JobStore, StoreError, fault};
+use crate::store::{JobStore, StoreError, fault, ingest};
 use crate::util::clock::now_ms;
 
 /// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
@@ -83,7 +83,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                     let job = db::upsert_job(c, &name, &input_path, &config, now)?;
                     // Before the ingest: a running job's requests are not touched.
                     let acquired = lease::acquire(c, &job, &owner, now)?;
-                    let report = db::ingest(c, job.id, &mut reader)?;
+                    let report = ingest::ingest(c, job.id, &mut reader)?;
                     // A long ingest must not start the run on a lapsed lease.
                     lease::renew(c, job.id, &owner, now_ms())?;
                     Ok((job, report, acquired))
@@ -246,7 +246,12 @@ pub(crate) struct JobRun<'a> {
 impl JobRun<'_> {
     /// [`JobRun::execute`] while keeping the job's lease renewed; releases it at the end.
     async fn execute_leased(self) -> anyhow::Result<Exit> {
-        let keeper = LeaseKeeper::start(self.store, &self.job, self.me.clone(), self.shutdown);
+        let keeper = LeaseKeeper::start(
+            self.store,
+            &self.job,
+            self.me.clone(),
+            &self.shutdown.stop_token(),
+        );
         let result = self.execute().await;
         match (result, keeper.finish().await) {
             (Err(e), _) => Err(e),

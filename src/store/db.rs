@@ -7,7 +7,6 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
-pub use super::ingest::{IngestReport, ingest};
 use crate::domain::{
     AttemptClass, AttemptOutcome, Claimed, Class, Completion, Counts, Disposition, EventKind,
     JobId, JobState, RequestId, RequestState, Spent,

@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::Exit;
 use crate::cli::DoctorArgs;
+use crate::domain::Exit;
 use crate::engine::config::{ApiEnv, DEFAULT_BASE_URL};
 use crate::engine::keys::read_keys_file;
 use crate::http::client::{ApiKey, ClientSettings};

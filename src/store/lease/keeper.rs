@@ -7,7 +7,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{LeaseError, LeaseOwner, RENEW_EVERY, Renewal, release, renew};
 use crate::domain::JobId;
-use crate::engine::shutdown::Shutdown;
 use crate::store::db::Job;
 use crate::store::{JobStore, StoreError};
 use crate::util::clock::now_ms;
@@ -28,9 +27,14 @@ pub struct LeaseKeeper {
 
 impl LeaseKeeper {
     /// Starts renewing `me`'s lease on `job` every [`RENEW_EVERY`]. If the lease is lost to
-    /// another runner, dispatch is stopped through `shutdown`.
-    pub fn start(store: &JobStore, job: &Job, me: LeaseOwner, shutdown: &Shutdown) -> LeaseKeeper {
-        Self::start_every(store, job, me, shutdown, RENEW_EVERY)
+    /// another runner, `on_lost` is cancelled (the run passes its stop token: dispatch stops).
+    pub fn start(
+        store: &JobStore,
+        job: &Job,
+        me: LeaseOwner,
+        on_lost: &CancellationToken,
+    ) -> LeaseKeeper {
+        Self::start_every(store, job, me, on_lost, RENEW_EVERY)
     }
 
     /// [`LeaseKeeper::start`] with another renewal period (tests).
@@ -38,7 +42,7 @@ impl LeaseKeeper {
         store: &JobStore,
         job: &Job,
         me: LeaseOwner,
-        shutdown: &Shutdown,
+        on_lost: &CancellationToken,
         every: Duration,
     ) -> LeaseKeeper {
         let stop = CancellationToken::new();
@@ -47,7 +51,7 @@ impl LeaseKeeper {
             job.id,
             me.clone(),
             stop.clone(),
-            shutdown.clone(),
+            on_lost.clone(),
             every,
         ));
         LeaseKeeper {
@@ -89,7 +93,7 @@ async fn keep_renewed(
     job: JobId,
     me: LeaseOwner,
     stop: CancellationToken,
-    shutdown: Shutdown,
+    on_lost: CancellationToken,
     every: Duration,
 ) -> Option<String> {
     let mut ticks = tokio::time::interval(every);
@@ -110,7 +114,7 @@ async fn keep_renewed(
             Ok(Renewal::Renewed) => {}
             Ok(Renewal::Lost(holder)) => {
                 tracing::error!(%holder, "another runner took over this job: stopping dispatch");
-                shutdown.stop();
+                on_lost.cancel();
                 return Some(holder);
             }
             Err(e) => {
@@ -148,9 +152,9 @@ mod tests {
         // Taken at time 0: expired long ago, until a renewal moves it to now + 30 s.
         acquire_with(&conn, &job, &me, 0, ALIVE).expect("free");
         let (store, thread) = JobStore::start(conn).expect("start");
-        let shutdown = Shutdown::new();
+        let on_lost = CancellationToken::new();
 
-        let keeper = LeaseKeeper::start_every(&store, &job, me.clone(), &shutdown, EVERY);
+        let keeper = LeaseKeeper::start_every(&store, &job, me.clone(), &on_lost, EVERY);
         eventually(&store, "a renewal", |c| {
             holder(c, JobId(1))
                 .expect("query")
@@ -163,14 +167,14 @@ mod tests {
             store.call(move |c| holder(c, id)).await.expect("query"),
             None
         );
-        assert!(!shutdown.is_stopping());
+        assert!(!on_lost.is_cancelled());
 
         let (again, lease_job) = (me.clone(), job.clone());
         store
             .call(move |c| acquire_with(c, &lease_job, &again, now_ms(), ALIVE))
             .await
             .expect("taken again");
-        let keeper = LeaseKeeper::start_every(&store, &job, me, &shutdown, EVERY);
+        let keeper = LeaseKeeper::start_every(&store, &job, me, &on_lost, EVERY);
         let thief = owner(2, "b").to_string();
         store
             .call(move |c| {
@@ -179,7 +183,7 @@ mod tests {
             })
             .await
             .expect("steal");
-        tokio::time::timeout(Duration::from_secs(10), shutdown.stopping())
+        tokio::time::timeout(Duration::from_secs(10), on_lost.cancelled())
             .await
             .expect("dispatch stops when the lease is lost");
         let err = keeper.finish().await.expect_err("lost");
