@@ -105,16 +105,12 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 job.name, report.invalid, job.name
             );
         }
-        JobRun {
-            store: &store,
-            job,
-            me,
-            settings: &settings,
+        Invocation {
             env,
             run: &args.run,
             shutdown,
         }
-        .execute_leased()
+        .execute(&store, job, me, &settings)
         .await
     })
     .await
@@ -134,16 +130,12 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 .call(move |c| db::update_job_config(c, id, &config, now))
                 .await?;
         }
-        JobRun {
-            store: &store,
-            job,
-            me,
-            settings: &settings,
+        Invocation {
             env,
             run: &args.run,
             shutdown,
         }
-        .execute_leased()
+        .execute(&store, job, me, &settings)
         .await
     })
     .await
@@ -197,16 +189,12 @@ pub async fn retry_failed(
             job.name,
             class.map(|c| format!(" of class {c}")).unwrap_or_default()
         );
-        JobRun {
-            store: &store,
-            job,
-            me,
-            settings: &settings,
+        Invocation {
             env,
             run: &args.run,
             shutdown,
         }
-        .execute_leased()
+        .execute(&store, job, me, &settings)
         .await
     })
     .await
@@ -222,6 +210,36 @@ fn report_takeover(job: &str, acquired: &Acquired) {
         Acquired::HolderGone { previous } => {
             eprintln!("{job}: took over the job from {previous}, which is no longer running")
         }
+    }
+}
+
+/// What a `submit`, `resume` or `retry-failed` was invoked with, beyond the job itself.
+struct Invocation<'a> {
+    env: &'a ApiEnv,
+    run: &'a RunArgs,
+    shutdown: &'a Shutdown,
+}
+
+impl Invocation<'_> {
+    /// Runs the job whose lease `me` holds, with these settings, to its end.
+    async fn execute(
+        &self,
+        store: &JobStore,
+        job: Job,
+        me: LeaseOwner,
+        settings: &JobSettings,
+    ) -> anyhow::Result<Exit> {
+        JobRun {
+            store,
+            job,
+            me,
+            settings,
+            env: self.env,
+            run: self.run,
+            shutdown: self.shutdown,
+        }
+        .execute_leased()
+        .await
     }
 }
 
