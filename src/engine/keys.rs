@@ -405,6 +405,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             organization: None,
             project: None,
+            max_body_bytes: crate::http::body::DEFAULT_MAX_BODY_BYTES,
         }
     }
 
