@@ -117,6 +117,10 @@ pub struct RunArgs {
     /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Allow plain http:// to a host other than this machine while a key is set (the key then
+    /// crosses the network in the clear). Not stored: say it again on every run
+    #[arg(long)]
+    pub allow_insecure_http: bool,
     /// After Ctrl-C, how long requests in flight may take to finish
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
     pub grace: Duration,
