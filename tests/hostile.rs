@@ -212,3 +212,45 @@ async fn max_response_bytes_over_what_the_journal_holds_is_refused() {
         "{err:#}"
     );
 }
+
+/// A request id is the server's text: `runner attempts --format csv` neutralises a formula in
+/// it exactly as `runner export` does, and JSONL keeps it exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_csv_neutralises_server_text_like_the_export() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let formula = "=HYPERLINK(\"http://evil.example\",\"x\")";
+    let text = line("f", json!({"mock_headers": {"x-request-id": formula}}));
+    let input = s.write("f.jsonl", &format!("{text}\n"));
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let args = submit_args(&file, &db, &url, &[]);
+    assert_eq!(run(&args, env()).await.expect("runs"), Exit::Success);
+    for (format, expected) in [
+        ("csv", format!("'{formula}")),
+        ("jsonl", formula.to_owned()),
+    ] {
+        let mut cmd = support::bin::runner(s.dir.path());
+        cmd.args(["attempts", "--db", &db, "--format", format]);
+        let out = support::bin::output(cmd).await;
+        assert!(out.status.success(), "{}", support::bin::text(&out.stderr));
+        let stdout = support::bin::text(&out.stdout);
+        let cell = match format {
+            "csv" => {
+                let mut reader = csv::Reader::from_reader(stdout.as_bytes());
+                let headers = reader.headers().expect("header").clone();
+                let row = reader.records().next().expect("a row").expect("parses");
+                let at = headers
+                    .iter()
+                    .position(|h| h == "x_request_id")
+                    .expect("column");
+                row[at].to_owned()
+            }
+            _ => {
+                let value: serde_json::Value =
+                    serde_json::from_str(stdout.lines().next().expect("a line")).expect("json");
+                value["x_request_id"].as_str().expect("text").to_owned()
+            }
+        };
+        assert_eq!(cell, expected, "{format}");
+    }
+}
