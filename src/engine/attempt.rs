@@ -1,5 +1,5 @@
-//! One attempt, in three steps: **read** what came back into a [`Reading`] (pure), **decide** the
-//! request's fate with [`decide`] (pure, a table of cases below), then **record**: tell the
+//! One attempt, in three steps: **read** what came back into a `Reading` (pure), **decide** the
+//! request's fate with `decide` (pure, a table of cases below), then **record**: tell the
 //! breaker, the key pool and the pacer, journal the attempt with its request's new state, and
 //! act on a job-level stop.
 
