@@ -1,6 +1,6 @@
 //! The raw command-line flags (clap). [`crate::engine::config`] turns them into checked settings.
 
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -111,9 +111,16 @@ pub struct RunArgs {
     /// Keys to spread requests over: one per line, KEY or LABEL=KEY [default: $OPENAI_API_KEY]
     #[arg(long, value_name = "PATH")]
     pub keys_file: Option<PathBuf>,
+    /// Longest answer body read, in bytes; a longer answer fails its request with response_too_large (never retried) [default: 268435456, 256 MiB; at most 300000000]
+    #[arg(long, value_name = "BYTES")]
+    pub max_response_bytes: Option<NonZeroU64>,
     /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Allow plain http:// to a host other than this machine while a key is set (the key then
+    /// crosses the network in the clear). Not stored: say it again on every run
+    #[arg(long)]
+    pub allow_insecure_http: bool,
     /// After Ctrl-C, how long requests in flight may take to finish
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
     pub grace: Duration,

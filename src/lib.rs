@@ -16,7 +16,9 @@
 //!   [`inspect::timeline`] (buckets, spikes, chart), [`inspect::report`] (HTML),
 //!   [`inspect::export`] (CSV, Batch JSONL), [`inspect::doctor`].
 //! - [`engine`]: running a job. [`engine::job`] orchestrates `submit`, `resume` and
-//!   `retry-failed` as a `JobRun`; [`engine::config`] checks settings; [`engine::pool`] claims
+//!   `retry-failed` as a `JobRun`; [`engine::config`] checks settings;
+//!   [`engine::destination`] decides which base URL wins and whether a key may go there;
+//!   [`engine::pool`] claims
 //!   due requests and passes each through the gates (429 pause, [`engine::keys`],
 //!   [`engine::breaker`], [`engine::rate_limit`]); [`engine::attempt`] reads, decides
 //!   ([`engine::retry`]) and records one attempt; [`engine::context`] is what attempt tasks

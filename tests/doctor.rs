@@ -1,5 +1,8 @@
 //! `runner doctor` against the mock and against tiny servers that answer one fault: the right
 //! diagnosis for each, and the exit codes of the real binary.
+// Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
+// covers only #[test] fns and #[cfg(test)] items).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
 

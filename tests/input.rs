@@ -1,6 +1,9 @@
 //! Bad input on the real binary: every kind of bad line is refused with `FILE:LINE:` and exit 1,
 //! leaving the job as it was and sending nothing; with `--skip-invalid` a bad line becomes a
 //! failed request (error class `invalid_input`) and the rest runs.
+// Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
+// covers only #[test] fns and #[cfg(test)] items).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
 

@@ -3,6 +3,9 @@
 //!
 //! Without Chromium the test is skipped with a message, unless `CI` is set: then it fails, so CI
 //! never passes without having looked at the page.
+// Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
+// covers only #[test] fns and #[cfg(test)] items).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
 

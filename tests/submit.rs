@@ -219,6 +219,16 @@ async fn abort_journals_in_flight_requests_as_interrupted() {
     let args = submit_args(&file, &db, &url, &["--concurrency", "8"]);
     let running = spawn_run(&args, env(), shutdown.clone());
     wait_until("some successes", || mock.stats().successes() >= 8).await;
+    // The next requests are in flight (not just the first eight answered), so the abort has
+    // something to interrupt even on a loaded machine.
+    wait_until("requests in flight after the first answers", || {
+        try_query_i64(
+            &s.db(),
+            "SELECT (SELECT count(*) FROM requests WHERE state = 'succeeded') >= 8
+                AND (SELECT count(*) FROM requests WHERE state = 'in_flight') > 0",
+        ) == Some(1)
+    })
+    .await;
     shutdown.abort();
     let exit = within("aborted run", running)
         .await
@@ -557,12 +567,15 @@ async fn ten_thousand_requests_through_ten_percent_missing_scope_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_and_the_wait_is_stored() {
     let s = Scratch::new();
-    // Every request meets a 429 with retry-after 1.2 s during the first 300 ms.
+    // Every request meets a 429 with retry-after 1.2 s during the first second (long enough
+    // for the runner to start on a loaded machine; its retries come after 1.2 s). The latency
+    // keeps all five in flight before the first 429 pauses the pool.
     let mock = mock(MockConfig {
+        latency: Duration::from_millis(200),
         retry_after: Duration::from_millis(1200),
         spikes: vec![Spike {
             start: Duration::ZERO,
-            end: Duration::from_millis(300),
+            end: Duration::from_millis(1000),
             fault: Fault::RateLimited,
         }],
         ..MockConfig::default()

@@ -1,6 +1,9 @@
 //! A database written by the first released schema (tests/fixtures/v1-schema.db, see
 //! tests/fixtures/README.md) opens with the current code: status, export and resume work, the
 //! schema is upgraded, and every row is kept.
+// Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
+// covers only #[test] fns and #[cfg(test)] items).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
 

@@ -1,5 +1,8 @@
 //! "What happened": status while a job runs, the attempts journal, the timeline's spikes against
 //! the mock's known fault schedule, and prices.
+// Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
+// covers only #[test] fns and #[cfg(test)] items).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
 

@@ -11,9 +11,10 @@ use crate::domain::{
 };
 use crate::engine::context::Context;
 use crate::engine::keys::{KeyLease, KeyOutcome};
-use crate::engine::retry::{RetryPolicy, server_wait};
+use crate::engine::retry::RetryPolicy;
 use crate::http::classify::{ApiError, Observation, TransportFailure, classify};
 use crate::http::client::Sent;
+use crate::http::hints;
 use crate::http::response::parse_success;
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
@@ -38,7 +39,7 @@ pub(crate) async fn attempt(
     let clock = Instant::now();
     let sent = lease.client.post(&url, body).await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
-    let reading = read(sent, SystemTime::now());
+    let reading = read(sent, SystemTime::now(), ctx.policy.max_server_wait);
 
     // The gates learn from every attempt: the server's pace, the service's health, the key's.
     let now = Instant::now();
@@ -208,8 +209,10 @@ impl Reading {
     }
 }
 
-/// Reads what came back. `now` resolves a `retry-after` given as an HTTP date.
-pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
+/// Reads what came back. `now` resolves a `retry-after` given as an HTTP date; `max_wait`
+/// (`--max-wait`) caps the wait a server may ask for. Every header goes through
+/// [`hints`], so no value a server sends can panic here.
+pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
     match sent {
         Sent::Answer(answer) => {
             let success = (200..300).contains(&answer.status);
@@ -223,11 +226,7 @@ pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
             } else {
                 ApiError::parse(&answer.body)
             };
-            let should_retry = match answer.header("x-should-retry") {
-                Some("true") => Some(true),
-                Some("false") => Some(false),
-                _ => None,
-            };
+            let should_retry = hints::should_retry(&answer.headers);
             let class = classify(Observation::Answer {
                 status: answer.status,
                 error: &error,
@@ -246,18 +245,39 @@ pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
                 outcome: AttemptOutcome::Answered,
                 http_status: Some(answer.status),
                 class,
-                wait: server_wait(&answer.headers, error.message.as_deref(), now),
+                wait: hints::server_wait(&answer.headers, error.message.as_deref(), now, max_wait),
                 error_code,
                 error_message,
                 x_request_id: answer.header("x-request-id").map(str::to_owned),
                 response: Some(String::from_utf8_lossy(&answer.body).into_owned()),
                 usage: usage.unwrap_or_default(),
-                limit_per_minute: answer
-                    .header("x-ratelimit-limit-requests")
-                    .and_then(|v| v.trim().parse::<f64>().ok()),
+                limit_per_minute: hints::limit_per_minute(&answer.headers),
                 error,
             }
         }
+        // Never retried: the server did the work (a 2xx may be billed), and the same request
+        // would get the same answer. Only the error goes into the journal, never the body.
+        Sent::TooLarge {
+            status,
+            headers,
+            cap,
+            at_least,
+        } => Reading {
+            outcome: AttemptOutcome::Answered,
+            http_status: Some(status),
+            class: Class::RequestFailed,
+            error: ApiError::default(),
+            error_code: Some(RESPONSE_TOO_LARGE.to_owned()),
+            error_message: Some(format!(
+                "the answer's body is at least {at_least} bytes, over the --max-response-bytes limit of {cap}: \
+                 raise --max-response-bytes, then `runner retry-failed --class request_failed` sends it again"
+            )),
+            x_request_id: hints_request_id(&headers),
+            response: None,
+            usage: Usage::default(),
+            wait: None,
+            limit_per_minute: hints::limit_per_minute(&headers),
+        },
         Sent::Failed { failure, message } => Reading {
             outcome: if failure.outcome_unknown() {
                 AttemptOutcome::OutcomeUnknown
@@ -283,6 +303,16 @@ pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
             limit_per_minute: None,
         },
     }
+}
+
+/// The journal's `error_code` of an answer over `--max-response-bytes`.
+pub const RESPONSE_TOO_LARGE: &str = "response_too_large";
+
+fn hints_request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Everything [`decide`] looks at.
@@ -532,6 +562,7 @@ mod tests {
                 message: "timed out".into(),
             },
             SystemTime::now(),
+            Duration::from_secs(120),
         );
         assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
         assert_eq!(reading.class, Class::Transient);

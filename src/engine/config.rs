@@ -64,6 +64,11 @@ pub enum ConfigError {
         "OPENAI_API_KEY is not set: export it before running against {0} (keys are never accepted as flags)"
     )]
     MissingKey(String),
+    /// `--max-response-bytes` above what the journal can hold.
+    #[error(
+        "--max-response-bytes {0} is over the largest answer the journal can hold ({MAX_RESPONSE_BYTES_LIMIT}): use a smaller value"
+    )]
+    MaxResponseBytes(u64),
     /// The stored settings of a job do not parse.
     #[error("the job's stored settings are unreadable: {0}")]
     Stored(#[from] serde_json::Error),
@@ -117,7 +122,15 @@ pub struct JobSettings {
     /// Output tokens counted for `tpm` when a request names no maximum.
     #[serde(default = "defaults::default_output_tokens")]
     pub default_output_tokens: u32,
+    /// Longest answer body read, in bytes (`--max-response-bytes`).
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: u64,
 }
+
+/// The largest `--max-response-bytes`: a body is journaled as text, and a body that is not
+/// UTF-8 can grow up to three times in the lossy conversion; SQLite refuses strings over
+/// 1,000,000,000 bytes, which would end the run on a storage error.
+pub const MAX_RESPONSE_BYTES_LIMIT: u64 = 300_000_000;
 
 /// Defaults of settings added after the first release: older stored settings lack them.
 mod defaults {
@@ -147,6 +160,9 @@ mod defaults {
     pub fn default_output_tokens() -> u32 {
         256
     }
+    pub fn max_response_bytes() -> u64 {
+        crate::http::body::DEFAULT_MAX_BODY_BYTES as u64
+    }
 }
 
 impl JobSettings {
@@ -173,6 +189,7 @@ impl JobSettings {
             keys_file: None,
             tpm: None,
             default_output_tokens: defaults::default_output_tokens(),
+            max_response_bytes: defaults::max_response_bytes(),
         }
     }
 
@@ -206,6 +223,9 @@ impl JobSettings {
         }
         if let Some(n) = run.default_output_tokens {
             self.default_output_tokens = n;
+        }
+        if let Some(n) = run.max_response_bytes {
+            self.max_response_bytes = n.get();
         }
         if let Some(n) = run.max_attempts {
             self.max_attempts = n.get();
@@ -268,6 +288,9 @@ impl JobSettings {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(ConfigError::BaseUrl(self.base_url.clone()));
         }
+        if !(1..=MAX_RESPONSE_BYTES_LIMIT).contains(&self.max_response_bytes) {
+            return Err(ConfigError::MaxResponseBytes(self.max_response_bytes));
+        }
         if !self.endpoint.starts_with('/') {
             return Err(ConfigError::Endpoint(self.endpoint.clone()));
         }
@@ -325,6 +348,7 @@ impl JobSettings {
             connect_timeout: CONNECT_TIMEOUT.min(Duration::from_millis(self.timeout_ms)),
             organization: env.organization.clone(),
             project: env.project.clone(),
+            max_body_bytes: usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::cli::{ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
 use crate::domain::Exit;
 use crate::domain::{Counts, JobState};
 use crate::engine::config::{ApiEnv, JobSettings};
+use crate::engine::destination;
 use crate::engine::keys::KeyPool;
 use crate::engine::pool::{PoolExit, PoolSettings, WorkerPool};
 use crate::engine::progress::{Display, Reporter, Tally};
@@ -64,7 +65,9 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             settings.model = Some(model.clone());
         }
         settings.apply(&args.run);
+        let destination = destination::settle(&mut settings, existing.is_some(), &args.run, env);
         settings.check(env)?;
+        destination::check_transport(&settings, env, args.run.allow_insecure_http)?;
 
         let options = InputOptions {
             endpoint: settings.endpoint.clone(),
@@ -91,6 +94,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             })
             .await?;
         report_takeover(&job.name, &acquired);
+        tell_destination(&job.name, &settings, destination);
         eprintln!(
             "{}: read {} requests from {}: {} new, {} already in the job",
             job.name,
@@ -162,8 +166,29 @@ async fn take_job(
     report_takeover(&job.name, &acquired);
     let mut settings = JobSettings::from_json(&job.config)?;
     settings.apply(run);
+    let destination = destination::settle(&mut settings, true, run, env);
     settings.check(env)?;
+    destination::check_transport(&settings, env, run.allow_insecure_http)?;
+    tell_destination(&job.name, &settings, destination);
     Ok((job, me, settings))
+}
+
+/// Says on stderr which host the job sends to and why, and when the environment replaced the
+/// stored base URL.
+fn tell_destination(
+    job: &str,
+    settings: &JobSettings,
+    (source, note): (destination::Source, Option<String>),
+) {
+    if let Some(note) = note {
+        eprintln!("{job}: {note}");
+    }
+    eprintln!(
+        "{job}: sending to {} ({}: {})",
+        destination::host_of(&settings.base_url),
+        source.describe(),
+        settings.base_url
+    );
 }
 
 /// `runner retry-failed`: requeue failed requests (all, or one class) with fresh budgets and run.

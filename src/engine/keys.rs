@@ -74,7 +74,7 @@ pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>, KeysError> {
             continue;
         }
         let key = match line.split_once('=') {
-            Some((label, key)) if !label.trim().is_empty() && !key.trim().is_empty() => {
+            Some((label, key)) if is_label(label.trim()) && !key.trim().is_empty() => {
                 ApiKey::labelled(key, label.trim())
             }
             _ => ApiKey::new(line),
@@ -95,6 +95,21 @@ pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>, KeysError> {
     }
     Ok(keys)
 }
+
+/// Whether the text left of a line's first `=` is a label: a simple name (letters, digits,
+/// `_`, `-`, `.`) that does not look like a key. A label is journaled with every attempt, so a
+/// key that merely contains `=` (`sk-…=…`) must never be taken for one.
+fn is_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_LABEL_LEN
+        && !text.starts_with("sk-")
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// The longest label: a name for people to read, not a secret.
+const MAX_LABEL_LEN: usize = 64;
 
 fn warn_if_shared(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -405,6 +420,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             organization: None,
             project: None,
+            max_body_bytes: crate::http::body::DEFAULT_MAX_BODY_BYTES,
         }
     }
 
@@ -536,6 +552,22 @@ mod tests {
         fs::write(&path, "a=sk-1111111111111\na=sk-2222222222222\n").expect("write");
         let err = read_keys_file(&path).expect_err("dup").to_string();
         assert!(err.contains(":2: label 'a' is already used"), "{err}");
+    }
+
+    /// A key containing `=` is one key, never `LABEL=KEY`: its left side would be journaled as
+    /// a label with every attempt.
+    #[rstest::rstest]
+    #[case::unlabelled_key_with_equals("sk-proj-abc=def0123456789XYZW", "sk-proj-…XYZW")]
+    #[case::plain_key_with_equals("sk-abcdefgh=ijklmnopWXYZ", "sk-…WXYZ")]
+    #[case::base64_token_not_a_label("dG9r+ZW4/abc=defgh1111", "…1111")]
+    #[case::simple_label("team-a.1=sk-proj-aaaaaaaaaaaa1111", "team-a.1")]
+    fn labels_are_simple_names_and_never_keys(#[case] line: &str, #[case] journaled: &str) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("keys");
+        fs::write(&path, format!("{line}\n")).expect("write");
+        let keys = read_keys_file(&path).expect("reads");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].fingerprint(), journaled);
     }
 
     #[test]

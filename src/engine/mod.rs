@@ -4,6 +4,8 @@
 //! - [`job`]: `submit`, `resume` and `retry-failed`: open the store, ingest, take the lease,
 //!   recover what a crash left in flight, run the pool, record how the job ended.
 //! - [`config`]: the job's checked settings (stored with the job) and the `OPENAI_*` environment.
+//! - [`destination`]: which base URL wins (flag, environment, stored), plain http:// refused
+//!   for a key to another host, the host named on stderr.
 //! - [`pool`]: the dispatcher: claims due requests and passes each through the gates.
 //! - [`context`]: what every attempt task shares (store handle, keys, breaker, pacer, stop).
 //! - [`attempt`]: one attempt: read what came back, decide the request's fate, record it.
@@ -19,6 +21,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod config;
 pub mod context;
+pub mod destination;
 pub mod job;
 pub mod keys;
 pub mod pool;

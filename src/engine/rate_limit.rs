@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::http::hints;
+
 /// A requests-per-minute ceiling shared by every attempt, retries included.
 #[derive(Debug)]
 pub struct RequestLimiter {
@@ -105,8 +107,16 @@ impl TokenLimiter {
     }
 }
 
-/// Lowest pace the AIMD may fall to, requests per second.
+/// Lowest pace the AIMD may fall to on its own, requests per second. A server that announces
+/// a lower limit is believed: the floor is then its ceiling (see [`Pacer::observe`]).
 const MIN_RATE: f64 = 0.5;
+/// Highest pace the pacer ever holds, requests per second: the highest limit a server can
+/// announce ([`hints::MAX_LIMIT_PER_MINUTE`]). Without it, hours of additive increase with no
+/// limit header would reach infinity, from which no decrease comes back.
+const MAX_RATE: f64 = hints::MAX_LIMIT_PER_MINUTE / 60.0;
+/// Without an announced ceiling, the pace climbs to at most this multiple of the rate actually
+/// sent: raising a pace nobody is held back by only makes the next slow-down take longer.
+const USEFUL_HEADROOM: f64 = 2.0;
 /// Multiplicative decrease on a 429.
 const DECREASE: f64 = 0.7;
 /// Additive increase per [`ADJUST_EVERY`] without a 429: this share of the rate, at least 1/s.
@@ -189,15 +199,25 @@ impl Pacer {
         }
         let rate = s.rate?;
         let slot = s.next_slot.max(now);
-        s.next_slot = slot + Duration::from_secs_f64(1.0 / rate);
+        // The rate is kept within MIN..=MAX_RATE by `observe`; the fallback is for the
+        // impossible rest, so a bad value can never panic here.
+        let spacing = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::from_secs(60));
+        s.next_slot = slot + spacing;
         (slot > now + AHEAD).then_some(slot - AHEAD)
     }
 
     /// Learns from an answer: the announced limit (requests per minute, when sent and
-    /// positive: Azure sends -1 or 0 for unknown) and whether it was a 429.
+    /// positive: Azure sends -1 or 0 for unknown; clamped to
+    /// [`hints::MIN_LIMIT_PER_MINUTE`]..=[`hints::MAX_LIMIT_PER_MINUTE`]) and whether it was a
+    /// 429.
+    ///
+    /// The pace always stays within `[min(MIN_RATE, ceiling), min(ceiling, MAX_RATE)]`: a
+    /// 429 slow-down never raises a pace above the server's announced limit, and the additive
+    /// increase never runs away.
     pub fn observe(&self, limit_per_minute: Option<f64>, rate_limited: bool, now: Instant) {
         let mut s = self.lock();
         if let Some(limit) = limit_per_minute.filter(|l| l.is_finite() && *l > 0.0) {
+            let limit = limit.clamp(hints::MIN_LIMIT_PER_MINUTE, hints::MAX_LIMIT_PER_MINUTE);
             let ceiling = limit / 60.0 * HEADROOM;
             s.ceiling = Some(ceiling);
             s.rate = Some(s.rate.map_or(ceiling, |r| r.min(ceiling)));
@@ -208,12 +228,18 @@ impl Pacer {
             return;
         }
         let share = s.refused as f64 / s.answers as f64;
+        let top = s.ceiling.map_or(MAX_RATE, |c| c.min(MAX_RATE));
+        let floor = MIN_RATE.min(top);
         if share > CONGESTED {
-            let base = s.rate.unwrap_or(s.measured).max(MIN_RATE);
-            s.rate = Some((base * DECREASE).max(MIN_RATE));
+            let base = s.rate.unwrap_or(s.measured).clamp(floor, top);
+            s.rate = Some((base * DECREASE).clamp(floor, top));
         } else if let Some(rate) = s.rate {
             let raised = rate + (rate * INCREASE).max(1.0);
-            s.rate = Some(s.ceiling.map_or(raised, |c| raised.min(c)));
+            let useful = match s.ceiling {
+                Some(_) => top,
+                None => (s.measured * USEFUL_HEADROOM).max(rate),
+            };
+            s.rate = Some(raised.min(useful).min(top).max(rate.min(top)));
         }
         s.answers = 0;
         s.refused = 0;
@@ -310,6 +336,61 @@ mod tests {
             Some(start),
             "10% of 429s is noise, not congestion"
         );
+    }
+
+    /// Hours of calm without a limit header: the pace stays finite and bounded by what is
+    /// actually sent, so one congested second still slows it down.
+    #[test]
+    fn the_additive_increase_is_bounded_without_a_limit_header() {
+        let t = Instant::now();
+        let pacer = Pacer::new(t);
+        let mut now = t + ADJUST_EVERY;
+        // A congested second with no announced limit starts pacing from the measured rate.
+        for _ in 0..MIN_ANSWERS {
+            pacer.observe(None, true, now);
+        }
+        assert!(pacer.rate().is_some());
+        for _ in 0..20_000 {
+            now += ADJUST_EVERY;
+            for _ in 0..MIN_ANSWERS {
+                pacer.reserve(now);
+                pacer.observe(None, false, now);
+            }
+        }
+        let calm = pacer.rate().expect("pacing");
+        assert!(calm.is_finite() && calm <= MAX_RATE, "{calm}");
+        assert!(
+            calm <= 2.0 * MIN_ANSWERS as f64 + 1.0,
+            "{calm}: far above what was sent"
+        );
+        now += ADJUST_EVERY;
+        for _ in 0..MIN_ANSWERS {
+            pacer.observe(None, true, now);
+        }
+        let slowed = pacer.rate().expect("pacing");
+        assert!(slowed < calm, "{slowed} < {calm}");
+    }
+
+    /// A server announcing 10/min (or a broken 1e-300/min) is believed: the 429 slow-down's
+    /// floor never lifts the pace above it, and the next slot is a finite time away.
+    #[rstest::rstest]
+    #[case::ten_a_minute(10.0, 10.0)]
+    #[case::vanishing(1e-300, hints::MIN_LIMIT_PER_MINUTE)]
+    fn a_low_announced_limit_is_never_exceeded(#[case] announced: f64, #[case] kept: f64) {
+        let t = Instant::now();
+        let pacer = Pacer::new(t);
+        pacer.observe(Some(announced), false, t);
+        let ceiling = kept / 60.0 * HEADROOM;
+        assert!((pacer.rate().expect("pacing") - ceiling).abs() < 1e-12);
+        let now = t + ADJUST_EVERY;
+        for _ in 0..MIN_ANSWERS {
+            pacer.observe(Some(announced), true, now);
+        }
+        let rate = pacer.rate().expect("pacing");
+        assert!(rate <= ceiling + 1e-12, "{rate} > {ceiling}");
+        pacer.reserve(now);
+        let next = pacer.reserve(now).expect("paced");
+        assert!(next > now);
     }
 
     #[test]

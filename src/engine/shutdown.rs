@@ -2,7 +2,10 @@
 //!
 //! The first Ctrl-C or SIGTERM *stops*: no new request is dispatched and requests in flight get
 //! a grace period to finish and be journaled. The second *aborts*: requests still in flight are
-//! cancelled and journaled as interrupted. Either way the job stays resumable.
+//! cancelled and journaled as interrupted. Either way the job stays resumable. A third, while
+//! the abort itself hangs (a locked database, a stuck disk), exits the process at once with 130:
+//! what is committed stays committed (WAL), and the next run journals what was in flight as
+//! interrupted, exactly as after `kill -9`.
 
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +54,8 @@ impl Shutdown {
     }
 }
 
-/// Turns SIGINT/SIGTERM into [`Shutdown`]: the first stops, the second aborts. Runs until the
-/// second signal or until the caller drops (aborts) the task.
+/// Turns SIGINT/SIGTERM into [`Shutdown`]: the first stops, the second aborts, the third exits
+/// the process at once with 130. Runs until then or until the caller drops (aborts) the task.
 pub async fn forward_signals(shutdown: Shutdown) {
     use tokio::signal::unix::{SignalKind, signal};
     // Both streams are made once, before the first signal: a stream only sees signals that arrive
@@ -64,7 +67,7 @@ pub async fn forward_signals(shutdown: Shutdown) {
         tracing::warn!("cannot watch signals: Ctrl-C will kill the runner without a clean stop");
         return;
     };
-    for nth in 0..2 {
+    for nth in 0..3 {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
@@ -72,9 +75,19 @@ pub async fn forward_signals(shutdown: Shutdown) {
         if nth == 0 {
             tracing::warn!("stopping: waiting for requests in flight (Ctrl-C again to abort)");
             shutdown.stop();
-        } else {
-            tracing::warn!("aborting: requests in flight are journaled as interrupted");
+        } else if nth == 1 {
+            tracing::warn!(
+                "aborting: requests in flight are journaled as interrupted (Ctrl-C again to exit at once)"
+            );
             shutdown.abort();
+        } else {
+            eprintln!(
+                "runner: exiting at once; the next run journals requests in flight as interrupted and resumes"
+            );
+            // The one exit outside `main`, on purpose: the user asked three times and the
+            // clean path is stuck. Nothing is lost that a `kill -9` would not lose, and that
+            // case is tested (tests/cli.rs).
+            std::process::exit(i32::from(crate::Exit::Interrupted.code()));
         }
     }
 }

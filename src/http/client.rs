@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use super::body::{self, BodyError};
 use super::classify::TransportFailure;
 
 /// An API key. Its bytes go into the `Authorization` header and nowhere else: `Debug` is
@@ -74,6 +75,9 @@ pub struct ClientSettings {
     pub organization: Option<String>,
     /// `OpenAI-Project` header.
     pub project: Option<String>,
+    /// The longest answer body read (`--max-response-bytes`); a longer one is
+    /// [`Sent::TooLarge`].
+    pub max_body_bytes: usize,
 }
 
 /// An HTTP answer, any status.
@@ -99,6 +103,18 @@ impl Answer {
 pub enum Sent {
     /// The server answered.
     Answer(Answer),
+    /// The server answered with a body over [`ClientSettings::max_body_bytes`]: reading
+    /// stopped there and the connection was dropped, so memory stays bounded.
+    TooLarge {
+        /// Status code (the request was answered, and a 2xx may be billed).
+        status: u16,
+        /// Response headers.
+        headers: HeaderMap,
+        /// The limit, in bytes.
+        cap: usize,
+        /// The announced `Content-Length`, or the bytes received when reading stopped.
+        at_least: u64,
+    },
     /// No answer.
     Failed {
         /// How it failed.
@@ -128,6 +144,7 @@ pub struct ApiClient {
     http: reqwest::Client,
     base_url: String,
     key_fingerprint: Option<String>,
+    max_body_bytes: usize,
 }
 
 impl ApiClient {
@@ -173,6 +190,7 @@ impl ApiClient {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             key_fingerprint: key.map(|k| k.fingerprint().to_owned()),
+            max_body_bytes: settings.max_body_bytes,
         })
     }
 
@@ -186,7 +204,8 @@ impl ApiClient {
         join_url(&self.base_url, path)
     }
 
-    /// POSTs one body and reads the whole answer. Never fails: a transport error is a value.
+    /// POSTs one body and reads the answer, at most `max_body_bytes` of it. Never fails: a
+    /// transport error is a value.
     pub async fn post(&self, path: &str, body: String) -> Sent {
         let url = self.url_for(path);
         let response = match self.http.post(&url).body(body).send().await {
@@ -195,14 +214,20 @@ impl ApiClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        match response.bytes().await {
+        match body::read_capped(response, self.max_body_bytes).await {
             Ok(body) => Sent::Answer(Answer {
                 status,
                 headers,
-                body: body.to_vec(),
+                body,
             }),
+            Err(BodyError::TooLarge { cap, at_least }) => Sent::TooLarge {
+                status,
+                headers,
+                cap,
+                at_least,
+            },
             // The status line arrived, so the request was sent: the outcome is unknown.
-            Err(e) => Sent::Failed {
+            Err(BodyError::Transport(e)) => Sent::Failed {
                 failure: if e.is_timeout() {
                     TransportFailure::Timeout
                 } else {
@@ -219,13 +244,19 @@ impl ApiClient {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let headers = response.headers().clone();
-                match response.bytes().await {
+                match body::read_capped(response, self.max_body_bytes).await {
                     Ok(body) => Sent::Answer(Answer {
                         status,
                         headers,
-                        body: body.to_vec(),
+                        body,
                     }),
-                    Err(e) => failed(&e),
+                    Err(BodyError::TooLarge { cap, at_least }) => Sent::TooLarge {
+                        status,
+                        headers,
+                        cap,
+                        at_least,
+                    },
+                    Err(BodyError::Transport(e)) => failed(&e),
                 }
             }
             Err(e) => failed(&e),
@@ -318,6 +349,7 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             organization: Some("org-x".into()),
             project: Some("proj-x".into()),
+            max_body_bytes: super::body::DEFAULT_MAX_BODY_BYTES,
         };
         let client = ApiClient::new(&settings, Some(&key)).expect("client");
         let debug = format!("{client:?}");

@@ -6,7 +6,10 @@
 
 use std::io::{self, Write};
 
+use std::borrow::Cow;
+
 use crate::cli::{AttemptsArgs, AttemptsFormat};
+use crate::inspect::export::neutralise;
 use crate::store::journal::{self, AttemptFilter, AttemptRecord};
 use crate::store::{self, StoreError, db};
 use crate::util::clock::now_ms;
@@ -96,7 +99,13 @@ pub fn write_attempts(
             let mut writer = csv::Writer::from_writer(&mut out);
             writer.write_record(ATTEMPT_COLUMNS)?;
             journal::for_each_attempt::<AttemptsError>(conn, job.id, filter, |a| {
-                writer.write_record(fields(&job.name, &a))?;
+                // Error messages and request ids are server-controlled text: neutralised as in
+                // `runner export` (JSONL carries them exactly).
+                writer.write_record(
+                    fields(&job.name, &a)
+                        .iter()
+                        .map(|cell| neutralise(cell).into_owned()),
+                )?;
                 rows += 1;
                 Ok(())
             })?;
@@ -184,16 +193,40 @@ fn table_row(a: &AttemptRecord) -> String {
             a.started_at,
             "[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
         ),
-        shorten(&a.custom_id, 14),
+        shorten(&printable(&a.custom_id), 14),
         a.attempt,
-        shorten(a.key.as_deref().unwrap_or("-"), 12),
+        shorten(&printable(a.key.as_deref().unwrap_or("-")), 12),
         a.http_status
             .map_or_else(|| "-".to_owned(), |s| s.to_string()),
         a.class,
         a.latency_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms")),
-        a.x_request_id.as_deref().unwrap_or("-"),
-        shorten(&error.replace('\n', " "), TABLE_MESSAGE),
+        printable(a.x_request_id.as_deref().unwrap_or("-")),
+        shorten(&printable(&error.replace('\n', " ")), TABLE_MESSAGE),
+    )
+}
+
+/// `text` safe to print on a terminal: control characters (escape sequences that could move
+/// the cursor, retitle the window or hide text) and bidirectional overrides are shown escaped,
+/// e.g. `\u{1b}`, never sent to the terminal. Servers choose error messages and request ids.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
     )
 }
 
@@ -214,5 +247,44 @@ mod tests {
         assert_eq!(shorten("abc", 5), "abc");
         assert_eq!(shorten("abcdefgh", 5), "abcd…");
         assert_eq!(shorten("abcde", 5), "abcde");
+    }
+
+    fn hostile_record() -> AttemptRecord {
+        AttemptRecord {
+            custom_id: "=cmd|' /C calc'!A0".into(),
+            attempt: 1,
+            started_at: 0,
+            finished_at: 1,
+            latency_ms: Some(1),
+            outcome: crate::domain::AttemptOutcome::Answered,
+            http_status: Some(400),
+            class: crate::domain::AttemptClass::RequestFailed,
+            error_code: Some("@SUM(A1)".into()),
+            error_message: Some("\u{1b}]0;pwned\u{7}\u{1b}[2J-2+3 \u{202e}txt.exe".into()),
+            x_request_id: Some("+HYPERLINK(\"http://x\")".into()),
+            key: Some("k".into()),
+        }
+    }
+
+    #[test]
+    fn table_rows_never_carry_control_characters_to_the_terminal() {
+        let row = table_row(&hostile_record());
+        assert!(!row.chars().any(|c| c.is_control()), "{row:?}");
+        assert!(!row.contains('\u{202e}'), "{row:?}");
+        assert!(row.contains("\\u{1b}"), "{row:?}");
+    }
+
+    #[test]
+    fn csv_cells_from_servers_are_neutralised_like_the_export() {
+        let cells: Vec<String> = fields("job", &hostile_record())
+            .iter()
+            .map(|cell| neutralise(cell).into_owned())
+            .collect();
+        for cell in &cells {
+            assert!(
+                !cell.starts_with(crate::inspect::export::FORMULA_TRIGGERS),
+                "{cell:?}"
+            );
+        }
     }
 }

@@ -5,9 +5,8 @@
 //! [`neutralise`]); JSONL is data for programs and is never altered.
 
 use std::borrow::Cow;
-use std::fs::{self};
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -18,7 +17,7 @@ use crate::http::response::output_text;
 use crate::store::db::{self, RequestRow};
 use crate::store::{self, StoreError};
 use crate::util::clock::rfc3339;
-use crate::util::fs::create_private;
+use crate::util::fs::{Replacement, is_database_file};
 
 /// The CSV header: a contract (tests pin it); add columns only at the end.
 pub const CSV_COLUMNS: [&str; 16] = [
@@ -117,17 +116,41 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
             )?)
         }
         Some(path) => {
-            // Write beside the target and rename: a reader never sees half a file.
-            let partial = partial_path(path);
-            let file = create_private(&partial)
-                .with_context(|| format!("cannot create {}", partial.display()))?;
-            let rows = write_export_with(&conn, &job, args.format, cells, BufWriter::new(file))
-                .with_context(|| format!("cannot write {}", partial.display()))?;
-            fs::rename(&partial, path)
+            refuse_database(path, &args.db.db)?;
+            // Write beside the target, sync, rename, sync the directory: a reader never sees
+            // half a file, and a crash leaves the old one or the whole new one.
+            let mut replacement = Replacement::create(path)
+                .with_context(|| format!("cannot create {}.partial", path.display()))?;
+            let rows = write_export_with(
+                &conn,
+                &job,
+                args.format,
+                cells,
+                BufWriter::new(replacement.file()),
+            )
+            .with_context(|| format!("cannot write {}.partial", path.display()))?;
+            replacement
+                .commit()
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Ok(rows)
         }
     }
+}
+
+/// Refuses an `--output` that is the database itself (or its -wal/-shm): the rename would
+/// replace the live journal with the export.
+///
+/// # Errors
+/// When `output` is one of the database's files.
+pub fn refuse_database(output: &Path, db: &Path) -> anyhow::Result<()> {
+    if is_database_file(output, db) {
+        anyhow::bail!(
+            "--output {} is the database {} (or one of its files): writing there would destroy the journal; choose another path",
+            output.display(),
+            db.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes a job's rows in `format` (CSV cells sanitised); returns the row count.
@@ -260,15 +283,6 @@ fn opt<T: ToString>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
 }
 
-fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".partial");
-    path.with_file_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,23 +304,19 @@ mod tests {
     }
 
     #[test]
-    fn an_old_partial_file_does_not_keep_its_mode() {
+    fn an_old_partial_file_does_not_keep_its_mode_or_content() {
+        use std::fs;
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("out.csv.partial");
-        fs::write(&path, "old").expect("write");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        drop(create_private(&path).expect("create"));
-        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        let target = dir.path().join("out.csv");
+        let partial = dir.path().join("out.csv.partial");
+        fs::write(&partial, "old").expect("write");
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let replacement = Replacement::create(&target).expect("create");
+        let mode = fs::metadata(&partial).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-        assert_eq!(fs::read(&path).expect("read"), b"", "truncated");
-    }
-
-    #[test]
-    fn partial_files_sit_beside_the_target() {
-        assert_eq!(
-            partial_path(Path::new("/x/out.csv")),
-            PathBuf::from("/x/out.csv.partial")
-        );
+        assert_eq!(fs::read(&partial).expect("read"), b"", "a new file");
+        replacement.commit().expect("commit");
+        assert!(target.exists() && !partial.exists());
     }
 }

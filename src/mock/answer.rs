@@ -29,8 +29,9 @@ pub(crate) enum Body {
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: Body,
-    /// Extra headers such as `retry-after-ms`. Values are plain ASCII built by the mock.
-    pub(crate) headers: Vec<(&'static str, String)>,
+    /// Extra headers such as `retry-after-ms`: built by the mock, or asked for by a request's
+    /// `mock_headers` (any name and value HTTP allows; others are dropped).
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Answer {
@@ -53,8 +54,8 @@ impl Answer {
     }
 
     /// Adds an extra header.
-    pub(crate) fn with_header(mut self, name: &'static str, value: String) -> Self {
-        self.headers.push((name, value));
+    pub(crate) fn with_header(mut self, name: &str, value: String) -> Self {
+        self.headers.push((name.to_owned(), value));
         self
     }
 
@@ -81,12 +82,15 @@ impl Answer {
             ("openai-processing-ms", processing.as_millis().to_string()),
             ("openai-organization", "org-mock".to_owned()),
             ("openai-version", "2020-10-01".to_owned()),
-        ];
+        ]
+        .map(|(name, value)| (name.to_owned(), value));
         for (name, value) in common.into_iter().chain(self.headers) {
-            // Names are static lower-case ASCII and values are built from digits and ASCII text,
-            // so a conversion failure would be a mock bug: drop the header rather than panic.
-            if let Ok(value) = HeaderValue::try_from(value) {
-                headers.insert(HeaderName::from_static(name), value);
+            // A name or value HTTP does not allow (only possible through `mock_headers`) is
+            // dropped rather than a panic.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::try_from(value))
+            {
+                headers.insert(name, value);
             }
         }
         response

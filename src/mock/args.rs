@@ -142,6 +142,12 @@ pub enum MockArgsError {
         /// The sum of all rates.
         sum: f64,
     },
+    /// A `--requests-per-second` that is not a positive, finite number.
+    #[error("--requests-per-second must be a positive number such as 100 or 0.5, got {value}")]
+    RequestsPerSecond {
+        /// The value given.
+        value: f64,
+    },
     /// A `--spike` that is not `FROM..TO[:FAULT]`.
     #[error("--spike {spec:?} is not FROM..TO[:FAULT]; write e.g. 5s..10s or 2s..4s:server-error")]
     SpikeSyntax {
@@ -193,6 +199,11 @@ impl TryFrom<&MockArgs> for MockConfig {
             if !(0.0..=1.0).contains(&value) {
                 return Err(MockArgsError::RateOutOfRange { flag, value });
             }
+        }
+        if let Some(value) = args.requests_per_second
+            && !(value.is_finite() && value > 0.0)
+        {
+            return Err(MockArgsError::RequestsPerSecond { value });
         }
         let sum: f64 = rates.iter().map(|(_, value)| value).sum();
         // A little slack so that e.g. 0.7 + 0.2 + 0.1 is not rejected for rounding.

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 /// The bucket holds this many seconds' worth of requests: OpenAI quantizes per-minute limits
 /// (60,000 RPM as 1,000 per second), so only a short burst is tolerated.
 const BURST_SECONDS: f64 = 0.1;
+/// The slowest rate a bucket runs at: one request a minute.
+const MIN_PER_SECOND: f64 = 1.0 / 60.0;
 
 /// The state of one limit.
 #[derive(Debug)]
@@ -33,8 +35,15 @@ pub(crate) struct Verdict {
 }
 
 impl Bucket {
-    /// A full bucket for `per_second` requests per second.
+    /// A full bucket for `per_second` requests per second. `--requests-per-second` refuses
+    /// anything but a positive finite rate; a config built in code with another value gets the
+    /// slowest rate [`MIN_PER_SECOND`] rather than a panic.
     pub(crate) fn new(per_second: f64, now: Instant) -> Bucket {
+        let per_second = if per_second.is_finite() {
+            per_second.max(MIN_PER_SECOND)
+        } else {
+            MIN_PER_SECOND
+        };
         let capacity = (per_second * BURST_SECONDS).max(1.0);
         Bucket {
             per_second,
@@ -53,7 +62,10 @@ impl Bucket {
         if allowed {
             self.tokens -= 1.0;
         }
-        let secs = |tokens: f64| Duration::from_secs_f64((tokens / self.per_second).max(0.0));
+        let secs = |tokens: f64| {
+            Duration::try_from_secs_f64((tokens / self.per_second).max(0.0))
+                .unwrap_or(Duration::MAX)
+        };
         Verdict {
             allowed,
             limit_per_minute: (self.per_second * 60.0).round() as u64,
@@ -67,6 +79,21 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[rstest::rstest]
+    #[case(0.0)]
+    #[case(-1.0)]
+    #[case(f64::NAN)]
+    #[case(f64::INFINITY)]
+    fn a_rate_of_zero_or_nonsense_does_not_panic(#[case] rate: f64) {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(rate, start);
+        let first = bucket.take(start);
+        let second = bucket.take(start);
+        assert!(first.allowed);
+        assert!(!second.allowed);
+        assert!(second.retry_after <= Duration::from_secs(60));
+    }
 
     #[test]
     fn allows_the_rate_and_a_short_burst_only() {

@@ -21,6 +21,12 @@
 //! # Forcing a status
 //! A request body with `"mock_status": N` gets status `N` on every attempt (see
 //! `faults::forced` for the bodies). This is how tests make one request fail permanently.
+//!
+//! # Hostile answers
+//! A request body can also ask for what a hostile or broken server sends:
+//! `"mock_headers": {"retry-after": "1e30"}` adds those headers to every answer to it,
+//! `"mock_rate_limited_first": N` answers its first N attempts 429 `rate_limit_exceeded`, and
+//! `"mock_body_bytes": N` pads its success body to N bytes.
 
 mod answer;
 mod args;

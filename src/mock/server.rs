@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::answer::{Answer, request_id};
+use super::answer::{Answer, Body, request_id};
 use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
 use super::limit::{Bucket, Verdict};
@@ -238,6 +238,10 @@ async fn answer_post(
         }
         None => plan,
     };
+    let plan = match body.as_ref() {
+        Some(body) => directed(plan, body),
+        None => plan,
+    };
     let presented = presented_key(&headers).map(str::to_owned);
     send(&shared, started, key.as_deref(), plan, presented.as_deref()).await
 }
@@ -273,6 +277,16 @@ fn decide(
     {
         return Plan::now(answer);
     }
+    if let Some(first) = body.get("mock_rate_limited_first").and_then(Value::as_u64)
+        && attempt < first
+    {
+        // Only the message's hint: a test adds the headers it means to test with `mock_headers`.
+        return Plan::now(faults::rate_limited(
+            model,
+            Duration::from_millis(10),
+            super::RetryAfterStyle::Message,
+        ));
+    }
     if config.unknown_models.iter().any(|m| m == model) {
         return Plan::now(faults::model_not_found(model));
     }
@@ -290,6 +304,38 @@ fn decide(
         )),
     }
 }
+
+/// Applies a request body's directives for hostile answers:
+/// - `"mock_headers": {"name": "value", …}`: extra headers on every answer to this body, any
+///   value a server could send (a `retry-after: 1e30`, say);
+/// - `"mock_body_bytes": N`: a success body padded with spaces to at least N bytes (still valid
+///   JSON), to test the answer size limit.
+fn directed(mut plan: Plan, body: &Value) -> Plan {
+    if let Some(extra) = body.get("mock_headers").and_then(Value::as_object) {
+        for (name, value) in extra {
+            let value = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            plan.answer = plan.answer.with_header(name, value);
+        }
+    }
+    if let Some(size) = body.get("mock_body_bytes").and_then(Value::as_u64)
+        && let Body::Json(text) = &mut plan.answer.body
+        && plan.answer.status == StatusCode::OK
+    {
+        let size = usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .min(MAX_PADDED_BODY);
+        // JSON allows any amount of trailing whitespace.
+        let pad = size.saturating_sub(text.len());
+        text.extend(std::iter::repeat_n(' ', pad));
+    }
+    plan
+}
+
+/// The largest body `mock_body_bytes` makes: enough to pass any limit a test sets.
+const MAX_PADDED_BODY: usize = 64 * 1024 * 1024;
 
 /// Applies the server-side rate limit's verdict: a 429 when refused, and the
 /// `x-ratelimit-*-requests` headers on every answer.

@@ -225,9 +225,13 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 
 /// Creates the file with owner-only permissions before SQLite does, so results and the journal
 /// are never world-readable. SQLite gives its -wal and -shm files the same mode.
+///
+/// An existing database (say, from an older runner, or copied with a loose umask) and its
+/// -wal and -shm files lose any group and other permissions here, before SQLite opens them.
 fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
+        make_private(path);
         return Ok(());
     }
     std::fs::OpenOptions::new()
@@ -241,6 +245,35 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
             path: path.to_owned(),
             source,
         })
+}
+
+/// Takes group and other permissions off `path` and its -wal and -shm files. A file this user
+/// cannot change (owned by someone else) is left as it is, with a warning: the open goes on,
+/// and SQLite says whether the file is usable.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        if let Err(e) =
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700))
+        {
+            tracing::warn!(path = %file.display(), error = %e, "cannot make the database private");
+            eprintln!(
+                "warning: {} is readable by other users and cannot be changed ({e}): run `chmod 600 {}`",
+                file.display(),
+                file.display()
+            );
+        }
+    }
 }
 
 /// A query or write that wants an answer, type-erased so one channel carries them all.

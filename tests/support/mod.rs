@@ -1,6 +1,10 @@
 //! Shared helpers for the integration tests: the real mock server on 127.0.0.1:0, input files,
 //! in-process runs of the real command code, CSV and database readers, bounded waits.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)]
+// each test binary uses a different subset
+// Test helpers: a failed setup should panic with its message. clippy's allow-*-in-tests covers
+// only #[test] fns and #[cfg(test)] items, not the helpers of an integration test crate.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod bin;
 

@@ -253,6 +253,7 @@ pub async fn diagnose(args: &DoctorArgs, env: &ApiEnv) -> Diagnosis {
         connect_timeout: args.timeout,
         organization: env.organization.clone(),
         project: env.project.clone(),
+        max_body_bytes: crate::http::body::DEFAULT_MAX_BODY_BYTES,
     };
     let probed: Vec<Option<&ApiKey>> = if keys.is_empty() {
         vec![None]

@@ -6,6 +6,7 @@ use crate::domain::{Class, StopCause};
 use crate::engine::config::ApiEnv;
 use crate::http::classify::{ApiError, Observation, TransportFailure, classify};
 use crate::http::client::{ApiClient, ApiKey, ClientSettings, Sent};
+use crate::http::hints;
 use crate::inspect::timeline::missing_scopes;
 
 /// One `GET /v1/models` with `key`, classified and explained.
@@ -26,6 +27,16 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
     };
     let answer = match client.get("/v1/models").await {
         Sent::Answer(answer) => answer,
+        Sent::TooLarge {
+            status, at_least, ..
+        } => {
+            return Check::new(
+                "probe",
+                Verdict::Fail,
+                format!("GET /v1/models {who} → {status} with a body of at least {at_least} bytes"),
+            )
+            .advise("the base URL does not look like an OpenAI-compatible API: check it");
+        }
         Sent::Failed { failure, message } => {
             let (what, advice) = match failure {
                 TransportFailure::Connect => (
@@ -51,7 +62,7 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
     };
     let error = ApiError::parse(&answer.body);
     let body_parses = serde_json::from_slice::<serde_json::Value>(&answer.body).is_ok();
-    let should_retry = answer.header("x-should-retry").and_then(|v| v.parse().ok());
+    let should_retry = hints::should_retry(&answer.headers);
     let class = classify(Observation::Answer {
         status: answer.status,
         error: &error,

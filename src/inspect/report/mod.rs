@@ -25,7 +25,7 @@ use crate::inspect::summary::JobSummary;
 use crate::inspect::timeline::{self, Timeline};
 use crate::store::{self, db};
 use crate::util::clock::now_ms;
-use crate::util::fs::create_private;
+use crate::util::fs::Replacement;
 
 pub use page::render;
 
@@ -41,6 +41,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let timeline: Timeline = timeline::build(&conn, &job, args.bucket)?;
     let summary = JobSummary::load(&conn, job, &prices)?;
     let html = render(&summary, &timeline, now_ms());
+    crate::inspect::export::refuse_database(&args.output, &args.db.db)?;
     write_atomically(&args.output, html.as_bytes())?;
     eprintln!(
         "{}: report written to {} ({} KB, {} spikes)",
@@ -54,15 +55,15 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
 
 /// Writes `bytes` beside `path`, then renames: a reader never sees half a page.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = std::path::PathBuf::from(partial);
-    let mut file =
-        create_private(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot create {}", path.display()))
+    let mut replacement = Replacement::create(path)
+        .with_context(|| format!("cannot create {}.partial", path.display()))?;
+    replacement
+        .file()
+        .write_all(bytes)
+        .with_context(|| format!("cannot write {}.partial", path.display()))?;
+    replacement
+        .commit()
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// `text` safe inside HTML text and attribute values.

@@ -1,0 +1,256 @@
+//! Hostile or broken servers: header values that would overflow a wait or a pace, answers too
+//! large to hold. The runner must neither panic nor lose a result, and its waits stay within
+//! `--max-wait`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rstest::rstest;
+use runner::Exit;
+use runner::mock::MockConfig;
+use serde_json::json;
+use support::*;
+
+/// Header values no honest server sends, each of which used to reach
+/// `Duration::from_secs_f64` (which panics on them) or the pacer.
+const HOSTILE: &[(&str, &str)] = &[
+    ("retry-after", "1e30"),
+    ("retry-after", "inf"),
+    ("retry-after", "NaN"),
+    ("retry-after", "-5"),
+    ("retry-after-ms", "1e300"),
+    (
+        "retry-after-ms",
+        "179769313486231570000000000000000000000000000000000000000000",
+    ),
+    ("x-ratelimit-reset-requests", "99999999999999999999999h"),
+    ("x-ratelimit-reset-tokens", "1e30s"),
+    ("x-ratelimit-limit-requests", "1e300"),
+    ("x-ratelimit-limit-requests", "-1"),
+    ("x-should-retry", "maybe"),
+];
+
+fn line(id: &str, extra: serde_json::Value) -> String {
+    let mut value = json!({"custom_id": id, "prompt": format!("prompt {id}")});
+    if let (Some(object), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+        object.extend(extra.clone());
+    }
+    value.to_string()
+}
+
+/// For every hostile header: one success carrying it, and one request answered 429 (carrying
+/// it) before its success. The job completes, every success is journaled exactly once, and the
+/// 429's wait is cut to `--max-wait` instead of a century.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_header_values_neither_panic_nor_lose_a_result() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig {
+        latency: Duration::from_millis(1),
+        ..MockConfig::default()
+    })
+    .await;
+    let mut text = String::new();
+    for (i, (name, value)) in HOSTILE.iter().enumerate() {
+        let headers = json!({"mock_headers": {*name: *value}});
+        text.push_str(&line(&format!("ok-{i}"), headers.clone()));
+        text.push('\n');
+        let mut limited = headers;
+        limited["mock_rate_limited_first"] = json!(1);
+        text.push_str(&line(&format!("429-{i}"), limited));
+        text.push('\n');
+    }
+    let input = s.write("hostile.jsonl", &text);
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let args = submit_args(&file, &db, &url, &["--max-wait", "200ms"]);
+    let started = Instant::now();
+    let exit = within("hostile run", run(&args, env()))
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waits are capped by --max-wait: took {:?}",
+        started.elapsed()
+    );
+    let requests = (HOSTILE.len() * 2) as i64;
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM requests WHERE state = 'succeeded'"
+        ),
+        requests
+    );
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM attempts WHERE error_class = 'succeeded'"
+        ),
+        requests,
+        "each success journaled once"
+    );
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM attempts WHERE error_class = 'rate_limited'"
+        ),
+        HOSTILE.len() as i64,
+        "each 429 journaled and retried"
+    );
+    let stats = mock.stats();
+    assert!(
+        stats.per_body.values().all(|counts| counts.successes == 1),
+        "{:?}",
+        stats.per_body
+    );
+    assert_eq!(
+        stats.per_body.values().map(|c| c.successes).sum::<u64>(),
+        requests as u64
+    );
+}
+
+/// A success announcing a vanishing request limit (1e-300 per minute) is journaled; the pace
+/// it sets is floored (see `rate_limit::tests::a_low_announced_limit_is_never_exceeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanishing_announced_limit_does_not_lose_the_success() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let text = line(
+        "tiny",
+        json!({"mock_headers": {"x-ratelimit-limit-requests": "1e-300"}}),
+    );
+    let input = s.write("tiny.jsonl", &format!("{text}\n"));
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let args = submit_args(&file, &db, &url, &[]);
+    let exit = within("tiny-limit run", run(&args, env()))
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(journaled_successes(&s.db()), vec!["tiny".to_owned()]);
+}
+
+/// An answer over `--max-response-bytes` fails its request at once (a 2xx may already be
+/// billed: never retried) with `response_too_large`, a message saying which flag to raise, and
+/// no body in the journal; the other requests are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_max_response_bytes_fails_its_request_once_and_stores_no_body() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let text = [
+        line("small", json!({})),
+        line("huge", json!({"mock_body_bytes": 8 * 1024 * 1024})),
+        line("fits", json!({"mock_body_bytes": 64 * 1024})),
+    ]
+    .join("\n");
+    let input = s.write("big.jsonl", &format!("{text}\n"));
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let args = submit_args(&file, &db, &url, &["--max-response-bytes", "1000000"]);
+    let exit = within("big-body run", run(&args, env()))
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::SomeFailed);
+    let q = |sql: &str| query_text(&s.db(), sql);
+    assert_eq!(
+        q("SELECT state FROM requests WHERE key = 'huge'").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(
+        q("SELECT error_code FROM requests WHERE key = 'huge'").as_deref(),
+        Some("response_too_large")
+    );
+    assert_eq!(
+        q("SELECT error_class FROM requests WHERE key = 'huge'").as_deref(),
+        Some("request_failed")
+    );
+    let message = q("SELECT error_message FROM requests WHERE key = 'huge'").unwrap_or_default();
+    assert!(message.contains("raise --max-response-bytes"), "{message}");
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT coalesce(length(response), 0) FROM requests WHERE key = 'huge'"
+        ),
+        0,
+        "no body over the limit is journaled"
+    );
+    assert_eq!(
+        query_i64(&s.db(), "SELECT attempts FROM requests WHERE key = 'huge'"),
+        1,
+        "never retried"
+    );
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM requests WHERE state = 'succeeded'"
+        ),
+        2
+    );
+    assert!(
+        query_i64(
+            &s.db(),
+            "SELECT length(response) FROM requests WHERE key = 'fits'"
+        ) >= 64 * 1024
+    );
+    assert_eq!(mock.stats().answers, 3);
+}
+
+/// The flag is checked: more than the journal can hold is refused before anything is sent.
+#[tokio::test]
+async fn max_response_bytes_over_what_the_journal_holds_is_refused() {
+    let s = Scratch::new();
+    let input = s.prompts("p.jsonl", 0..1);
+    let (file, db) = (input.display().to_string(), s.db_arg());
+    let args = submit_args(
+        &file,
+        &db,
+        "http://127.0.0.1:9/v1",
+        &["--max-response-bytes", "2000000000"],
+    );
+    let err = run(&args, env()).await.expect_err("refused");
+    assert!(
+        format!("{err:#}").contains("--max-response-bytes 2000000000"),
+        "{err:#}"
+    );
+}
+
+/// A request id is the server's text: `runner attempts --format csv` neutralises a formula in
+/// it exactly as `runner export` does, and JSONL keeps it exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_csv_neutralises_server_text_like_the_export() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let formula = "=HYPERLINK(\"http://evil.example\",\"x\")";
+    let text = line("f", json!({"mock_headers": {"x-request-id": formula}}));
+    let input = s.write("f.jsonl", &format!("{text}\n"));
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let args = submit_args(&file, &db, &url, &[]);
+    assert_eq!(run(&args, env()).await.expect("runs"), Exit::Success);
+    for (format, expected) in [
+        ("csv", format!("'{formula}")),
+        ("jsonl", formula.to_owned()),
+    ] {
+        let mut cmd = support::bin::runner(s.dir.path());
+        cmd.args(["attempts", "--db", &db, "--format", format]);
+        let out = support::bin::output(cmd).await;
+        assert!(out.status.success(), "{}", support::bin::text(&out.stderr));
+        let stdout = support::bin::text(&out.stdout);
+        let cell = match format {
+            "csv" => {
+                let mut reader = csv::Reader::from_reader(stdout.as_bytes());
+                let headers = reader.headers().expect("header").clone();
+                let row = reader.records().next().expect("a row").expect("parses");
+                let at = headers
+                    .iter()
+                    .position(|h| h == "x_request_id")
+                    .expect("column");
+                row[at].to_owned()
+            }
+            _ => {
+                let value: serde_json::Value =
+                    serde_json::from_str(stdout.lines().next().expect("a line")).expect("json");
+                value["x_request_id"].as_str().expect("text").to_owned()
+            }
+        };
+        assert_eq!(cell, expected, "{format}");
+    }
+}
