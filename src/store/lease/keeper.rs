@@ -108,9 +108,12 @@ async fn keep_renewed(
         };
         match renewed {
             Ok(Renewal::Renewed) => {}
-            Ok(Renewal::Lost(holder)) => {
-                tracing::error!(%holder, "another runner took over this job: stopping dispatch");
-                shutdown.stop();
+            // Lost(holder): the renewal found another owner. The fence: the renewal's batch found
+            // a newer lease epoch. Either way nothing this runner does can be journaled any more:
+            // requests in flight are cancelled at once rather than given a grace period.
+            Ok(Renewal::Lost(holder)) | Err(StoreError::Lease(LeaseError::Lost { holder, .. })) => {
+                tracing::error!(%holder, "another runner took over this job: stopping");
+                shutdown.abort();
                 return Some(holder);
             }
             Err(e) => {
