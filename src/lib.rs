@@ -73,7 +73,8 @@ pub enum Exit {
     Success,
     /// 3: the job finished and some requests failed permanently.
     SomeFailed,
-    /// 4: a job-level condition (bad key, quota, …) stopped it; requests are pending.
+    /// 4: a job-level condition (bad key, quota, …) stopped it; requests are pending. Also when
+    /// another runner took the job over (the fence refused this runner's writes).
     Stopped,
     /// 130: interrupted by a signal; resumable.
     Interrupted,

@@ -128,7 +128,7 @@ pub enum LeaseError {
     },
     /// Another runner took the lease while this one held it (it had not renewed in time).
     #[error(
-        "job '{job}': another runner ({holder}) took it over while this runner was not renewing its lease (was the process suspended?): this runner stopped dispatching; `runner status --job {job}` shows the job"
+        "job '{job}': another runner ({holder}) took it over while this runner was not renewing its lease (was the process suspended?): this runner stopped and wrote nothing more; the other runner carries on with the job, `runner status --job {job}` shows it"
     )]
     Lost {
         /// The job.
