@@ -2,6 +2,9 @@
 //! big ingest of another job into the same file, a `sqlite3` shell) makes a running job wait,
 //! never fail.
 
+// Helpers outside #[test] fns fail loudly too (allow-*-in-tests does not reach them).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

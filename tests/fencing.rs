@@ -2,6 +2,9 @@
 //! the other one took the job over) writes nothing more for that job, stops, and exits 4; and a
 //! runner that is alive on this host never loses its job, even when its lease looks expired.
 
+// Helpers outside #[test] fns fail loudly too (allow-*-in-tests does not reach them).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;
