@@ -2,6 +2,9 @@
 //! the layers of README "Architecture", and no two files import each other, directly or around
 //! a cycle. Test code (`#[cfg(test)]` modules and `tests.rs` files) may import anything.
 
+// Test code: a helper that cannot read the sources should fail the test loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -18,8 +18,8 @@ use crate::engine::rate_limit::RequestLimiter;
 use crate::engine::shutdown::Shutdown;
 use crate::input::{InputOptions, InputReader};
 use crate::store::db::{self, Job};
-use crate::store::lease::{self, Acquired, LeaseKeeper, LeaseOwner};
-use crate::store::{JobStore, StoreError, fault, ingest};
+use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
+use crate::store::{Fence, JobStore, StoreError, fault, ingest};
 use crate::util::clock::now_ms;
 
 /// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
@@ -80,20 +80,20 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         let now = now_ms();
         let me = LeaseOwner::current();
         let owner = me.clone();
-        let (job, report, acquired) = store
+        let (job, report, taken) = store
             .call(move |c| {
                 db::atomically(c, |c| {
                     let job = db::upsert_job(c, &name, &input_path, &config, now)?;
                     // Before the ingest: a running job's requests are not touched.
-                    let acquired = lease::acquire(c, &job, &owner, now)?;
+                    let taken = lease::acquire(c, &job, &owner, now)?;
                     let report = ingest::ingest(c, job.id, &mut reader)?;
                     // A long ingest must not start the run on a lapsed lease.
                     lease::renew(c, job.id, &owner, now_ms())?;
-                    Ok((job, report, acquired))
+                    Ok((job, report, taken))
                 })
             })
             .await?;
-        report_takeover(&job.name, &acquired);
+        fence(&store, &job, &taken).await?;
         tell_destination(&job.name, &settings, destination);
         eprintln!(
             "{}: read {} requests from {}: {} new, {} already in the job",
@@ -156,14 +156,14 @@ async fn take_job(
 ) -> anyhow::Result<(Job, LeaseOwner, JobSettings)> {
     let me = LeaseOwner::current();
     let owner = me.clone();
-    let (job, acquired) = store
+    let (job, taken) = store
         .call(move |c| {
             let job = db::resolve_job(c, name.as_deref())?;
-            let acquired = lease::acquire(c, &job, &owner, now_ms())?;
-            Ok((job, acquired))
+            let taken = lease::acquire(c, &job, &owner, now_ms())?;
+            Ok((job, taken))
         })
         .await?;
-    report_takeover(&job.name, &acquired);
+    fence(store, &job, &taken).await?;
     let mut settings = JobSettings::from_json(&job.config)?;
     settings.apply(run);
     let destination = destination::settle(&mut settings, true, run, env);
@@ -223,6 +223,28 @@ pub async fn retry_failed(
         .await
     })
     .await
+}
+
+/// Fences every later write of this run with the lease just taken, and says so when the lease
+/// was taken from a runner that is gone.
+async fn fence(store: &JobStore, job: &Job, taken: &Taken) -> Result<(), StoreError> {
+    report_takeover(&job.name, &taken.acquired);
+    store
+        .fence(Fence {
+            job: job.id,
+            name: job.name.clone(),
+            epoch: taken.epoch,
+        })
+        .await
+}
+
+/// The lease this runner lost to another runner, if that is what ended the run.
+fn lost_lease(e: &anyhow::Error) -> Option<&LeaseError> {
+    e.chain()
+        .find_map(|cause| match cause.downcast_ref::<StoreError>() {
+            Some(StoreError::Lease(lost @ LeaseError::Lost { .. })) => Some(lost),
+            _ => None,
+        })
 }
 
 /// Says so when the job's lease was taken from a runner that is gone.
@@ -288,17 +310,33 @@ pub(crate) struct JobRun<'a> {
 
 impl JobRun<'_> {
     /// [`JobRun::execute`] while keeping the job's lease renewed; releases it at the end.
+    ///
+    /// A run that lost the job to another runner (its lease lapsed while it was suspended, and
+    /// the fence then refused its writes) has changed nothing since: it tells so on stderr and
+    /// ends with [`Exit::Stopped`] (exit 4), a job-level condition, not a fault: the other
+    /// runner carries on with the job.
     async fn execute_leased(self) -> anyhow::Result<Exit> {
         let keeper = LeaseKeeper::start(
             self.store,
             &self.job,
             self.me.clone(),
-            &self.shutdown.stop_token(),
+            &OnLost {
+                stop: self.shutdown.stop_token(),
+                abort: self.shutdown.abort_token(),
+            },
         );
         let result = self.execute().await;
-        match (result, keeper.finish().await) {
+        let finished = keeper.finish().await.map_err(anyhow::Error::from);
+        let lost = match (&result, &finished) {
+            (Err(e), _) | (Ok(_), Err(e)) => lost_lease(e),
+            (Ok(_), Ok(())) => None,
+        };
+        if let Some(lost) = lost {
+            eprintln!("runner: {lost}");
+            return Ok(Exit::Stopped);
+        }
+        match (result, finished) {
             (Err(e), _) => Err(e),
-            (Ok(_), Err(lost @ StoreError::Lease(_))) => Err(lost.into()),
             (Ok(exit), Err(e)) => {
                 tracing::warn!(error = %e, "cannot release the job's lease: it lapses by itself");
                 Ok(exit)
@@ -332,12 +370,16 @@ impl JobRun<'_> {
                 );
             }
         };
-        let id = self.job.id;
-        let counts = self.store.call(move |c| db::counts(c, id)).await?;
-        let ending = Ending::of(&exit, &counts);
-        let (state, reason, now) = (ending.state, ending.reason.clone(), now_ms());
-        self.store
-            .call(move |c| db::set_job_state(c, id, state, reason.as_deref(), now))
+        let (id, now) = (self.job.id, now_ms());
+        // Counted and set in one transaction: `completed` only when nothing is left to send.
+        let (ending, counts) = self
+            .store
+            .call(move |c| {
+                let counts = db::counts(c, id)?;
+                let ending = Ending::of(&exit, &counts);
+                db::set_job_state(c, id, ending.state, ending.reason.as_deref(), now)?;
+                Ok((ending, counts))
+            })
             .await?;
         reporter.finish(ending.label).await;
         ending.tell(&self.job.name, &counts);
@@ -405,6 +447,17 @@ impl Ending {
             label,
         };
         match exit {
+            // Drained, yet requests are left (another runner's doing, or a bug): never call
+            // such a job completed.
+            PoolExit::Drained if counts.pending + counts.in_flight > 0 => ending(
+                JobState::Stopped,
+                Some(format!(
+                    "{} requests are still pending or in flight: `runner resume` sends them",
+                    counts.pending + counts.in_flight
+                )),
+                Exit::Stopped,
+                "stopped",
+            ),
             PoolExit::Drained if counts.failed > 0 => ending(
                 JobState::Completed,
                 None,

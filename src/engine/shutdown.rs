@@ -52,6 +52,11 @@ impl Shutdown {
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
     }
+
+    /// A token cancelled by [`Shutdown::abort`]: cancelling it (and the stop token) aborts.
+    pub fn abort_token(&self) -> CancellationToken {
+        self.abort.clone()
+    }
 }
 
 /// Turns SIGINT/SIGTERM into [`Shutdown`]: the first stops, the second aborts, the third exits

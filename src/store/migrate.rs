@@ -19,6 +19,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_add_request_class_attempts",
         include_str!("../../migrations/0003_add_request_class_attempts.sql"),
     ),
+    (
+        "0004_add_lease_epoch",
+        include_str!("../../migrations/0004_add_lease_epoch.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

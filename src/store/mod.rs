@@ -8,6 +8,24 @@
 //!
 //! Read-only commands (`status`, `export`, `jobs`) open their own connection with
 //! [`open_read_only`]; WAL lets them read while a job runs.
+//!
+//! # Fencing
+//!
+//! Once a runner holds a job's lease it hands the store a [`Fence`] (the job and the
+//! `lease_epoch` its acquisition got). From then on every batch checks, inside its transaction
+//! and before any of its writes, that the job's epoch is still that one: every write the runner
+//! makes (claims, attempts, recovery, releases, requeues, the job's state, events, renewals)
+//! is in some batch, so none of them lands once another runner has taken the job over. A batch
+//! that finds a newer epoch is rolled back, every caller in it gets [`lease::LeaseError::Lost`],
+//! and the store refuses everything after it: the runner stops, having changed nothing.
+//!
+//! # Busy database
+//!
+//! Many jobs may share one file. Before a fence is set (opening, taking the lease, ingesting)
+//! another process's write lock held past [`BUSY_TIMEOUT`] fails the command, with a message
+//! saying so. Once a job runs, a batch that cannot get the write lock waits and tries again
+//! (with backoff, for up to [`BUSY_PATIENCE`]): another job writing to the same file never
+//! fails this one.
 
 pub mod db;
 pub mod fault;
@@ -38,6 +56,26 @@ pub const MAX_BATCH: usize = 2048;
 
 /// How long a writer waits for another process's lock before failing with "database is locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a running job's batch keeps trying to get the write lock (each try waits up to
+/// [`BUSY_TIMEOUT`], then backs off) before the store gives up: generous, because another job
+/// ingesting or finishing in the same file is normal and must not fail this one; bounded, so a
+/// forgotten `sqlite3` shell holding a transaction still ends in a clear error.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The longest pause between two tries for the write lock while a running job waits for it.
+const BUSY_BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// A runner's claim on a job, checked by every batch once set (see the module docs, "Fencing").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The job.
+    pub job: crate::domain::JobId,
+    /// Its name, for the message when the fence holds the runner off.
+    pub name: String,
+    /// The `lease_epoch` this runner's acquisition got.
+    pub epoch: i64,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +152,23 @@ pub struct WriteFailure {
     pub code: Option<rusqlite::ErrorCode>,
     /// The error's text.
     pub message: String,
+    /// Set when the batch was fenced off: the job's name and its new lease holder (empty if
+    /// none).
+    pub taken_over: Option<(String, String)>,
+}
+
+impl WriteFailure {
+    /// The error a caller of the failed (or refused) batch gets.
+    fn to_error(&self) -> StoreError {
+        match &self.taken_over {
+            Some((job, holder)) => lease::LeaseError::Lost {
+                job: job.clone(),
+                holder: holder.clone(),
+            }
+            .into(),
+            None => StoreError::WriteFailed(self.clone()),
+        }
+    }
 }
 
 impl std::fmt::Display for WriteFailure {
@@ -127,6 +182,7 @@ impl From<rusqlite::Error> for WriteFailure {
         WriteFailure {
             code: e.sqlite_error_code(),
             message: e.to_string(),
+            taken_over: None,
         }
     }
 }
@@ -136,6 +192,7 @@ impl From<StoreError> for WriteFailure {
         WriteFailure {
             code: fault::sqlite_code(&e),
             message: e.to_string(),
+            taken_over: None,
         }
     }
 }
@@ -302,7 +359,7 @@ where
         let result = f(conn);
         Box::new(move |commit_error: Option<&WriteFailure>| {
             let result = match commit_error {
-                Some(e) => Err(StoreError::WriteFailed(e.clone())),
+                Some(e) => Err(e.to_error()),
                 None => result,
             };
             // The caller may have gone away (cancelled): nothing to tell.
@@ -311,9 +368,7 @@ where
     }
 
     fn refuse(self: Box<Self>, reason: &WriteFailure) {
-        let _ = self
-            .reply
-            .send(Err(StoreError::WriteFailed(reason.clone())));
+        let _ = self.reply.send(Err(reason.to_error()));
     }
 }
 
@@ -322,6 +377,8 @@ enum Command {
     Record(Box<Completion>),
     /// Any query or write that wants an answer.
     Call(Box<dyn Call>),
+    /// From now on, every batch checks this fence before it commits.
+    Fence(Fence),
 }
 
 /// Handle to the database owner thread. Clone freely; the thread ends when every handle is dropped.
@@ -399,6 +456,19 @@ impl JobStore {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Fences every later write: each batch from now on commits only while the job's
+    /// `lease_epoch` is still `fence.epoch` (see the module docs, "Fencing"). Call it right after
+    /// taking the lease, before any other write for the job.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the owner thread is gone.
+    pub async fn fence(&self, fence: Fence) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Fence(fence))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Waits until everything queued before it is committed.
     ///
     /// # Errors
@@ -411,6 +481,7 @@ impl JobStore {
 /// The owner thread's loop: batch, apply in one transaction, commit, reply.
 fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
     let mut failed: Option<WriteFailure> = None;
+    let mut fence: Option<Fence> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -424,8 +495,16 @@ fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
             refuse(&mut batch, reason);
             continue;
         }
-        if let Err(reason) = apply_batch(&conn, &mut batch) {
-            tracing::error!(error = %reason, "database write failed; refusing further writes");
+        if let Err(reason) = apply_batch(&conn, &mut batch, &mut fence) {
+            match &reason.taken_over {
+                Some((_, holder)) => tracing::error!(
+                    %holder,
+                    "another runner took this job over; refusing further writes"
+                ),
+                None => {
+                    tracing::error!(error = %reason, "database write failed; refusing further writes")
+                }
+            }
             failed = Some(reason);
         }
     }
@@ -436,7 +515,7 @@ fn refuse(batch: &mut Vec<Command>, reason: &WriteFailure) {
         match cmd {
             // Lost like any write after a crash: the request stays in_flight and recovery
             // journals it as interrupted.
-            Command::Record(_) => {}
+            Command::Record(_) | Command::Fence(_) => {}
             Command::Call(call) => call.refuse(reason),
         }
     }
@@ -444,11 +523,18 @@ fn refuse(batch: &mut Vec<Command>, reason: &WriteFailure) {
 
 /// Runs one batch in one transaction. On failure everything in it is rolled back and every
 /// caller in it is told; the error is returned so the store stops accepting writes.
-fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), WriteFailure> {
+fn apply_batch(
+    conn: &Connection,
+    batch: &mut Vec<Command>,
+    fence: &mut Option<Fence>,
+) -> Result<(), WriteFailure> {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-    let mut result = conn
-        .execute_batch("BEGIN IMMEDIATE")
-        .map_err(WriteFailure::from);
+    let mut result = begin(conn, fence.is_some());
+    // The write lock is held from BEGIN IMMEDIATE to the end of the batch: no other runner can
+    // take the lease in between, so one check here covers every write of the batch.
+    if let (Ok(()), Some(fence)) = (&result, fence.as_ref()) {
+        result = check_fence(conn, fence);
+    }
     for cmd in batch.drain(..) {
         match cmd {
             Command::Record(completion) => {
@@ -460,6 +546,12 @@ fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), WriteF
                 Ok(()) => replies.push(call.run(conn)),
                 Err(reason) => call.refuse(reason),
             },
+            Command::Fence(new) => {
+                if result.is_ok() {
+                    result = check_fence(conn, &new);
+                }
+                *fence = Some(new);
+            }
         }
     }
     if result.is_ok() {
@@ -474,6 +566,52 @@ fn apply_batch(conn: &Connection, batch: &mut Vec<Command>) -> Result<(), WriteF
         reply(commit_error);
     }
     result
+}
+
+/// Starts a batch's write transaction. A running job (`patient`) that finds the write lock
+/// held past [`BUSY_TIMEOUT`] backs off and tries again, for up to [`BUSY_PATIENCE`].
+fn begin(conn: &Connection, patient: bool) -> Result<(), WriteFailure> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(()),
+            Err(e) if patient && is_busy(&e) && started.elapsed() < BUSY_PATIENCE => {
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    "the database is busy with another writer; this job waits for it"
+                );
+                thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_BACKOFF_CAP);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Inside the batch's transaction: the job's lease epoch must still be the fence's.
+fn check_fence(conn: &Connection, fence: &Fence) -> Result<(), WriteFailure> {
+    let (epoch, holder): (i64, Option<String>) = conn
+        .prepare_cached("SELECT lease_epoch, lease_owner FROM jobs WHERE id = ?1")?
+        .query_row([fence.job.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if epoch == fence.epoch {
+        return Ok(());
+    }
+    Err(WriteFailure {
+        code: None,
+        message: format!(
+            "job '{}' was taken over by another runner (lease epoch {epoch}, ours {})",
+            fence.name, fence.epoch
+        ),
+        taken_over: Some((fence.name.clone(), holder.unwrap_or_default())),
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,11 @@ impl Running {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
+    /// The exit status if the process has ended (and reaps it), without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr lock").clone()

@@ -27,13 +27,9 @@ pub struct LeaseKeeper {
 
 impl LeaseKeeper {
     /// Starts renewing `me`'s lease on `job` every [`RENEW_EVERY`]. If the lease is lost to
-    /// another runner, `on_lost` is cancelled (the run passes its stop token: dispatch stops).
-    pub fn start(
-        store: &JobStore,
-        job: &Job,
-        me: LeaseOwner,
-        on_lost: &CancellationToken,
-    ) -> LeaseKeeper {
+    /// another runner, both of `on_lost`'s tokens are cancelled: dispatch stops and requests in
+    /// flight are cancelled at once (their results could not be journaled any more).
+    pub fn start(store: &JobStore, job: &Job, me: LeaseOwner, on_lost: &OnLost) -> LeaseKeeper {
         Self::start_every(store, job, me, on_lost, RENEW_EVERY)
     }
 
@@ -42,7 +38,7 @@ impl LeaseKeeper {
         store: &JobStore,
         job: &Job,
         me: LeaseOwner,
-        on_lost: &CancellationToken,
+        on_lost: &OnLost,
         every: Duration,
     ) -> LeaseKeeper {
         let stop = CancellationToken::new();
@@ -87,13 +83,22 @@ impl LeaseKeeper {
     }
 }
 
+/// What a run cancels when it loses its job to another runner.
+#[derive(Clone, Debug, Default)]
+pub struct OnLost {
+    /// Stops dispatch.
+    pub stop: CancellationToken,
+    /// Cancels requests in flight.
+    pub abort: CancellationToken,
+}
+
 /// The renewal loop; returns the new holder if the lease was lost.
 async fn keep_renewed(
     store: JobStore,
     job: JobId,
     me: LeaseOwner,
     stop: CancellationToken,
-    on_lost: CancellationToken,
+    on_lost: OnLost,
     every: Duration,
 ) -> Option<String> {
     let mut ticks = tokio::time::interval(every);
@@ -112,9 +117,13 @@ async fn keep_renewed(
         };
         match renewed {
             Ok(Renewal::Renewed) => {}
-            Ok(Renewal::Lost(holder)) => {
-                tracing::error!(%holder, "another runner took over this job: stopping dispatch");
-                on_lost.cancel();
+            // Lost(holder): the renewal found another owner. The fence: the renewal's batch found
+            // a newer lease epoch. Either way nothing this runner does can be journaled any more:
+            // requests in flight are cancelled at once rather than given a grace period.
+            Ok(Renewal::Lost(holder)) | Err(StoreError::Lease(LeaseError::Lost { holder, .. })) => {
+                tracing::error!(%holder, "another runner took over this job: stopping");
+                on_lost.stop.cancel();
+                on_lost.abort.cancel();
                 return Some(holder);
             }
             Err(e) => {
@@ -152,7 +161,7 @@ mod tests {
         // Taken at time 0: expired long ago, until a renewal moves it to now + 30 s.
         acquire_with(&conn, &job, &me, 0, ALIVE).expect("free");
         let (store, thread) = JobStore::start(conn).expect("start");
-        let on_lost = CancellationToken::new();
+        let on_lost = OnLost::default();
 
         let keeper = LeaseKeeper::start_every(&store, &job, me.clone(), &on_lost, EVERY);
         eventually(&store, "a renewal", |c| {
@@ -167,7 +176,7 @@ mod tests {
             store.call(move |c| holder(c, id)).await.expect("query"),
             None
         );
-        assert!(!on_lost.is_cancelled());
+        assert!(!on_lost.stop.is_cancelled());
 
         let (again, lease_job) = (me.clone(), job.clone());
         store
@@ -183,7 +192,7 @@ mod tests {
             })
             .await
             .expect("steal");
-        tokio::time::timeout(Duration::from_secs(10), on_lost.cancelled())
+        tokio::time::timeout(Duration::from_secs(10), on_lost.abort.cancelled())
             .await
             .expect("dispatch stops when the lease is lost");
         let err = keeper.finish().await.expect_err("lost");

@@ -6,11 +6,18 @@
 //! [`RENEW_EVERY`] from a [`LeaseKeeper`] task and clears it when it ends. A runner that dies
 //! (`kill -9`, a panic, a power cut) stops renewing, and its lease is free again:
 //!
-//! - for anyone, [`LEASE_DURATION`] after its last renewal;
+//! - for anyone, [`LEASE_DURATION`] after its last renewal, unless the holder is known to be
+//!   alive: a holder on this host, in this pid namespace, whose process exists keeps its lease
+//!   even past its expiry (a wall-clock jump, a suspended process: taking it would let two
+//!   runners send the same requests; stop that runner, or resume it with `kill -CONT`);
 //! - at once, for a runner on the same host, when the holder's process is gone: no
 //!   `/proc/PID` (or a zombie there), in the same pid namespace. The owner text records the
 //!   namespace, so a runner in another container that shares the hostname is never taken for
 //!   dead.
+//!
+//! Every acquisition increments the job's `lease_epoch`, the fencing token: the store checks it
+//! in the transaction of every write the runner makes for the job (see [`super::Fence`]), so a
+//! runner that lost its lease while it was not looking writes nothing more.
 //!
 //! A pid reused by an unrelated process after the runner died looks alive, and the lease then
 //! waits for its expiry: erring that way costs at most [`LEASE_DURATION`], erring the other way
@@ -30,7 +37,7 @@ use crate::domain::JobId;
 
 mod keeper;
 
-pub use keeper::LeaseKeeper;
+pub use keeper::{LeaseKeeper, OnLost};
 
 /// How long a lease lasts after its last renewal. Long enough that a runner stalled by a loaded
 /// machine or a slow disk (several renewals in a row late) keeps its job; short enough that a
@@ -121,7 +128,7 @@ pub enum LeaseError {
     },
     /// Another runner took the lease while this one held it (it had not renewed in time).
     #[error(
-        "job '{job}': another runner ({holder}) took it over while this runner was not renewing its lease (was the process suspended?): this runner stopped dispatching; `runner status --job {job}` shows the job"
+        "job '{job}': another runner ({holder}) took it over while this runner was not renewing its lease (was the process suspended?): this runner stopped and wrote nothing more; the other runner carries on with the job, `runner status --job {job}` shows it"
     )]
     Lost {
         /// The job.
@@ -155,6 +162,27 @@ pub enum Acquired {
     },
 }
 
+/// What is known of a lease holder's process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// On this host and in this pid namespace, and its process exists: its lease is never
+    /// taken, even past its expiry.
+    Alive,
+    /// On this host and in this pid namespace, and its process is gone: taken at once.
+    Gone,
+    /// Elsewhere (another host or container), or not knowable: taken once its lease expires.
+    Unknown,
+}
+
+/// A lease just taken: how, and the fencing epoch every later write of this run must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// How the lease was acquired.
+    pub acquired: Acquired,
+    /// The job's `lease_epoch` after this acquisition.
+    pub epoch: i64,
+}
+
 /// Takes the job's lease for `me` until `now` + [`LEASE_DURATION`], unless a live runner holds it.
 ///
 /// # Errors
@@ -164,8 +192,8 @@ pub fn acquire(
     job: &Job,
     me: &LeaseOwner,
     now: i64,
-) -> Result<Acquired, StoreError> {
-    acquire_with(conn, job, me, now, |holder| holder_is_gone(holder, me))
+) -> Result<Taken, StoreError> {
+    acquire_with(conn, job, me, now, |holder| liveness(holder, me))
 }
 
 /// [`acquire`] with the liveness check passed in (tests).
@@ -177,52 +205,60 @@ pub fn acquire_with(
     job: &Job,
     me: &LeaseOwner,
     now: i64,
-    is_gone: impl Fn(&LeaseOwner) -> bool,
-) -> Result<Acquired, StoreError> {
+    liveness: impl Fn(&LeaseOwner) -> Liveness,
+) -> Result<Taken, StoreError> {
     let mine = me.to_string();
+    let held = |holder: String| -> StoreError {
+        LeaseError::Held {
+            job: job.name.clone(),
+            holder,
+        }
+        .into()
+    };
     let (acquired, replaceable) = match holder(conn, job.id)? {
         None => (Acquired::Free, None),
         Some((owner, _)) if owner == mine => (Acquired::Free, None),
-        Some((owner, expires_at)) if expires_at <= now => (
-            Acquired::Expired {
-                previous: owner.clone(),
-            },
-            Some(owner),
-        ),
-        Some((owner, _)) => match owner.parse::<LeaseOwner>() {
-            Ok(holder) if is_gone(&holder) => (
-                Acquired::HolderGone {
-                    previous: owner.clone(),
-                },
-                Some(owner),
-            ),
-            _ => {
-                return Err(LeaseError::Held {
-                    job: job.name.clone(),
-                    holder: owner,
-                }
-                .into());
+        Some((owner, expires_at)) => {
+            let state = owner
+                .parse::<LeaseOwner>()
+                .map_or(Liveness::Unknown, |holder| liveness(&holder));
+            match state {
+                Liveness::Gone => (
+                    Acquired::HolderGone {
+                        previous: owner.clone(),
+                    },
+                    Some(owner),
+                ),
+                Liveness::Unknown if expires_at <= now => (
+                    Acquired::Expired {
+                        previous: owner.clone(),
+                    },
+                    Some(owner),
+                ),
+                Liveness::Unknown | Liveness::Alive => return Err(held(owner)),
             }
-        },
+        }
     };
-    // Compare-and-swap: takes the lease only if it is still as read above (free, ours, expired,
-    // or held by the process found dead), so it stays correct outside a transaction too.
+    // Compare-and-swap: takes the lease only if it is still as read above (free, ours, or held
+    // by the owner judged replaceable), so it stays correct outside a transaction too.
     let until = now + LEASE_DURATION.as_millis() as i64;
-    let taken = conn.execute(
-        "UPDATE jobs SET lease_owner = ?2, lease_expires_at = ?3
-         WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at <= ?4
-                            OR lease_owner = ?5)",
-        params![job.id.0, mine, until, now, replaceable],
-    )?;
-    if taken == 1 {
-        return Ok(acquired);
+    let epoch: Option<i64> = conn
+        .query_row(
+            "UPDATE jobs SET lease_owner = ?2, lease_expires_at = ?3, lease_epoch = lease_epoch + 1
+             WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_owner = ?4)
+             RETURNING lease_epoch",
+            params![job.id.0, mine, until, replaceable],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match epoch {
+        Some(epoch) => Ok(Taken { acquired, epoch }),
+        None => Err(held(
+            holder(conn, job.id)?
+                .map(|(owner, _)| owner)
+                .unwrap_or_default(),
+        )),
     }
-    let holder = holder(conn, job.id)?.map(|(owner, _)| owner);
-    Err(LeaseError::Held {
-        job: job.name.clone(),
-        holder: holder.unwrap_or_default(),
-    }
-    .into())
 }
 
 /// What a renewal found.
@@ -290,14 +326,26 @@ pub fn holder(conn: &Connection, job: JobId) -> Result<Option<(String, i64)>, St
     })
 }
 
-/// Whether `holder` is certainly dead: on this host, in this pid namespace, not this process,
-/// and without a live process under its pid. Any doubt counts as alive.
-pub fn holder_is_gone(holder: &LeaseOwner, me: &LeaseOwner) -> bool {
-    holder.host == me.host
+/// What is known of `holder`'s process, seen from `me`: [`Liveness::Gone`] only when it is
+/// certainly dead (this host, this pid namespace, not this process, no live process under its
+/// pid); [`Liveness::Alive`] when it certainly runs here (this process counts: another run in
+/// it may hold the job); any doubt is [`Liveness::Unknown`].
+pub fn liveness(holder: &LeaseOwner, me: &LeaseOwner) -> Liveness {
+    let here = holder.host == me.host
         && holder.pid_namespace.is_some()
-        && holder.pid_namespace == me.pid_namespace
-        && holder.pid != me.pid
-        && !process_alive(holder.pid)
+        && holder.pid_namespace == me.pid_namespace;
+    if !here {
+        Liveness::Unknown
+    } else if holder.pid == me.pid || process_alive(holder.pid) {
+        Liveness::Alive
+    } else {
+        Liveness::Gone
+    }
+}
+
+/// Whether `holder` is certainly dead (see [`liveness`]).
+pub fn holder_is_gone(holder: &LeaseOwner, me: &LeaseOwner) -> bool {
+    liveness(holder, me) == Liveness::Gone
 }
 
 /// Whether a process with this pid exists and is not a zombie (a killed runner whose parent has
@@ -354,9 +402,15 @@ pub(crate) mod tests {
         }
     }
 
-    /// A holder check that finds every holder alive.
-    pub(crate) const ALIVE: fn(&LeaseOwner) -> bool = |_| false;
-    const DEAD: fn(&LeaseOwner) -> bool = |_| true;
+    /// A holder check that finds every holder alive on this host.
+    pub(crate) const ALIVE: fn(&LeaseOwner) -> Liveness = |_| Liveness::Alive;
+    /// A holder check that finds every holder on another host (alive or not: unknowable).
+    pub(crate) const ELSEWHERE: fn(&LeaseOwner) -> Liveness = |_| Liveness::Unknown;
+    const DEAD: fn(&LeaseOwner) -> Liveness = |_| Liveness::Gone;
+
+    fn how(taken: Result<Taken, StoreError>) -> Acquired {
+        taken.expect("acquired").acquired
+    }
 
     #[test]
     fn owner_text_round_trips_and_garbage_does_not_parse() {
@@ -372,14 +426,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_live_holder_keeps_the_job_until_its_lease_expires() {
+    fn a_holder_elsewhere_keeps_the_job_until_its_lease_expires() {
         let (conn, job) = conn_with_job();
         let (a, b) = (owner(1, "a"), owner(2, "b"));
         assert_eq!(
-            acquire_with(&conn, &job, &a, 1_000, ALIVE).expect("free"),
+            how(acquire_with(&conn, &job, &a, 1_000, ELSEWHERE)),
             Acquired::Free
         );
-        let err = acquire_with(&conn, &job, &b, 2_000, ALIVE).expect_err("held");
+        let err = acquire_with(&conn, &job, &b, 2_000, ELSEWHERE).expect_err("held");
         let message = err.to_string();
         assert!(
             message.starts_with("job 'j' is already running in pid 1 on host h"),
@@ -388,13 +442,13 @@ pub(crate) mod tests {
         assert!(message.contains("`kill -INT 1` on h"), "{message}");
         // The holder may take it again (a retry of its own acquire).
         assert_eq!(
-            acquire_with(&conn, &job, &a, 2_000, ALIVE).expect("own"),
+            how(acquire_with(&conn, &job, &a, 2_000, ELSEWHERE)),
             Acquired::Free
         );
         let expiry = 2_000 + LEASE_DURATION.as_millis() as i64;
-        assert!(acquire_with(&conn, &job, &b, expiry - 1, ALIVE).is_err());
+        assert!(acquire_with(&conn, &job, &b, expiry - 1, ELSEWHERE).is_err());
         assert_eq!(
-            acquire_with(&conn, &job, &b, expiry, ALIVE).expect("expired"),
+            how(acquire_with(&conn, &job, &b, expiry, ELSEWHERE)),
             Acquired::Expired {
                 previous: a.to_string()
             }
@@ -406,12 +460,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_holder_alive_on_this_host_is_never_taken_even_past_its_expiry() {
+        let (conn, job) = conn_with_job();
+        let (a, b) = (owner(1, "a"), owner(2, "b"));
+        acquire_with(&conn, &job, &a, 1_000, ALIVE).expect("free");
+        // A wall-clock jump (or a SIGSTOP) far past the expiry: the holder still runs here.
+        let err = acquire_with(&conn, &job, &b, 1_000_000_000, ALIVE).expect_err("held");
+        assert!(
+            err.to_string().contains("already running in pid 1"),
+            "{err}"
+        );
+        assert_eq!(
+            holder(&conn, job.id).expect("query").expect("held").0,
+            a.to_string()
+        );
+    }
+
+    #[test]
+    fn every_acquisition_increments_the_epoch_and_release_keeps_it() {
+        let (conn, job) = conn_with_job();
+        let (a, b) = (owner(1, "a"), owner(2, "b"));
+        let first = acquire_with(&conn, &job, &a, 1_000, ELSEWHERE).expect("free");
+        let again = acquire_with(&conn, &job, &a, 1_001, ELSEWHERE).expect("own");
+        assert_eq!(again.epoch, first.epoch + 1);
+        release(&conn, job.id, &a).expect("release");
+        let other = acquire_with(&conn, &job, &b, 1_002, ELSEWHERE).expect("free");
+        assert_eq!(other.epoch, again.epoch + 1);
+    }
+
+    #[test]
     fn a_dead_holder_is_taken_over_at_once() {
         let (conn, job) = conn_with_job();
         let (a, b) = (owner(1, "a"), owner(2, "b"));
         acquire_with(&conn, &job, &a, 1_000, ALIVE).expect("free");
         assert_eq!(
-            acquire_with(&conn, &job, &b, 1_001, DEAD).expect("taken over"),
+            how(acquire_with(&conn, &job, &b, 1_001, DEAD)),
             Acquired::HolderGone {
                 previous: a.to_string()
             }
@@ -491,6 +574,10 @@ pub(crate) mod tests {
             ..me.clone()
         };
         assert!(!holder_is_gone(&same_process, &me), "this process is alive");
+        if me.pid_namespace.is_some() {
+            assert_eq!(liveness(&same_process, &me), Liveness::Alive);
+        }
+        assert_eq!(liveness(&elsewhere, &me), Liveness::Unknown);
         assert!(process_alive(std::process::id()));
     }
 }
