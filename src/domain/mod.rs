@@ -29,6 +29,8 @@ pub struct Claimed {
     pub id: RequestId,
     /// custom_id or derived key.
     pub key: String,
+    /// HTTP method: `POST`, `GET` or `DELETE` (the last two send no body).
+    pub method: String,
     /// Path joined to the base URL.
     pub url: String,
     /// JSON body, sent as is.
@@ -48,6 +50,8 @@ pub struct Spent {
     pub auth_transient: u32,
     /// `rate_limited` attempts.
     pub rate_limited: u32,
+    /// `invalid_response` attempts.
+    pub invalid_response: u32,
 }
 
 impl Spent {
@@ -57,6 +61,7 @@ impl Spent {
             Class::Transient => self.transient,
             Class::AuthTransient => self.auth_transient,
             Class::RateLimited => self.rate_limited,
+            Class::InvalidResponse => self.invalid_response,
             Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => 0,
         }
     }

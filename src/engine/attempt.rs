@@ -6,14 +6,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use reqwest::Method;
+
 use crate::domain::{
     AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, StopCause, Usage,
 };
 use crate::engine::context::Context;
 use crate::engine::keys::{KeyLease, KeyOutcome};
 use crate::engine::retry::{RetryPolicy, server_wait};
-use crate::http::classify::{ApiError, Observation, TransportFailure, classify};
-use crate::http::client::Sent;
+use serde_json::Value;
+
+use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
+use crate::http::client::{Answer, Sent, Streamed};
+use crate::http::sse::Assembled;
 use crate::http::response::parse_success;
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
@@ -29,14 +34,18 @@ pub(crate) async fn attempt(
     let Claimed {
         id,
         key,
+        method,
         url,
         body,
         attempts,
         spent,
     } = request;
+    let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
+    // Only POST carries a body: the input admits no other method with one.
+    let body = (method == Method::POST).then_some(body);
     let started_at = now_ms();
     let clock = Instant::now();
-    let sent = lease.client.post(&url, body).await;
+    let sent = lease.client.send(&method, &url, body).await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
     let reading = read(sent, SystemTime::now());
 
@@ -106,7 +115,11 @@ async fn record(
         ),
         Class::Succeeded => ctx.note_permanent(completion.request, None),
         // Retried classes and stops neither extend nor break a streak of configuration errors.
-        Class::Transient | Class::AuthTransient | Class::RateLimited | Class::JobStop(_) => None,
+        Class::Transient
+        | Class::AuthTransient
+        | Class::RateLimited
+        | Class::InvalidResponse
+        | Class::JobStop(_) => None,
     };
     let disposition = completion.disposition;
     let status = completion.http_status;
@@ -208,56 +221,13 @@ impl Reading {
     }
 }
 
+/// Longest part of an unreadable 2xx body kept in the journal's `error_message`.
+const INVALID_BODY_HEAD: usize = 200;
+
 /// Reads what came back. `now` resolves a `retry-after` given as an HTTP date.
 pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
     match sent {
-        Sent::Answer(answer) => {
-            let success = (200..300).contains(&answer.status);
-            let usage = if success {
-                parse_success(&answer.body)
-            } else {
-                None
-            };
-            let error = if success {
-                ApiError::default()
-            } else {
-                ApiError::parse(&answer.body)
-            };
-            let should_retry = match answer.header("x-should-retry") {
-                Some("true") => Some(true),
-                Some("false") => Some(false),
-                _ => None,
-            };
-            let class = classify(Observation::Answer {
-                status: answer.status,
-                error: &error,
-                body_parses: usage.is_some(),
-                should_retry,
-            });
-            let (error_code, error_message) = if success && usage.is_none() {
-                (
-                    Some("invalid_json".to_owned()),
-                    Some("the answer's body is not a JSON object".to_owned()),
-                )
-            } else {
-                (error.code.clone(), error.message.clone())
-            };
-            Reading {
-                outcome: AttemptOutcome::Answered,
-                http_status: Some(answer.status),
-                class,
-                wait: server_wait(&answer.headers, error.message.as_deref(), now),
-                error_code,
-                error_message,
-                x_request_id: answer.header("x-request-id").map(str::to_owned),
-                response: Some(String::from_utf8_lossy(&answer.body).into_owned()),
-                usage: usage.unwrap_or_default(),
-                limit_per_minute: answer
-                    .header("x-ratelimit-limit-requests")
-                    .and_then(|v| v.trim().parse::<f64>().ok()),
-                error,
-            }
-        }
+        Sent::Answer(answer) => read_answer(answer, now),
         Sent::Failed { failure, message } => Reading {
             outcome: if failure.outcome_unknown() {
                 AttemptOutcome::OutcomeUnknown
@@ -267,14 +237,7 @@ pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
             http_status: None,
             class: classify(Observation::Transport(failure)),
             error: ApiError::default(),
-            error_code: Some(
-                match failure {
-                    TransportFailure::Connect => "connect_error",
-                    TransportFailure::Timeout => "timeout",
-                    TransportFailure::Other => "network_error",
-                }
-                .to_owned(),
-            ),
+            error_code: Some(failure_code(failure).to_owned()),
             error_message: Some(message),
             x_request_id: None,
             response: None,
@@ -282,6 +245,182 @@ pub(crate) fn read(sent: Sent, now: SystemTime) -> Reading {
             wait: None,
             limit_per_minute: None,
         },
+    }
+}
+
+/// The journal's `error_code` of a transport failure.
+fn failure_code(failure: TransportFailure) -> &'static str {
+    match failure {
+        TransportFailure::Connect => "connect_error",
+        TransportFailure::Timeout => "timeout",
+        TransportFailure::Other => "network_error",
+        TransportFailure::Cut => "stream_cut",
+    }
+}
+
+/// What a body turned out to be: its class of payload, the error it carries, the text to
+/// journal as the response, and why it cannot be read (for an invalid 2xx).
+struct Content {
+    payload: Payload,
+    error: ApiError,
+    response: Option<String>,
+    unreadable: Option<(&'static str, String)>,
+}
+
+fn read_answer(answer: Answer, now: SystemTime) -> Reading {
+    let Answer {
+        status,
+        headers,
+        body,
+        stream,
+    } = answer;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let x_request_id = header("x-request-id").map(str::to_owned);
+    let limit_per_minute =
+        header("x-ratelimit-limit-requests").and_then(|v| v.trim().parse::<f64>().ok());
+    let should_retry = match header("x-should-retry") {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    };
+    let success = (200..300).contains(&status);
+    let content = match stream {
+        // A cut stream is answered but unfinished: like a timeout, the server may have done
+        // the work, so it is retried with its outcome unknown; the partial answer is kept.
+        Some(Streamed::Cut { partial, message }) => {
+            let failure = TransportFailure::Cut;
+            return Reading {
+                outcome: AttemptOutcome::OutcomeUnknown,
+                http_status: Some(status),
+                class: classify(Observation::Transport(failure)),
+                error: ApiError::default(),
+                error_code: Some(failure_code(failure).to_owned()),
+                error_message: Some(message),
+                x_request_id,
+                response: (!partial.is_null()).then(|| partial.to_string()),
+                usage: Usage::default(),
+                wait: None,
+                limit_per_minute,
+            };
+        }
+        Some(Streamed::Unreadable { message }) => Content {
+            payload: Payload::Invalid,
+            error: ApiError::default(),
+            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            unreadable: Some((
+                "invalid_stream",
+                format!("{message}; the stream began: {}", head(&body)),
+            )),
+        },
+        Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
+        None if !success => Content {
+            payload: Payload::Whole,
+            error: ApiError::parse(&body),
+            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            unreadable: None,
+        },
+        None => match ApiError::in_success(&body) {
+            Some(error) => Content {
+                payload: Payload::Error,
+                error,
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: None,
+            },
+            None if parse_success(&body).is_some() => Content {
+                payload: Payload::Whole,
+                error: ApiError::default(),
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: None,
+            },
+            None => Content {
+                payload: Payload::Invalid,
+                error: ApiError::default(),
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: Some((
+                    "invalid_json",
+                    format!(
+                        "the answer's body is not a JSON object; it began: {}",
+                        head(&body)
+                    ),
+                )),
+            },
+        },
+    };
+    let class = classify(Observation::Answer {
+        status,
+        error: &content.error,
+        payload: content.payload,
+        should_retry,
+    });
+    let usage = match (success, content.payload, &content.response) {
+        (true, Payload::Whole, Some(text)) => parse_success(text.as_bytes()).unwrap_or_default(),
+        _ => Usage::default(),
+    };
+    let (error_code, error_message) = match content.unreadable {
+        Some((code, message)) => (Some(code.to_owned()), Some(message)),
+        None => (content.error.code.clone(), content.error.message.clone()),
+    };
+    Reading {
+        outcome: AttemptOutcome::Answered,
+        http_status: Some(status),
+        class,
+        wait: server_wait(&headers, content.error.message.as_deref(), now),
+        error_code,
+        error_message,
+        x_request_id,
+        response: content.response,
+        usage,
+        limit_per_minute,
+        error: content.error,
+    }
+}
+
+/// A stream that reached its end: the assembled body, or the error it ended with (journaled
+/// inside the body assembled so far, the shape of a 2xx body carrying an `error`).
+fn assembled_content(assembled: Assembled) -> Content {
+    let Assembled { body, end: _, error } = assembled;
+    match (error, body) {
+        (Some(error), body) => {
+            let parsed = ApiError::parse(error.to_string().as_bytes());
+            let journaled = match (body, error.get("error")) {
+                (Value::Object(mut object), Some(inner)) => {
+                    object.insert("error".to_owned(), inner.clone());
+                    Value::Object(object)
+                }
+                (_, _) => error,
+            };
+            Content {
+                payload: Payload::Error,
+                error: parsed,
+                response: Some(journaled.to_string()),
+                unreadable: None,
+            }
+        }
+        (None, Value::Null) => Content {
+            payload: Payload::Invalid,
+            error: ApiError::default(),
+            response: None,
+            unreadable: Some((
+                "invalid_stream",
+                "the event stream ended without an answer in it".to_owned(),
+            )),
+        },
+        (None, body) => Content {
+            payload: Payload::Whole,
+            error: ApiError::default(),
+            response: Some(body.to_string()),
+            unreadable: None,
+        },
+    }
+}
+
+/// The first bytes of a body, as text for a message.
+fn head(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(INVALID_BODY_HEAD) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
     }
 }
 
@@ -351,11 +490,11 @@ pub(crate) fn decide(s: &Situation<'_>) -> Decision {
     match s.class {
         Class::Succeeded => settle(Disposition::Succeeded),
         Class::RequestFailed => settle(Disposition::Failed),
-        Class::Transient | Class::AuthTransient => retry(false),
+        Class::Transient | Class::AuthTransient | Class::InvalidResponse => retry(false),
         Class::RateLimited => retry(true),
-        // A rejected key is the key's problem while another key is usable: the request goes
-        // back at once and the pool picks another key.
-        Class::JobStop(StopCause::KeyRejected) if s.other_keys_usable => {
+        // A rejected key (or a key refused with 403) is the key's problem while another key is
+        // usable: the request goes back at once and the pool picks another key.
+        Class::JobStop(StopCause::KeyRejected | StopCause::Forbidden) if s.other_keys_usable => {
             settle(Disposition::Requeue)
         }
         Class::JobStop(StopCause::KeyRejected) => stop(no_keys_reason(s.keys)),

@@ -221,6 +221,7 @@ impl JobSettings {
                 // RetryBudget's parser accepts only the three retried classes.
                 AttemptClass::Succeeded
                 | AttemptClass::RequestFailed
+                | AttemptClass::InvalidResponse
                 | AttemptClass::JobStop
                 | AttemptClass::InvalidInput
                 | AttemptClass::Interrupted => {}
@@ -302,6 +303,7 @@ impl JobSettings {
                 transient: self.max_attempts.max(1),
                 auth_transient: self.auth_retries.max(1),
                 rate_limited: self.rate_limit_retries.max(1),
+                invalid_response: crate::engine::retry::INVALID_RESPONSE_ATTEMPTS,
             },
             base: Duration::from_millis(self.backoff_base_ms),
             cap: Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),

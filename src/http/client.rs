@@ -3,9 +3,16 @@
 use std::fmt;
 use std::time::Duration;
 
+use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
 
 use super::classify::TransportFailure;
+use super::sse::{Assembled, StreamAssembler, StreamError, is_event_stream};
+
+/// Bytes of a streamed answer kept raw beside the assembled body, so that a stream that cannot be
+/// read still shows the user what came back.
+const STREAM_HEAD_BYTES: usize = 1024;
 
 /// An API key. Its bytes go into the `Authorization` header and nowhere else: `Debug` is
 /// redacted and the journal only ever sees [`ApiKey::fingerprint`].
@@ -83,8 +90,29 @@ pub struct Answer {
     pub status: u16,
     /// Response headers.
     pub headers: HeaderMap,
-    /// Raw body.
+    /// Raw body; of a streamed answer only its first bytes (see [`Answer::stream`]).
     pub body: Vec<u8>,
+    /// A 2xx `text/event-stream` answer, read through a [`StreamAssembler`] as it arrived.
+    pub stream: Option<Streamed>,
+}
+
+/// How a streamed answer (`"stream": true`) ended.
+#[derive(Debug)]
+pub enum Streamed {
+    /// It reached its end marker (or an error event): one body, as if it had not been streamed.
+    Assembled(Assembled),
+    /// It stopped before its end marker: the server may have finished the request.
+    Cut {
+        /// What was assembled before the cut (`Value::Null` when nothing was).
+        partial: Value,
+        /// Why it stopped, for the journal.
+        message: String,
+    },
+    /// The bytes are not a streamed OpenAI answer.
+    Unreadable {
+        /// What is wrong with them.
+        message: String,
+    },
 }
 
 impl Answer {
@@ -137,7 +165,6 @@ impl ApiClient {
     /// [`ClientError`] for unusable header values or TLS setup failure.
     pub fn new(settings: &ClientSettings, key: Option<&ApiKey>) -> Result<ApiClient, ClientError> {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = key {
             let mut value =
                 HeaderValue::from_str(&format!("Bearer {}", key.secret)).map_err(|_| {
@@ -188,18 +215,45 @@ impl ApiClient {
 
     /// POSTs one body and reads the whole answer. Never fails: a transport error is a value.
     pub async fn post(&self, path: &str, body: String) -> Sent {
+        self.send(&Method::POST, path, Some(body)).await
+    }
+
+    /// Sends one request and reads the whole answer; a 2xx event stream is assembled as it
+    /// arrives. `body` is sent as is (`None`: no body, as for `GET` and `DELETE`). Never fails:
+    /// a transport error is a value.
+    pub async fn send(&self, method: &Method, path: &str, body: Option<String>) -> Sent {
         let url = self.url_for(path);
-        let response = match self.http.post(&url).body(body).send().await {
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = match request.send().await {
             Ok(response) => response,
             Err(e) => return failed(&e),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        let streamed = (200..300).contains(&status)
+            && is_event_stream(
+                headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok()),
+            );
+        if streamed {
+            let (head, stream) = read_stream(response).await;
+            return Sent::Answer(Answer {
+                status,
+                headers,
+                body: head,
+                stream: Some(stream),
+            });
+        }
         match response.bytes().await {
             Ok(body) => Sent::Answer(Answer {
                 status,
                 headers,
                 body: body.to_vec(),
+                stream: None,
             }),
             // The status line arrived, so the request was sent: the outcome is unknown.
             Err(e) => Sent::Failed {
@@ -224,6 +278,7 @@ impl ApiClient {
                         status,
                         headers,
                         body: body.to_vec(),
+                        stream: None,
                     }),
                     Err(e) => failed(&e),
                 }
@@ -231,6 +286,45 @@ impl ApiClient {
             Err(e) => failed(&e),
         }
     }
+}
+
+/// Reads an event stream chunk by chunk into a [`StreamAssembler`]: memory holds the answer being
+/// built, never the raw stream. Returns the stream's first bytes and how it ended.
+async fn read_stream(mut response: reqwest::Response) -> (Vec<u8>, Streamed) {
+    let mut assembler = StreamAssembler::new();
+    let mut head: Vec<u8> = Vec::new();
+    let broken = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if head.len() < STREAM_HEAD_BYTES {
+                    let take = chunk.len().min(STREAM_HEAD_BYTES - head.len());
+                    head.extend_from_slice(&chunk[..take]);
+                }
+                if let Err(e) = assembler.push(&chunk) {
+                    let message = e.to_string();
+                    return (head, Streamed::Unreadable { message });
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(error_chain(&e)),
+        }
+    };
+    let streamed = match assembler.finish() {
+        Ok(assembled) => Streamed::Assembled(assembled),
+        Err(StreamError::Cut { partial }) => Streamed::Cut {
+            partial,
+            message: match broken {
+                Some(cause) => format!("the event stream broke before its end marker: {cause}"),
+                None => "the event stream ended before its end marker (no data: [DONE])".to_owned(),
+            },
+        },
+        Err(e @ (StreamError::TooLong { .. } | StreamError::Json { .. } | StreamError::Unexpected { .. })) => {
+            Streamed::Unreadable {
+                message: e.to_string(),
+            }
+        }
+    };
+    (head, streamed)
 }
 
 fn failed(e: &reqwest::Error) -> Sent {

@@ -222,20 +222,23 @@ pub fn claim_due(
          WHERE id IN (SELECT id FROM requests
                       WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id, key, url, body, attempts, transient_attempts, auth_attempts, rate_limited_attempts",
+         RETURNING id, key, method, url, body, attempts, transient_attempts, auth_attempts,
+                   rate_limited_attempts, invalid_attempts",
     )?;
     let mut claimed = stmt
         .query_map(params![job.0, now, limit as i64], |r| {
             Ok(Claimed {
                 id: RequestId(r.get(0)?),
                 key: r.get(1)?,
-                url: r.get(2)?,
-                body: r.get(3)?,
-                attempts: r.get(4)?,
+                method: r.get(2)?,
+                url: r.get(3)?,
+                body: r.get(4)?,
+                attempts: r.get(5)?,
                 spent: Spent {
-                    transient: r.get(5)?,
-                    auth_transient: r.get(6)?,
-                    rate_limited: r.get(7)?,
+                    transient: r.get(6)?,
+                    auth_transient: r.get(7)?,
+                    rate_limited: r.get(8)?,
+                    invalid_response: r.get(9)?,
                 },
             })
         })?
@@ -270,7 +273,8 @@ pub fn requeue_failed(
 ) -> Result<u64, StoreError> {
     let n = conn.execute(
         "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
-                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
+                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0,
+                invalid_attempts = 0
          WHERE job_id = ?1 AND state = 'failed' AND (?2 IS NULL OR error_class = ?2)",
         params![job.0, class],
     )?;
@@ -285,7 +289,8 @@ pub fn requeue_failed(
 pub fn requeue(conn: &Connection, ids: &[RequestId]) -> Result<u64, StoreError> {
     let mut stmt = conn.prepare_cached(
         "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
-                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
+                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0,
+                invalid_attempts = 0
          WHERE id = ?1 AND state = 'failed'",
     )?;
     let mut n = 0;
@@ -345,7 +350,8 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
                 response = ?10, model = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14,
                 latency_ms = ?15, finished_at = ?16,
                 transient_attempts = transient_attempts + ?17, auth_attempts = auth_attempts + ?18,
-                rate_limited_attempts = rate_limited_attempts + ?19
+                rate_limited_attempts = rate_limited_attempts + ?19,
+                invalid_attempts = invalid_attempts + ?20
          WHERE id = ?1",
     )?
     .execute(params![
@@ -368,6 +374,7 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
         c.class == Class::Transient,
         c.class == Class::AuthTransient,
         c.class == Class::RateLimited,
+        c.class == Class::InvalidResponse,
     ])?;
     if changed != 1 {
         return Err(StoreError::Corrupt(format!(

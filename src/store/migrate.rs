@@ -19,6 +19,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_add_request_class_attempts",
         include_str!("../../migrations/0003_add_request_class_attempts.sql"),
     ),
+    (
+        "0004_add_request_metadata",
+        include_str!("../../migrations/0004_add_request_metadata.sql"),
+    ),
+    (
+        "0005_add_request_invalid_attempts",
+        include_str!("../../migrations/0005_add_request_invalid_attempts.sql"),
+    ),
 ];
 
 /// The schema version this build writes.
