@@ -77,6 +77,10 @@ pub struct MockArgs {
     /// Enforce this many requests per second (429 above it, x-ratelimit headers on every answer)
     #[arg(long, value_name = "N")]
     pub requests_per_second: Option<f64>,
+
+    /// Cut streamed answers ("stream": true) half-way for the first N attempts of each body
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub cut_streams: u64,
 }
 
 /// `--retry-after-style` values.
@@ -225,6 +229,7 @@ impl TryFrom<&MockArgs> for MockConfig {
             retry_after_style: args.retry_after_style.into(),
             unknown_models: args.unknown_models.clone(),
             requests_per_second: args.requests_per_second,
+            cut_streams: args.cut_streams,
         })
     }
 }

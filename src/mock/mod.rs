@@ -11,6 +11,8 @@
 //! - `server.rs`: the axum router and the per-request decision (precedence of faults).
 //! - `faults.rs`: [`Fault`], the reproducible fault draw and the exact error answers.
 //! - `echo.rs`: the success bodies, derived from the request body.
+//! - `stream.rs`: streamed chat answers (`"stream": true`): chunks, `include_usage`, `[DONE]`;
+//!   `--cut-streams N` cuts the first N attempts of each body half-way.
 //! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers).
 //! - `stats.rs`: [`MockStats`] and the counters behind it.
 //! - `args.rs`: the `runner mock-server` flags ([`MockArgs`]) and their checks.
@@ -29,6 +31,7 @@ mod faults;
 mod limit;
 mod server;
 mod stats;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -84,6 +87,9 @@ pub struct MockConfig {
     /// A server-side limit in requests per second: above it, 429 `rate_limit_exceeded`; every
     /// answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
     pub requests_per_second: Option<f64>,
+    /// Streamed answers (`"stream": true`) cut half-way for the first this-many attempts of
+    /// each body: the connection drops before `data: [DONE]`.
+    pub cut_streams: u64,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -123,6 +129,7 @@ impl Default for MockConfig {
             retry_after_style: RetryAfterStyle::All,
             unknown_models: Vec::new(),
             requests_per_second: None,
+            cut_streams: 0,
         }
     }
 }

@@ -21,7 +21,7 @@ use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
 use super::limit::{Bucket, Verdict};
 use super::stats::Counters;
-use super::{MockConfig, MockStats, body_key};
+use super::{MockConfig, MockStats, body_key, stream};
 
 /// Models listed by `GET /v1/models`.
 const MODELS: [&str; 4] = [
@@ -284,10 +284,27 @@ fn decide(
             answer: faults::answer_for(fault, model, config),
             hang: fault == Fault::Hang,
         },
-        None => Plan::now(Answer::json(
-            StatusCode::OK,
-            echo::success(endpoint, body, key, attempt),
-        )),
+        None => Plan::now(success(endpoint, body, key, attempt, config)),
+    }
+}
+
+/// The success answer: JSON, or for a chat request with `"stream": true` an event stream (cut
+/// half-way for the first [`MockConfig::cut_streams`] attempts of the body).
+fn success(
+    endpoint: Endpoint,
+    body: &Value,
+    key: &str,
+    attempt: u64,
+    config: &MockConfig,
+) -> Answer {
+    let text = echo::success(endpoint, body, key, attempt);
+    let events = (endpoint == Endpoint::Chat && stream::wants_stream(body))
+        .then(|| serde_json::from_str::<Value>(&text).ok())
+        .flatten()
+        .and_then(|completion| stream::chat_chunks(body, &completion));
+    match events {
+        Some(events) => Answer::stream(events, attempt < config.cut_streams),
+        None => Answer::json(StatusCode::OK, text),
     }
 }
 
