@@ -122,3 +122,115 @@ async fn a_cut_stream_is_retried_as_outcome_unknown_and_ends_succeeded() {
     assert_eq!(attempts[1]["class"], "succeeded", "{}", attempts[1]);
     mock.shutdown().await;
 }
+
+fn count(db: &std::path::Path, state: &str) -> i64 {
+    query_i64(
+        db,
+        &format!("SELECT count(*) FROM requests WHERE state = '{state}'"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_status_without_json_is_sent_once_more_then_fails_as_invalid_response() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig {
+        malformed_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let input = s.prompts("garbage.jsonl", 0..3);
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = run(
+        &submit_args(&file, &db, &url, &["--backoff-base", "10ms"]),
+        env(),
+    )
+    .await
+    .expect("runs");
+    assert_eq!(exit, Exit::SomeFailed);
+    for i in 0..3 {
+        assert_eq!(mock.stats().answers_for(&sent_body(i)), 2, "request {i}");
+    }
+    let (header, rows) = export_csv(&s.db(), "garbage");
+    for row in &rows {
+        assert_eq!(cell(&header, row, "status"), "failed");
+        assert_eq!(cell(&header, row, "attempts"), "2");
+        assert_eq!(cell(&header, row, "error_class"), "invalid_response");
+        assert_eq!(cell(&header, row, "error_code"), "invalid_json");
+        let message = cell(&header, row, "error_message");
+        assert!(
+            message.contains("chatcmpl-truncated"),
+            "the body's first bytes are kept: {message}"
+        );
+    }
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_on_one_of_two_keys_quarantines_that_key_and_the_job_completes() {
+    let s = Scratch::new();
+    let denied = "sk-proj-denied-aaaaaaaaaaaa";
+    let allowed = "sk-proj-allowed-bbbbbbbbbbbb";
+    let mock = mock(MockConfig {
+        forbidden_keys: vec![denied.to_owned()],
+        ..MockConfig::default()
+    })
+    .await;
+    let keys = s.write("keys.txt", &format!("denied={denied}\nallowed={allowed}\n"));
+    let input = s.prompts("forbidden.jsonl", 0..100);
+    let (file, db, url, keys) = (
+        input.display().to_string(),
+        s.db_arg(),
+        mock.base_url(),
+        keys.display().to_string(),
+    );
+    let args = submit_args(
+        &file,
+        &db,
+        &url,
+        &["--keys-file", &keys, "--concurrency", "8"],
+    );
+    let exit = within(
+        "two keys, one forbidden",
+        run(&args, runner::engine::config::ApiEnv::default()),
+    )
+    .await
+    .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(count(&s.db(), "succeeded"), 100);
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM events WHERE kind = 'key_quarantined' AND detail LIKE 'denied:%'"
+        ),
+        1
+    );
+    assert!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM attempts WHERE key_fingerprint = 'denied' AND http_status = 403"
+        ) <= 8,
+        "the denied key is set aside after its first answers"
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_on_the_only_key_stops_the_job_with_everything_pending() {
+    let s = Scratch::new();
+    let denied = "sk-proj-denied-cccccccccccc";
+    let mock = mock(MockConfig {
+        forbidden_keys: vec![denied.to_owned()],
+        ..MockConfig::default()
+    })
+    .await;
+    let input = s.prompts("only.jsonl", 0..20);
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = run(&submit_args(&file, &db, &url, &[]), env_with_key(denied))
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Stopped);
+    assert_eq!(count(&s.db(), "succeeded"), 0);
+    assert_eq!(count(&s.db(), "failed"), 0);
+    assert_eq!(count(&s.db(), "pending"), 20);
+    mock.shutdown().await;
+}

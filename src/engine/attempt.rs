@@ -619,6 +619,25 @@ mod tests {
         None,
         true
     )]
+    #[case::forbidden_key_with_others(
+        Class::JobStop(StopCause::Forbidden),
+        1,
+        None,
+        true,
+        Disposition::Requeue,
+        None,
+        false
+    )]
+    #[case::invalid_response_is_sent_once_more(Class::InvalidResponse, 1, None, false, Disposition::RetryAt(FINISHED + 250), None, false)]
+    #[case::invalid_response_twice_fails(
+        Class::InvalidResponse,
+        2,
+        None,
+        false,
+        Disposition::Failed,
+        None,
+        false
+    )]
     #[case::forbidden_stops(
         Class::JobStop(StopCause::Forbidden),
         1,
@@ -661,6 +680,74 @@ mod tests {
         assert!(reason.contains("HTTP 429 insufficient_quota"));
         assert!(no_keys_reason(1).contains("OPENAI_API_KEY"));
         assert!(no_keys_reason(3).contains("all 3 keys"));
+    }
+
+    fn answer(status: u16, body: &str, stream: Option<Streamed>) -> Reading {
+        read(
+            Sent::Answer(Answer {
+                status,
+                headers: reqwest::header::HeaderMap::new(),
+                body: body.as_bytes().to_vec(),
+                stream,
+            }),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_success_status_carrying_an_error_reads_as_that_error() {
+        let reading = answer(
+            200,
+            r#"{"error":{"message":"Missing scopes: model.request","type":"invalid_request_error","code":"missing_scope"}}"#,
+            None,
+        );
+        assert_eq!(reading.class, Class::AuthTransient);
+        assert_eq!(reading.error_code.as_deref(), Some("missing_scope"));
+        assert_eq!(reading.usage, Usage::default());
+    }
+
+    #[test]
+    fn an_unreadable_success_body_keeps_its_first_bytes() {
+        let body = format!("<html>{}</html>", "x".repeat(1000));
+        let reading = answer(200, &body, None);
+        assert_eq!(reading.class, Class::InvalidResponse);
+        assert_eq!(reading.error_code.as_deref(), Some("invalid_json"));
+        let message = reading.error_message.unwrap_or_default();
+        assert!(message.contains("<html>xxx"), "{message}");
+        assert!(message.len() < 400, "{message}");
+    }
+
+    #[test]
+    fn a_stream_that_ends_with_an_error_event_reads_as_that_error() {
+        let assembled = Assembled {
+            body: serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"par"}}]}),
+            end: crate::http::sse::StreamEnd::Error,
+            error: Some(serde_json::json!({"error":{"message":"The server had an error","type":"server_error","code":null}})),
+        };
+        let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.outcome, AttemptOutcome::Answered);
+        let journaled: Value =
+            serde_json::from_str(reading.response.as_deref().unwrap_or("null")).expect("json");
+        assert_eq!(journaled["error"]["type"], "server_error");
+        assert_eq!(journaled["choices"][0]["message"]["content"], "par");
+    }
+
+    #[test]
+    fn a_cut_stream_is_outcome_unknown_and_keeps_the_partial_answer() {
+        let partial = serde_json::json!({"object":"chat.completion","choices":[]});
+        let reading = answer(
+            200,
+            "data: {",
+            Some(Streamed::Cut {
+                partial,
+                message: "cut".into(),
+            }),
+        );
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
+        assert_eq!(reading.error_code.as_deref(), Some("stream_cut"));
+        assert!(reading.response.is_some_and(|r| r.contains("chat.completion")));
     }
 
     #[test]

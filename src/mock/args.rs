@@ -58,6 +58,10 @@ pub struct MockArgs {
     #[arg(long = "invalid-key", value_name = "KEY")]
     pub invalid_keys: Vec<String>,
 
+    /// Key answered 403 (the project may not use the model) on every request. Repeatable
+    #[arg(long = "forbidden-key", value_name = "KEY")]
+    pub forbidden_keys: Vec<String>,
+
     /// After this many successful answers, answer every request 429 insufficient_quota
     #[arg(long, value_name = "N")]
     pub quota_after: Option<u64>,
@@ -220,6 +224,7 @@ impl TryFrom<&MockArgs> for MockConfig {
             hang: args.hang,
             spikes,
             invalid_keys: args.invalid_keys.clone(),
+            forbidden_keys: args.forbidden_keys.clone(),
             quota_after: args.quota_after,
             flaky_keys: args
                 .flaky_keys

@@ -272,6 +272,16 @@ pub(crate) fn invalid_api_key(key: &str) -> Answer {
     )
 }
 
+/// 403 for a key whose project may not use the model.
+pub(crate) fn forbidden(model: &str) -> Answer {
+    error(
+        StatusCode::FORBIDDEN,
+        &format!("Project does not have access to model `{model}`."),
+        "invalid_request_error",
+        Some("model_not_found"),
+    )
+}
+
 /// `sk-…abcd`: never the whole key. Keys too short to hide anything show only `…`.
 fn mask_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();

@@ -75,6 +75,8 @@ pub struct MockConfig {
     pub spikes: Vec<Spike>,
     /// Bearer keys answered 401 `invalid_api_key` on every request.
     pub invalid_keys: Vec<String>,
+    /// Keys answered 403 `model_not_allowed`-style "project does not have access" on every request.
+    pub forbidden_keys: Vec<String>,
     /// After this many successful answers, every request gets 429 `insufficient_quota`.
     pub quota_after: Option<u64>,
     /// Keys that flap: each request presenting one gets 401 `missing_scope` with this
@@ -124,6 +126,7 @@ impl Default for MockConfig {
             hang: Duration::from_secs(30),
             spikes: Vec::new(),
             invalid_keys: Vec::new(),
+            forbidden_keys: Vec::new(),
             quota_after: None,
             flaky_keys: Vec::new(),
             retry_after_style: RetryAfterStyle::All,

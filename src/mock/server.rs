@@ -1,6 +1,6 @@
 //! The axum router and the per-request decision.
 //!
-//! Precedence for the POST endpoints: invalid key → quota exhausted → body not JSON →
+//! Precedence for the POST endpoints: invalid key → forbidden key → quota exhausted → body not JSON →
 //! `mock_status` → active spike → random draw → success.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -255,6 +255,9 @@ fn decide(
     let config = &shared.config;
     if let Some(bad) = shared.invalid_key(headers) {
         return Plan::now(faults::invalid_api_key(bad));
+    }
+    if presented_key(headers).is_some_and(|key| config.forbidden_keys.iter().any(|k| k == key)) {
+        return Plan::now(faults::forbidden(echo::model_of(body.unwrap_or(&Value::Null))));
     }
     if quota_exhausted {
         return Plan::now(faults::insufficient_quota());
