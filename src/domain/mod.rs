@@ -35,6 +35,8 @@ pub struct Claimed {
     pub url: String,
     /// JSON body, sent as is.
     pub body: String,
+    /// The line's own headers (JSON object text), merged over the job's when sent.
+    pub headers: Option<String>,
     /// Attempts journaled before this one.
     pub attempts: u32,
     /// Of those, per retried class, since the budget was last reset.

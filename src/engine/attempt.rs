@@ -37,6 +37,7 @@ pub(crate) async fn attempt(
         method,
         url,
         body,
+        headers,
         attempts,
         spent,
     } = request;
@@ -45,7 +46,10 @@ pub(crate) async fn attempt(
     let body = (method == Method::POST).then_some(body);
     let started_at = now_ms();
     let clock = Instant::now();
-    let sent = lease.client.send(&method, &url, body).await;
+    let sent = lease
+        .client
+        .send(&method, &url, body, headers.as_deref())
+        .await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
     let reading = read(sent, SystemTime::now());
 

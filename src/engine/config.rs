@@ -12,7 +12,7 @@ use crate::domain::AttemptClass;
 use crate::engine::breaker::BreakerSettings;
 use crate::engine::keys::{KeysError, read_keys_file};
 use crate::engine::retry::{Budgets, RetryPolicy};
-use crate::http::client::{ApiKey, ClientSettings};
+use crate::http::client::{ApiKey, AuthStyle, ClientSettings};
 use crate::input::CHAT_ENDPOINT;
 
 /// The OpenAI SDKs' default base URL.
@@ -35,6 +35,14 @@ pub struct ApiEnv {
     pub organization: Option<String>,
     /// `OPENAI_PROJECT_ID`, sent as `OpenAI-Project`.
     pub project: Option<String>,
+    /// `AZURE_OPENAI_API_KEY`: the key when the key is sent Azure's way (`api-key`), before
+    /// `OPENAI_API_KEY`.
+    pub azure_api_key: Option<ApiKey>,
+    /// `AZURE_OPENAI_ENDPOINT`, e.g. `https://res.openai.azure.com`: the base URL is
+    /// `{endpoint}/openai` when neither `--base-url` nor `OPENAI_BASE_URL` is given.
+    pub azure_endpoint: Option<String>,
+    /// `OPENAI_API_VERSION`: the `api-version` query parameter when `--api-version` is not given.
+    pub api_version: Option<String>,
 }
 
 impl ApiEnv {
@@ -46,6 +54,9 @@ impl ApiEnv {
             base_url: var("OPENAI_BASE_URL"),
             organization: var("OPENAI_ORG_ID"),
             project: var("OPENAI_PROJECT_ID"),
+            azure_api_key: var("AZURE_OPENAI_API_KEY").map(|k| ApiKey::new(&k)),
+            azure_endpoint: var("AZURE_OPENAI_ENDPOINT"),
+            api_version: var("OPENAI_API_VERSION"),
         }
     }
 }
@@ -117,6 +128,15 @@ pub struct JobSettings {
     /// Output tokens counted for `tpm` when a request names no maximum.
     #[serde(default = "defaults::default_output_tokens")]
     pub default_output_tokens: u32,
+    /// Extra headers (`--header`), checked, lower-case names.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// How the key is sent; `None`: by the base URL ([`AuthStyle::for_url`]).
+    #[serde(default)]
+    pub auth: Option<AuthStyle>,
+    /// `api-version` query parameter (`--api-version`); `OPENAI_API_VERSION` when unset.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 /// Defaults of settings added after the first release: older stored settings lack them.
@@ -156,6 +176,11 @@ impl JobSettings {
             base_url: env
                 .base_url
                 .clone()
+                .or_else(|| {
+                    env.azure_endpoint
+                        .as_ref()
+                        .map(|endpoint| format!("{}/openai", endpoint.trim_end_matches('/')))
+                })
                 .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
             endpoint: CHAT_ENDPOINT.to_owned(),
             model: None,
@@ -173,6 +198,9 @@ impl JobSettings {
             keys_file: None,
             tpm: None,
             default_output_tokens: defaults::default_output_tokens(),
+            headers: Vec::new(),
+            auth: None,
+            api_version: None,
         }
     }
 
@@ -243,6 +271,13 @@ impl JobSettings {
         if let Some(n) = run.stop_after_same_error {
             self.stop_after_same_error = n;
         }
+        self.headers = crate::http::headers::merge(&self.headers, &run.headers);
+        if let Some(auth) = run.auth {
+            self.auth = Some(auth);
+        }
+        if let Some(version) = &run.api_version {
+            self.api_version = Some(version.clone());
+        }
         if let Some(path) = &run.keys_file {
             self.keys_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
         }
@@ -253,10 +288,23 @@ impl JobSettings {
     /// # Errors
     /// The keys file cannot be read or holds no key.
     pub fn keys(&self, env: &ApiEnv) -> Result<Vec<ApiKey>, KeysError> {
-        match &self.keys_file {
-            Some(path) => read_keys_file(path),
-            None => Ok(env.api_key.iter().cloned().collect()),
+        match (&self.keys_file, self.auth_style()) {
+            (Some(path), AuthStyle::Bearer | AuthStyle::Azure) => read_keys_file(path),
+            (None, AuthStyle::Azure) => Ok(env
+                .azure_api_key
+                .iter()
+                .chain(env.api_key.iter())
+                .take(1)
+                .cloned()
+                .collect()),
+            (None, AuthStyle::Bearer) => Ok(env.api_key.iter().cloned().collect()),
         }
+    }
+
+    /// How the key is sent: as asked, else as the base URL implies.
+    pub fn auth_style(&self) -> AuthStyle {
+        self.auth
+            .unwrap_or_else(|| AuthStyle::for_url(&self.base_url))
     }
 
     /// Checks the settings and the environment together.
@@ -327,6 +375,9 @@ impl JobSettings {
             connect_timeout: CONNECT_TIMEOUT.min(Duration::from_millis(self.timeout_ms)),
             organization: env.organization.clone(),
             project: env.project.clone(),
+            auth: self.auth_style(),
+            api_version: self.api_version.clone().or_else(|| env.api_version.clone()),
+            headers: self.headers.clone(),
         }
     }
 }

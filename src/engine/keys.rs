@@ -408,6 +408,9 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             organization: None,
             project: None,
+            auth: crate::http::client::AuthStyle::Bearer,
+            api_version: None,
+            headers: Vec::new(),
         }
     }
 

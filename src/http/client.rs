@@ -68,6 +68,32 @@ fn fingerprint(secret: &str) -> String {
     format!("{prefix}…{last4}")
 }
 
+/// How the key is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI and every compatible server).
+    #[default]
+    Bearer,
+    /// `api-key: KEY` (Azure OpenAI).
+    Azure,
+}
+
+impl AuthStyle {
+    /// The style a base URL implies when none is asked for: Azure for `*.openai.azure.com`.
+    pub fn for_url(base_url: &str) -> AuthStyle {
+        let azure = reqwest::Url::parse(base_url).ok().is_some_and(|url| {
+            url.host_str()
+                .is_some_and(|host| host.to_ascii_lowercase().ends_with(".openai.azure.com"))
+        });
+        if azure {
+            AuthStyle::Azure
+        } else {
+            AuthStyle::Bearer
+        }
+    }
+}
+
 /// Connection settings of a job.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -81,6 +107,12 @@ pub struct ClientSettings {
     pub organization: Option<String>,
     /// `OpenAI-Project` header.
     pub project: Option<String>,
+    /// How the key is sent.
+    pub auth: AuthStyle,
+    /// `api-version` query parameter of every request (Azure OpenAI).
+    pub api_version: Option<String>,
+    /// The job's extra headers (`--header`), checked, lower-case names.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An HTTP answer, any status.
@@ -156,6 +188,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     base_url: String,
     key_fingerprint: Option<String>,
+    api_version: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 impl ApiClient {
@@ -166,14 +200,15 @@ impl ApiClient {
     pub fn new(settings: &ClientSettings, key: Option<&ApiKey>) -> Result<ApiClient, ClientError> {
         let mut headers = HeaderMap::new();
         if let Some(key) = key {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", key.secret)).map_err(|_| {
-                    ClientError::BadHeader {
-                        name: "OPENAI_API_KEY",
-                    }
-                })?;
+            let (name, text) = match settings.auth {
+                AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", key.secret)),
+                AuthStyle::Azure => (HeaderName::from_static("api-key"), key.secret.clone()),
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| ClientError::BadHeader {
+                name: "the API key",
+            })?;
             value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(name, value);
         }
         for (name, value, setting) in [
             (
@@ -200,6 +235,8 @@ impl ApiClient {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             key_fingerprint: key.map(|k| k.fingerprint().to_owned()),
+            api_version: settings.api_version.clone(),
+            headers: settings.headers.clone(),
         })
     }
 
@@ -208,22 +245,46 @@ impl ApiClient {
         self.key_fingerprint.as_deref()
     }
 
-    /// The full URL for a request path, without doubling `/v1` when both carry it.
+    /// The full URL for a request path, without doubling `/v1` when both carry it, with the
+    /// `api-version` query parameter when one is set.
     pub fn url_for(&self, path: &str) -> String {
-        join_url(&self.base_url, path)
+        let url = join_url(&self.base_url, path);
+        match &self.api_version {
+            Some(version) if !url.contains("api-version=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}api-version={version}")
+            }
+            Some(_) | None => url,
+        }
     }
 
     /// POSTs one body and reads the whole answer. Never fails: a transport error is a value.
     pub async fn post(&self, path: &str, body: String) -> Sent {
-        self.send(&Method::POST, path, Some(body)).await
+        self.send(&Method::POST, path, Some(body), None).await
     }
 
     /// Sends one request and reads the whole answer; a 2xx event stream is assembled as it
-    /// arrives. `body` is sent as is (`None`: no body, as for `GET` and `DELETE`). Never fails:
-    /// a transport error is a value.
-    pub async fn send(&self, method: &Method, path: &str, body: Option<String>) -> Sent {
+    /// arrives. `body` is sent as is (`None`: no body, as for `GET` and `DELETE`); the job's
+    /// headers go with it, and the line's own (`line_headers`, checked JSON object text) over
+    /// them. Never fails: a transport error is a value.
+    pub async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<String>,
+        line_headers: Option<&str>,
+    ) -> Sent {
         let url = self.url_for(path);
         let mut request = self.http.request(method.clone(), &url);
+        for (name, value) in super::headers::for_request(&self.headers, line_headers, path) {
+            // Checked when they were read; one that no longer parses is skipped, not sent.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                request = request.header(name, value);
+            }
+        }
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);
         }
@@ -412,6 +473,9 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             organization: Some("org-x".into()),
             project: Some("proj-x".into()),
+            auth: AuthStyle::Bearer,
+            api_version: None,
+            headers: Vec::new(),
         };
         let client = ApiClient::new(&settings, Some(&key)).expect("client");
         let debug = format!("{client:?}");

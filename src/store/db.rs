@@ -223,7 +223,7 @@ pub fn claim_due(
                       WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at, id LIMIT ?3)
          RETURNING id, key, method, url, body, attempts, transient_attempts, auth_attempts,
-                   rate_limited_attempts, invalid_attempts",
+                   rate_limited_attempts, invalid_attempts, headers",
     )?;
     let mut claimed = stmt
         .query_map(params![job.0, now, limit as i64], |r| {
@@ -240,6 +240,7 @@ pub fn claim_due(
                     rate_limited: r.get(8)?,
                     invalid_response: r.get(9)?,
                 },
+                headers: r.get(10)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

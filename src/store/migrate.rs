@@ -24,8 +24,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0004_add_request_metadata.sql"),
     ),
     (
-        "0005_add_request_invalid_attempts",
-        include_str!("../../migrations/0005_add_request_invalid_attempts.sql"),
+        "0005_add_request_headers_invalid_attempts",
+        include_str!("../../migrations/0005_add_request_headers_invalid_attempts.sql"),
     ),
 ];
 

@@ -253,6 +253,9 @@ pub async fn diagnose(args: &DoctorArgs, env: &ApiEnv) -> Diagnosis {
         connect_timeout: args.timeout,
         organization: env.organization.clone(),
         project: env.project.clone(),
+        auth: crate::http::client::AuthStyle::for_url(&base_url),
+        api_version: env.api_version.clone(),
+        headers: Vec::new(),
     };
     let probed: Vec<Option<&ApiKey>> = if keys.is_empty() {
         vec![None]

@@ -1,6 +1,0 @@
--- The `invalid_response` class (a 2xx whose body is neither JSON nor a complete event stream) has
--- its own retry budget, counted per request like the other retried classes (see 0003).
--- Never edit this file once shipped: add a new migration instead.
-ALTER TABLE requests ADD COLUMN invalid_attempts INTEGER NOT NULL DEFAULT 0;
-
--- Existing journals have no attempt of that class: 0 is right for every row.
