@@ -234,3 +234,180 @@ async fn a_403_on_the_only_key_stops_the_job_with_everything_pending() {
     assert_eq!(count(&s.db(), "pending"), 20);
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_delete_lines_are_sent_without_a_body_and_exported_like_posts() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let input = s.write(
+        "methods.jsonl",
+        &[
+            json!({"custom_id": "get", "method": "GET", "url": "/v1/models/gpt-4o"}),
+            json!({"custom_id": "delete", "method": "delete", "url": "/v1/models/ft-1", "body": {}}),
+            json!({"custom_id": "post", "method": "POST", "url": "/v1/chat/completions",
+                   "body": {"messages": [{"role": "user", "content": "hi"}]}}),
+        ]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>(),
+    );
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = run(&submit_args(&file, &db, &url, &[]), env())
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    let routes = mock.stats().routes;
+    assert_eq!(routes.get("GET /v1/models/gpt-4o"), Some(&1), "{routes:?}");
+    assert_eq!(routes.get("DELETE /v1/models/ft-1"), Some(&1), "{routes:?}");
+    assert_eq!(routes.get("POST /v1/chat/completions"), Some(&1), "{routes:?}");
+    assert_eq!(
+        query_text(&s.db(), "SELECT method FROM requests WHERE custom_id = 'delete'").as_deref(),
+        Some("DELETE")
+    );
+    let lines = export_jsonl(&s.db(), "methods");
+    assert_eq!(lines[0]["response"]["body"]["id"], "gpt-4o");
+    assert_eq!(lines[1]["response"]["body"]["deleted"], true);
+    assert_eq!(lines[2]["response"]["status_code"], 200);
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_kept_and_exported_but_never_sent() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let input = s.write(
+        "meta.jsonl",
+        &[
+            json!({"custom_id": "plain", "prompt": "p", "metadata": {"team": "a", "n": 1}}),
+            json!({"custom_id": "batch", "method": "POST", "url": "/v1/chat/completions",
+                   "metadata": {"team": "b"},
+                   "body": {"model": "test-model", "messages": [{"role": "user", "content": "b"}]}}),
+            json!({"custom_id": "none", "prompt": "n"}),
+        ]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>(),
+    );
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = run(&submit_args(&file, &db, &url, &[]), env())
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    let stats = mock.stats();
+    let plain_sent = json!({"model": "test-model", "messages": [{"role": "user", "content": "p"}]});
+    assert_eq!(stats.successes_for(&plain_sent), 1, "metadata is not in the body sent");
+    let batch_sent = json!({"model": "test-model", "messages": [{"role": "user", "content": "b"}]});
+    assert_eq!(stats.successes_for(&batch_sent), 1);
+
+    let (header, rows) = export_csv(&s.db(), "meta");
+    assert_eq!(header.last().map(String::as_str), Some("metadata"));
+    assert_eq!(
+        header,
+        [
+            "custom_id", "status", "http_status", "attempts", "output_text", "prompt_tokens",
+            "completion_tokens", "total_tokens", "model", "request_id", "error_code",
+            "error_message", "latency_ms", "finished_at", "error_class", "line", "metadata",
+        ],
+        "the CSV header contract: one column appended"
+    );
+    let metadata: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let cell = cell(&header, row, "metadata");
+            if cell.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(cell).expect("metadata cell is JSON")
+            }
+        })
+        .collect();
+    assert_eq!(metadata, [json!({"team": "a", "n": 1}), json!({"team": "b"}), Value::Null]);
+    let lines = export_jsonl(&s.db(), "meta");
+    assert_eq!(lines[0]["metadata"], json!({"team": "a", "n": 1}));
+    assert_eq!(lines[1]["metadata"], json!({"team": "b"}));
+    assert!(lines[2].get("metadata").is_none(), "{}", lines[2]);
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_and_line_headers_are_sent_and_assistants_paths_get_their_beta_header() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig::default()).await;
+    let input = s.write(
+        "headers.jsonl",
+        &[
+            json!({"custom_id": "job", "prompt": "a"}),
+            json!({"custom_id": "line", "method": "POST", "url": "/v1/chat/completions",
+                   "headers": {"X-Team": "line-team"},
+                   "body": {"messages": [{"role": "user", "content": "b"}]}}),
+            json!({"custom_id": "runs", "method": "GET", "url": "/v1/threads/thread_1/runs"}),
+        ]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>(),
+    );
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = run(
+        &submit_args(&file, &db, &url, &["--header", "X-Team: job-team"]),
+        env(),
+    )
+    .await
+    .expect("runs");
+    // The mock has no threads: that line fails 404, which is not the point here.
+    assert_eq!(exit, Exit::SomeFailed);
+    let extras = mock.stats().extras;
+    assert_eq!(extras.get("x-team: job-team"), Some(&2), "{extras:?}");
+    assert_eq!(extras.get("x-team: line-team"), Some(&1), "{extras:?}");
+    assert_eq!(extras.get("openai-beta: assistants=v2"), Some(&1), "{extras:?}");
+    let stored = query_text(&s.db(), "SELECT config FROM jobs").unwrap_or_default();
+    assert!(stored.contains("job-team"), "stored with the job: {stored}");
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_carrying_a_key_is_refused_with_where_keys_belong() {
+    let s = Scratch::new();
+    s.write("p.jsonl", &format!("{}\n", prompt_line(0)));
+    for flag in ["Authorization: Bearer sk-x", "API-KEY: k"] {
+        let mut cmd = runner(s.dir.path());
+        cmd.args(["submit", "p.jsonl", "--header", flag]);
+        let out = output(cmd).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("carries the API key"), "{stderr}");
+        assert!(stderr.contains("OPENAI_API_KEY"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_sends_the_key_as_api_key_with_an_api_version() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig {
+        require_api_key: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let input = s.prompts("azure.jsonl", 0..3);
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    // Bearer (the default for a loopback URL): Azure refuses it, the only key is rejected.
+    let exit = run(&submit_args(&file, &db, &url, &[]), env())
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Stopped);
+    let exit = run(
+        &[
+            "resume", "--db", &db, "--auth", "azure", "--api-version", "2024-10-21",
+            "--no-progress",
+        ],
+        runner::engine::config::ApiEnv {
+            azure_api_key: Some(runner::http::client::ApiKey::new("azure-key-0123456789")),
+            ..runner::engine::config::ApiEnv::default()
+        },
+    )
+    .await
+    .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(mock.stats().successes(), 3);
+    assert_eq!(mock.stats().extras.get("api-version=2024-10-21"), Some(&3));
+    mock.shutdown().await;
+}

@@ -85,6 +85,10 @@ pub struct MockArgs {
     /// Cut streamed answers ("stream": true) half-way for the first N attempts of each body
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub cut_streams: u64,
+
+    /// Answer like Azure OpenAI: 401 without an api-key header, 404 without an api-version query parameter
+    #[arg(long)]
+    pub require_api_key: bool,
 }
 
 /// `--retry-after-style` values.
@@ -235,6 +239,7 @@ impl TryFrom<&MockArgs> for MockConfig {
             unknown_models: args.unknown_models.clone(),
             requests_per_second: args.requests_per_second,
             cut_streams: args.cut_streams,
+            require_api_key: args.require_api_key,
         })
     }
 }

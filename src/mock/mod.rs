@@ -92,6 +92,9 @@ pub struct MockConfig {
     /// Streamed answers (`"stream": true`) cut half-way for the first this-many attempts of
     /// each body: the connection drops before `data: [DONE]`.
     pub cut_streams: u64,
+    /// Answer like Azure OpenAI: 401 without an `api-key` header, 404 without an `api-version`
+    /// query parameter.
+    pub require_api_key: bool,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -133,6 +136,7 @@ impl Default for MockConfig {
             unknown_models: Vec::new(),
             requests_per_second: None,
             cut_streams: 0,
+            require_api_key: false,
         }
     }
 }

@@ -526,6 +526,8 @@ pub struct RequestRow {
     pub latency_ms: Option<i64>,
     /// Unix ms when the request ended.
     pub finished_at: Option<i64>,
+    /// The line's `metadata`, as JSON text.
+    pub metadata: Option<String>,
 }
 
 /// Calls `each` for every request of a job in input order, streaming.
@@ -540,7 +542,8 @@ pub fn for_each_request<E: From<StoreError>>(
     let mut stmt = conn
         .prepare(
             "SELECT key, line, state, http_status, attempts, response, model, prompt_tokens, completion_tokens,
-                    total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at
+                    total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at,
+                    metadata
              FROM requests WHERE job_id = ?1 ORDER BY line, id",
         )
         .map_err(StoreError::from)?;
@@ -564,6 +567,7 @@ pub fn for_each_request<E: From<StoreError>>(
                 error_message: r.get(13)?,
                 latency_ms: r.get(14)?,
                 finished_at: r.get(15)?,
+                metadata: r.get(16)?,
             })
         })()
         .map_err(StoreError::from)?;
