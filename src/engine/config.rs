@@ -402,6 +402,60 @@ mod tests {
     }
 
     #[test]
+    fn stored_headers_are_kept_on_resume_and_a_flag_replaces_one_of_the_same_name() {
+        let env = ApiEnv::default();
+        let mut settings = JobSettings::defaults(&env);
+        settings.apply(&RunArgs {
+            headers: vec![("x-a".into(), "1".into()), ("x-b".into(), "1".into())],
+            ..RunArgs::default()
+        });
+        let mut resumed = JobSettings::from_json(&settings.to_json()).expect("parses");
+        resumed.apply(&RunArgs {
+            headers: vec![("x-b".into(), "2".into())],
+            ..RunArgs::default()
+        });
+        assert_eq!(
+            resumed.headers,
+            [("x-a".to_owned(), "1".to_owned()), ("x-b".to_owned(), "2".to_owned())]
+        );
+        let old = r#"{"base_url":"http://h/v1","endpoint":"/v1/chat/completions","model":null,"concurrency":1,"rpm":null,"max_attempts":3,"timeout_ms":1000}"#;
+        let old = JobSettings::from_json(old).expect("settings stored before headers parse");
+        assert!(old.headers.is_empty());
+        assert_eq!(old.auth, None);
+    }
+
+    #[test]
+    fn azure_is_chosen_by_host_or_flag_and_reads_the_sdk_environment() {
+        let env = ApiEnv {
+            api_key: Some(ApiKey::new("sk-openai-0123456789")),
+            azure_api_key: Some(ApiKey::new("azure-0123456789abcd")),
+            azure_endpoint: Some("https://res.openai.azure.com/".into()),
+            api_version: Some("2024-10-21".into()),
+            ..ApiEnv::default()
+        };
+        let settings = JobSettings::defaults(&env);
+        assert_eq!(settings.base_url, "https://res.openai.azure.com/openai");
+        assert_eq!(settings.auth_style(), AuthStyle::Azure);
+        let keys = settings.keys(&env).expect("keys");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].fingerprint(), "…abcd", "AZURE_OPENAI_API_KEY first");
+        let client = settings.client_settings(&env);
+        assert_eq!(client.api_version.as_deref(), Some("2024-10-21"));
+
+        let local = JobSettings {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            ..settings.clone()
+        };
+        assert_eq!(local.auth_style(), AuthStyle::Bearer);
+        assert_eq!(local.keys(&env).expect("keys")[0].fingerprint(), "sk-…6789");
+        let forced = JobSettings {
+            auth: Some(AuthStyle::Bearer),
+            ..settings
+        };
+        assert_eq!(forced.auth_style(), AuthStyle::Bearer);
+    }
+
+    #[test]
     fn openai_needs_a_key_local_servers_do_not() {
         let env = ApiEnv::default();
         let settings = JobSettings::defaults(&env);
