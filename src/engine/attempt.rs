@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
 use crate::http::client::{Answer, Sent, Streamed};
-use crate::http::sse::Assembled;
+use crate::http::sse::{Assembled, StreamEnd};
 use crate::http::response::parse_success;
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
@@ -289,23 +289,22 @@ fn read_answer(answer: Answer, now: SystemTime) -> Reading {
     };
     let success = (200..300).contains(&status);
     let content = match stream {
+        // A chat or completions stream that says `[DONE]` before any choice got its
+        // `finish_reason` was stopped early (llama.cpp's Python server does this to a stream
+        // when another request arrives): as unfinished as a cut one.
+        Some(Streamed::Assembled(assembled)) if is_unfinished(&assembled) => {
+            return cut_reading(
+                status,
+                assembled.body,
+                "the event stream said [DONE] before any choice had a finish_reason: the server stopped it early".to_owned(),
+                x_request_id,
+                limit_per_minute,
+            );
+        }
         // A cut stream is answered but unfinished: like a timeout, the server may have done
         // the work, so it is retried with its outcome unknown; the partial answer is kept.
         Some(Streamed::Cut { partial, message }) => {
-            let failure = TransportFailure::Cut;
-            return Reading {
-                outcome: AttemptOutcome::OutcomeUnknown,
-                http_status: Some(status),
-                class: classify(Observation::Transport(failure)),
-                error: ApiError::default(),
-                error_code: Some(failure_code(failure).to_owned()),
-                error_message: Some(message),
-                x_request_id,
-                response: (!partial.is_null()).then(|| partial.to_string()),
-                usage: Usage::default(),
-                wait: None,
-                limit_per_minute,
-            };
+            return cut_reading(status, partial, message, x_request_id, limit_per_minute);
         }
         Some(Streamed::Unreadable { message }) => Content {
             payload: Payload::Invalid,
@@ -377,6 +376,48 @@ fn read_answer(answer: Answer, now: SystemTime) -> Reading {
         limit_per_minute,
         error: content.error,
     }
+}
+
+/// The reading of a stream that stopped before its end: answered, but its outcome is unknown
+/// (the server may have finished and billed it), so it is retried like a timeout; the partial
+/// answer is journaled.
+fn cut_reading(
+    status: u16,
+    partial: Value,
+    message: String,
+    x_request_id: Option<String>,
+    limit_per_minute: Option<f64>,
+) -> Reading {
+    let failure = TransportFailure::Cut;
+    Reading {
+        outcome: AttemptOutcome::OutcomeUnknown,
+        http_status: Some(status),
+        class: classify(Observation::Transport(failure)),
+        error: ApiError::default(),
+        error_code: Some(failure_code(failure).to_owned()),
+        error_message: Some(message),
+        x_request_id,
+        response: (!partial.is_null()).then(|| partial.to_string()),
+        usage: Usage::default(),
+        wait: None,
+        limit_per_minute,
+    }
+}
+
+/// Whether a stream ended by `data: [DONE]` without any of its choices finishing: OpenAI's
+/// last content chunk always carries a `finish_reason`.
+fn is_unfinished(assembled: &Assembled) -> bool {
+    let choices = assembled
+        .body
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    assembled.end == StreamEnd::Done
+        && assembled.error.is_none()
+        && !choices.is_empty()
+        && choices
+            .iter()
+            .all(|choice| choice.get("finish_reason").is_none_or(Value::is_null))
 }
 
 /// A stream that reached its end: the assembled body, or the error it ended with (journaled
@@ -725,7 +766,7 @@ mod tests {
     fn a_stream_that_ends_with_an_error_event_reads_as_that_error() {
         let assembled = Assembled {
             body: serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"par"}}]}),
-            end: crate::http::sse::StreamEnd::Error,
+            end: StreamEnd::Error,
             error: Some(serde_json::json!({"error":{"message":"The server had an error","type":"server_error","code":null}})),
         };
         let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
@@ -735,6 +776,28 @@ mod tests {
             serde_json::from_str(reading.response.as_deref().unwrap_or("null")).expect("json");
         assert_eq!(journaled["error"]["type"], "server_error");
         assert_eq!(journaled["choices"][0]["message"]["content"], "par");
+    }
+
+    #[test]
+    fn a_stream_done_before_any_choice_finished_is_unfinished() {
+        let body = serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null},"finish_reason":null}]});
+        let assembled = Assembled {
+            body,
+            end: StreamEnd::Done,
+            error: None,
+        };
+        let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
+        assert_eq!(reading.error_code.as_deref(), Some("stream_cut"));
+        let finished = serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]});
+        let whole = Assembled {
+            body: finished,
+            end: StreamEnd::Done,
+            error: None,
+        };
+        let reading = answer(200, "", Some(Streamed::Assembled(whole)));
+        assert_eq!(reading.class, Class::Succeeded);
     }
 
     #[test]
