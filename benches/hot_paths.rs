@@ -2,6 +2,9 @@
 //! answer, journaling an attempt, estimating tokens. `cargo bench --bench hot_paths`.
 //! Numbers live in the README, never in tests.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::io::Cursor;
 

@@ -7,31 +7,30 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the raw command-line flags (clap); [`config`]: checked settings, the `OPENAI_*`
-//!   environment, defaults.
+//! - [`cli`]: the raw command-line flags (clap); [`engine::config`]: checked settings, the
+//!   `OPENAI_*` and `AZURE_OPENAI_*` environment, defaults.
 //! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line;
 //!   [`store::ingest`] reads a whole file into a job, all or nothing.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit); [`store::db`] holds the SQL, [`store::migrate`] the schema versions,
 //!   [`store::lease`] the one-runner-per-job lease, [`store::fault`] storage faults in words a
 //!   user can act on.
-//! - [`request`]: domain types: ids, the request state machine, attempts, completions.
-//! - [`worker`]: the pool: claims due requests, passes each through the gates (a 429's pause,
-//!   the [`keys`] pool, the [`breaker`], the [`rate_limit`] ceilings and pacer) and runs it;
-//!   [`attempt`]: one attempt, from send to journal.
-//! - [`http::client`]: sends one attempt; [`http::classify`]: the error taxonomy (one enum, one
-//!   function); [`retry`]: what follows an attempt (backoff, server-requested waits).
-//! - [`response`]: usage and output text of success bodies; [`tokens`]: token estimates for
-//!   `--tpm` (tiktoken).
-//! - [`export`]: CSV and Batch-output JSONL; [`status`]: `status` and `jobs`.
-//! - [`progress`]: the bar or summary lines on stderr.
+//! - [`domain`]: the vocabulary: ids, the request state machine, the taxonomy's classes, events.
+//! - [`engine`]: a job's run: [`engine::job`] (submit, resume, retry-failed), [`engine::pool`]
+//!   (claims due requests, passes each through the gates: a 429's pause, the [`engine::keys`]
+//!   pool, the [`engine::breaker`], the [`engine::rate_limit`] ceilings and pacer),
+//!   [`engine::attempt`] (one attempt: read, decide, record), [`engine::retry`] (what follows an
+//!   attempt), [`engine::tokens`] (token estimates for `--tpm`), [`engine::progress`] (the bar
+//!   or summary lines on stderr), [`engine::shutdown`] (two-stage Ctrl-C handling).
+//! - [`http`]: [`http::client`] sends one attempt (with [`http::headers`]); [`http::sse`]
+//!   assembles streamed answers; [`http::classify`] is the error taxonomy (one enum, one
+//!   function); [`http::response`] reads usage and output text of success bodies.
+//! - [`inspect`]: showing what happened: [`inspect::export`] (CSV and Batch-output JSONL),
+//!   [`inspect::status`], [`inspect::summary`] and [`inspect::prices`] (counts, cost estimate,
+//!   throughput), [`inspect::timeline`], [`inspect::attempts`], [`inspect::report`] (the HTML
+//!   report), [`inspect::doctor`].
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, tests);
 //!   [`demo`]: `runner demo`.
-//! - [`shutdown`]: two-stage Ctrl-C handling passed into [`run`].
-//! - Showing what happened: [`journal`] (read-only queries over attempts and events),
-//!   [`summary`] and [`prices`] (`status`: counts, cost estimate, throughput), [`timeline`]
-//!   (buckets, spikes, the terminal chart), [`attempts`] (`runner attempts`), [`report`] (the
-//!   HTML report), [`doctor`] (`runner doctor`: key, environment, reachability, one probe).
 //!
 //! # Data flow
 //!

@@ -1,6 +1,9 @@
 //! `runner doctor` against the mock and against tiny servers that answer one fault: the right
 //! diagnosis for each, and the exit codes of the real binary.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

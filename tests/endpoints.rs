@@ -23,6 +23,8 @@ fn stream_body(i: usize, usage: bool) -> Value {
 }
 
 /// Exports a job as Batch-output JSONL (through the real command) and parses each line.
+// A test helper: a failed export fails the test that called it.
+#[allow(clippy::expect_used)]
 fn export_jsonl(db: &std::path::Path, job: &str) -> Vec<Value> {
     let out = db.with_file_name(format!("{job}-export.jsonl"));
     let args = runner::cli::ExportArgs {
@@ -63,14 +65,20 @@ async fn streamed_lines_are_sent_once_and_export_their_assembled_answer() {
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(cell(&header, row, "status"), "succeeded");
         assert_eq!(cell(&header, row, "attempts"), "1");
-        assert_eq!(cell(&header, row, "output_text"), format!("echo: streamed {i}"));
+        assert_eq!(
+            cell(&header, row, "output_text"),
+            format!("echo: streamed {i}")
+        );
         // Usage comes only in the last chunk, and only when asked for.
         let usage = cell(&header, row, "total_tokens");
         assert_eq!(!usage.is_empty(), i % 2 == 0, "line {i}: usage {usage:?}");
     }
     for (i, line) in export_jsonl(&s.db(), "streams").iter().enumerate() {
         let body = &line["response"]["body"];
-        assert_eq!(body["object"], "chat.completion", "assembled, not chunks: {line}");
+        assert_eq!(
+            body["object"], "chat.completion",
+            "assembled, not chunks: {line}"
+        );
         assert_eq!(
             body["choices"][0]["message"]["content"],
             format!("echo: streamed {i}")
@@ -259,9 +267,17 @@ async fn get_and_delete_lines_are_sent_without_a_body_and_exported_like_posts() 
     let routes = mock.stats().routes;
     assert_eq!(routes.get("GET /v1/models/gpt-4o"), Some(&1), "{routes:?}");
     assert_eq!(routes.get("DELETE /v1/models/ft-1"), Some(&1), "{routes:?}");
-    assert_eq!(routes.get("POST /v1/chat/completions"), Some(&1), "{routes:?}");
     assert_eq!(
-        query_text(&s.db(), "SELECT method FROM requests WHERE custom_id = 'delete'").as_deref(),
+        routes.get("POST /v1/chat/completions"),
+        Some(&1),
+        "{routes:?}"
+    );
+    assert_eq!(
+        query_text(
+            &s.db(),
+            "SELECT method FROM requests WHERE custom_id = 'delete'"
+        )
+        .as_deref(),
         Some("DELETE")
     );
     let lines = export_jsonl(&s.db(), "methods");
@@ -295,7 +311,11 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
     assert_eq!(exit, Exit::Success);
     let stats = mock.stats();
     let plain_sent = json!({"model": "test-model", "messages": [{"role": "user", "content": "p"}]});
-    assert_eq!(stats.successes_for(&plain_sent), 1, "metadata is not in the body sent");
+    assert_eq!(
+        stats.successes_for(&plain_sent),
+        1,
+        "metadata is not in the body sent"
+    );
     let batch_sent = json!({"model": "test-model", "messages": [{"role": "user", "content": "b"}]});
     assert_eq!(stats.successes_for(&batch_sent), 1);
 
@@ -304,9 +324,23 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
     assert_eq!(
         header,
         [
-            "custom_id", "status", "http_status", "attempts", "output_text", "prompt_tokens",
-            "completion_tokens", "total_tokens", "model", "request_id", "error_code",
-            "error_message", "latency_ms", "finished_at", "error_class", "line", "metadata",
+            "custom_id",
+            "status",
+            "http_status",
+            "attempts",
+            "output_text",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "model",
+            "request_id",
+            "error_code",
+            "error_message",
+            "latency_ms",
+            "finished_at",
+            "error_class",
+            "line",
+            "metadata",
         ],
         "the CSV header contract: one column appended"
     );
@@ -321,7 +355,14 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
             }
         })
         .collect();
-    assert_eq!(metadata, [json!({"team": "a", "n": 1}), json!({"team": "b"}), Value::Null]);
+    assert_eq!(
+        metadata,
+        [
+            json!({"team": "a", "n": 1}),
+            json!({"team": "b"}),
+            Value::Null
+        ]
+    );
     let lines = export_jsonl(&s.db(), "meta");
     assert_eq!(lines[0]["metadata"], json!({"team": "a", "n": 1}));
     assert_eq!(lines[1]["metadata"], json!({"team": "b"}));
@@ -358,7 +399,11 @@ async fn job_and_line_headers_are_sent_and_assistants_paths_get_their_beta_heade
     let extras = mock.stats().extras;
     assert_eq!(extras.get("x-team: job-team"), Some(&2), "{extras:?}");
     assert_eq!(extras.get("x-team: line-team"), Some(&1), "{extras:?}");
-    assert_eq!(extras.get("openai-beta: assistants=v2"), Some(&1), "{extras:?}");
+    assert_eq!(
+        extras.get("openai-beta: assistants=v2"),
+        Some(&1),
+        "{extras:?}"
+    );
     let stored = query_text(&s.db(), "SELECT config FROM jobs").unwrap_or_default();
     assert!(stored.contains("job-team"), "stored with the job: {stored}");
     mock.shutdown().await;
@@ -396,7 +441,13 @@ async fn azure_sends_the_key_as_api_key_with_an_api_version() {
     assert_eq!(exit, Exit::Stopped);
     let exit = run(
         &[
-            "resume", "--db", &db, "--auth", "azure", "--api-version", "2024-10-21",
+            "resume",
+            "--db",
+            &db,
+            "--auth",
+            "azure",
+            "--api-version",
+            "2024-10-21",
             "--no-progress",
         ],
         runner::engine::config::ApiEnv {

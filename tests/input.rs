@@ -2,6 +2,9 @@
 //! leaving the job as it was and sending nothing; with `--skip-invalid` a bad line becomes a
 //! failed request (error class `invalid_input`) and the rest runs.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use rstest::rstest;

@@ -4,6 +4,9 @@
 //! Without Chromium the test is skipped with a message, unless `CI` is set: then it fails, so CI
 //! never passes without having looked at the page.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,9 @@
 //! The tests run as root, so permission bits would not stop a write: unusable paths are a path
 //! under a regular file, a missing directory and a directory.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::HashMap;

@@ -2,6 +2,9 @@
 //! tests/fixtures/README.md) opens with the current code: status, export and resume work, the
 //! schema is upgraded, and every row is kept.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! "What happened": status while a job runs, the attempts journal, the timeline's spikes against
 //! the mock's known fault schedule, and prices.
 
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

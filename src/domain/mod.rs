@@ -1,6 +1,6 @@
 //! The domain's vocabulary, shared by every layer: ids, the request state machine, the error
 //! taxonomy's classes, job events, and the records an attempt leaves. Each vocabulary is one
-//! enum, converted to and from text only where it meets SQL or output ([`names`]).
+//! enum, converted to and from text only where it meets SQL or output (`names`).
 
 mod class;
 mod event;

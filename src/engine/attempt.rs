@@ -1,5 +1,5 @@
-//! One attempt, in three steps: **read** what came back into a [`Reading`] (pure), **decide** the
-//! request's fate with [`decide`] (pure, a table of cases below), then **record**: tell the
+//! One attempt, in three steps: **read** what came back into a `Reading` (pure), **decide** the
+//! request's fate with `decide` (pure, a table of cases below), then **record**: tell the
 //! breaker, the key pool and the pacer, journal the attempt with its request's new state, and
 //! act on a job-level stop.
 
@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
 use crate::http::client::{Answer, Sent, Streamed};
-use crate::http::sse::{Assembled, StreamEnd};
 use crate::http::response::parse_success;
+use crate::http::sse::{Assembled, StreamEnd};
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
@@ -423,7 +423,11 @@ fn is_unfinished(assembled: &Assembled) -> bool {
 /// A stream that reached its end: the assembled body, or the error it ended with (journaled
 /// inside the body assembled so far, the shape of a 2xx body carrying an `error`).
 fn assembled_content(assembled: Assembled) -> Content {
-    let Assembled { body, end: _, error } = assembled;
+    let Assembled {
+        body,
+        end: _,
+        error,
+    } = assembled;
     match (error, body) {
         (Some(error), body) => {
             let parsed = ApiError::parse(error.to_string().as_bytes());
@@ -767,7 +771,9 @@ mod tests {
         let assembled = Assembled {
             body: serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"par"}}]}),
             end: StreamEnd::Error,
-            error: Some(serde_json::json!({"error":{"message":"The server had an error","type":"server_error","code":null}})),
+            error: Some(
+                serde_json::json!({"error":{"message":"The server had an error","type":"server_error","code":null}}),
+            ),
         };
         let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
         assert_eq!(reading.class, Class::Transient);
@@ -814,7 +820,11 @@ mod tests {
         assert_eq!(reading.class, Class::Transient);
         assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
         assert_eq!(reading.error_code.as_deref(), Some("stream_cut"));
-        assert!(reading.response.is_some_and(|r| r.contains("chat.completion")));
+        assert!(
+            reading
+                .response
+                .is_some_and(|r| r.contains("chat.completion"))
+        );
     }
 
     #[test]

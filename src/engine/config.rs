@@ -416,7 +416,10 @@ mod tests {
         });
         assert_eq!(
             resumed.headers,
-            [("x-a".to_owned(), "1".to_owned()), ("x-b".to_owned(), "2".to_owned())]
+            [
+                ("x-a".to_owned(), "1".to_owned()),
+                ("x-b".to_owned(), "2".to_owned())
+            ]
         );
         let old = r#"{"base_url":"http://h/v1","endpoint":"/v1/chat/completions","model":null,"concurrency":1,"rpm":null,"max_attempts":3,"timeout_ms":1000}"#;
         let old = JobSettings::from_json(old).expect("settings stored before headers parse");

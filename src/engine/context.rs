@@ -1,7 +1,7 @@
 //! What every attempt task of a pool shares: the store handle, the key pool, the breaker, the
 //! pacer, the pool-wide pause, the streak of identical permanent errors, and the job's stop.
 //!
-//! The pool ([`crate::engine::pool`]) owns one [`Context`] behind an `Arc`; each attempt task
+//! The pool ([`crate::engine::pool`]) owns one `Context` behind an `Arc`; each attempt task
 //! ([`crate::engine::attempt`]) holds a clone. Locks here guard a few assignments and are never
 //! held across an `.await`.
 

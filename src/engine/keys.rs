@@ -191,7 +191,9 @@ impl KeyEvent {
                 cooldown.as_secs_f64()
             ),
             KeyEvent::Quarantined { key } => {
-                format!("{key}: rejected (invalid key or 403 forbidden): not used again in this run")
+                format!(
+                    "{key}: rejected (invalid key or 403 forbidden): not used again in this run"
+                )
             }
         }
     }

@@ -94,17 +94,21 @@ impl RetryPolicy {
     ) -> Option<Duration> {
         match class {
             Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => None,
-            Class::Transient | Class::AuthTransient | Class::RateLimited | Class::InvalidResponse
+            Class::Transient
+            | Class::AuthTransient
+            | Class::RateLimited
+            | Class::InvalidResponse
                 if attempt >= self.budgets.of(class) =>
             {
                 None
             }
-            Class::Transient | Class::AuthTransient | Class::RateLimited | Class::InvalidResponse => {
-                Some(match server_wait {
-                    Some(wait) => wait.min(self.max_server_wait),
-                    None => self.backoff(attempt, jitter),
-                })
-            }
+            Class::Transient
+            | Class::AuthTransient
+            | Class::RateLimited
+            | Class::InvalidResponse => Some(match server_wait {
+                Some(wait) => wait.min(self.max_server_wait),
+                None => self.backoff(attempt, jitter),
+            }),
         }
     }
 

@@ -265,7 +265,11 @@ mod tests {
     #[case::rbac_plain_text(401, "RBAC: access denied", Class::AuthTransient)]
     #[case::invalid_key(401, INVALID_KEY, Class::JobStop(StopCause::KeyRejected))]
     #[case::forbidden_missing_scope(403, MISSING_SCOPE, Class::AuthTransient)]
-    #[case::forbidden_missing_scopes_text(403, "Missing scopes: api.batch.read", Class::AuthTransient)]
+    #[case::forbidden_missing_scopes_text(
+        403,
+        "Missing scopes: api.batch.read",
+        Class::AuthTransient
+    )]
     #[case::forbidden_rbac(403, "RBAC: access denied", Class::AuthTransient)]
     #[case::forbidden(403, r#"{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","param":null,"code":"unsupported_country_region_territory"}}"#, Class::JobStop(StopCause::Forbidden))]
     #[case::bad_request(
@@ -304,12 +308,20 @@ mod tests {
     /// A 2xx with an error object is classified by the error, as under its own status.
     #[rstest]
     #[case::missing_scope(200, MISSING_SCOPE, Class::AuthTransient)]
-    #[case::rbac(200, r#"{"error":{"message":"RBAC: access denied"}}"#, Class::AuthTransient)]
+    #[case::rbac(
+        200,
+        r#"{"error":{"message":"RBAC: access denied"}}"#,
+        Class::AuthTransient
+    )]
     #[case::invalid_key(200, INVALID_KEY, Class::JobStop(StopCause::KeyRejected))]
     #[case::quota(200, QUOTA, Class::JobStop(StopCause::Quota))]
     #[case::too_large(200, TOO_LARGE, Class::RequestFailed)]
     #[case::rate_limited(200, RATE_LIMIT, Class::RateLimited)]
-    #[case::bad_request(200, r#"{"error":{"message":"bad","type":"invalid_request_error","code":null}}"#, Class::RequestFailed)]
+    #[case::bad_request(
+        200,
+        r#"{"error":{"message":"bad","type":"invalid_request_error","code":null}}"#,
+        Class::RequestFailed
+    )]
     #[case::server_error(200, SERVER_ERROR, Class::Transient)]
     #[case::stream_error_no_fields(200, r#"{"error":{}}"#, Class::Transient)]
     fn a_success_status_carrying_an_error_is_that_error(

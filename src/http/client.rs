@@ -69,7 +69,17 @@ fn fingerprint(secret: &str) -> String {
 }
 
 /// How the key is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthStyle {
     /// `Authorization: Bearer KEY` (OpenAI and every compatible server).
@@ -379,11 +389,13 @@ async fn read_stream(mut response: reqwest::Response) -> (Vec<u8>, Streamed) {
                 None => "the event stream ended before its end marker (no data: [DONE])".to_owned(),
             },
         },
-        Err(e @ (StreamError::TooLong { .. } | StreamError::Json { .. } | StreamError::Unexpected { .. })) => {
-            Streamed::Unreadable {
-                message: e.to_string(),
-            }
-        }
+        Err(
+            e @ (StreamError::TooLong { .. }
+            | StreamError::Json { .. }
+            | StreamError::Unexpected { .. }),
+        ) => Streamed::Unreadable {
+            message: e.to_string(),
+        },
     };
     (head, streamed)
 }

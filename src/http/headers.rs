@@ -30,7 +30,9 @@ pub enum HeaderError {
     )]
     Secret(String),
     /// A line's `headers` is not an object of strings.
-    #[error("\"headers\" must be a JSON object of strings, e.g. {{\"OpenAI-Beta\": \"assistants=v2\"}}")]
+    #[error(
+        "\"headers\" must be a JSON object of strings, e.g. {{\"OpenAI-Beta\": \"assistants=v2\"}}"
+    )]
     NotStrings,
 }
 
@@ -41,8 +43,8 @@ pub enum HeaderError {
 /// [`HeaderError`] naming the header.
 pub fn check(name: &str, value: &str) -> Result<(String, String), HeaderError> {
     let name = name.trim();
-    let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| HeaderError::Name(name.to_owned()))?;
+    let parsed =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::Name(name.to_owned()))?;
     if SECRET_HEADERS.contains(&parsed.as_str()) {
         return Err(HeaderError::Secret(name.to_owned()));
     }
@@ -86,7 +88,11 @@ pub fn from_line(value: &Value) -> Result<String, HeaderError> {
 /// the line wins), then `OpenAI-Beta: assistants=v2` for the Assistants endpoints unless a
 /// header already names `OpenAI-Beta`. Stored line headers that no longer parse are skipped
 /// (they were checked when the line was read).
-pub fn for_request(job: &[(String, String)], line: Option<&str>, path: &str) -> Vec<(String, String)> {
+pub fn for_request(
+    job: &[(String, String)],
+    line: Option<&str>,
+    path: &str,
+) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = job.to_vec();
     let line: Map<String, Value> = line
         .and_then(|text| serde_json::from_str(text).ok())
@@ -132,13 +138,18 @@ mod tests {
     #[case::authorization("authorization: Bearer sk-x", Err(HeaderError::Secret("authorization".into())))]
     #[case::authorization_any_case("AUTHORIZATION: x", Err(HeaderError::Secret("AUTHORIZATION".into())))]
     #[case::azure_key("Api-Key: x", Err(HeaderError::Secret("Api-Key".into())))]
-    fn parses_header_flags(#[case] flag: &str, #[case] expected: Result<(String, String), HeaderError>) {
+    fn parses_header_flags(
+        #[case] flag: &str,
+        #[case] expected: Result<(String, String), HeaderError>,
+    ) {
         assert_eq!(parse_flag(flag), expected);
     }
 
     #[test]
     fn secrets_are_refused_with_where_keys_belong() {
-        let message = parse_flag("Authorization: Bearer x").expect_err("refused").to_string();
+        let message = parse_flag("Authorization: Bearer x")
+            .expect_err("refused")
+            .to_string();
         assert!(message.contains("OPENAI_API_KEY"), "{message}");
     }
 
@@ -154,7 +165,10 @@ mod tests {
 
     #[test]
     fn line_headers_win_and_assistants_get_their_beta_header() {
-        let job = vec![("x-a".to_owned(), "job".to_owned()), ("x-b".to_owned(), "job".to_owned())];
+        let job = vec![
+            ("x-a".to_owned(), "job".to_owned()),
+            ("x-b".to_owned(), "job".to_owned()),
+        ];
         let headers = for_request(&job, Some(r#"{"x-a":"line"}"#), "/v1/threads/t/runs");
         assert_eq!(
             headers,
@@ -171,11 +185,17 @@ mod tests {
 
     #[test]
     fn a_run_flag_replaces_a_stored_header_of_the_same_name() {
-        let stored = vec![("x-a".to_owned(), "old".to_owned()), ("x-b".to_owned(), "kept".to_owned())];
+        let stored = vec![
+            ("x-a".to_owned(), "old".to_owned()),
+            ("x-b".to_owned(), "kept".to_owned()),
+        ];
         let flags = vec![("x-a".to_owned(), "new".to_owned())];
         assert_eq!(
             merge(&stored, &flags),
-            [("x-b".to_owned(), "kept".to_owned()), ("x-a".to_owned(), "new".to_owned())]
+            [
+                ("x-b".to_owned(), "kept".to_owned()),
+                ("x-a".to_owned(), "new".to_owned())
+            ]
         );
     }
 }

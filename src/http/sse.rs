@@ -973,8 +973,8 @@ data: {"type":"response.completed","sequence_number":9,"response":{"id":"resp_68
         assert_eq!(assembled.end, StreamEnd::Done);
         assert_eq!(assembled.error, None);
         assert_eq!(assembled.text().as_deref(), Some("Hello wörld!"));
-        let usage =
-            crate::http::response::parse_success(assembled.body.to_string().as_bytes()).expect("usage");
+        let usage = crate::http::response::parse_success(assembled.body.to_string().as_bytes())
+            .expect("usage");
         assert_eq!(usage.total_tokens, Some(13));
     }
 

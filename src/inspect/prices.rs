@@ -16,7 +16,7 @@ pub use crate::domain::{Price, PriceOverride};
 use crate::store::journal::ModelTokens;
 
 /// When the built-in prices were taken from OpenAI's pricing page (rows added later say when,
-/// and from where, beside them in [`BUILT_IN`]).
+/// and from where, beside them in the table).
 pub const PRICE_TABLE_DATE: &str = "2025-08-07";
 
 /// USD per 1M tokens, standard tier: (model, input, output). Taken from OpenAI's pricing page on

@@ -316,7 +316,9 @@ fn decide(
         return Plan::now(faults::invalid_api_key(bad));
     }
     if presented_key(headers).is_some_and(|key| config.forbidden_keys.iter().any(|k| k == key)) {
-        return Plan::now(faults::forbidden(echo::model_of(body.unwrap_or(&Value::Null))));
+        return Plan::now(faults::forbidden(echo::model_of(
+            body.unwrap_or(&Value::Null),
+        )));
     }
     if quota_exhausted {
         return Plan::now(faults::insufficient_quota());

@@ -72,7 +72,8 @@ mod tests {
             "choices":[{"index":0,"message":{"role":"assistant","content":"echo: a b c"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}});
         for include_usage in [false, true] {
-            let request = json!({"stream": true, "stream_options": {"include_usage": include_usage}});
+            let request =
+                json!({"stream": true, "stream_options": {"include_usage": include_usage}});
             let events = chat_chunks(&request, &completion).expect("chat");
             let mut assembler = StreamAssembler::new();
             for event in &events {

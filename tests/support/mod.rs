@@ -1,5 +1,8 @@
 //! Shared helpers for the integration tests: the real mock server on 127.0.0.1:0, input files,
 //! in-process runs of the real command code, CSV and database readers, bounded waits.
+
+// Helpers outside #[test] fns may fail loudly: clippy's allow-*-in-tests covers only #[test] fns.
+#![allow(clippy::expect_used, clippy::panic)]
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod bin;

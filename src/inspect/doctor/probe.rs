@@ -50,8 +50,13 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
         }
     };
     let success = (200..300).contains(&answer.status);
-    let in_success = success.then(|| ApiError::in_success(&answer.body)).flatten();
-    let payload = match (&in_success, serde_json::from_slice::<serde_json::Value>(&answer.body)) {
+    let in_success = success
+        .then(|| ApiError::in_success(&answer.body))
+        .flatten();
+    let payload = match (
+        &in_success,
+        serde_json::from_slice::<serde_json::Value>(&answer.body),
+    ) {
         (Some(_), _) => Payload::Error,
         (None, Ok(_)) => Payload::Whole,
         (None, Err(_)) => Payload::Invalid,
