@@ -462,3 +462,47 @@ async fn azure_sends_the_key_as_api_key_with_an_api_version() {
     assert_eq!(mock.stats().extras.get("api-version=2024-10-21"), Some(&3));
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_event_mid_stream_is_classified_like_that_error_and_retried() {
+    let s = Scratch::new();
+    let mock = mock(MockConfig {
+        stream_errors: 1,
+        ..MockConfig::default()
+    })
+    .await;
+    let input = s.write("midstream.jsonl", &(stream_line(0, false) + "\n"));
+    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
+    let exit = run(
+        &submit_args(&file, &db, &url, &["--backoff-base", "10ms"]),
+        env(),
+    )
+    .await
+    .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(mock.stats().answers_for(&stream_body(0, false)), 2);
+    let first = |column: &str| {
+        query_text(
+            &s.db(),
+            &format!("SELECT {column} FROM attempts WHERE number = 1"),
+        )
+    };
+    assert_eq!(first("outcome").as_deref(), Some("answered"));
+    assert_eq!(
+        query_i64(&s.db(), "SELECT http_status FROM attempts WHERE number = 1"),
+        200
+    );
+    assert_eq!(
+        first("error_class").as_deref(),
+        Some("transient"),
+        "server_error"
+    );
+    assert!(
+        first("error_message").is_some_and(|m| m.contains("The server had an error")),
+        "{:?}",
+        first("error_message")
+    );
+    let (header, rows) = export_csv(&s.db(), "midstream");
+    assert_eq!(cell(&header, &rows[0], "output_text"), "echo: streamed 0");
+    mock.shutdown().await;
+}

@@ -23,9 +23,23 @@ pub(crate) enum Body {
         text: String,
     },
     /// A `text/event-stream` of these `data:` payloads, sent chunk by chunk and ended with
-    /// `data: [DONE]`; when `cut`, only the first half is sent and the connection is then
-    /// dropped without the end marker.
-    Stream { events: Vec<String>, cut: bool },
+    /// `data: [DONE]`; see [`StreamEnding`] for the other ways it can end.
+    Stream {
+        events: Vec<String>,
+        ending: StreamEnding,
+    },
+}
+
+/// How a streamed answer ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEnding {
+    /// Every event, then `data: [DONE]`.
+    Whole,
+    /// The first half of the events, then the connection drops without an end marker.
+    Cut,
+    /// The first half of the events, then an error event (`server_error`) and `data: [DONE]`,
+    /// as OpenAI reports a failure in the middle of a stream.
+    Error,
 }
 
 /// Status, body and extra headers of one answer.
@@ -57,10 +71,10 @@ impl Answer {
     }
 
     /// A streamed 200 answer (see [`Body::Stream`]).
-    pub(crate) fn stream(events: Vec<String>, cut: bool) -> Self {
+    pub(crate) fn stream(events: Vec<String>, ending: StreamEnding) -> Self {
         Self {
             status: StatusCode::OK,
-            body: Body::Stream { events, cut },
+            body: Body::Stream { events, ending },
             headers: Vec::new(),
         }
     }
@@ -75,7 +89,9 @@ impl Answer {
     pub(crate) fn is_success(&self) -> bool {
         match self.body {
             Body::Json(_) => self.status == StatusCode::OK,
-            Body::Stream { cut, .. } => self.status == StatusCode::OK && !cut,
+            Body::Stream { ending, .. } => {
+                self.status == StatusCode::OK && ending == StreamEnding::Whole
+            }
             Body::Text { .. } => false,
         }
     }
@@ -87,9 +103,10 @@ impl Answer {
             Body::Text { content_type, text } => {
                 with_type((self.status, text).into_response(), content_type)
             }
-            Body::Stream { events, cut } => {
-                with_type((self.status, stream_body(events, cut)).into_response(), SSE)
-            }
+            Body::Stream { events, ending } => with_type(
+                (self.status, stream_body(events, ending)).into_response(),
+                SSE,
+            ),
         };
         let headers = response.headers_mut();
         let common = [
@@ -124,10 +141,13 @@ fn with_type(mut response: Response, content_type: &'static str) -> Response {
 /// The body of a streamed answer: one chunk per event. A cut stream ends in an error, which
 /// makes the server drop the connection without the chunked body's last chunk, as a proxy or a
 /// crashed upstream would.
-fn stream_body(events: Vec<String>, cut: bool) -> axum::body::Body {
+fn stream_body(events: Vec<String>, ending: StreamEnding) -> axum::body::Body {
     use futures::StreamExt;
 
-    let keep = if cut { events.len() / 2 } else { events.len() };
+    let keep = match ending {
+        StreamEnding::Whole => events.len(),
+        StreamEnding::Cut | StreamEnding::Error => events.len() / 2,
+    };
     let sent = futures::stream::iter(
         events
             .into_iter()
@@ -135,17 +155,22 @@ fn stream_body(events: Vec<String>, cut: bool) -> axum::body::Body {
             .map(|event| Ok::<_, std::io::Error>(format!("data: {event}\n\n"))),
     );
     let end = futures::stream::once(async move {
-        if cut {
-            // Let the status line and the first chunks reach the client first, so that the cut
-            // lands in the middle of the body, not before the answer.
-            tokio::time::sleep(CUT_AFTER).await;
-            Err(std::io::Error::other("mock: stream cut on purpose"))
-        } else {
-            Ok("data: [DONE]\n\n".to_owned())
+        match ending {
+            StreamEnding::Whole => Ok("data: [DONE]\n\n".to_owned()),
+            StreamEnding::Error => Ok(format!("data: {MID_STREAM_ERROR}\n\ndata: [DONE]\n\n")),
+            StreamEnding::Cut => {
+                // Let the status line and the first chunks reach the client first, so that the
+                // cut lands in the middle of the body, not before the answer.
+                tokio::time::sleep(CUT_AFTER).await;
+                Err(std::io::Error::other("mock: stream cut on purpose"))
+            }
         }
     });
     axum::body::Body::from_stream(sent.chain(end))
 }
+
+/// The error event of [`StreamEnding::Error`]: OpenAI's words for a server failure.
+const MID_STREAM_ERROR: &str = r#"{"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}"#;
 
 /// How long a cut stream waits after its first half before the connection drops.
 const CUT_AFTER: Duration = Duration::from_millis(20);

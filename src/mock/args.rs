@@ -86,6 +86,10 @@ pub struct MockArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub cut_streams: u64,
 
+    /// After the cut ones, end the next N streamed answers of each body half-way with a server_error event
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub stream_errors: u64,
+
     /// Answer like Azure OpenAI: 401 without an api-key header, 404 without an api-version query parameter
     #[arg(long)]
     pub require_api_key: bool,
@@ -239,6 +243,7 @@ impl TryFrom<&MockArgs> for MockConfig {
             unknown_models: args.unknown_models.clone(),
             requests_per_second: args.requests_per_second,
             cut_streams: args.cut_streams,
+            stream_errors: args.stream_errors,
             require_api_key: args.require_api_key,
         })
     }

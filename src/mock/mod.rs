@@ -12,7 +12,8 @@
 //! - `faults.rs`: [`Fault`], the reproducible fault draw and the exact error answers.
 //! - `echo.rs`: the success bodies, derived from the request body.
 //! - `stream.rs`: streamed chat answers (`"stream": true`): chunks, `include_usage`, `[DONE]`;
-//!   `--cut-streams N` cuts the first N attempts of each body half-way.
+//!   `--cut-streams N` cuts the first N attempts of each body half-way, `--stream-errors N` ends
+//!   the next N with an error event.
 //! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers).
 //! - `stats.rs`: [`MockStats`] and the counters behind it.
 //! - `args.rs`: the `runner mock-server` flags ([`MockArgs`]) and their checks.
@@ -92,6 +93,9 @@ pub struct MockConfig {
     /// Streamed answers (`"stream": true`) cut half-way for the first this-many attempts of
     /// each body: the connection drops before `data: [DONE]`.
     pub cut_streams: u64,
+    /// After the cut ones, this many streamed attempts of each body stop half-way with an error
+    /// event (`server_error`) followed by `data: [DONE]`.
+    pub stream_errors: u64,
     /// Answer like Azure OpenAI: 401 without an `api-key` header, 404 without an `api-version`
     /// query parameter.
     pub require_api_key: bool,
@@ -136,6 +140,7 @@ impl Default for MockConfig {
             unknown_models: Vec::new(),
             requests_per_second: None,
             cut_streams: 0,
+            stream_errors: 0,
             require_api_key: false,
         }
     }

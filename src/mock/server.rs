@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::answer::{Answer, request_id};
+use super::answer::{Answer, StreamEnding, request_id};
 use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
 use super::limit::{Bucket, Verdict};
@@ -353,7 +353,8 @@ fn decide(
 }
 
 /// The success answer: JSON, or for a chat request with `"stream": true` an event stream (cut
-/// half-way for the first [`MockConfig::cut_streams`] attempts of the body).
+/// half-way for the first [`MockConfig::cut_streams`] attempts of the body, then ended by an
+/// error event for the next [`MockConfig::stream_errors`]).
 fn success(
     endpoint: Endpoint,
     body: &Value,
@@ -366,8 +367,15 @@ fn success(
         .then(|| serde_json::from_str::<Value>(&text).ok())
         .flatten()
         .and_then(|completion| stream::chat_chunks(body, &completion));
+    let ending = if attempt < config.cut_streams {
+        StreamEnding::Cut
+    } else if attempt < config.cut_streams + config.stream_errors {
+        StreamEnding::Error
+    } else {
+        StreamEnding::Whole
+    };
     match events {
-        Some(events) => Answer::stream(events, attempt < config.cut_streams),
+        Some(events) => Answer::stream(events, ending),
         None => Answer::json(StatusCode::OK, text),
     }
 }
