@@ -126,6 +126,11 @@ async fn a_cut_stream_is_retried_as_outcome_unknown_and_ends_succeeded() {
     assert_eq!(attempts[0]["outcome"], "outcome_unknown", "{}", attempts[0]);
     assert_eq!(attempts[0]["class"], "transient", "{}", attempts[0]);
     assert_eq!(attempts[0]["error_code"], "stream_cut", "{}", attempts[0]);
+    let message = attempts[0]["error_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("text so far: \"echo:"),
+        "the partial is journaled: {message}"
+    );
     assert_eq!(attempts[1]["outcome"], "answered", "{}", attempts[1]);
     assert_eq!(attempts[1]["class"], "succeeded", "{}", attempts[1]);
     mock.shutdown().await;

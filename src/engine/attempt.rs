@@ -389,6 +389,14 @@ fn cut_reading(
     limit_per_minute: Option<f64>,
 ) -> Reading {
     let failure = TransportFailure::Cut;
+    // The attempt row keeps what arrived (the request row's response is replaced by the next
+    // attempt's): the text so far, as far as it can be read.
+    let message = match crate::http::response::output_text(&partial) {
+        Some(text) if !text.is_empty() => {
+            format!("{message}; text so far: {}", head(text.as_bytes()))
+        }
+        Some(_) | None => message,
+    };
     Reading {
         outcome: AttemptOutcome::OutcomeUnknown,
         http_status: Some(status),
@@ -808,7 +816,7 @@ mod tests {
 
     #[test]
     fn a_cut_stream_is_outcome_unknown_and_keeps_the_partial_answer() {
-        let partial = serde_json::json!({"object":"chat.completion","choices":[]});
+        let partial = serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"half an ans"}}]});
         let reading = answer(
             200,
             "data: {",
@@ -820,6 +828,14 @@ mod tests {
         assert_eq!(reading.class, Class::Transient);
         assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
         assert_eq!(reading.error_code.as_deref(), Some("stream_cut"));
+        assert!(
+            reading
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("text so far: \"half an ans\"")),
+            "{:?}",
+            reading.error_message
+        );
         assert!(
             reading
                 .response
