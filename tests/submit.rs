@@ -558,8 +558,11 @@ async fn ten_thousand_requests_through_ten_percent_missing_scope_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_and_the_wait_is_stored() {
     let s = Scratch::new();
-    // Every request meets a 429 with retry-after 1.2 s during the first 300 ms.
+    // Every request meets a 429 with retry-after 1.2 s during the first 300 ms. The latency
+    // keeps all five in flight before the first 429 pauses the pool (with instant answers the
+    // pause could hold the last ones back, and they would never see a 429).
     let mock = mock(MockConfig {
+        latency: Duration::from_millis(50),
         retry_after: Duration::from_millis(1200),
         spikes: vec![Spike {
             start: Duration::ZERO,
