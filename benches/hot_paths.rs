@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::io::Cursor;
 
 use runner::domain::{AttemptOutcome, Completion, Disposition, JobId, Usage};
-use runner::http::classify::{ApiError, Class, Observation, classify};
+use runner::http::classify::{ApiError, Class, Observation, Payload, classify};
 use runner::http::response::parse_success;
 use runner::input::{CHAT_ENDPOINT, InputOptions, InputReader, content_hash};
 use runner::store::{db, migrate};
@@ -66,7 +66,11 @@ fn classify_success() -> Class {
     classify(Observation::Answer {
         status: 200,
         error: &error,
-        body_parses: usage.is_some(),
+        payload: if usage.is_some() {
+            Payload::Whole
+        } else {
+            Payload::Invalid
+        },
         should_retry: None,
     })
 }
@@ -78,7 +82,7 @@ fn classify_missing_scope() -> Class {
     classify(Observation::Answer {
         status: 401,
         error: &error,
-        body_parses: true,
+        payload: Payload::Whole,
         should_retry: None,
     })
 }

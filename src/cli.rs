@@ -114,6 +114,15 @@ pub struct RunArgs {
     /// Longest answer body read, in bytes; a longer answer fails its request with response_too_large (never retried) [default: 268435456, 256 MiB; at most 300000000]
     #[arg(long, value_name = "BYTES")]
     pub max_response_bytes: Option<NonZeroU64>,
+    /// Extra header sent with every request, as 'Name: value'; stored with the job, and a flag on resume replaces a stored header of the same name. Authorization and api-key are refused: keys come from the environment or --keys-file. Repeatable
+    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// How the key is sent: bearer (Authorization: Bearer KEY) or azure (api-key: KEY) [default: azure for *.openai.azure.com hosts, else bearer]
+    #[arg(long, value_enum, value_name = "STYLE")]
+    pub auth: Option<AuthStyle>,
+    /// api-version query parameter added to every request (Azure OpenAI) [default: $OPENAI_API_VERSION]
+    #[arg(long, value_name = "VERSION")]
+    pub api_version: Option<String>,
     /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -127,6 +136,14 @@ pub struct RunArgs {
     /// No progress bar: print a summary line every few seconds instead
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// How the key is sent.
+pub use crate::http::client::AuthStyle;
+
+/// Parses one `--header 'Name: value'`.
+fn parse_header(flag: &str) -> Result<(String, String), String> {
+    crate::http::headers::parse_flag(flag).map_err(|e| e.to_string())
 }
 
 /// One `--retry-budget CLASS=N`.
@@ -149,7 +166,19 @@ impl FromStr for RetryBudget {
             .trim()
             .parse()
             .map_err(|e: UnknownName| e.to_string())?;
-        if !class.is_retryable() {
+        let budgeted = match class {
+            AttemptClass::Transient | AttemptClass::AuthTransient | AttemptClass::RateLimited => {
+                true
+            }
+            // invalid_response is retried once, by design; the others are never retried.
+            AttemptClass::Succeeded
+            | AttemptClass::RequestFailed
+            | AttemptClass::InvalidResponse
+            | AttemptClass::JobStop
+            | AttemptClass::InvalidInput
+            | AttemptClass::Interrupted => false,
+        };
+        if !budgeted {
             return Err(format!(
                 "class '{class}' is never retried: budgets exist for transient, auth_transient and rate_limited"
             ));

@@ -29,7 +29,8 @@
 //!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].
 //! - [`cli`]: the raw command-line flags (clap).
 //! - [`http`]: [`http::client`] sends one attempt; [`http::classify`] is the error taxonomy (one
-//!   function); [`http::response`] reads success bodies; [`http::sse`] assembles streamed
+//!   function); [`http::headers`] checks and merges the headers a request carries;
+//!   [`http::response`] reads success bodies; [`http::sse`] assembles streamed
 //!   answers; [`http::body`] and [`http::hints`] read bodies and headers with bounds.
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests).
 //! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.

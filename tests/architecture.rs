@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules, lowest layer first. A module may import its own layer and those
 /// before it, never one after it.
 const LAYERS: [&str; 10] = [
-    "util", "domain", "input", "mock", "http", "cli", "store", "engine", "inspect", "demo",
+    "util", "domain", "mock", "http", "input", "cli", "store", "engine", "inspect", "demo",
 ];
 
 /// One source file: its module path (`engine::attempt`) and its non-test code.

@@ -100,11 +100,11 @@ async fn submit(s: &Scratch, mock: &MockServer, extra: &[&str]) -> std::process:
     "bad.jsonl:2: batch line has no \"method\": add \"method\": \"POST\"",
     Skipped::Recorded { key: "r-2", code: "invalid_request" }
 )]
-#[case::batch_line_with_get(
+#[case::batch_line_with_put(
     None,
-    lines(&[GOOD_1, r#"{"custom_id":"r-2","method":"GET","url":"/v1/models","body":{}}"#]),
+    lines(&[GOOD_1, r#"{"custom_id":"r-2","method":"PUT","url":"/v1/models","body":{}}"#]),
     &[],
-    "bad.jsonl:2: method 'GET' is not supported: only POST",
+    "bad.jsonl:2: method 'PUT' is not supported: use POST, GET or DELETE",
     Skipped::Recorded { key: "r-2", code: "invalid_request" }
 )]
 #[case::batch_line_without_url(
@@ -272,7 +272,7 @@ async fn skip_invalid_keeps_going_past_every_bad_line_and_exports_each_with_its_
             r#"{"custom_id":"cut","prompt":"trunc"#,
             "[1, 2]",
             &huge,
-            r#"{"method":"GET","url":"/v1/models","body":{}}"#,
+            r#"{"method":"PUT","url":"/v1/models","body":{}}"#,
         ]),
         b"{\"prompt\":\"\xff\"}\n".to_vec(),
         lines(&[GOOD_3]),

@@ -10,7 +10,8 @@ pub enum StopCause {
     /// 401 that is not the intermittent flap (`invalid_api_key`): this key is wrong or revoked.
     /// With other usable keys, only this key is set aside.
     KeyRejected,
-    /// 403 (region, model access): the account or project may not do this.
+    /// 403 that is not the scope flap (region, model access): this key (its project) may not do
+    /// this. Like [`StopCause::KeyRejected`], with other usable keys only this key is set aside.
     Forbidden,
     /// 429 `insufficient_quota`: billing.
     Quota,
@@ -36,7 +37,8 @@ impl StopCause {
 pub enum Class {
     /// A 2xx answer with a body that parses.
     Succeeded,
-    /// Worth retrying with backoff: connection errors, timeouts, 408, 409, 5xx, an unparseable 2xx.
+    /// Worth retrying with backoff: connection errors, timeouts, a cut stream, 408, 409, 5xx, a
+    /// 2xx carrying an error the server may not repeat.
     Transient,
     /// The intermittent 401 of the April 2026 incident ("Missing scopes", "RBAC: access denied"):
     /// the same request succeeds later, so it is requeued, never failed fast.
@@ -45,6 +47,9 @@ pub enum Class {
     RateLimited,
     /// This request is wrong (400, 404, 422, other 4xx, 429 "Request too large"): record it and go on.
     RequestFailed,
+    /// A 2xx whose body is neither JSON nor a complete event stream: sent once more (a proxy may
+    /// have mangled it), then failed with the body's first bytes as its message.
+    InvalidResponse,
     /// Nothing will succeed until a person acts: stop dispatching and keep every unsent request
     /// pending.
     JobStop(StopCause),
@@ -59,6 +64,7 @@ impl Class {
             Class::AuthTransient => AttemptClass::AuthTransient,
             Class::RateLimited => AttemptClass::RateLimited,
             Class::RequestFailed => AttemptClass::RequestFailed,
+            Class::InvalidResponse => AttemptClass::InvalidResponse,
             Class::JobStop(_) => AttemptClass::JobStop,
         }
     }
@@ -76,7 +82,7 @@ impl Class {
 pub enum AttemptClass {
     /// A 2xx answer that parsed.
     Succeeded,
-    /// Connection errors, timeouts, 5xx, 408/409, malformed 2xx.
+    /// Connection errors, timeouts, cut streams, 5xx, 408/409.
     Transient,
     /// The intermittent 401 ("Missing scopes", "RBAC: access denied").
     AuthTransient,
@@ -84,6 +90,8 @@ pub enum AttemptClass {
     RateLimited,
     /// This request is wrong (4xx).
     RequestFailed,
+    /// A 2xx whose body is neither JSON nor a complete event stream.
+    InvalidResponse,
     /// Invalid key, 403, quota.
     JobStop,
     /// A line of the input that could not be read as a request (`--skip-invalid`): a failed
@@ -99,6 +107,7 @@ named!(AttemptClass, "class", {
     AuthTransient => "auth_transient",
     RateLimited => "rate_limited",
     RequestFailed => "request_failed",
+    InvalidResponse => "invalid_response",
     JobStop => "job_stop",
     InvalidInput => "invalid_input",
     Interrupted => "interrupted",
@@ -107,12 +116,13 @@ named!(AttemptClass, "class", {
 impl AttemptClass {
     /// The classes an attempt can be counted under, in chart order (stacked bottom-up).
     /// `invalid_input` is a request's class, never an attempt's.
-    pub const ATTEMPTS: [AttemptClass; 7] = [
+    pub const ATTEMPTS: [AttemptClass; 8] = [
         AttemptClass::Succeeded,
         AttemptClass::Transient,
         AttemptClass::AuthTransient,
         AttemptClass::RateLimited,
         AttemptClass::RequestFailed,
+        AttemptClass::InvalidResponse,
         AttemptClass::JobStop,
         AttemptClass::Interrupted,
     ];
@@ -120,9 +130,10 @@ impl AttemptClass {
     /// Whether another attempt of the same request can succeed.
     pub fn is_retryable(self) -> bool {
         match self {
-            AttemptClass::Transient | AttemptClass::AuthTransient | AttemptClass::RateLimited => {
-                true
-            }
+            AttemptClass::Transient
+            | AttemptClass::AuthTransient
+            | AttemptClass::RateLimited
+            | AttemptClass::InvalidResponse => true,
             AttemptClass::Succeeded
             | AttemptClass::RequestFailed
             | AttemptClass::JobStop
@@ -139,6 +150,7 @@ impl AttemptClass {
             | AttemptClass::AuthTransient
             | AttemptClass::RateLimited
             | AttemptClass::RequestFailed
+            | AttemptClass::InvalidResponse
             | AttemptClass::JobStop
             | AttemptClass::InvalidInput => true,
             AttemptClass::Succeeded | AttemptClass::Interrupted => false,
@@ -176,7 +188,8 @@ mod tests {
             [
                 AttemptClass::Transient,
                 AttemptClass::AuthTransient,
-                AttemptClass::RateLimited
+                AttemptClass::RateLimited,
+                AttemptClass::InvalidResponse,
             ]
         );
         for cause in [

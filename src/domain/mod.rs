@@ -1,6 +1,6 @@
 //! The domain's vocabulary, shared by every layer: ids, the request state machine, the error
 //! taxonomy's classes, job events, and the records an attempt leaves. Each vocabulary is one
-//! enum, converted to and from text only where it meets SQL or output (the `names` module).
+//! enum, converted to and from text only where it meets SQL or output (`names`).
 
 mod class;
 mod event;
@@ -31,10 +31,14 @@ pub struct Claimed {
     pub id: RequestId,
     /// custom_id or derived key.
     pub key: String,
+    /// HTTP method: `POST`, `GET` or `DELETE` (the last two send no body).
+    pub method: String,
     /// Path joined to the base URL.
     pub url: String,
     /// JSON body, sent as is.
     pub body: String,
+    /// The line's own headers (JSON object text), merged over the job's when sent.
+    pub headers: Option<String>,
     /// Attempts journaled before this one.
     pub attempts: u32,
     /// Of those, per retried class, since the budget was last reset.
@@ -50,6 +54,8 @@ pub struct Spent {
     pub auth_transient: u32,
     /// `rate_limited` attempts.
     pub rate_limited: u32,
+    /// `invalid_response` attempts.
+    pub invalid_response: u32,
 }
 
 impl Spent {
@@ -59,6 +65,7 @@ impl Spent {
             Class::Transient => self.transient,
             Class::AuthTransient => self.auth_transient,
             Class::RateLimited => self.rate_limited,
+            Class::InvalidResponse => self.invalid_response,
             Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => 0,
         }
     }

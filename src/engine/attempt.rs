@@ -6,16 +6,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use reqwest::Method;
+
 use crate::domain::{
     AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, StopCause, Usage,
 };
 use crate::engine::context::Context;
 use crate::engine::keys::{KeyLease, KeyOutcome};
 use crate::engine::retry::RetryPolicy;
-use crate::http::classify::{ApiError, Observation, TransportFailure, classify};
-use crate::http::client::Sent;
+use serde_json::Value;
+
+use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
+use crate::http::client::{Answer, Sent, Streamed};
 use crate::http::hints;
 use crate::http::response::parse_success;
+use crate::http::sse::{Assembled, StreamEnd};
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
@@ -30,14 +35,22 @@ pub(crate) async fn attempt(
     let Claimed {
         id,
         key,
+        method,
         url,
         body,
+        headers,
         attempts,
         spent,
     } = request;
+    let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
+    // Only POST carries a body: the input admits no other method with one.
+    let body = (method == Method::POST).then_some(body);
     let started_at = now_ms();
     let clock = Instant::now();
-    let sent = lease.client.post(&url, body).await;
+    let sent = lease
+        .client
+        .send(&method, &url, body, headers.as_deref())
+        .await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
     let reading = read(sent, SystemTime::now(), ctx.policy.max_server_wait);
 
@@ -107,7 +120,11 @@ async fn record(
         ),
         Class::Succeeded => ctx.note_permanent(completion.request, None),
         // Retried classes and stops neither extend nor break a streak of configuration errors.
-        Class::Transient | Class::AuthTransient | Class::RateLimited | Class::JobStop(_) => None,
+        Class::Transient
+        | Class::AuthTransient
+        | Class::RateLimited
+        | Class::InvalidResponse
+        | Class::JobStop(_) => None,
     };
     let disposition = completion.disposition;
     let status = completion.http_status;
@@ -209,52 +226,16 @@ impl Reading {
     }
 }
 
-/// Reads what came back. `now` resolves a `retry-after` given as an HTTP date; `max_wait`
-/// (`--max-wait`) caps the wait a server may ask for. Every header goes through
+/// Longest part of an unreadable 2xx body kept in the journal's `error_message`.
+const INVALID_BODY_HEAD: usize = 200;
+
+/// Reads what came back. `now` resolves a `retry-after` given as an HTTP date.
+///
+/// `max_wait` (`--max-wait`) caps the wait a server may ask for. Every header goes through
 /// [`hints`], so no value a server sends can panic here.
 pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
     match sent {
-        Sent::Answer(answer) => {
-            let success = (200..300).contains(&answer.status);
-            let usage = if success {
-                parse_success(&answer.body)
-            } else {
-                None
-            };
-            let error = if success {
-                ApiError::default()
-            } else {
-                ApiError::parse(&answer.body)
-            };
-            let should_retry = hints::should_retry(&answer.headers);
-            let class = classify(Observation::Answer {
-                status: answer.status,
-                error: &error,
-                body_parses: usage.is_some(),
-                should_retry,
-            });
-            let (error_code, error_message) = if success && usage.is_none() {
-                (
-                    Some("invalid_json".to_owned()),
-                    Some("the answer's body is not a JSON object".to_owned()),
-                )
-            } else {
-                (error.code.clone(), error.message.clone())
-            };
-            Reading {
-                outcome: AttemptOutcome::Answered,
-                http_status: Some(answer.status),
-                class,
-                wait: hints::server_wait(&answer.headers, error.message.as_deref(), now, max_wait),
-                error_code,
-                error_message,
-                x_request_id: answer.header("x-request-id").map(str::to_owned),
-                response: Some(String::from_utf8_lossy(&answer.body).into_owned()),
-                usage: usage.unwrap_or_default(),
-                limit_per_minute: hints::limit_per_minute(&answer.headers),
-                error,
-            }
-        }
+        Sent::Answer(answer) => read_answer(answer, now, max_wait),
         // Never retried: the server did the work (a 2xx may be billed), and the same request
         // would get the same answer. Only the error goes into the journal, never the body.
         Sent::TooLarge {
@@ -272,7 +253,10 @@ pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
                 "the answer's body is at least {at_least} bytes, over the --max-response-bytes limit of {cap}: \
                  raise --max-response-bytes, then `runner retry-failed --class request_failed` sends it again"
             )),
-            x_request_id: hints_request_id(&headers),
+            x_request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             response: None,
             usage: Usage::default(),
             wait: None,
@@ -287,14 +271,7 @@ pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
             http_status: None,
             class: classify(Observation::Transport(failure)),
             error: ApiError::default(),
-            error_code: Some(
-                match failure {
-                    TransportFailure::Connect => "connect_error",
-                    TransportFailure::Timeout => "timeout",
-                    TransportFailure::Other => "network_error",
-                }
-                .to_owned(),
-            ),
+            error_code: Some(failure_code(failure).to_owned()),
             error_message: Some(message),
             x_request_id: None,
             response: None,
@@ -305,14 +282,231 @@ pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
     }
 }
 
+/// The journal's `error_code` of a transport failure.
+fn failure_code(failure: TransportFailure) -> &'static str {
+    match failure {
+        TransportFailure::Connect => "connect_error",
+        TransportFailure::Timeout => "timeout",
+        TransportFailure::Other => "network_error",
+        TransportFailure::Cut => "stream_cut",
+    }
+}
+
+/// What a body turned out to be: its class of payload, the error it carries, the text to
+/// journal as the response, and why it cannot be read (for an invalid 2xx).
+struct Content {
+    payload: Payload,
+    error: ApiError,
+    response: Option<String>,
+    unreadable: Option<(&'static str, String)>,
+}
+
 /// The journal's `error_code` of an answer over `--max-response-bytes`.
 pub const RESPONSE_TOO_LARGE: &str = "response_too_large";
 
-fn hints_request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
+    let Answer {
+        status,
+        headers,
+        body,
+        stream,
+    } = answer;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let x_request_id = header("x-request-id").map(str::to_owned);
+    let limit_per_minute = hints::limit_per_minute(&headers);
+    let should_retry = hints::should_retry(&headers);
+    let success = (200..300).contains(&status);
+    let content = match stream {
+        // A chat or completions stream that says `[DONE]` before any choice got its
+        // `finish_reason` was stopped early (llama.cpp's Python server does this to a stream
+        // when another request arrives): as unfinished as a cut one.
+        Some(Streamed::Assembled(assembled)) if is_unfinished(&assembled) => {
+            return cut_reading(
+                status,
+                assembled.body,
+                "the event stream said [DONE] before any choice had a finish_reason: the server stopped it early".to_owned(),
+                x_request_id,
+                limit_per_minute,
+            );
+        }
+        // A cut stream is answered but unfinished: like a timeout, the server may have done
+        // the work, so it is retried with its outcome unknown; the partial answer is kept.
+        Some(Streamed::Cut { partial, message }) => {
+            return cut_reading(status, partial, message, x_request_id, limit_per_minute);
+        }
+        Some(Streamed::Unreadable { message }) => Content {
+            payload: Payload::Invalid,
+            error: ApiError::default(),
+            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            unreadable: Some((
+                "invalid_stream",
+                format!("{message}; the stream began: {}", head(&body)),
+            )),
+        },
+        Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
+        None if !success => Content {
+            payload: Payload::Whole,
+            error: ApiError::parse(&body),
+            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            unreadable: None,
+        },
+        None => match ApiError::in_success(&body) {
+            Some(error) => Content {
+                payload: Payload::Error,
+                error,
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: None,
+            },
+            None if parse_success(&body).is_some() => Content {
+                payload: Payload::Whole,
+                error: ApiError::default(),
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: None,
+            },
+            None => Content {
+                payload: Payload::Invalid,
+                error: ApiError::default(),
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: Some((
+                    "invalid_json",
+                    format!(
+                        "the answer's body is not a JSON object; it began: {}",
+                        head(&body)
+                    ),
+                )),
+            },
+        },
+    };
+    let class = classify(Observation::Answer {
+        status,
+        error: &content.error,
+        payload: content.payload,
+        should_retry,
+    });
+    let usage = match (success, content.payload, &content.response) {
+        (true, Payload::Whole, Some(text)) => parse_success(text.as_bytes()).unwrap_or_default(),
+        _ => Usage::default(),
+    };
+    let (error_code, error_message) = match content.unreadable {
+        Some((code, message)) => (Some(code.to_owned()), Some(message)),
+        None => (content.error.code.clone(), content.error.message.clone()),
+    };
+    Reading {
+        outcome: AttemptOutcome::Answered,
+        http_status: Some(status),
+        class,
+        wait: hints::server_wait(&headers, content.error.message.as_deref(), now, max_wait),
+        error_code,
+        error_message,
+        x_request_id,
+        response: content.response,
+        usage,
+        limit_per_minute,
+        error: content.error,
+    }
+}
+
+/// The reading of a stream that stopped before its end: answered, but its outcome is unknown
+/// (the server may have finished and billed it), so it is retried like a timeout; the partial
+/// answer is journaled.
+fn cut_reading(
+    status: u16,
+    partial: Value,
+    message: String,
+    x_request_id: Option<String>,
+    limit_per_minute: Option<f64>,
+) -> Reading {
+    let failure = TransportFailure::Cut;
+    // The attempt row keeps what arrived (the request row's response is replaced by the next
+    // attempt's): the text so far, as far as it can be read.
+    let message = match crate::http::response::output_text(&partial) {
+        Some(text) if !text.is_empty() => {
+            format!("{message}; text so far: {}", head(text.as_bytes()))
+        }
+        Some(_) | None => message,
+    };
+    Reading {
+        outcome: AttemptOutcome::OutcomeUnknown,
+        http_status: Some(status),
+        class: classify(Observation::Transport(failure)),
+        error: ApiError::default(),
+        error_code: Some(failure_code(failure).to_owned()),
+        error_message: Some(message),
+        x_request_id,
+        response: (!partial.is_null()).then(|| partial.to_string()),
+        usage: Usage::default(),
+        wait: None,
+        limit_per_minute,
+    }
+}
+
+/// Whether a stream ended by `data: [DONE]` without any of its choices finishing: OpenAI's
+/// last content chunk always carries a `finish_reason`.
+fn is_unfinished(assembled: &Assembled) -> bool {
+    let choices = assembled
+        .body
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    assembled.end == StreamEnd::Done
+        && assembled.error.is_none()
+        && !choices.is_empty()
+        && choices
+            .iter()
+            .all(|choice| choice.get("finish_reason").is_none_or(Value::is_null))
+}
+
+/// A stream that reached its end: the assembled body, or the error it ended with (journaled
+/// inside the body assembled so far, the shape of a 2xx body carrying an `error`).
+fn assembled_content(assembled: Assembled) -> Content {
+    let Assembled {
+        body,
+        end: _,
+        error,
+    } = assembled;
+    match (error, body) {
+        (Some(error), body) => {
+            let parsed = ApiError::parse(error.to_string().as_bytes());
+            let journaled = match (body, error.get("error")) {
+                (Value::Object(mut object), Some(inner)) => {
+                    object.insert("error".to_owned(), inner.clone());
+                    Value::Object(object)
+                }
+                (_, _) => error,
+            };
+            Content {
+                payload: Payload::Error,
+                error: parsed,
+                response: Some(journaled.to_string()),
+                unreadable: None,
+            }
+        }
+        (None, Value::Null) => Content {
+            payload: Payload::Invalid,
+            error: ApiError::default(),
+            response: None,
+            unreadable: Some((
+                "invalid_stream",
+                "the event stream ended without an answer in it".to_owned(),
+            )),
+        },
+        (None, body) => Content {
+            payload: Payload::Whole,
+            error: ApiError::default(),
+            response: Some(body.to_string()),
+            unreadable: None,
+        },
+    }
+}
+
+/// The first bytes of a body, as text for a message.
+fn head(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(INVALID_BODY_HEAD) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Everything [`decide`] looks at.
@@ -381,11 +575,11 @@ pub(crate) fn decide(s: &Situation<'_>) -> Decision {
     match s.class {
         Class::Succeeded => settle(Disposition::Succeeded),
         Class::RequestFailed => settle(Disposition::Failed),
-        Class::Transient | Class::AuthTransient => retry(false),
+        Class::Transient | Class::AuthTransient | Class::InvalidResponse => retry(false),
         Class::RateLimited => retry(true),
-        // A rejected key is the key's problem while another key is usable: the request goes
-        // back at once and the pool picks another key.
-        Class::JobStop(StopCause::KeyRejected) if s.other_keys_usable => {
+        // A rejected key (or a key refused with 403) is the key's problem while another key is
+        // usable: the request goes back at once and the pool picks another key.
+        Class::JobStop(StopCause::KeyRejected | StopCause::Forbidden) if s.other_keys_usable => {
             settle(Disposition::Requeue)
         }
         Class::JobStop(StopCause::KeyRejected) => stop(no_keys_reason(s.keys)),
@@ -510,6 +704,25 @@ mod tests {
         None,
         true
     )]
+    #[case::forbidden_key_with_others(
+        Class::JobStop(StopCause::Forbidden),
+        1,
+        None,
+        true,
+        Disposition::Requeue,
+        None,
+        false
+    )]
+    #[case::invalid_response_is_sent_once_more(Class::InvalidResponse, 1, None, false, Disposition::RetryAt(FINISHED + 250), None, false)]
+    #[case::invalid_response_twice_fails(
+        Class::InvalidResponse,
+        2,
+        None,
+        false,
+        Disposition::Failed,
+        None,
+        false
+    )]
     #[case::forbidden_stops(
         Class::JobStop(StopCause::Forbidden),
         1,
@@ -552,6 +765,111 @@ mod tests {
         assert!(reason.contains("HTTP 429 insufficient_quota"));
         assert!(no_keys_reason(1).contains("OPENAI_API_KEY"));
         assert!(no_keys_reason(3).contains("all 3 keys"));
+    }
+
+    fn answer(status: u16, body: &str, stream: Option<Streamed>) -> Reading {
+        read(
+            Sent::Answer(Answer {
+                status,
+                headers: reqwest::header::HeaderMap::new(),
+                body: body.as_bytes().to_vec(),
+                stream,
+            }),
+            SystemTime::now(),
+            Duration::from_secs(120),
+        )
+    }
+
+    #[test]
+    fn a_success_status_carrying_an_error_reads_as_that_error() {
+        let reading = answer(
+            200,
+            r#"{"error":{"message":"Missing scopes: model.request","type":"invalid_request_error","code":"missing_scope"}}"#,
+            None,
+        );
+        assert_eq!(reading.class, Class::AuthTransient);
+        assert_eq!(reading.error_code.as_deref(), Some("missing_scope"));
+        assert_eq!(reading.usage, Usage::default());
+    }
+
+    #[test]
+    fn an_unreadable_success_body_keeps_its_first_bytes() {
+        let body = format!("<html>{}</html>", "x".repeat(1000));
+        let reading = answer(200, &body, None);
+        assert_eq!(reading.class, Class::InvalidResponse);
+        assert_eq!(reading.error_code.as_deref(), Some("invalid_json"));
+        let message = reading.error_message.unwrap_or_default();
+        assert!(message.contains("<html>xxx"), "{message}");
+        assert!(message.len() < 400, "{message}");
+    }
+
+    #[test]
+    fn a_stream_that_ends_with_an_error_event_reads_as_that_error() {
+        let assembled = Assembled {
+            body: serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"par"}}]}),
+            end: StreamEnd::Error,
+            error: Some(
+                serde_json::json!({"error":{"message":"The server had an error","type":"server_error","code":null}}),
+            ),
+        };
+        let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.outcome, AttemptOutcome::Answered);
+        let journaled: Value =
+            serde_json::from_str(reading.response.as_deref().unwrap_or("null")).expect("json");
+        assert_eq!(journaled["error"]["type"], "server_error");
+        assert_eq!(journaled["choices"][0]["message"]["content"], "par");
+    }
+
+    #[test]
+    fn a_stream_done_before_any_choice_finished_is_unfinished() {
+        let body = serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null},"finish_reason":null}]});
+        let assembled = Assembled {
+            body,
+            end: StreamEnd::Done,
+            error: None,
+        };
+        let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
+        assert_eq!(reading.error_code.as_deref(), Some("stream_cut"));
+        let finished = serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]});
+        let whole = Assembled {
+            body: finished,
+            end: StreamEnd::Done,
+            error: None,
+        };
+        let reading = answer(200, "", Some(Streamed::Assembled(whole)));
+        assert_eq!(reading.class, Class::Succeeded);
+    }
+
+    #[test]
+    fn a_cut_stream_is_outcome_unknown_and_keeps_the_partial_answer() {
+        let partial = serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"half an ans"}}]});
+        let reading = answer(
+            200,
+            "data: {",
+            Some(Streamed::Cut {
+                partial,
+                message: "cut".into(),
+            }),
+        );
+        assert_eq!(reading.class, Class::Transient);
+        assert_eq!(reading.outcome, AttemptOutcome::OutcomeUnknown);
+        assert_eq!(reading.error_code.as_deref(), Some("stream_cut"));
+        assert!(
+            reading
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("text so far: \"half an ans\"")),
+            "{:?}",
+            reading.error_message
+        );
+        assert!(
+            reading
+                .response
+                .is_some_and(|r| r.contains("chat.completion"))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::domain::AttemptClass;
 use crate::engine::breaker::BreakerSettings;
 use crate::engine::keys::{KeysError, read_keys_file};
 use crate::engine::retry::{Budgets, RetryPolicy};
-use crate::http::client::{ApiKey, ClientSettings};
+use crate::http::client::{ApiKey, AuthStyle, ClientSettings};
 use crate::input::CHAT_ENDPOINT;
 
 /// The OpenAI SDKs' default base URL.
@@ -35,6 +35,14 @@ pub struct ApiEnv {
     pub organization: Option<String>,
     /// `OPENAI_PROJECT_ID`, sent as `OpenAI-Project`.
     pub project: Option<String>,
+    /// `AZURE_OPENAI_API_KEY`: the key when the key is sent Azure's way (`api-key`), before
+    /// `OPENAI_API_KEY`.
+    pub azure_api_key: Option<ApiKey>,
+    /// `AZURE_OPENAI_ENDPOINT`, e.g. `https://res.openai.azure.com`: the base URL is
+    /// `{endpoint}/openai` when neither `--base-url` nor `OPENAI_BASE_URL` is given.
+    pub azure_endpoint: Option<String>,
+    /// `OPENAI_API_VERSION`: the `api-version` query parameter when `--api-version` is not given.
+    pub api_version: Option<String>,
 }
 
 impl ApiEnv {
@@ -46,6 +54,9 @@ impl ApiEnv {
             base_url: var("OPENAI_BASE_URL"),
             organization: var("OPENAI_ORG_ID"),
             project: var("OPENAI_PROJECT_ID"),
+            azure_api_key: var("AZURE_OPENAI_API_KEY").map(|k| ApiKey::new(&k)),
+            azure_endpoint: var("AZURE_OPENAI_ENDPOINT"),
+            api_version: var("OPENAI_API_VERSION"),
         }
     }
 }
@@ -125,6 +136,15 @@ pub struct JobSettings {
     /// Longest answer body read, in bytes (`--max-response-bytes`).
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Extra headers (`--header`), checked, lower-case names.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// How the key is sent; `None`: by the base URL ([`AuthStyle::for_url`]).
+    #[serde(default)]
+    pub auth: Option<AuthStyle>,
+    /// `api-version` query parameter (`--api-version`); `OPENAI_API_VERSION` when unset.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 /// The largest `--max-response-bytes`: a body is journaled as text, and a body that is not
@@ -172,6 +192,11 @@ impl JobSettings {
             base_url: env
                 .base_url
                 .clone()
+                .or_else(|| {
+                    env.azure_endpoint
+                        .as_ref()
+                        .map(|endpoint| format!("{}/openai", endpoint.trim_end_matches('/')))
+                })
                 .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
             endpoint: CHAT_ENDPOINT.to_owned(),
             model: None,
@@ -190,6 +215,9 @@ impl JobSettings {
             tpm: None,
             default_output_tokens: defaults::default_output_tokens(),
             max_response_bytes: defaults::max_response_bytes(),
+            headers: Vec::new(),
+            auth: None,
+            api_version: None,
         }
     }
 
@@ -241,6 +269,7 @@ impl JobSettings {
                 // RetryBudget's parser accepts only the three retried classes.
                 AttemptClass::Succeeded
                 | AttemptClass::RequestFailed
+                | AttemptClass::InvalidResponse
                 | AttemptClass::JobStop
                 | AttemptClass::InvalidInput
                 | AttemptClass::Interrupted => {}
@@ -262,6 +291,13 @@ impl JobSettings {
         if let Some(n) = run.stop_after_same_error {
             self.stop_after_same_error = n;
         }
+        self.headers = crate::http::headers::merge(&self.headers, &run.headers);
+        if let Some(auth) = run.auth {
+            self.auth = Some(auth);
+        }
+        if let Some(version) = &run.api_version {
+            self.api_version = Some(version.clone());
+        }
         if let Some(path) = &run.keys_file {
             self.keys_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
         }
@@ -272,10 +308,23 @@ impl JobSettings {
     /// # Errors
     /// The keys file cannot be read or holds no key.
     pub fn keys(&self, env: &ApiEnv) -> Result<Vec<ApiKey>, KeysError> {
-        match &self.keys_file {
-            Some(path) => read_keys_file(path),
-            None => Ok(env.api_key.iter().cloned().collect()),
+        match (&self.keys_file, self.auth_style()) {
+            (Some(path), AuthStyle::Bearer | AuthStyle::Azure) => read_keys_file(path),
+            (None, AuthStyle::Azure) => Ok(env
+                .azure_api_key
+                .iter()
+                .chain(env.api_key.iter())
+                .take(1)
+                .cloned()
+                .collect()),
+            (None, AuthStyle::Bearer) => Ok(env.api_key.iter().cloned().collect()),
         }
+    }
+
+    /// How the key is sent: as asked, else as the base URL implies.
+    pub fn auth_style(&self) -> AuthStyle {
+        self.auth
+            .unwrap_or_else(|| AuthStyle::for_url(&self.base_url))
     }
 
     /// Checks the settings and the environment together.
@@ -325,6 +374,7 @@ impl JobSettings {
                 transient: self.max_attempts.max(1),
                 auth_transient: self.auth_retries.max(1),
                 rate_limited: self.rate_limit_retries.max(1),
+                invalid_response: crate::engine::retry::INVALID_RESPONSE_ATTEMPTS,
             },
             base: Duration::from_millis(self.backoff_base_ms),
             cap: Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
@@ -349,6 +399,9 @@ impl JobSettings {
             organization: env.organization.clone(),
             project: env.project.clone(),
             max_body_bytes: usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX),
+            auth: self.auth_style(),
+            api_version: self.api_version.clone().or_else(|| env.api_version.clone()),
+            headers: self.headers.clone(),
         }
     }
 }
@@ -370,6 +423,63 @@ mod tests {
         });
         assert_eq!(resumed.rpm, Some(600), "kept from the job");
         assert_eq!(resumed.concurrency, 4, "taken from the flag");
+    }
+
+    #[test]
+    fn stored_headers_are_kept_on_resume_and_a_flag_replaces_one_of_the_same_name() {
+        let env = ApiEnv::default();
+        let mut settings = JobSettings::defaults(&env);
+        settings.apply(&RunArgs {
+            headers: vec![("x-a".into(), "1".into()), ("x-b".into(), "1".into())],
+            ..RunArgs::default()
+        });
+        let mut resumed = JobSettings::from_json(&settings.to_json()).expect("parses");
+        resumed.apply(&RunArgs {
+            headers: vec![("x-b".into(), "2".into())],
+            ..RunArgs::default()
+        });
+        assert_eq!(
+            resumed.headers,
+            [
+                ("x-a".to_owned(), "1".to_owned()),
+                ("x-b".to_owned(), "2".to_owned())
+            ]
+        );
+        let old = r#"{"base_url":"http://h/v1","endpoint":"/v1/chat/completions","model":null,"concurrency":1,"rpm":null,"max_attempts":3,"timeout_ms":1000}"#;
+        let old = JobSettings::from_json(old).expect("settings stored before headers parse");
+        assert!(old.headers.is_empty());
+        assert_eq!(old.auth, None);
+    }
+
+    #[test]
+    fn azure_is_chosen_by_host_or_flag_and_reads_the_sdk_environment() {
+        let env = ApiEnv {
+            api_key: Some(ApiKey::new("sk-openai-0123456789")),
+            azure_api_key: Some(ApiKey::new("azure-0123456789abcd")),
+            azure_endpoint: Some("https://res.openai.azure.com/".into()),
+            api_version: Some("2024-10-21".into()),
+            ..ApiEnv::default()
+        };
+        let settings = JobSettings::defaults(&env);
+        assert_eq!(settings.base_url, "https://res.openai.azure.com/openai");
+        assert_eq!(settings.auth_style(), AuthStyle::Azure);
+        let keys = settings.keys(&env).expect("keys");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].fingerprint(), "…abcd", "AZURE_OPENAI_API_KEY first");
+        let client = settings.client_settings(&env);
+        assert_eq!(client.api_version.as_deref(), Some("2024-10-21"));
+
+        let local = JobSettings {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            ..settings.clone()
+        };
+        assert_eq!(local.auth_style(), AuthStyle::Bearer);
+        assert_eq!(local.keys(&env).expect("keys")[0].fingerprint(), "sk-…6789");
+        let forced = JobSettings {
+            auth: Some(AuthStyle::Bearer),
+            ..settings
+        };
+        assert_eq!(forced.auth_style(), AuthStyle::Bearer);
     }
 
     #[test]

@@ -206,7 +206,9 @@ impl KeyEvent {
                 cooldown.as_secs_f64()
             ),
             KeyEvent::Quarantined { key } => {
-                format!("{key}: rejected as invalid: not used again in this run")
+                format!(
+                    "{key}: rejected (invalid key or 403 forbidden): not used again in this run"
+                )
             }
         }
     }
@@ -219,7 +221,7 @@ pub enum KeyOutcome {
     Fine,
     /// The intermittent 401.
     AuthTransient,
-    /// The key was rejected (`invalid_api_key`).
+    /// The key was rejected (`invalid_api_key`, or a 403 that is not the scope flap).
     Rejected,
 }
 
@@ -228,12 +230,15 @@ impl KeyOutcome {
     pub fn of(class: Class) -> KeyOutcome {
         match class {
             Class::AuthTransient => KeyOutcome::AuthTransient,
-            Class::JobStop(StopCause::KeyRejected) => KeyOutcome::Rejected,
+            // A 403 that is not the scope flap is the key's (its project's) problem first: with
+            // other keys, the job goes on without this one.
+            Class::JobStop(StopCause::KeyRejected | StopCause::Forbidden) => KeyOutcome::Rejected,
             Class::Succeeded
             | Class::Transient
             | Class::RateLimited
             | Class::RequestFailed
-            | Class::JobStop(StopCause::Forbidden | StopCause::Quota) => KeyOutcome::Fine,
+            | Class::InvalidResponse
+            | Class::JobStop(StopCause::Quota) => KeyOutcome::Fine,
         }
     }
 }
@@ -421,6 +426,9 @@ mod tests {
             organization: None,
             project: None,
             max_body_bytes: crate::http::body::DEFAULT_MAX_BODY_BYTES,
+            auth: crate::http::client::AuthStyle::Bearer,
+            api_version: None,
+            headers: Vec::new(),
         }
     }
 

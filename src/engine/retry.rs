@@ -11,13 +11,15 @@ use crate::domain::Class;
 /// Attempts a request may spend per retried class before it ends failed with its last error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budgets {
-    /// Connection errors, timeouts, 408/409, 5xx, unparseable 2xx (`--max-attempts`).
+    /// Connection errors, timeouts, cut streams, 408/409, 5xx (`--max-attempts`).
     pub transient: u32,
     /// The intermittent 401. Large: the incident lasted hours, and the breaker keeps what a
     /// spike costs to a probe per cool-down, so waiting it out is cheap.
     pub auth_transient: u32,
     /// 429 `rate_limit_exceeded`: waiting always helps in the end.
     pub rate_limited: u32,
+    /// 2xx with an unreadable body ([`INVALID_RESPONSE_ATTEMPTS`]).
+    pub invalid_response: u32,
 }
 
 impl Default for Budgets {
@@ -26,9 +28,15 @@ impl Default for Budgets {
             transient: 10,
             auth_transient: 50,
             rate_limited: 50,
+            invalid_response: INVALID_RESPONSE_ATTEMPTS,
         }
     }
 }
+
+/// Attempts a request may spend on 2xx answers whose body is unreadable: sent once more (a proxy
+/// or a network glitch may have mangled one answer), then failed. Not configurable: a server
+/// that keeps answering garbage will not stop doing so.
+pub const INVALID_RESPONSE_ATTEMPTS: u32 = 2;
 
 impl Budgets {
     /// The budget of `class` (0 for classes that are never retried).
@@ -37,6 +45,7 @@ impl Budgets {
             Class::Transient => self.transient,
             Class::AuthTransient => self.auth_transient,
             Class::RateLimited => self.rate_limited,
+            Class::InvalidResponse => self.invalid_response,
             Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => 0,
         }
     }
@@ -83,17 +92,21 @@ impl RetryPolicy {
     ) -> Option<Duration> {
         match class {
             Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => None,
-            Class::Transient | Class::AuthTransient | Class::RateLimited
+            Class::Transient
+            | Class::AuthTransient
+            | Class::RateLimited
+            | Class::InvalidResponse
                 if attempt >= self.budgets.of(class) =>
             {
                 None
             }
-            Class::Transient | Class::AuthTransient | Class::RateLimited => {
-                Some(match server_wait {
-                    Some(wait) => wait.min(self.max_server_wait),
-                    None => self.backoff(attempt, jitter),
-                })
-            }
+            Class::Transient
+            | Class::AuthTransient
+            | Class::RateLimited
+            | Class::InvalidResponse => Some(match server_wait {
+                Some(wait) => wait.min(self.max_server_wait),
+                None => self.backoff(attempt, jitter),
+            }),
         }
     }
 

@@ -17,6 +17,9 @@ pub enum TransportFailure {
     Timeout,
     /// Reset, broken body, protocol error after the request may have been sent.
     Other,
+    /// An event stream (`"stream": true`) stopped before its end marker: the server may have
+    /// finished (and billed) the request.
+    Cut,
 }
 
 impl TransportFailure {
@@ -24,7 +27,7 @@ impl TransportFailure {
     pub fn outcome_unknown(self) -> bool {
         match self {
             TransportFailure::Connect => false,
-            TransportFailure::Timeout | TransportFailure::Other => true,
+            TransportFailure::Timeout | TransportFailure::Other | TransportFailure::Cut => true,
         }
     }
 }
@@ -81,6 +84,16 @@ impl ApiError {
         }
     }
 
+    /// Reads the `error` object of a 2xx body, if it has one: `{"error": {...}}` at the top level.
+    /// A body without one (any success body, or one that is not JSON) gives `None`.
+    pub fn in_success(body: &[u8]) -> Option<ApiError> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        value
+            .get("error")
+            .is_some_and(serde_json::Value::is_object)
+            .then(|| ApiError::parse(body))
+    }
+
     fn code_is(&self, code: &str) -> bool {
         self.code.as_deref() == Some(code)
     }
@@ -117,6 +130,18 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// What a 2xx answer's body turned out to be. (Other statuses are read by their error body.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A JSON object without a top-level `error`, or a complete event stream: the answer.
+    Whole,
+    /// A JSON object with a top-level `error` object, or a stream that ended with an error event:
+    /// the observation's `error` holds it.
+    Error,
+    /// Neither JSON nor a complete event stream.
+    Invalid,
+}
+
 /// What one attempt produced, as far as the taxonomy cares.
 #[derive(Clone, Copy, Debug)]
 pub enum Observation<'a> {
@@ -124,10 +149,10 @@ pub enum Observation<'a> {
     Answer {
         /// HTTP status code.
         status: u16,
-        /// The parsed error body (empty for a 2xx).
+        /// The parsed error body (for a 2xx: the `error` object it carries, if any).
         error: &'a ApiError,
-        /// For a 2xx: whether the body parsed as JSON.
-        body_parses: bool,
+        /// For a 2xx: what the body is.
+        payload: Payload,
         /// The `x-should-retry` header, when present and `true` or `false`.
         should_retry: Option<bool>,
     },
@@ -139,25 +164,37 @@ pub enum Observation<'a> {
 pub fn classify(observation: Observation<'_>) -> Class {
     match observation {
         Observation::Transport(
-            TransportFailure::Connect | TransportFailure::Timeout | TransportFailure::Other,
+            TransportFailure::Connect
+            | TransportFailure::Timeout
+            | TransportFailure::Other
+            | TransportFailure::Cut,
         ) => Class::Transient,
         Observation::Answer {
             status,
             error,
-            body_parses,
+            payload,
             should_retry,
         } => {
-            let by_status = classify_status(status, error, body_parses);
+            let by_status = classify_status(status, error, payload);
             apply_should_retry(by_status, should_retry)
         }
     }
 }
 
-fn classify_status(status: u16, error: &ApiError, body_parses: bool) -> Class {
+fn classify_status(status: u16, error: &ApiError, payload: Payload) -> Class {
     match status {
-        200..=299 if body_parses => Class::Succeeded,
+        200..=299 if payload == Payload::Whole => Class::Succeeded,
+        200..=299 if payload == Payload::Invalid => Class::InvalidResponse,
+        // A 2xx carrying an error (a proxy that answers 200 with the upstream error, or an error
+        // event inside a stream): the error's own words decide, as they would under its status.
+        200..=299 if error.is_scope_flap() => Class::AuthTransient,
+        200..=299 if error.code_is("invalid_api_key") => Class::JobStop(StopCause::KeyRejected),
+        200..=299 if error.is_quota() => Class::JobStop(StopCause::Quota),
+        200..=299 if error.is_too_large() => Class::RequestFailed,
+        200..=299 if error.code_is("rate_limit_exceeded") => Class::RateLimited,
+        200..=299 if error.kind_is("invalid_request_error") => Class::RequestFailed,
         200..=299 => Class::Transient,
-        401 if error.is_scope_flap() => Class::AuthTransient,
+        401 | 403 if error.is_scope_flap() => Class::AuthTransient,
         401 => Class::JobStop(StopCause::KeyRejected),
         403 => Class::JobStop(StopCause::Forbidden),
         408 | 409 => Class::Transient,
@@ -172,10 +209,11 @@ fn classify_status(status: u16, error: &ApiError, body_parses: bool) -> Class {
 }
 
 /// `x-should-retry` is the server's own word and overrides the status rules, except that it
-/// cannot turn a success into a failure nor a job-level stop into a retry.
+/// cannot turn a success into a failure nor a job-level stop into a retry, and an invalid 2xx
+/// body keeps its own one-retry rule.
 fn apply_should_retry(class: Class, should_retry: Option<bool>) -> Class {
     match (class, should_retry) {
-        (Class::Succeeded | Class::JobStop(_), _) | (_, None) => class,
+        (Class::Succeeded | Class::JobStop(_) | Class::InvalidResponse, _) | (_, None) => class,
         (Class::RequestFailed, Some(true)) => Class::Transient,
         (Class::Transient | Class::AuthTransient | Class::RateLimited, Some(false)) => {
             Class::RequestFailed
@@ -205,7 +243,17 @@ mod tests {
         classify(Observation::Answer {
             status,
             error: &error,
-            body_parses: true,
+            payload: Payload::Whole,
+            should_retry: None,
+        })
+    }
+
+    fn in_success(status: u16, body: &str) -> Class {
+        let error = ApiError::in_success(body.as_bytes()).unwrap_or_default();
+        classify(Observation::Answer {
+            status,
+            error: &error,
+            payload: Payload::Error,
             should_retry: None,
         })
     }
@@ -216,6 +264,13 @@ mod tests {
     #[case::missing_scope_null_code(401, MISSING_SCOPE_NULL_CODE, Class::AuthTransient)]
     #[case::rbac_plain_text(401, "RBAC: access denied", Class::AuthTransient)]
     #[case::invalid_key(401, INVALID_KEY, Class::JobStop(StopCause::KeyRejected))]
+    #[case::forbidden_missing_scope(403, MISSING_SCOPE, Class::AuthTransient)]
+    #[case::forbidden_missing_scopes_text(
+        403,
+        "Missing scopes: api.batch.read",
+        Class::AuthTransient
+    )]
+    #[case::forbidden_rbac(403, "RBAC: access denied", Class::AuthTransient)]
     #[case::forbidden(403, r#"{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","param":null,"code":"unsupported_country_region_territory"}}"#, Class::JobStop(StopCause::Forbidden))]
     #[case::bad_request(
         400,
@@ -239,21 +294,59 @@ mod tests {
     }
 
     #[test]
-    fn unparseable_success_is_transient() {
+    fn unparseable_success_is_an_invalid_response() {
         let error = ApiError::default();
         let class = classify(Observation::Answer {
             status: 200,
             error: &error,
-            body_parses: false,
-            should_retry: None,
+            payload: Payload::Invalid,
+            should_retry: Some(true),
         });
-        assert_eq!(class, Class::Transient);
+        assert_eq!(class, Class::InvalidResponse);
+    }
+
+    /// A 2xx with an error object is classified by the error, as under its own status.
+    #[rstest]
+    #[case::missing_scope(200, MISSING_SCOPE, Class::AuthTransient)]
+    #[case::rbac(
+        200,
+        r#"{"error":{"message":"RBAC: access denied"}}"#,
+        Class::AuthTransient
+    )]
+    #[case::invalid_key(200, INVALID_KEY, Class::JobStop(StopCause::KeyRejected))]
+    #[case::quota(200, QUOTA, Class::JobStop(StopCause::Quota))]
+    #[case::too_large(200, TOO_LARGE, Class::RequestFailed)]
+    #[case::rate_limited(200, RATE_LIMIT, Class::RateLimited)]
+    #[case::bad_request(
+        200,
+        r#"{"error":{"message":"bad","type":"invalid_request_error","code":null}}"#,
+        Class::RequestFailed
+    )]
+    #[case::server_error(200, SERVER_ERROR, Class::Transient)]
+    #[case::stream_error_no_fields(200, r#"{"error":{}}"#, Class::Transient)]
+    fn a_success_status_carrying_an_error_is_that_error(
+        #[case] status: u16,
+        #[case] body: &str,
+        #[case] expected: Class,
+    ) {
+        assert_eq!(in_success(status, body), expected);
+    }
+
+    #[rstest]
+    #[case::object(r#"{"error":{"code":"x"}}"#, true)]
+    #[case::null_error(r#"{"error":null,"choices":[]}"#, false)]
+    #[case::string_error(r#"{"error":"x"}"#, false)]
+    #[case::success(r#"{"choices":[]}"#, false)]
+    #[case::not_json("<html>", false)]
+    fn finds_error_objects_in_success_bodies(#[case] body: &str, #[case] found: bool) {
+        assert_eq!(ApiError::in_success(body.as_bytes()).is_some(), found);
     }
 
     #[rstest]
     #[case(TransportFailure::Connect)]
     #[case(TransportFailure::Timeout)]
     #[case(TransportFailure::Other)]
+    #[case(TransportFailure::Cut)]
     fn transport_failures_are_transient(#[case] failure: TransportFailure) {
         assert_eq!(classify(Observation::Transport(failure)), Class::Transient);
     }
@@ -273,7 +366,7 @@ mod tests {
         let class = classify(Observation::Answer {
             status,
             error: &error,
-            body_parses: true,
+            payload: Payload::Whole,
             should_retry,
         });
         assert_eq!(class, expected);
@@ -316,30 +409,40 @@ mod tests {
                     .trim_matches('`')
             })
             .collect();
-        let answer = |status: u16, body: &str, parses: bool| {
+        let answer = |status: u16, body: &str, payload: Payload| {
             let error = ApiError::parse(body.as_bytes());
             classify(Observation::Answer {
                 status,
                 error: &error,
-                body_parses: parses,
+                payload,
                 should_retry: None,
             })
         };
+        let whole = Payload::Whole;
+        let error = Payload::Error;
         let rows = [
             classify(Observation::Transport(TransportFailure::Connect)),
             classify(Observation::Transport(TransportFailure::Timeout)),
-            answer(200, "{}", true),
-            answer(200, "", false),
-            answer(401, MISSING_SCOPE, true),
-            answer(401, INVALID_KEY, true),
-            answer(403, "{}", true),
-            answer(408, "", true),
-            answer(429, QUOTA, true),
-            answer(429, TOO_LARGE, true),
-            answer(429, RATE_LIMIT, true),
-            answer(400, "{}", true),
-            answer(500, SERVER_ERROR, true),
-            answer(302, "", true),
+            classify(Observation::Transport(TransportFailure::Cut)),
+            answer(200, "{}", whole),
+            answer(200, "", Payload::Invalid),
+            answer(200, MISSING_SCOPE, error),
+            answer(200, INVALID_KEY, error),
+            answer(200, QUOTA, error),
+            answer(200, TOO_LARGE, error),
+            answer(200, RATE_LIMIT, error),
+            answer(200, r#"{"error":{"type":"invalid_request_error"}}"#, error),
+            answer(200, SERVER_ERROR, error),
+            answer(401, MISSING_SCOPE, whole),
+            answer(401, INVALID_KEY, whole),
+            answer(403, "{}", whole),
+            answer(408, "", whole),
+            answer(429, QUOTA, whole),
+            answer(429, TOO_LARGE, whole),
+            answer(429, RATE_LIMIT, whole),
+            answer(400, "{}", whole),
+            answer(500, SERVER_ERROR, whole),
+            answer(302, "", whole),
         ];
         let coded: Vec<&str> = rows.iter().map(|c| c.journaled().as_str()).collect();
         assert_eq!(documented, coded, "README table vs classify()");

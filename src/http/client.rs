@@ -3,10 +3,17 @@
 use std::fmt;
 use std::time::Duration;
 
+use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
 
 use super::body::{self, BodyError};
 use super::classify::TransportFailure;
+use super::sse::{Assembled, StreamAssembler, StreamError, is_event_stream};
+
+/// Bytes of a streamed answer kept raw beside the assembled body, so that a stream that cannot be
+/// read still shows the user what came back.
+const STREAM_HEAD_BYTES: usize = 1024;
 
 /// An API key. Its bytes go into the `Authorization` header and nowhere else: `Debug` is
 /// redacted and the journal only ever sees [`ApiKey::fingerprint`].
@@ -62,6 +69,42 @@ fn fingerprint(secret: &str) -> String {
     format!("{prefix}…{last4}")
 }
 
+/// How the key is sent.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI and every compatible server).
+    #[default]
+    Bearer,
+    /// `api-key: KEY` (Azure OpenAI).
+    Azure,
+}
+
+impl AuthStyle {
+    /// The style a base URL implies when none is asked for: Azure for `*.openai.azure.com`.
+    pub fn for_url(base_url: &str) -> AuthStyle {
+        let azure = reqwest::Url::parse(base_url).ok().is_some_and(|url| {
+            url.host_str()
+                .is_some_and(|host| host.to_ascii_lowercase().ends_with(".openai.azure.com"))
+        });
+        if azure {
+            AuthStyle::Azure
+        } else {
+            AuthStyle::Bearer
+        }
+    }
+}
+
 /// Connection settings of a job.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -78,6 +121,12 @@ pub struct ClientSettings {
     /// The longest answer body read (`--max-response-bytes`); a longer one is
     /// [`Sent::TooLarge`].
     pub max_body_bytes: usize,
+    /// How the key is sent.
+    pub auth: AuthStyle,
+    /// `api-version` query parameter of every request (Azure OpenAI).
+    pub api_version: Option<String>,
+    /// The job's extra headers (`--header`), checked, lower-case names.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An HTTP answer, any status.
@@ -87,8 +136,29 @@ pub struct Answer {
     pub status: u16,
     /// Response headers.
     pub headers: HeaderMap,
-    /// Raw body.
+    /// Raw body; of a streamed answer only its first bytes (see [`Answer::stream`]).
     pub body: Vec<u8>,
+    /// A 2xx `text/event-stream` answer, read through a [`StreamAssembler`] as it arrived.
+    pub stream: Option<Streamed>,
+}
+
+/// How a streamed answer (`"stream": true`) ended.
+#[derive(Debug)]
+pub enum Streamed {
+    /// It reached its end marker (or an error event): one body, as if it had not been streamed.
+    Assembled(Assembled),
+    /// It stopped before its end marker: the server may have finished the request.
+    Cut {
+        /// What was assembled before the cut (`Value::Null` when nothing was).
+        partial: Value,
+        /// Why it stopped, for the journal.
+        message: String,
+    },
+    /// The bytes are not a streamed OpenAI answer.
+    Unreadable {
+        /// What is wrong with them.
+        message: String,
+    },
 }
 
 impl Answer {
@@ -145,6 +215,8 @@ pub struct ApiClient {
     base_url: String,
     key_fingerprint: Option<String>,
     max_body_bytes: usize,
+    api_version: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 impl ApiClient {
@@ -154,16 +226,16 @@ impl ApiClient {
     /// [`ClientError`] for unusable header values or TLS setup failure.
     pub fn new(settings: &ClientSettings, key: Option<&ApiKey>) -> Result<ApiClient, ClientError> {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = key {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", key.secret)).map_err(|_| {
-                    ClientError::BadHeader {
-                        name: "OPENAI_API_KEY",
-                    }
-                })?;
+            let (name, text) = match settings.auth {
+                AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", key.secret)),
+                AuthStyle::Azure => (HeaderName::from_static("api-key"), key.secret.clone()),
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| ClientError::BadHeader {
+                name: "the API key",
+            })?;
             value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(name, value);
         }
         for (name, value, setting) in [
             (
@@ -191,6 +263,8 @@ impl ApiClient {
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             key_fingerprint: key.map(|k| k.fingerprint().to_owned()),
             max_body_bytes: settings.max_body_bytes,
+            api_version: settings.api_version.clone(),
+            headers: settings.headers.clone(),
         })
     }
 
@@ -199,26 +273,77 @@ impl ApiClient {
         self.key_fingerprint.as_deref()
     }
 
-    /// The full URL for a request path, without doubling `/v1` when both carry it.
+    /// The full URL for a request path, without doubling `/v1` when both carry it, with the
+    /// `api-version` query parameter when one is set.
     pub fn url_for(&self, path: &str) -> String {
-        join_url(&self.base_url, path)
+        let url = join_url(&self.base_url, path);
+        match &self.api_version {
+            Some(version) if !url.contains("api-version=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}api-version={version}")
+            }
+            Some(_) | None => url,
+        }
     }
 
     /// POSTs one body and reads the answer, at most `max_body_bytes` of it. Never fails: a
     /// transport error is a value.
     pub async fn post(&self, path: &str, body: String) -> Sent {
+        self.send(&Method::POST, path, Some(body), None).await
+    }
+
+    /// Sends one request and reads the whole answer; a 2xx event stream is assembled as it
+    /// arrives. `body` is sent as is (`None`: no body, as for `GET` and `DELETE`); the job's
+    /// headers go with it, and the line's own (`line_headers`, checked JSON object text) over
+    /// them. Never fails: a transport error is a value.
+    pub async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<String>,
+        line_headers: Option<&str>,
+    ) -> Sent {
         let url = self.url_for(path);
-        let response = match self.http.post(&url).body(body).send().await {
+        let mut request = self.http.request(method.clone(), &url);
+        for (name, value) in super::headers::for_request(&self.headers, line_headers, path) {
+            // Checked when they were read; one that no longer parses is skipped, not sent.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                request = request.header(name, value);
+            }
+        }
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = match request.send().await {
             Ok(response) => response,
             Err(e) => return failed(&e),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        let streamed = (200..300).contains(&status)
+            && is_event_stream(
+                headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok()),
+            );
+        if streamed {
+            let (head, stream) = read_stream(response).await;
+            return Sent::Answer(Answer {
+                status,
+                headers,
+                body: head,
+                stream: Some(stream),
+            });
+        }
         match body::read_capped(response, self.max_body_bytes).await {
             Ok(body) => Sent::Answer(Answer {
                 status,
                 headers,
                 body,
+                stream: None,
             }),
             Err(BodyError::TooLarge { cap, at_least }) => Sent::TooLarge {
                 status,
@@ -249,6 +374,7 @@ impl ApiClient {
                         status,
                         headers,
                         body,
+                        stream: None,
                     }),
                     Err(BodyError::TooLarge { cap, at_least }) => Sent::TooLarge {
                         status,
@@ -262,6 +388,47 @@ impl ApiClient {
             Err(e) => failed(&e),
         }
     }
+}
+
+/// Reads an event stream chunk by chunk into a [`StreamAssembler`]: memory holds the answer being
+/// built, never the raw stream. Returns the stream's first bytes and how it ended.
+async fn read_stream(mut response: reqwest::Response) -> (Vec<u8>, Streamed) {
+    let mut assembler = StreamAssembler::new();
+    let mut head: Vec<u8> = Vec::new();
+    let broken = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if head.len() < STREAM_HEAD_BYTES {
+                    let take = chunk.len().min(STREAM_HEAD_BYTES - head.len());
+                    head.extend_from_slice(&chunk[..take]);
+                }
+                if let Err(e) = assembler.push(&chunk) {
+                    let message = e.to_string();
+                    return (head, Streamed::Unreadable { message });
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(error_chain(&e)),
+        }
+    };
+    let streamed = match assembler.finish() {
+        Ok(assembled) => Streamed::Assembled(assembled),
+        Err(StreamError::Cut { partial }) => Streamed::Cut {
+            partial,
+            message: match broken {
+                Some(cause) => format!("the event stream broke before its end marker: {cause}"),
+                None => "the event stream ended before its end marker (no data: [DONE])".to_owned(),
+            },
+        },
+        Err(
+            e @ (StreamError::TooLong { .. }
+            | StreamError::Json { .. }
+            | StreamError::Unexpected { .. }),
+        ) => Streamed::Unreadable {
+            message: e.to_string(),
+        },
+    };
+    (head, streamed)
 }
 
 fn failed(e: &reqwest::Error) -> Sent {
@@ -350,6 +517,9 @@ mod tests {
             organization: Some("org-x".into()),
             project: Some("proj-x".into()),
             max_body_bytes: super::body::DEFAULT_MAX_BODY_BYTES,
+            auth: AuthStyle::Bearer,
+            api_version: None,
+            headers: Vec::new(),
         };
         let client = ApiClient::new(&settings, Some(&key)).expect("client");
         let debug = format!("{client:?}");

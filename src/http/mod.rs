@@ -1,10 +1,11 @@
-//! Talking to the API: sending attempts ([`client`]), reading answers with bounds ([`body`],
+//! Talking to the API: sending attempts ([`client`]) with extra [`headers`], reading answers with bounds ([`body`],
 //! [`hints`]), assembling streamed answers ([`sse`]), reading success bodies ([`response`]) and
 //! deciding what results mean ([`classify`]).
 
 pub mod body;
 pub mod classify;
 pub mod client;
+pub mod headers;
 pub mod hints;
 pub mod response;
 pub mod sse;

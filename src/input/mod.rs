@@ -34,7 +34,7 @@ pub struct Prompt {
     pub line: u64,
     /// `custom_id` as given, if any.
     pub custom_id: Option<String>,
-    /// HTTP method; always `POST` today.
+    /// HTTP method: `POST`, or `GET` / `DELETE` (Batch lines only; no body is sent).
     pub method: String,
     /// Path such as `/v1/chat/completions`, joined to the base URL at send time.
     pub url: String,
@@ -42,6 +42,10 @@ pub struct Prompt {
     pub body: String,
     /// blake3 of method, url and body: the request's content identity.
     pub body_hash: String,
+    /// The line's `metadata` as JSON text: kept in the journal and exported, never sent.
+    pub metadata: Option<String>,
+    /// A Batch line's `headers`, checked, as a JSON object text with lower-case names.
+    pub headers: Option<String>,
 }
 
 impl Prompt {
@@ -375,12 +379,29 @@ impl InputReader {
         let is_batch_line = ["method", "url", "body"]
             .iter()
             .any(|k| object.contains_key(*k));
-        let (url, mut body) = if is_batch_line {
+        let (method, url, mut body, metadata, headers) = if is_batch_line {
             self.batch_parts(object)?
         } else {
-            object.remove("metadata");
-            (self.options.endpoint.clone(), object)
+            let metadata = object.remove("metadata").filter(|m| !m.is_null());
+            let url = self.options.endpoint.clone();
+            (Method::Post, url, object, metadata, None)
         };
+        let metadata = metadata.map(|m| m.to_string());
+        if method != Method::Post {
+            // No body is sent: it is stored empty so that it cannot change the request's identity.
+            let method = method.as_str().to_owned();
+            let body_hash = content_hash(&method, &url, "");
+            return Ok(Prompt {
+                line: self.line,
+                custom_id,
+                method,
+                url,
+                body: String::new(),
+                body_hash,
+                metadata,
+                headers,
+            });
+        }
         if let (Some(model), false) = (&self.options.model, body.contains_key("model")) {
             body.insert("model".into(), Value::String(model.clone()));
         }
@@ -397,7 +418,7 @@ impl InputReader {
             );
         }
         let body = Value::Object(body).to_string();
-        let method = "POST".to_owned();
+        let method = method.as_str().to_owned();
         let body_hash = content_hash(&method, &url, &body);
         Ok(Prompt {
             line: self.line,
@@ -406,24 +427,27 @@ impl InputReader {
             url,
             body,
             body_hash,
+            metadata,
+            headers,
         })
     }
 
-    /// Checks a Batch API line and returns its url and body.
-    fn batch_parts(
-        &self,
-        mut object: Map<String, Value>,
-    ) -> Result<(String, Map<String, Value>), InputError> {
-        match object.remove("method") {
-            Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
-            Some(Value::String(m)) => {
-                return Err(self.invalid(format!("method '{m}' is not supported: only POST")));
-            }
-            Some(_) => return Err(self.invalid("method must be the string \"POST\"")),
+    /// Checks a Batch API line and returns its method, url, body, metadata and headers.
+    fn batch_parts(&self, mut object: Map<String, Value>) -> Result<BatchParts, InputError> {
+        let method = match object.remove("method") {
+            Some(Value::String(m)) => match Method::parse(&m) {
+                Some(method) => method,
+                None => {
+                    return Err(self.invalid(format!(
+                        "method '{m}' is not supported: use POST, GET or DELETE"
+                    )));
+                }
+            },
+            Some(_) => return Err(self.invalid("method must be a string such as \"POST\"")),
             None => {
                 return Err(self.invalid("batch line has no \"method\": add \"method\": \"POST\""));
             }
-        }
+        };
         let url = match object.remove("url") {
             Some(Value::String(url)) if url.starts_with('/') => url,
             Some(Value::String(url)) => {
@@ -434,13 +458,78 @@ impl InputReader {
             Some(_) => return Err(self.invalid("url must be a string")),
             None => return Err(self.invalid("batch line has no \"url\"")),
         };
-        match object.remove("body") {
-            Some(Value::Object(body)) => Ok((url, body)),
-            Some(other) => Err(self.invalid(format!(
-                "body must be a JSON object, found {}",
-                json_kind(&other)
-            ))),
-            None => Err(self.invalid("batch line has no \"body\"")),
+        let metadata = match object.remove("metadata") {
+            None | Some(Value::Null) => None,
+            Some(metadata @ Value::Object(_)) => Some(metadata),
+            Some(other) => {
+                return Err(self.invalid(format!(
+                    "metadata must be a JSON object, found {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let headers = match object.remove("headers") {
+            None | Some(Value::Null) => None,
+            Some(headers) => Some(
+                crate::http::headers::from_line(&headers)
+                    .map_err(|e| self.invalid(format!("headers: {e}")))?,
+            ),
+        };
+        let body = match (object.remove("body"), method) {
+            (Some(Value::Object(body)), Method::Post) => body,
+            (None | Some(Value::Null), Method::Get | Method::Delete) => Map::new(),
+            (Some(Value::Object(body)), Method::Get | Method::Delete) if body.is_empty() => body,
+            (Some(_), Method::Get | Method::Delete) => {
+                return Err(self.invalid(format!(
+                    "a {} line sends no body: remove \"body\" (or leave it {{}}), or use POST",
+                    method.as_str()
+                )));
+            }
+            (Some(other), Method::Post) => {
+                return Err(self.invalid(format!(
+                    "body must be a JSON object, found {}",
+                    json_kind(&other)
+                )));
+            }
+            (None, Method::Post) => return Err(self.invalid("batch line has no \"body\"")),
+        };
+        // A body's own `metadata` (e.g. for stored chat completions) is sent as is, and also
+        // kept as the request's metadata when the line has none of its own.
+        let metadata = metadata.or_else(|| body.get("metadata").filter(|m| m.is_object()).cloned());
+        Ok((method, url, body, metadata, headers))
+    }
+}
+
+/// A Batch line's parts: method, url, body, metadata, checked headers (JSON text).
+type BatchParts = (
+    Method,
+    String,
+    Map<String, Value>,
+    Option<Value>,
+    Option<String>,
+);
+
+/// The methods a line may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Post,
+    Get,
+    Delete,
+}
+
+impl Method {
+    /// Any case: `post`, `Get`.
+    fn parse(text: &str) -> Option<Method> {
+        [Method::Post, Method::Get, Method::Delete]
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(text))
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Get => "GET",
+            Method::Delete => "DELETE",
         }
     }
 }

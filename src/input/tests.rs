@@ -67,9 +67,29 @@ fn key_is_stable_under_key_order() {
 #[case::malformed(b"{\"prompt\": ", "in.jsonl:1: invalid JSON")]
 #[case::not_object(b"[1,2]", "in.jsonl:1: expected a JSON object, found an array")]
 #[case::no_method(br#"{"url":"/v1/chat/completions","body":{}}"#, "no \"method\"")]
-#[case::get(
-    br#"{"method":"GET","url":"/v1/models","body":{}}"#,
-    "method 'GET' is not supported"
+#[case::patch(
+    br#"{"method":"PATCH","url":"/v1/models","body":{}}"#,
+    "method 'PATCH' is not supported: use POST, GET or DELETE"
+)]
+#[case::get_with_body(
+    br#"{"method":"GET","url":"/v1/models","body":{"a":1}}"#,
+    "a GET line sends no body"
+)]
+#[case::metadata_not_object(
+    br#"{"method":"POST","url":"/v1/x","body":{},"metadata":"m"}"#,
+    "metadata must be a JSON object, found a string"
+)]
+#[case::secret_line_header(
+    br#"{"method":"POST","url":"/v1/x","body":{},"headers":{"Authorization":"Bearer k"}}"#,
+    "in.jsonl:1: headers: header 'Authorization' carries the API key"
+)]
+#[case::bad_line_header_value(
+    br#"{"method":"POST","url":"/v1/x","body":{},"headers":{"X-A":"a\u0007b"}}"#,
+    "in.jsonl:1: headers: the value of header 'X-A' has characters"
+)]
+#[case::line_headers_not_strings(
+    br#"{"method":"POST","url":"/v1/x","body":{},"headers":{"X-A":1}}"#,
+    "\"headers\" must be a JSON object of strings"
 )]
 #[case::no_url(br#"{"method":"POST","body":{}}"#, "no \"url\"")]
 #[case::no_body(

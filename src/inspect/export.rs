@@ -20,7 +20,7 @@ use crate::util::clock::rfc3339;
 use crate::util::fs::{Replacement, is_database_file};
 
 /// The CSV header: a contract (tests pin it); add columns only at the end.
-pub const CSV_COLUMNS: [&str; 16] = [
+pub const CSV_COLUMNS: [&str; 17] = [
     "custom_id",
     "status",
     "http_status",
@@ -37,6 +37,7 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "finished_at",
     "error_class",
     "line",
+    "metadata",
 ];
 
 /// The first characters that make a spreadsheet evaluate a cell as a formula (OWASP, "CSV
@@ -218,6 +219,7 @@ fn write_csv(
             &row.finished_at.map(rfc3339).unwrap_or_default(),
             row.error_class.map_or("", AttemptClass::as_str),
             &row.line.to_string(),
+            row.metadata.as_deref().unwrap_or(""),
         ];
         let record: Vec<Cow<'_, str>> = record.iter().map(|cell| cells.apply(cell)).collect();
         writer.write_record(record.iter().map(|cell| cell.as_bytes()))?;
@@ -269,6 +271,15 @@ fn write_jsonl(
                 "response": null,
                 "error": {"code": row.error_code, "message": row.error_message},
             }),
+        };
+        let line = match (line, row.metadata.as_deref()) {
+            (Value::Object(mut object), Some(metadata)) => {
+                let metadata = serde_json::from_str::<Value>(metadata)
+                    .unwrap_or_else(|_| Value::String(metadata.to_owned()));
+                object.insert("metadata".to_owned(), metadata);
+                Value::Object(object)
+            }
+            (line, _) => line,
         };
         serde_json::to_writer(&mut out, &line).map_err(io::Error::from)?;
         out.write_all(b"\n")?;

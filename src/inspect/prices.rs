@@ -15,11 +15,13 @@ use crate::domain::price::parse_usd;
 pub use crate::domain::{Price, PriceOverride};
 use crate::store::journal::ModelTokens;
 
-/// When the built-in prices were taken from OpenAI's pricing page.
+/// When the built-in prices were taken from OpenAI's pricing page (rows added later say when,
+/// and from where, beside them in the table).
 pub const PRICE_TABLE_DATE: &str = "2025-08-07";
 
-/// USD per 1M tokens, standard tier: (model, input, output).
-const BUILT_IN: [(&str, f64, f64); 11] = [
+/// USD per 1M tokens, standard tier: (model, input, output). Taken from OpenAI's pricing page on
+/// [`PRICE_TABLE_DATE`], except the rows marked otherwise.
+const BUILT_IN: [(&str, f64, f64); 14] = [
     ("gpt-4o", 2.50, 10.00),
     ("gpt-4o-mini", 0.15, 0.60),
     ("gpt-4.1", 2.00, 8.00),
@@ -27,6 +29,11 @@ const BUILT_IN: [(&str, f64, f64); 11] = [
     ("gpt-4.1-nano", 0.10, 0.40),
     ("gpt-5", 1.25, 10.00),
     ("gpt-5-mini", 0.25, 2.00),
+    // Added 2026-12-01 from the models' pages on developers.openai.com
+    // (/api/docs/models/gpt-5.1, /gpt-5-nano, /gpt-5-codex), standard tier.
+    ("gpt-5.1", 1.25, 10.00),
+    ("gpt-5-nano", 0.05, 0.40),
+    ("gpt-5-codex", 1.25, 10.00),
     ("o3", 2.00, 8.00),
     ("o4-mini", 1.10, 4.40),
     ("text-embedding-3-small", 0.02, 0.0),
@@ -334,6 +341,9 @@ mod tests {
     #[case("gpt-4o-mini-2024-07-18", Some("gpt-4o-mini"))]
     #[case("gpt-4o-2024-08-06", Some("gpt-4o"))]
     #[case("gpt-4.1-nano-2025-04-14", Some("gpt-4.1-nano"))]
+    #[case("gpt-5.1-2025-11-13", Some("gpt-5.1"))]
+    #[case("gpt-5-nano", Some("gpt-5-nano"))]
+    #[case("gpt-5.1-codex", None)]
     #[case("o3-mini", None)]
     #[case("gpt-4o-audio-preview", None)]
     #[case("test-model", None)]

@@ -22,6 +22,24 @@ pub(crate) enum Body {
         content_type: &'static str,
         text: String,
     },
+    /// A `text/event-stream` of these `data:` payloads, sent chunk by chunk and ended with
+    /// `data: [DONE]`; see [`StreamEnding`] for the other ways it can end.
+    Stream {
+        events: Vec<String>,
+        ending: StreamEnding,
+    },
+}
+
+/// How a streamed answer ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEnding {
+    /// Every event, then `data: [DONE]`.
+    Whole,
+    /// The first half of the events, then the connection drops without an end marker.
+    Cut,
+    /// The first half of the events, then an error event (`server_error`) and `data: [DONE]`,
+    /// as OpenAI reports a failure in the middle of a stream.
+    Error,
 }
 
 /// Status, body and extra headers of one answer.
@@ -53,6 +71,15 @@ impl Answer {
         }
     }
 
+    /// A streamed 200 answer (see [`Body::Stream`]).
+    pub(crate) fn stream(events: Vec<String>, ending: StreamEnding) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body: Body::Stream { events, ending },
+            headers: Vec::new(),
+        }
+    }
+
     /// Adds an extra header.
     pub(crate) fn with_header(mut self, name: &str, value: String) -> Self {
         self.headers.push((name.to_owned(), value));
@@ -63,20 +90,26 @@ impl Answer {
     pub(crate) fn is_success(&self) -> bool {
         match self.body {
             Body::Json(_) => self.status == StatusCode::OK,
+            Body::Stream { ending, .. } => {
+                self.status == StatusCode::OK && ending == StreamEnding::Whole
+            }
             Body::Text { .. } => false,
         }
     }
 
     /// Turns the answer into a response with the headers every OpenAI answer carries.
     pub(crate) fn into_response(self, request_id: &str, processing: Duration) -> Response {
-        let (content_type, text) = match self.body {
-            Body::Json(text) => (JSON, text),
-            Body::Text { content_type, text } => (content_type, text),
+        let mut response = match self.body {
+            Body::Json(text) => with_type((self.status, text).into_response(), JSON),
+            Body::Text { content_type, text } => {
+                with_type((self.status, text).into_response(), content_type)
+            }
+            Body::Stream { events, ending } => with_type(
+                (self.status, stream_body(events, ending)).into_response(),
+                SSE,
+            ),
         };
-        let mut response = (self.status, text).into_response();
         let headers = response.headers_mut();
-        // Content types are string constants of this module tree, all valid header values.
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let common = [
             ("x-request-id", request_id.to_owned()),
             ("openai-processing-ms", processing.as_millis().to_string()),
@@ -96,6 +129,55 @@ impl Answer {
         response
     }
 }
+
+/// Content type of a streamed answer.
+const SSE: &str = "text/event-stream";
+
+/// Sets the content type; content types are string constants of this module tree, all valid
+/// header values.
+fn with_type(mut response: Response, content_type: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The body of a streamed answer: one chunk per event. A cut stream ends in an error, which
+/// makes the server drop the connection without the chunked body's last chunk, as a proxy or a
+/// crashed upstream would.
+fn stream_body(events: Vec<String>, ending: StreamEnding) -> axum::body::Body {
+    use futures::StreamExt;
+
+    let keep = match ending {
+        StreamEnding::Whole => events.len(),
+        StreamEnding::Cut | StreamEnding::Error => events.len() / 2,
+    };
+    let sent = futures::stream::iter(
+        events
+            .into_iter()
+            .take(keep)
+            .map(|event| Ok::<_, std::io::Error>(format!("data: {event}\n\n"))),
+    );
+    let end = futures::stream::once(async move {
+        match ending {
+            StreamEnding::Whole => Ok("data: [DONE]\n\n".to_owned()),
+            StreamEnding::Error => Ok(format!("data: {MID_STREAM_ERROR}\n\ndata: [DONE]\n\n")),
+            StreamEnding::Cut => {
+                // Let the status line and the first chunks reach the client first, so that the
+                // cut lands in the middle of the body, not before the answer.
+                tokio::time::sleep(CUT_AFTER).await;
+                Err(std::io::Error::other("mock: stream cut on purpose"))
+            }
+        }
+    });
+    axum::body::Body::from_stream(sent.chain(end))
+}
+
+/// The error event of [`StreamEnding::Error`]: OpenAI's words for a server failure.
+const MID_STREAM_ERROR: &str = r#"{"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}"#;
+
+/// How long a cut stream waits after its first half before the connection drops.
+const CUT_AFTER: Duration = Duration::from_millis(20);
 
 /// A fresh `req_<32 hex>` id. Random rather than derived, like OpenAI's, so retries differ.
 pub(crate) fn request_id() -> String {

@@ -58,6 +58,10 @@ pub struct MockArgs {
     #[arg(long = "invalid-key", value_name = "KEY")]
     pub invalid_keys: Vec<String>,
 
+    /// Key answered 403 (the project may not use the model) on every request. Repeatable
+    #[arg(long = "forbidden-key", value_name = "KEY")]
+    pub forbidden_keys: Vec<String>,
+
     /// After this many successful answers, answer every request 429 insufficient_quota
     #[arg(long, value_name = "N")]
     pub quota_after: Option<u64>,
@@ -77,6 +81,18 @@ pub struct MockArgs {
     /// Enforce this many requests per second (429 above it, x-ratelimit headers on every answer)
     #[arg(long, value_name = "N")]
     pub requests_per_second: Option<f64>,
+
+    /// Cut streamed answers ("stream": true) half-way for the first N attempts of each body
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub cut_streams: u64,
+
+    /// After the cut ones, end the next N streamed answers of each body half-way with a server_error event
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub stream_errors: u64,
+
+    /// Answer like Azure OpenAI: 401 without an api-key header, 404 without an api-version query parameter
+    #[arg(long)]
+    pub require_api_key: bool,
 }
 
 /// `--retry-after-style` values.
@@ -227,6 +243,7 @@ impl TryFrom<&MockArgs> for MockConfig {
             hang: args.hang,
             spikes,
             invalid_keys: args.invalid_keys.clone(),
+            forbidden_keys: args.forbidden_keys.clone(),
             quota_after: args.quota_after,
             flaky_keys: args
                 .flaky_keys
@@ -236,6 +253,9 @@ impl TryFrom<&MockArgs> for MockConfig {
             retry_after_style: args.retry_after_style.into(),
             unknown_models: args.unknown_models.clone(),
             requests_per_second: args.requests_per_second,
+            cut_streams: args.cut_streams,
+            stream_errors: args.stream_errors,
+            require_api_key: args.require_api_key,
         })
     }
 }

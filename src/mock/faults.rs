@@ -272,6 +272,32 @@ pub(crate) fn invalid_api_key(key: &str) -> Answer {
     )
 }
 
+/// Azure OpenAI's 401 for a request without its `api-key` header, and its 404 for one without
+/// `api-version`.
+pub(crate) fn azure_access_denied(has_key: bool) -> Answer {
+    if has_key {
+        Answer::json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":"404","message":"Resource not found"}}"#.to_owned(),
+        )
+    } else {
+        Answer::json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}}"#.to_owned(),
+        )
+    }
+}
+
+/// 403 for a key whose project may not use the model.
+pub(crate) fn forbidden(model: &str) -> Answer {
+    error(
+        StatusCode::FORBIDDEN,
+        &format!("Project does not have access to model `{model}`."),
+        "invalid_request_error",
+        Some("model_not_found"),
+    )
+}
+
 /// `sk-…abcd`: never the whole key. Keys too short to hide anything show only `…`.
 fn mask_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();

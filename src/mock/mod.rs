@@ -11,6 +11,9 @@
 //! - `server.rs`: the axum router and the per-request decision (precedence of faults).
 //! - `faults.rs`: [`Fault`], the reproducible fault draw and the exact error answers.
 //! - `echo.rs`: the success bodies, derived from the request body.
+//! - `stream.rs`: streamed chat answers (`"stream": true`): chunks, `include_usage`, `[DONE]`;
+//!   `--cut-streams N` cuts the first N attempts of each body half-way, `--stream-errors N` ends
+//!   the next N with an error event.
 //! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers).
 //! - `stats.rs`: [`MockStats`] and the counters behind it.
 //! - `args.rs`: the `runner mock-server` flags ([`MockArgs`]) and their checks.
@@ -35,6 +38,7 @@ mod faults;
 mod limit;
 mod server;
 mod stats;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -78,6 +82,8 @@ pub struct MockConfig {
     pub spikes: Vec<Spike>,
     /// Bearer keys answered 401 `invalid_api_key` on every request.
     pub invalid_keys: Vec<String>,
+    /// Keys answered 403 `model_not_allowed`-style "project does not have access" on every request.
+    pub forbidden_keys: Vec<String>,
     /// After this many successful answers, every request gets 429 `insufficient_quota`.
     pub quota_after: Option<u64>,
     /// Keys that flap: each request presenting one gets 401 `missing_scope` with this
@@ -90,6 +96,15 @@ pub struct MockConfig {
     /// A server-side limit in requests per second: above it, 429 `rate_limit_exceeded`; every
     /// answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
     pub requests_per_second: Option<f64>,
+    /// Streamed answers (`"stream": true`) cut half-way for the first this-many attempts of
+    /// each body: the connection drops before `data: [DONE]`.
+    pub cut_streams: u64,
+    /// After the cut ones, this many streamed attempts of each body stop half-way with an error
+    /// event (`server_error`) followed by `data: [DONE]`.
+    pub stream_errors: u64,
+    /// Answer like Azure OpenAI: 401 without an `api-key` header, 404 without an `api-version`
+    /// query parameter.
+    pub require_api_key: bool,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -124,11 +139,15 @@ impl Default for MockConfig {
             hang: Duration::from_secs(30),
             spikes: Vec::new(),
             invalid_keys: Vec::new(),
+            forbidden_keys: Vec::new(),
             quota_after: None,
             flaky_keys: Vec::new(),
             retry_after_style: RetryAfterStyle::All,
             unknown_models: Vec::new(),
             requests_per_second: None,
+            cut_streams: 0,
+            stream_errors: 0,
+            require_api_key: false,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The axum router and the per-request decision.
 //!
-//! Precedence for the POST endpoints: invalid key → quota exhausted → body not JSON →
+//! Precedence for the POST endpoints: invalid key → forbidden key → quota exhausted → body not JSON →
 //! `mock_status` → active spike → random draw → success.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -16,12 +16,12 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::answer::{Answer, Body, request_id};
+use super::answer::{Answer, Body, StreamEnding, request_id};
 use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
 use super::limit::{Bucket, Verdict};
 use super::stats::Counters;
-use super::{MockConfig, MockStats, body_key};
+use super::{MockConfig, MockStats, body_key, stream};
 
 /// Models listed by `GET /v1/models`.
 const MODELS: [&str; 4] = [
@@ -111,10 +111,50 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model).delete(delete_model))
         .route("/mock/stats", get(stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            gatekeeper,
+        ))
         .with_state(shared)
+}
+
+/// Before any route: counts the request's route and extras (see [`MockStats::extras`]), and,
+/// with [`MockConfig::require_api_key`], answers 401 as Azure OpenAI does to a request without an
+/// `api-key` header or without an `api-version` query parameter.
+async fn gatekeeper(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    if path == "/mock/stats" {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let mut extras: Vec<String> = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-") || name.as_str() == "openai-beta")
+        .filter_map(|(name, value)| Some(format!("{name}: {}", value.to_str().ok()?)))
+        .collect();
+    let query = request.uri().query().unwrap_or("");
+    let api_version = query
+        .split('&')
+        .find(|pair| pair.starts_with("api-version="))
+        .map(str::to_owned);
+    extras.extend(api_version.clone());
+    let has_key = headers.contains_key("api-key");
+    shared
+        .counters()
+        .note(format!("{} {path}", request.method()), extras);
+    if shared.config.require_api_key && !(has_key && api_version.is_some()) {
+        let answer = faults::azure_access_denied(has_key);
+        return send(&shared, Instant::now(), None, Plan::now(answer), None).await;
+    }
+    next.run(request).await
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -161,6 +201,25 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
         presented_key(&headers),
     )
     .await
+}
+
+/// `GET /v1/models/{id}`: the model, or 404 `model_not_found` for one it does not list.
+async fn model(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let answer = if MODELS.contains(&id.as_str()) {
+        Answer::json(StatusCode::OK, model_entry(&id).to_string())
+    } else {
+        faults::model_not_found(&id)
+    };
+    send(&shared, Instant::now(), None, Plan::now(answer), None).await
+}
+
+/// `DELETE /v1/models/{id}` (deleting a fine-tuned model): always "deleted", nothing changes.
+async fn delete_model(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let answer = Answer::json(
+        StatusCode::OK,
+        json!({"id": id, "object": "model", "deleted": true}).to_string(),
+    );
+    send(&shared, Instant::now(), None, Plan::now(answer), None).await
 }
 
 /// One entry of the `GET /v1/models` list.
@@ -260,6 +319,11 @@ fn decide(
     if let Some(bad) = shared.invalid_key(headers) {
         return Plan::now(faults::invalid_api_key(bad));
     }
+    if presented_key(headers).is_some_and(|key| config.forbidden_keys.iter().any(|k| k == key)) {
+        return Plan::now(faults::forbidden(echo::model_of(
+            body.unwrap_or(&Value::Null),
+        )));
+    }
     if quota_exhausted {
         return Plan::now(faults::insufficient_quota());
     }
@@ -298,10 +362,35 @@ fn decide(
             answer: faults::answer_for(fault, model, config),
             hang: fault == Fault::Hang,
         },
-        None => Plan::now(Answer::json(
-            StatusCode::OK,
-            echo::success(endpoint, body, key, attempt),
-        )),
+        None => Plan::now(success(endpoint, body, key, attempt, config)),
+    }
+}
+
+/// The success answer: JSON, or for a chat request with `"stream": true` an event stream (cut
+/// half-way for the first [`MockConfig::cut_streams`] attempts of the body, then ended by an
+/// error event for the next [`MockConfig::stream_errors`]).
+fn success(
+    endpoint: Endpoint,
+    body: &Value,
+    key: &str,
+    attempt: u64,
+    config: &MockConfig,
+) -> Answer {
+    let text = echo::success(endpoint, body, key, attempt);
+    let events = (endpoint == Endpoint::Chat && stream::wants_stream(body))
+        .then(|| serde_json::from_str::<Value>(&text).ok())
+        .flatten()
+        .and_then(|completion| stream::chat_chunks(body, &completion));
+    let ending = if attempt < config.cut_streams {
+        StreamEnding::Cut
+    } else if attempt < config.cut_streams + config.stream_errors {
+        StreamEnding::Error
+    } else {
+        StreamEnding::Whole
+    };
+    match events {
+        Some(events) => Answer::stream(events, ending),
+        None => Answer::json(StatusCode::OK, text),
     }
 }
 

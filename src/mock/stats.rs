@@ -19,6 +19,11 @@ pub struct MockStats {
     pub by_second: BTreeMap<u64, BTreeMap<u16, u64>>,
     /// Answers by the key presented (its last 8 characters, `-` for none), then by status.
     pub by_key: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// Requests by `name: value` of each `x-…` and `openai-beta` header they carried, and by
+    /// `api-version=…` query parameter: proof of what a client sent beside the body.
+    pub extras: BTreeMap<String, u64>,
+    /// Requests by HTTP method and path, e.g. `GET /v1/models/gpt-4o`.
+    pub routes: BTreeMap<String, u64>,
 }
 
 /// Answers sent for one request body.
@@ -72,9 +77,19 @@ pub(crate) struct Counters {
     bodies: HashMap<String, BodyRecord>,
     by_second: BTreeMap<u64, BTreeMap<u16, u64>>,
     by_key: BTreeMap<String, BTreeMap<u16, u64>>,
+    extras: BTreeMap<String, u64>,
+    routes: BTreeMap<String, u64>,
 }
 
 impl Counters {
+    /// Notes a request's route and the extras it carried (see [`MockStats::extras`]).
+    pub(crate) fn note(&mut self, route: String, extras: Vec<String>) {
+        *self.routes.entry(route).or_default() += 1;
+        for extra in extras {
+            *self.extras.entry(extra).or_default() += 1;
+        }
+    }
+
     /// Notes that a request with this body arrived and returns how many arrived before it.
     ///
     /// The draw is numbered by arrivals rather than answers: a retry that arrives while an earlier
@@ -153,6 +168,8 @@ impl Counters {
                 .collect(),
             by_second: self.by_second.clone(),
             by_key: self.by_key.clone(),
+            extras: self.extras.clone(),
+            routes: self.routes.clone(),
         }
     }
 }

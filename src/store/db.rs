@@ -221,21 +221,25 @@ pub fn claim_due(
          WHERE id IN (SELECT id FROM requests
                       WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id, key, url, body, attempts, transient_attempts, auth_attempts, rate_limited_attempts",
+         RETURNING id, key, method, url, body, attempts, transient_attempts, auth_attempts,
+                   rate_limited_attempts, invalid_attempts, headers",
     )?;
     let mut claimed = stmt
         .query_map(params![job.0, now, limit as i64], |r| {
             Ok(Claimed {
                 id: RequestId(r.get(0)?),
                 key: r.get(1)?,
-                url: r.get(2)?,
-                body: r.get(3)?,
-                attempts: r.get(4)?,
+                method: r.get(2)?,
+                url: r.get(3)?,
+                body: r.get(4)?,
+                attempts: r.get(5)?,
                 spent: Spent {
-                    transient: r.get(5)?,
-                    auth_transient: r.get(6)?,
-                    rate_limited: r.get(7)?,
+                    transient: r.get(6)?,
+                    auth_transient: r.get(7)?,
+                    rate_limited: r.get(8)?,
+                    invalid_response: r.get(9)?,
                 },
+                headers: r.get(10)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -269,7 +273,8 @@ pub fn requeue_failed(
 ) -> Result<u64, StoreError> {
     let n = conn.execute(
         "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
-                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
+                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0,
+                invalid_attempts = 0
          WHERE job_id = ?1 AND state = 'failed' AND (?2 IS NULL OR error_class = ?2)",
         params![job.0, class],
     )?;
@@ -284,7 +289,8 @@ pub fn requeue_failed(
 pub fn requeue(conn: &Connection, ids: &[RequestId]) -> Result<u64, StoreError> {
     let mut stmt = conn.prepare_cached(
         "UPDATE requests SET state = 'pending', next_attempt_at = 0, finished_at = NULL,
-                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0
+                transient_attempts = 0, auth_attempts = 0, rate_limited_attempts = 0,
+                invalid_attempts = 0
          WHERE id = ?1 AND state = 'failed'",
     )?;
     let mut n = 0;
@@ -344,7 +350,8 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
                 response = ?10, model = ?11, prompt_tokens = ?12, completion_tokens = ?13, total_tokens = ?14,
                 latency_ms = ?15, finished_at = ?16,
                 transient_attempts = transient_attempts + ?17, auth_attempts = auth_attempts + ?18,
-                rate_limited_attempts = rate_limited_attempts + ?19
+                rate_limited_attempts = rate_limited_attempts + ?19,
+                invalid_attempts = invalid_attempts + ?20
          WHERE id = ?1",
     )?
     .execute(params![
@@ -367,6 +374,7 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
         c.class == Class::Transient,
         c.class == Class::AuthTransient,
         c.class == Class::RateLimited,
+        c.class == Class::InvalidResponse,
     ])?;
     if changed != 1 {
         return Err(StoreError::Corrupt(format!(
@@ -517,6 +525,8 @@ pub struct RequestRow {
     pub latency_ms: Option<i64>,
     /// Unix ms when the request ended.
     pub finished_at: Option<i64>,
+    /// The line's `metadata`, as JSON text.
+    pub metadata: Option<String>,
 }
 
 /// Calls `each` for every request of a job in input order, streaming.
@@ -531,7 +541,8 @@ pub fn for_each_request<E: From<StoreError>>(
     let mut stmt = conn
         .prepare(
             "SELECT key, line, state, http_status, attempts, response, model, prompt_tokens, completion_tokens,
-                    total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at
+                    total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at,
+                    metadata
              FROM requests WHERE job_id = ?1 ORDER BY line, id",
         )
         .map_err(StoreError::from)?;
@@ -555,6 +566,7 @@ pub fn for_each_request<E: From<StoreError>>(
                 error_message: r.get(13)?,
                 latency_ms: r.get(14)?,
                 finished_at: r.get(15)?,
+                metadata: r.get(16)?,
             })
         })()
         .map_err(StoreError::from)?;

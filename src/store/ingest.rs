@@ -57,8 +57,9 @@ fn ingest_all(
     let mut existing =
         conn.prepare_cached("SELECT body_hash, line FROM requests WHERE job_id = ?1 AND key = ?2")?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO requests (job_id, key, custom_id, line, method, url, body, body_hash, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+        "INSERT INTO requests (job_id, key, custom_id, line, method, url, body, body_hash, state,
+                               metadata, headers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10)",
     )?;
     let mut move_line =
         conn.prepare_cached("UPDATE requests SET line = ?3 WHERE job_id = ?1 AND key = ?2")?;
@@ -156,7 +157,9 @@ fn ingest_all(
                     prompt.method,
                     prompt.url,
                     prompt.body,
-                    prompt.body_hash
+                    prompt.body_hash,
+                    prompt.metadata,
+                    prompt.headers
                 ])?;
             }
         }

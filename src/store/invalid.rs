@@ -80,6 +80,7 @@ pub(super) fn replace(
         .prepare_cached(
             "UPDATE requests
              SET custom_id = ?3, line = ?4, method = ?5, url = ?6, body = ?7, body_hash = ?8,
+                 metadata = ?10, headers = ?11,
                  state = 'pending', next_attempt_at = 0, error_class = NULL, error_code = NULL,
                  error_message = NULL, finished_at = NULL
              WHERE job_id = ?1 AND key = ?2
@@ -94,7 +95,9 @@ pub(super) fn replace(
             prompt.url,
             prompt.body,
             prompt.body_hash,
-            INVALID_INPUT
+            INVALID_INPUT,
+            prompt.metadata,
+            prompt.headers
         ])?;
     Ok(changed == 1)
 }

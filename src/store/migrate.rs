@@ -23,6 +23,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_add_lease_epoch",
         include_str!("../../migrations/0004_add_lease_epoch.sql"),
     ),
+    (
+        "0005_add_request_metadata",
+        include_str!("../../migrations/0005_add_request_metadata.sql"),
+    ),
+    (
+        "0006_add_request_headers_invalid_attempts",
+        include_str!("../../migrations/0006_add_request_headers_invalid_attempts.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

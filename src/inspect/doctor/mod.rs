@@ -254,6 +254,9 @@ pub async fn diagnose(args: &DoctorArgs, env: &ApiEnv) -> Diagnosis {
         organization: env.organization.clone(),
         project: env.project.clone(),
         max_body_bytes: crate::http::body::DEFAULT_MAX_BODY_BYTES,
+        auth: crate::http::client::AuthStyle::for_url(&base_url),
+        api_version: env.api_version.clone(),
+        headers: Vec::new(),
     };
     let probed: Vec<Option<&ApiKey>> = if keys.is_empty() {
         vec![None]

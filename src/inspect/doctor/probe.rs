@@ -4,7 +4,7 @@
 use super::{Check, Verdict};
 use crate::domain::{Class, StopCause};
 use crate::engine::config::ApiEnv;
-use crate::http::classify::{ApiError, Observation, TransportFailure, classify};
+use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
 use crate::http::client::{ApiClient, ApiKey, ClientSettings, Sent};
 use crate::http::hints;
 use crate::inspect::timeline::missing_scopes;
@@ -47,7 +47,7 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
                     "no answer in time",
                     "the server or the network is slow or stuck: try again, or raise --timeout",
                 ),
-                TransportFailure::Other => (
+                TransportFailure::Other | TransportFailure::Cut => (
                     "the connection broke",
                     "a proxy or TLS problem is likely: check HTTPS_PROXY and the URL's scheme",
                 ),
@@ -60,13 +60,24 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
             .advise(advice);
         }
     };
-    let error = ApiError::parse(&answer.body);
-    let body_parses = serde_json::from_slice::<serde_json::Value>(&answer.body).is_ok();
+    let success = (200..300).contains(&answer.status);
+    let in_success = success
+        .then(|| ApiError::in_success(&answer.body))
+        .flatten();
+    let payload = match (
+        &in_success,
+        serde_json::from_slice::<serde_json::Value>(&answer.body),
+    ) {
+        (Some(_), _) => Payload::Error,
+        (None, Ok(_)) => Payload::Whole,
+        (None, Err(_)) => Payload::Invalid,
+    };
+    let error = in_success.unwrap_or_else(|| ApiError::parse(&answer.body));
     let should_retry = hints::should_retry(&answer.headers);
     let class = classify(Observation::Answer {
         status: answer.status,
         error: &error,
-        body_parses,
+        payload,
         should_retry,
     });
     let request_id = answer
@@ -157,5 +168,7 @@ fn explain(
             .advise("this server has no GET /v1/models (some OpenAI-compatible servers lack it): the key could not be checked this way"),
         Class::RequestFailed => with(Verdict::Warn, check)
             .advise(format!("unexpected answer {status}: \"{message}\"")),
+        Class::InvalidResponse => with(Verdict::Warn, check)
+            .advise(format!("the server answered {status} with a body that is not JSON: check that the base URL points at the API (a proxy or a web page answers like this)")),
     }
 }

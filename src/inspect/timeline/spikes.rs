@@ -215,6 +215,9 @@ impl Spike {
             Some(AttemptClass::RequestFailed) => {
                 "requests rejected as invalid (4xx): they failed".to_owned()
             }
+            Some(AttemptClass::InvalidResponse) => {
+                "2xx answers whose body was not JSON: sent once more, then failed".to_owned()
+            }
             Some(AttemptClass::InvalidInput) => {
                 "lines that are not valid requests: they failed".to_owned()
             }
