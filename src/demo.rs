@@ -22,7 +22,9 @@ pub const DEMO_INPUT: &str = include_str!("../samples/demo.jsonl");
 pub fn demo_faults() -> MockConfig {
     MockConfig {
         latency: Duration::from_millis(40),
-        seed: 2026,
+        // A seed under which no demo request draws two malformed answers in a row (a malformed
+        // 2xx is sent once more, then fails): see `no_demo_request_draws_two_malformed_answers_in_a_row`.
+        seed: 2028,
         missing_scope_rate: 0.05,
         rate_limit_rate: 0.02,
         retry_after: Duration::from_millis(500),
@@ -139,4 +141,49 @@ pub async fn mock_server(args: &crate::mock::MockArgs, shutdown: &Shutdown) -> a
     shutdown.stopping().await;
     mock.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::input::{CHAT_ENDPOINT, DEFAULT_MAX_LINE_BYTES, InputOptions, InputReader};
+    use crate::mock::body_key;
+    use crate::mock::faults;
+
+    /// A malformed 2xx is sent once more, then fails (`invalid_response`): the demo promises
+    /// every request succeeds, so none of its requests may draw two malformed answers in a row,
+    /// whatever attempt numbers the spike and the other faults give them.
+    #[test]
+    fn no_demo_request_draws_two_malformed_answers_in_a_row() {
+        let config = demo_faults();
+        let options = InputOptions {
+            endpoint: CHAT_ENDPOINT.to_owned(),
+            model: Some("gpt-4o-mini".into()),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        };
+        let reader = InputReader::new(
+            PathBuf::from("demo.jsonl"),
+            Box::new(Cursor::new(DEMO_INPUT.as_bytes())),
+            options,
+        );
+        let mut requests = 0;
+        for prompt in reader {
+            let prompt = prompt.expect("the demo input is valid");
+            let body: serde_json::Value = serde_json::from_str(&prompt.body).expect("json body");
+            let key = body_key(&body);
+            let malformed: Vec<bool> = (0..60)
+                .map(|attempt| faults::draw(&config, &key, attempt) == Some(Fault::Malformed))
+                .collect();
+            assert!(
+                !malformed.windows(2).any(|pair| pair[0] && pair[1]),
+                "line {}: two malformed answers in a row: pick another demo seed",
+                prompt.line
+            );
+            requests += 1;
+        }
+        assert_eq!(requests, 300);
+    }
 }

@@ -34,7 +34,7 @@
 mod answer;
 mod args;
 mod echo;
-mod faults;
+pub(crate) mod faults;
 mod limit;
 mod server;
 mod stats;
