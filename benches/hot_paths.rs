@@ -2,6 +2,9 @@
 //! answer, journaling an attempt, estimating tokens. `cargo bench --bench hot_paths`.
 //! Numbers live in the README, never in tests.
 
+// Benchmarks are not shipped: the `[lints]` ban on unwrap, expect and panic is for `src/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::io::Cursor;
 

@@ -1,8 +1,6 @@
 //! "What happened": status while a job runs, the attempts journal, the timeline's spikes against
 //! the mock's known fault schedule, and prices.
 
-mod support;
-
 use std::time::Duration;
 
 use clap::Parser;
@@ -12,7 +10,8 @@ use runner::engine::shutdown::Shutdown;
 use runner::mock::{Fault, MockConfig, Spike};
 use runner::util::clock::now_ms;
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 /// Parses `args` as the real CLI.
 fn command(args: &[&str]) -> Command {

@@ -2,13 +2,12 @@
 //! leaving the job as it was and sending nothing; with `--skip-invalid` a bad line becomes a
 //! failed request (error class `invalid_input`) and the rest runs.
 
-mod support;
-
 use rstest::rstest;
 use runner::mock::{MockConfig, MockServer};
 use serde_json::json;
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 
 /// Line 1 of most cases: a good request.
 const GOOD_1: &str = r#"{"custom_id":"r-1","prompt":"one"}"#;

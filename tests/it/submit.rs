@@ -1,7 +1,5 @@
 //! `submit` / `resume` / `export` behaviour, in-process, against the real mock over HTTP.
 
-mod support;
-
 use std::time::Duration;
 
 use runner::Exit;
@@ -9,7 +7,8 @@ use runner::engine::shutdown::Shutdown;
 use runner::inspect::export::CSV_COLUMNS;
 use runner::mock::{Fault, MockConfig, Spike};
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_exports_one_row_per_request_in_input_order() {

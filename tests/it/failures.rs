@@ -1,14 +1,13 @@
 //! The failure model against the real mock: 401 spikes and the breaker's waste bound, long
 //! outages and retry budgets, the key pool, job-level stops, server-requested waits.
 
-mod support;
-
 use std::time::Duration;
 
 use rstest::rstest;
 use runner::Exit;
 use runner::mock::{Fault, MockConfig, RetryAfterStyle, Spike};
-use support::*;
+
+use crate::support::*;
 
 fn spike(from_ms: u64, to_ms: u64, fault: Fault) -> Vec<Spike> {
     vec![Spike {
@@ -266,7 +265,7 @@ async fn exhausted_quota_stops_the_job_and_resume_finishes_elsewhere() {
         .expect("reason");
     assert!(reason.contains("out of quota"), "{reason}");
 
-    let topped_up = support::mock(MockConfig::default()).await;
+    let topped_up = crate::support::mock(MockConfig::default()).await;
     let url = topped_up.base_url();
     let exit = run(
         &["resume", "--db", &db, "--base-url", &url, "--no-progress"],
@@ -344,7 +343,7 @@ async fn twenty_model_not_found_in_a_row_stop_the_job_as_a_configuration_error()
     );
 
     // The model is deployed now: resume finishes.
-    let fixed = support::mock(MockConfig::default()).await;
+    let fixed = crate::support::mock(MockConfig::default()).await;
     let url = fixed.base_url();
     let exit = run(
         &["resume", "--db", &db, "--base-url", &url, "--no-progress"],

@@ -6,16 +6,15 @@
 //! The tests run as root, so permission bits would not stop a write: unusable paths are a path
 //! under a regular file, a missing directory and a directory.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rstest::rstest;
 use runner::mock::{MockConfig, MockServer};
-use support::bin::{BIN, clean_env, output, runner, text};
-use support::*;
+
+use crate::support::bin::{BIN, clean_env, output, runner, text};
+use crate::support::*;
 
 #[rstest]
 #[case::under_a_regular_file("a-file/runner.db")]

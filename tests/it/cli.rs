@@ -1,16 +1,15 @@
 //! The real binary: help, usage errors, exit codes, stdout hygiene, a closed pipe, secrets,
 //! and kill -9 at random moments followed by resume.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use runner::mock::{MockConfig, MockServer};
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 
 #[tokio::test]
 async fn help_lists_every_command() {

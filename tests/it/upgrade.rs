@@ -2,14 +2,13 @@
 //! tests/fixtures/README.md) opens with the current code: status, export and resume work, the
 //! schema is upgraded, and every row is kept.
 
-mod support;
-
 use std::path::Path;
 
 use runner::Exit;
 use runner::mock::MockConfig;
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-schema.db");
 

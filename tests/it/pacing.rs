@@ -2,14 +2,13 @@
 //! server's rate-limit headers. Verdicts are counts (429s, requests sent), or lower bounds on
 //! time that a slow machine cannot break; speed itself is measured in the benchmarks.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use runner::Exit;
 use runner::mock::MockConfig;
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 fn refused(mock: &runner::mock::MockServer) -> u64 {
     mock.stats().by_status.get(&429).copied().unwrap_or(0)

@@ -1,14 +1,13 @@
 //! `runner export` on the real binary: cells a spreadsheet would run are neutralised in CSV (and
 //! only there), and export files are private.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 
 use runner::mock::MockConfig;
 use serde_json::json;
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 
 /// custom ids a spreadsheet would evaluate, and one it would not.
 const IDS: [&str; 7] = [

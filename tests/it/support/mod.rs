@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: the real mock server on 127.0.0.1:0, input files,
 //! in-process runs of the real command code, CSV and database readers, bounded waits.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod bin;
 

@@ -1,8 +1,6 @@
 //! `runner doctor` against the mock and against tiny servers that answer one fault: the right
 //! diagnosis for each, and the exit codes of the real binary.
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +14,8 @@ use runner::cli::DoctorArgs;
 use runner::engine::config::ApiEnv;
 use runner::inspect::doctor::{Diagnosis, Verdict, diagnose};
 use runner::mock::MockConfig;
-use support::*;
+
+use crate::support::*;
 
 const MISSING_SCOPE: &str = r#"{"error":{"message":"You have insufficient permissions for this operation. Missing scopes: api.model.read. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you're using a restricted API key, that it has the necessary scopes.","type":"invalid_request_error","param":null,"code":"missing_scope"}}"#;
 const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;

@@ -4,15 +4,14 @@
 //! Without Chromium the test is skipped with a message, unless `CI` is set: then it fails, so CI
 //! never passes without having looked at the page.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::Exit;
 use runner::mock::{Fault, MockConfig, Spike};
-use support::*;
+
+use crate::support::*;
 
 /// Longest a Chromium run may take (a cold start on a loaded machine takes a few seconds).
 const BROWSER_LIMIT: Duration = Duration::from_secs(90);

@@ -2,14 +2,13 @@
 //! finish; a second aborts them (journaled as interrupted). Either way: exit 130, nothing left
 //! in flight, and `resume` finishes the job.
 
-mod support;
-
 use std::time::Duration;
 
 use rstest::rstest;
 use runner::mock::MockConfig;
-use support::bin::{Running, output, runner, text};
-use support::*;
+
+use crate::support::bin::{Running, output, runner, text};
+use crate::support::*;
 
 /// With 4 requests of 200 ms at a time the first run would need 50 s: the signal, sent after
 /// 16 answers, always lands long before the end.

@@ -1,15 +1,14 @@
 //! One runner per job: a second `submit` or `resume` of a running job is refused, read-only
 //! commands keep working, and the lease of a runner that was killed does not block `resume`.
 
-mod support;
-
 use std::time::Duration;
 
 use runner::Exit;
 use runner::engine::shutdown::Shutdown;
 use runner::mock::MockConfig;
-use support::bin::{Running, output, runner, text};
-use support::*;
+
+use crate::support::bin::{Running, output, runner, text};
+use crate::support::*;
 
 /// A mock whose answers take ten minutes: requests stay in flight for as long as a test needs.
 fn hanging() -> MockConfig {
