@@ -298,11 +298,8 @@ async fn skip_invalid_keeps_going_past_every_bad_line_and_exports_each_with_its_
     assert_eq!(summary, expected);
 
     // The Batch output reports them as errors without an HTTP answer.
-    let jsonl = text(
-        &output(fx.bin(&["export", "--format", "jsonl"]))
-            .await
-            .stdout,
-    );
+    let export = output(fx.bin(&["export", "--format", "jsonl"])).await;
+    let jsonl = text(&export.stdout);
     let cut: serde_json::Value = jsonl
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
