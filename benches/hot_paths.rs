@@ -4,6 +4,8 @@
 // Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+// Benchmarks are not shipped: the `[lints]` ban on unwrap, expect and panic is for `src/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 use std::io::Cursor;

@@ -8,7 +8,7 @@
 //! # Layout
 //!
 //! Folders by concern, lowest layer last; every import points down this list (checked by
-//! `tests/architecture.rs`).
+//! `tests/it/architecture.rs`).
 //!
 //! - This file: [`run`] (one command), [`exit_code`], logging. [`demo`]: `runner demo`.
 //! - [`inspect`]: the read-only commands over the journal: [`inspect::status`] (`status`,

@@ -16,6 +16,8 @@ use crate::domain::Counts;
 const BAR_TICK: Duration = Duration::from_millis(200);
 /// How often a summary line is printed when there is no bar.
 pub const LINE_EVERY: Duration = Duration::from_secs(5);
+/// The bar's indicatif template; a test checks that it parses.
+const BAR_TEMPLATE: &str = "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}";
 
 /// Live counters, bumped by the workers, read by the reporter.
 #[derive(Debug, Default)]
@@ -189,11 +191,9 @@ impl Reporter {
         let cancel = CancellationToken::new();
         let bar = (display == Display::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            // The template is a literal checked by the tests; fall back to the default style.
-            let style = ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            // The template is a constant checked by the tests; fall back to the default style.
+            let style = ProgressStyle::with_template(BAR_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style.progress_chars("█▉▊▋▌▍▎▏ "));
             bar.set_prefix(view.job.clone());
             bar
@@ -264,12 +264,7 @@ mod tests {
 
     #[test]
     fn the_bar_template_parses() {
-        assert!(
-            ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}"
-            )
-            .is_ok()
-        );
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
     }
 
     #[test]

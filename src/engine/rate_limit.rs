@@ -256,12 +256,20 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    /// On a paused clock a wait cannot pass unnoticed: tokio jumps the clock to the timeout as
+    /// soon as the test would block, so the timeout fires instead of the test hanging.
+    #[tokio::test(start_paused = true)]
     async fn unlimited_never_waits() {
         let limiter = RequestLimiter::per_minute(None);
-        for _ in 0..10_000 {
-            limiter.until_ready().await;
-        }
+        let start = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            for _ in 0..10_000 {
+                limiter.until_ready().await;
+            }
+        })
+        .await
+        .expect("10,000 requests went out without waiting");
+        assert_eq!(tokio::time::Instant::now(), start, "no time passed");
     }
 
     #[tokio::test]

@@ -91,8 +91,8 @@ pub async fn forward_signals(shutdown: Shutdown) {
             );
             // The one exit outside `main`, on purpose: the user asked three times and the
             // clean path is stuck. Nothing is lost that a `kill -9` would not lose, and that
-            // case is tested (tests/cli.rs).
-            std::process::exit(i32::from(crate::Exit::Interrupted.code()));
+            // case is tested (tests/it/third_signal.rs).
+            std::process::exit(i32::from(crate::domain::Exit::Interrupted.code()));
         }
     }
 }

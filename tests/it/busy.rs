@@ -2,17 +2,12 @@
 //! big ingest of another job into the same file, a `sqlite3` shell) makes a running job wait,
 //! never fail.
 
-// Helpers outside #[test] fns fail loudly too (allow-*-in-tests does not reach them).
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::bin::{Running, runner};
+use crate::support::*;
 use runner::mock::MockConfig;
 use runner::store::BUSY_TIMEOUT;
-use support::bin::{Running, runner};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lock_held_past_the_busy_timeout_pauses_a_running_job_and_never_fails_it() {

@@ -5,14 +5,13 @@
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use std::path::Path;
 
 use runner::Exit;
 use runner::mock::MockConfig;
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-schema.db");
 
@@ -135,20 +134,12 @@ async fn a_v1_database_upgrades_and_its_job_resumes_with_every_row_intact() {
     assert_eq!(exit, Exit::SomeFailed, "r-2 failed for good in v1");
     let stats = mock.stats();
     assert_eq!(stats.answers, 3, "only the pending requests were sent");
-    for i in 4..7 {
-        assert_eq!(stats.successes_for(&sent_body(i)), 1, "request {i}");
-    }
+    assert_succeeded_once(&stats, 4..7);
     let after = v1_rows(&s.db());
     for row in original.iter().filter(|r| r.starts_with("attempts: ")) {
         assert!(after.contains(row), "attempt kept: {row}");
     }
-    assert_eq!(
-        query_i64(
-            &s.db(),
-            "SELECT count(*) FROM requests WHERE state = 'succeeded'"
-        ),
-        6
-    );
+    assert_eq!(requests_in(&s.db(), "succeeded"), 6);
     assert_eq!(query_text(&s.db(), "SELECT lease_owner FROM jobs"), None);
     assert_eq!(integrity(&s.db()), "ok");
     mock.shutdown().await;

@@ -4,11 +4,7 @@
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,7 +15,9 @@ use runner::cli::DoctorArgs;
 use runner::engine::config::ApiEnv;
 use runner::inspect::doctor::{Diagnosis, Verdict, diagnose};
 use runner::mock::MockConfig;
-use support::*;
+
+use crate::support::bin::{output, runner};
+use crate::support::*;
 
 const MISSING_SCOPE: &str = r#"{"error":{"message":"You have insufficient permissions for this operation. Missing scopes: api.model.read. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you're using a restricted API key, that it has the necessary scopes.","type":"invalid_request_error","param":null,"code":"missing_scope"}}"#;
 const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
@@ -177,21 +175,6 @@ async fn a_keys_file_is_checked_key_by_key() {
     mock.shutdown().await;
 }
 
-fn binary(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
-    cmd.current_dir(dir);
-    for var in [
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "RUNNER_DB",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_0_4_and_1() {
     let s = Scratch::new();
@@ -208,15 +191,10 @@ async fn the_binary_exits_0_4_and_1() {
         (closed, "sk-proj-good-222222222222", 1),
     ];
     for (url, key, code) in cases {
-        let mut cmd = binary(s.dir.path());
+        let mut cmd = runner(s.dir.path());
         cmd.args(["doctor", "--base-url", &url])
             .env("OPENAI_API_KEY", key);
-        let out = within(
-            "the binary",
-            tokio::task::spawn_blocking(move || cmd.output().expect("runs")),
-        )
-        .await
-        .expect("join");
+        let out = output(cmd).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(code), "{url} {key}:\n{stdout}");
         assert!(stdout.contains("probe") || code == 1, "{stdout}");

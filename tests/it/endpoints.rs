@@ -1,12 +1,10 @@
 //! Streaming, invalid 2xx bodies, 403s and methods: end to end against the mock over HTTP.
 
-mod support;
-
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 use runner::Exit;
 use runner::mock::MockConfig;
 use serde_json::{Value, json};
-use support::bin::{output, runner, text};
-use support::*;
 
 /// A streamed chat line with custom id `s-{i}`; with usage asked for when `usage`.
 fn stream_line(i: usize, usage: bool) -> String {

@@ -9,16 +9,15 @@
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rstest::rstest;
-use runner::mock::{MockConfig, MockServer};
-use support::bin::{BIN, clean_env, output, runner, text};
-use support::*;
+use runner::mock::MockServer;
+
+use crate::support::bin::{BIN, clean_env, output, runner, text};
+use crate::support::*;
 
 #[rstest]
 #[case::under_a_regular_file("a-file/runner.db")]
@@ -26,22 +25,19 @@ use support::*;
 #[case::a_directory("a-dir")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_db_path_is_a_clear_error(#[case] db: &str) {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    s.write("a-file", "not a directory");
-    std::fs::create_dir(s.path("a-dir")).expect("mkdir");
-    s.prompts("p.jsonl", 0..3);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let fx = Fixture::for_job("p").prompts(0..3).start().await;
+    fx.scratch.write("a-file", "not a directory");
+    std::fs::create_dir(fx.scratch.path("a-dir")).expect("mkdir");
+    let out = output(fx.bin(&[
         "submit",
         "p.jsonl",
         "--db",
         db,
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--no-progress",
-    ]);
-    let out = output(cmd).await;
+    ]))
+    .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -52,41 +48,26 @@ async fn an_unusable_db_path_is_a_clear_error(#[case] db: &str) {
         stderr.contains("--db must name a file in a directory this user can write"),
         "{stderr}"
     );
-    assert_eq!(mock.stats().answers, 0);
+    assert_eq!(fx.mock.stats().answers, 0);
     assert_eq!(
-        std::fs::read_to_string(s.path("a-file")).expect("read"),
+        std::fs::read_to_string(fx.scratch.path("a-file")).expect("read"),
         "not a directory",
         "nothing was written over the file"
     );
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 /// A database locked by another process: a test connection holds a write transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_is_a_clear_error_and_loses_nothing() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let submit = || {
-        let mut cmd = runner(s.dir.path());
-        cmd.args([
-            "submit",
-            "locked.jsonl",
-            "--base-url",
-            &mock.base_url(),
-            "--model",
-            "test-model",
-            "--no-progress",
-        ]);
-        cmd
-    };
-    s.prompts("locked.jsonl", 0..10);
-    assert_eq!(output(submit()).await.status.code(), Some(0));
+    let fx = Fixture::for_job("locked").prompts(0..10).start().await;
+    assert_eq!(output(fx.bin_submit(&[])).await.status.code(), Some(0));
 
-    let holder = rusqlite::Connection::open(s.db()).expect("open");
+    let holder = rusqlite::Connection::open(fx.db()).expect("open");
     holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-    s.prompts("locked.jsonl", 0..20);
+    fx.scratch.prompts("locked.jsonl", 0..20);
     // Waits the busy timeout (5 s), then gives up.
-    let out = output(submit()).await;
+    let out = output(fx.bin_submit(&[])).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -98,24 +79,19 @@ async fn a_database_locked_by_another_process_is_a_clear_error_and_loses_nothing
         "{stderr}"
     );
     // Readers are not blocked by a writer (WAL).
-    let mut cmd = runner(s.dir.path());
-    cmd.arg("status");
-    let status = output(cmd).await;
+    let status = output(fx.bin(&["status"])).await;
     assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
     assert!(text(&status.stdout).contains("10 total · 10 succeeded"));
     holder.execute_batch("ROLLBACK").expect("unlock");
     drop(holder);
 
-    assert_eq!(mock.stats().answers, 10, "nothing was sent while locked");
-    assert_eq!(integrity(&s.db()), "ok");
-    assert_eq!(query_i64(&s.db(), "SELECT count(*) FROM requests"), 10);
-    let out = output(submit()).await;
+    assert_eq!(fx.mock.stats().answers, 10, "nothing was sent while locked");
+    assert_eq!(integrity(&fx.db()), "ok");
+    assert_eq!(query_i64(&fx.db(), "SELECT count(*) FROM requests"), 10);
+    let out = output(fx.bin_submit(&[])).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stats = mock.stats();
-    for i in 0..20 {
-        assert_eq!(stats.successes_for(&sent_body(i)), 1, "request {i}");
-    }
-    mock.shutdown().await;
+    assert_succeeded_once(&fx.mock.stats(), 0..20);
+    fx.shutdown().await;
 }
 
 /// How a test fills the disk under the runner.
@@ -183,9 +159,8 @@ fn successes(mock: &MockServer) -> HashMap<String, u64> {
 async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_space(
     #[case] fault: DiskFault,
 ) {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    s.prompts("full.jsonl", 0..N);
+    let fx = Fixture::for_job("full").prompts(0..N).start().await;
+    let s = &fx.scratch;
     let (db, tmpfs) = match fault {
         DiskFault::Tmpfs => match Tmpfs::mount(&s.path("disk")) {
             Ok(tmpfs) => (s.path("disk/runner.db"), Some(tmpfs)),
@@ -211,7 +186,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_spa
         "--db",
         &db_arg,
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--model",
         "test-model",
         "--no-progress",
@@ -255,7 +230,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_spa
         assert!(stderr.contains(": the disk is full ("), "{stderr}");
     }
     assert!(
-        mock.stats().successes() < N as u64,
+        fx.mock.stats().successes() < N as u64,
         "the fault stopped the run"
     );
 
@@ -265,7 +240,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_spa
     }
     assert_eq!(integrity(&db), "ok", "nothing corrupted");
     let journaled = journaled_successes(&db);
-    let before = successes(&mock);
+    let before = successes(&fx.mock);
 
     let mut cmd = runner(s.dir.path());
     cmd.args(["resume", "--db", &db_arg, "--no-progress"]);
@@ -276,7 +251,7 @@ async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_spa
         stderr.contains("which is no longer running"),
         "the failed runner's lease does not block: {stderr}"
     );
-    let after = successes(&mock);
+    let after = successes(&fx.mock);
     for key in &journaled {
         assert_eq!(
             after[key], before[key],
@@ -290,13 +265,8 @@ async fn a_full_disk_stops_the_run_cleanly_and_resume_finishes_once_there_is_spa
             "{key} succeeded {n} times"
         );
     }
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT count(*) FROM requests WHERE state = 'succeeded'"
-        ),
-        N as i64
-    );
+    assert_eq!(requests_in(&db, "succeeded"), N as i64);
     assert_eq!(integrity(&db), "ok");
-    mock.shutdown().await;
+    drop(tmpfs); // unmounted before the scratch directory is removed
+    fx.shutdown().await;
 }

@@ -2,9 +2,6 @@
 //! the layers of README "Architecture", and no two files import each other, directly or around
 //! a cycle. Test code (`#[cfg(test)]` modules and `tests.rs` files) may import anything.
 
-// Test code: a helper that cannot read the sources should fail the test loudly.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -121,6 +118,10 @@ fn imports(source: &Source, modules: &BTreeSet<String>) -> BTreeSet<String> {
                 } else {
                     break;
                 }
+            }
+            if path.is_empty() && prefix == "crate::" && rest.starts_with(char::is_uppercase) {
+                // `crate::Exit`: an item of the crate root, the top layer.
+                found.insert(String::new());
             }
             insert_longest(&path, modules, source, &mut found);
         }

@@ -7,15 +7,14 @@
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::Exit;
 use runner::mock::{Fault, MockConfig, Spike};
-use support::*;
+
+use crate::support::*;
 
 /// Longest a Chromium run may take (a cold start on a loaded machine takes a few seconds).
 const BROWSER_LIMIT: Duration = Duration::from_secs(90);
@@ -93,25 +92,25 @@ async fn the_report_renders_its_charts_in_headless_chromium() {
         );
         return;
     };
-    let s = Scratch::new();
-    let mock = mock(MockConfig {
-        latency: Duration::from_millis(10),
-        missing_scope_rate: 0.03,
-        server_error_rate: 0.02,
-        spikes: vec![Spike {
-            start: Duration::from_millis(500),
-            end: Duration::from_millis(1500),
-            fault: Fault::MissingScope,
-        }],
-        ..MockConfig::default()
-    })
-    .await;
-    let input = s.prompts("report.jsonl", 0..250);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(&file, &db, &url, &["--concurrency", "8", "--rpm", "6000"]);
-    let exit = within("job", run(&args, env())).await.expect("runs");
+    let fx = Fixture::for_job("report")
+        .mock(MockConfig {
+            latency: Duration::from_millis(10),
+            missing_scope_rate: 0.03,
+            server_error_rate: 0.02,
+            spikes: vec![Spike {
+                start: Duration::from_millis(500),
+                end: Duration::from_millis(1500),
+                fault: Fault::MissingScope,
+            }],
+            ..MockConfig::default()
+        })
+        .prompts(0..250)
+        .start()
+        .await;
+    let exit = fx.submit(&["--concurrency", "8", "--rpm", "6000"]).await;
     assert_eq!(exit, Exit::Success);
-    mock.shutdown().await;
+    let s = fx.shutdown().await;
+    let db = s.db_arg();
 
     let page = s.path("report.html");
     let page_arg = page.display().to_string();

@@ -2,15 +2,13 @@
 //! large to hold. The runner must neither panic nor lose a result, and its waits stay within
 //! `--max-wait`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use rstest::rstest;
 use runner::Exit;
 use runner::mock::MockConfig;
 use serde_json::json;
-use support::*;
 
 /// Header values no honest server sends, each of which used to reach
 /// `Duration::from_secs_f64` (which panics on them) or the pacer.
@@ -229,11 +227,15 @@ async fn attempts_csv_neutralises_server_text_like_the_export() {
         ("csv", format!("'{formula}")),
         ("jsonl", formula.to_owned()),
     ] {
-        let mut cmd = support::bin::runner(s.dir.path());
+        let mut cmd = crate::support::bin::runner(s.dir.path());
         cmd.args(["attempts", "--db", &db, "--format", format]);
-        let out = support::bin::output(cmd).await;
-        assert!(out.status.success(), "{}", support::bin::text(&out.stderr));
-        let stdout = support::bin::text(&out.stdout);
+        let out = crate::support::bin::output(cmd).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::bin::text(&out.stderr)
+        );
+        let stdout = crate::support::bin::text(&out.stdout);
         let cell = match format {
             "csv" => {
                 let mut reader = csv::Reader::from_reader(stdout.as_bytes());

@@ -1,16 +1,15 @@
 //! The real binary: help, usage errors, exit codes, stdout hygiene, a closed pipe, secrets,
 //! and kill -9 at random moments followed by resume.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use runner::mock::{MockConfig, MockServer};
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 
 #[tokio::test]
 async fn help_lists_every_command() {
@@ -73,23 +72,23 @@ async fn usage_errors_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_1_naming_file_and_line_and_sends_nothing() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    s.write("bad.jsonl", "{\"prompt\":\"fine\"}\n{\"prompt\": oops}\n");
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let fx = Fixture::for_job("bad")
+        .input("{\"prompt\":\"fine\"}\n{\"prompt\": oops}\n")
+        .start()
+        .await;
+    let out = output(fx.bin(&[
         "submit",
         "bad.jsonl",
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--no-progress",
-    ]);
-    let out = output(cmd).await;
+    ]))
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("bad.jsonl:2: invalid JSON"), "{stderr}");
-    assert_eq!(mock.stats().answers, 0);
-    mock.shutdown().await;
+    assert_eq!(fx.mock.stats().answers, 0);
+    fx.shutdown().await;
 }
 
 #[tokio::test]
@@ -105,18 +104,17 @@ async fn openai_without_a_key_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
-    let s = Scratch::new();
     let bad_key = "sk-proj-revoked-0000000000000000";
-    let mock = mock(MockConfig {
-        invalid_keys: vec![bad_key.to_owned()],
-        ..MockConfig::default()
-    })
-    .await;
-    let url = mock.base_url();
-    s.prompts("ok.jsonl", 0..20);
-    let mut cmd = runner(s.dir.path());
-    cmd.args(["submit", "ok.jsonl", "--base-url", &url, "--no-progress"]);
-    let out = output(cmd).await;
+    let fx = Fixture::for_job("ok")
+        .mock(MockConfig {
+            invalid_keys: vec![bad_key.to_owned()],
+            ..MockConfig::default()
+        })
+        .prompts(0..20)
+        .start()
+        .await;
+    let (s, url) = (&fx.scratch, fx.url());
+    let out = output(fx.bin(&["submit", "ok.jsonl", "--base-url", &url, "--no-progress"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "submit prints nothing on stdout");
     assert!(
@@ -129,8 +127,7 @@ async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
         "some-bad.jsonl",
         "{\"prompt\":\"a\"}\n{\"prompt\":\"b\",\"mock_status\":422}\n",
     );
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let cmd = fx.bin(&[
         "submit",
         "some-bad.jsonl",
         "--base-url",
@@ -140,9 +137,8 @@ async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
     assert_eq!(output(cmd).await.status.code(), Some(3));
 
     s.prompts("stop.jsonl", 0..5);
-    let mut cmd = runner(s.dir.path());
-    cmd.args(["submit", "stop.jsonl", "--base-url", &url, "--no-progress"])
-        .env("OPENAI_API_KEY", bad_key);
+    let mut cmd = fx.bin(&["submit", "stop.jsonl", "--base-url", &url, "--no-progress"]);
+    cmd.env("OPENAI_API_KEY", bad_key);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(4));
     assert!(
@@ -152,54 +148,43 @@ async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
     );
 
     // Read-only commands write their data to stdout.
-    let mut cmd = runner(s.dir.path());
-    cmd.args(["export", "--job", "ok"]);
-    let out = output(cmd).await;
+    let out = output(fx.bin(&["export", "--job", "ok"])).await;
     assert_eq!(out.status.code(), Some(0));
     let csv = text(&out.stdout);
     assert_eq!(csv.lines().count(), 21, "header + 20 rows");
     assert!(csv.starts_with("custom_id,status,http_status,attempts,output_text,"));
 
-    let mut cmd = runner(s.dir.path());
-    cmd.args(["status", "--job", "stop", "--json"]);
-    let out = output(cmd).await;
+    let out = output(fx.bin(&["status", "--job", "stop", "--json"])).await;
     let status: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("status --json is JSON");
     assert_eq!(status["state"], "stopped");
     assert_eq!(status["requests"]["pending"], 5);
 
-    let mut cmd = runner(s.dir.path());
-    cmd.arg("jobs");
-    let jobs = text(&output(cmd).await.stdout);
+    let jobs = text(&output(fx.bin(&["jobs"])).await.stdout);
     for job in ["ok", "some-bad", "stop"] {
         assert!(jobs.contains(job), "{jobs}");
     }
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_into_a_closed_pipe_ends_quietly() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    s.prompts("pipe.jsonl", 0..3000);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let fx = Fixture::for_job("pipe").prompts(0..3000).start().await;
+    let submit = fx.bin(&[
         "submit",
         "pipe.jsonl",
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--no-progress",
         "--concurrency",
         "64",
     ]);
-    assert_eq!(output(cmd).await.status.code(), Some(0));
+    assert_eq!(output(submit).await.status.code(), Some(0));
     let out = within(
         "export into a closed pipe",
         tokio::task::spawn_blocking({
-            let mut cmd = runner(s.dir.path());
-            cmd.arg("export")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            let mut cmd = fx.bin(&["export"]);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             move || {
                 let mut child = cmd.spawn().expect("spawn");
                 let mut first = String::new();
@@ -220,29 +205,29 @@ async fn export_into_a_closed_pipe_ends_quietly() {
         "{}",
         text(&out.stderr)
     );
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_is_never_written_anywhere() {
-    let s = Scratch::new();
     let key = "sk-proj-DISTINCTIVE-secret-key-4f7c2a9e1b";
-    let mock = mock(MockConfig {
-        missing_scope_rate: 0.3,
-        ..MockConfig::default()
-    })
-    .await;
-    s.prompts("secret.jsonl", 0..50);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let fx = Fixture::for_job("secret")
+        .mock(MockConfig {
+            missing_scope_rate: 0.3,
+            ..MockConfig::default()
+        })
+        .prompts(0..50)
+        .start()
+        .await;
+    let s = &fx.scratch;
+    let mut cmd = fx.bin(&[
         "submit",
         "secret.jsonl",
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--no-progress",
-    ])
-    .env("OPENAI_API_KEY", key)
-    .env("RUNNER_LOG", "trace");
+    ]);
+    cmd.env("OPENAI_API_KEY", key).env("RUNNER_LOG", "trace");
     let submit = output(cmd).await;
     assert_eq!(submit.status.code(), Some(0));
     let mut outputs = vec![submit.stdout, submit.stderr];
@@ -252,8 +237,8 @@ async fn the_key_is_never_written_anywhere() {
         &["export", "--format", "jsonl"][..],
         &["export", "--output", "results.csv"][..],
     ] {
-        let mut cmd = runner(s.dir.path());
-        cmd.args(args).env("OPENAI_API_KEY", key);
+        let mut cmd = fx.bin(args);
+        cmd.env("OPENAI_API_KEY", key);
         let out = output(cmd).await;
         outputs.push(out.stdout);
         outputs.push(out.stderr);
@@ -283,7 +268,7 @@ async fn the_key_is_never_written_anywhere() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "the export file is private: {mode:o}");
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 /// Answers of any status per custom id, per the mock's counters.
@@ -306,14 +291,16 @@ fn successes_by_id(mock: &MockServer, n: usize) -> HashMap<String, u64> {
 async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_success() {
     const N: usize = 3000;
     const KILLS: usize = 5;
-    let s = Scratch::new();
-    let mock = mock(MockConfig {
-        latency: Duration::from_millis(5),
-        missing_scope_rate: 0.05,
-        ..MockConfig::default()
-    })
-    .await;
-    s.prompts("crash.jsonl", 0..N);
+    let fx = Fixture::for_job("crash")
+        .mock(MockConfig {
+            latency: Duration::from_millis(5),
+            missing_scope_rate: 0.05,
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    let (s, mock) = (&fx.scratch, &fx.mock);
     let url = mock.base_url();
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -348,7 +335,7 @@ async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_succe
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
 
-        let answers = answers_by_id(&mock, N);
+        let answers = answers_by_id(mock, N);
         for key in journaled_successes(&s.db()) {
             frozen.entry(key.clone()).or_insert(answers[&key]);
         }
@@ -358,7 +345,7 @@ async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_succe
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
-    let counts = successes_by_id(&mock, N);
+    let counts = successes_by_id(mock, N);
     let interrupted = interrupted_ids(&s.db());
     assert!(
         !interrupted.is_empty(),
@@ -371,7 +358,7 @@ async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_succe
             "{key} got {n} successful answers but was never in flight at a kill"
         );
     }
-    let answers = answers_by_id(&mock, N);
+    let answers = answers_by_id(mock, N);
     for (key, at_freeze) in &frozen {
         assert_eq!(
             answers[key], *at_freeze,
@@ -384,14 +371,14 @@ async fn kill_9_at_random_moments_then_resume_loses_nothing_and_resends_no_succe
         "at most the requests in flight at each kill: {extra}"
     );
 
-    let (header, rows) = export_csv(&s.db(), "crash");
+    let (header, rows) = fx.export_csv();
     assert_eq!(rows.len(), N, "exactly one row per request");
     assert!(
         rows.iter()
             .all(|r| cell(&header, r, "status") == "succeeded")
     );
-    assert_eq!(integrity(&s.db()), "ok");
-    mock.shutdown().await;
+    assert_eq!(integrity(&fx.db()), "ok");
+    fx.shutdown().await;
 }
 
 #[tokio::test]

@@ -1,13 +1,11 @@
 //! A database left world-readable (an older runner, a copy made with a loose umask) is made
 //! private, with its -wal and -shm files, the next time a job opens it.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 
+use crate::support::*;
 use runner::Exit;
 use runner::mock::MockConfig;
-use support::*;
 
 fn mode(path: &std::path::Path) -> Option<u32> {
     Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o777)

@@ -4,8 +4,6 @@
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,7 +13,8 @@ use runner::engine::shutdown::Shutdown;
 use runner::mock::{Fault, MockConfig, Spike};
 use runner::util::clock::now_ms;
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 /// Parses `args` as the real CLI.
 fn command(args: &[&str]) -> Command {
@@ -56,25 +55,22 @@ async fn attempts(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reads_a_job_while_it_runs() {
-    let s = Scratch::new();
     // A third of the requests hang for a minute: the job cannot finish while status reads it.
-    let mock = mock(MockConfig {
-        hang_rate: 0.3,
-        hang: Duration::from_secs(60),
-        ..MockConfig::default()
-    })
-    .await;
-    let input = s.prompts("live.jsonl", 0..200);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(
-        &file,
-        &db,
-        &url,
-        &["--concurrency", "8", "--timeout", "90s"],
-    );
+    let fx = Fixture::for_job("live")
+        .mock(MockConfig {
+            hang_rate: 0.3,
+            hang: Duration::from_secs(60),
+            ..MockConfig::default()
+        })
+        .prompts(0..200)
+        .start()
+        .await;
     let shutdown = Shutdown::new();
-    let running = spawn_run(&args, env(), shutdown.clone());
-    let db_path = s.db();
+    let running = fx.spawn_submit(
+        &["--concurrency", "8", "--timeout", "90s"],
+        shutdown.clone(),
+    );
+    let (db, db_path) = (fx.db_arg(), fx.db());
     wait_until("journaled successes", || {
         db_path.exists()
             && rusqlite::Connection::open(&db_path)
@@ -115,7 +111,7 @@ async fn status_reads_a_job_while_it_runs() {
         .expect("task")
         .expect("runs");
     assert_eq!(exit, Exit::Interrupted);
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,14 +275,9 @@ async fn a_missing_scope_spike_is_found_within_one_bucket_with_its_evidence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_estimates_cost_with_the_prices_given() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let input = s.prompts("cost.jsonl", 0..20);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let exit = run(&submit_args(&file, &db, &url, &[]), env())
-        .await
-        .expect("runs");
-    assert_eq!(exit, Exit::Success);
+    let fx = Fixture::for_job("cost").prompts(0..20).start().await;
+    assert_eq!(fx.submit(&[]).await, Exit::Success);
+    let db = fx.db_arg();
     let plain: Value = serde_json::from_str(&status(&["--db", &db, "--json"]).await).expect("json");
     assert_eq!(
         plain["cost"]["unpriced_models"],
@@ -300,7 +291,7 @@ async fn status_estimates_cost_with_the_prices_given() {
         .expect("completion tokens");
     assert!(prompt > 0.0 && completion > 0.0);
 
-    let prices = s.write(
+    let prices = fx.scratch.write(
         "prices.csv",
         "model,input,output\ntest-model,1000000,2000000\n",
     );
@@ -324,7 +315,7 @@ async fn status_estimates_cost_with_the_prices_given() {
     let text = status(&["--db", &db]).await;
     assert!(text.contains("no price for test-model"), "{text}");
     assert!(text.contains("built-in prices of 2025-08-07"), "{text}");
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,20 +323,9 @@ async fn attempts_into_a_closed_pipe_ends_quietly() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let input = s.prompts("pipe.jsonl", 0..1500);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let exit = within(
-        "job",
-        run(
-            &submit_args(&file, &db, &url, &["--concurrency", "64"]),
-            env(),
-        ),
-    )
-    .await
-    .expect("runs");
-    assert_eq!(exit, Exit::Success);
+    let fx = Fixture::for_job("pipe").prompts(0..1500).start().await;
+    assert_eq!(fx.submit(&["--concurrency", "64"]).await, Exit::Success);
+    let db = fx.db_arg();
     for format in ["csv", "jsonl", "table"] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
         cmd.args(["attempts", "--db", &db, "--format", format])
@@ -374,5 +354,5 @@ async fn attempts_into_a_closed_pipe_ends_quietly() {
             "{format}: {stderr}"
         );
     }
-    mock.shutdown().await;
+    fx.shutdown().await;
 }

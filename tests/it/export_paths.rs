@@ -1,12 +1,10 @@
 //! Where `--output` may write: never into the live database, never through a link planted at
 //! the temporary path.
 
-mod support;
-
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 use runner::Exit;
 use runner::mock::MockConfig;
-use support::bin::{output, runner, text};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_is_refused_when_it_names_the_database_and_never_follows_a_planted_link() {

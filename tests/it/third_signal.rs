@@ -1,13 +1,11 @@
 //! A third Ctrl-C exits at once with 130, even while the abort of the second one hangs (here:
 //! on a database another process holds locked), and the job resumes afterwards.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::bin::{Running, output, runner, text};
+use crate::support::*;
 use runner::mock::MockConfig;
-use support::bin::{Running, output, runner, text};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_sigint_exits_at_once_while_the_abort_hangs() {

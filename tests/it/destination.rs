@@ -2,11 +2,9 @@
 //! machine is refused while a key is set, and `OPENAI_BASE_URL` wins over a stored base URL,
 //! saying so.
 
-mod support;
-
+use crate::support::bin::{output, runner, text};
+use crate::support::*;
 use runner::mock::MockConfig;
-use support::bin::{output, runner, text};
-use support::*;
 
 const KEY: &str = "sk-proj-destination-test-000000000000";
 

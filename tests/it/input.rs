@@ -5,13 +5,11 @@
 // covers only #[test] fns and #[cfg(test)] items).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-mod support;
-
 use rstest::rstest;
-use runner::mock::{MockConfig, MockServer};
 use serde_json::json;
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, text};
+use crate::support::*;
 
 /// Line 1 of most cases: a good request.
 const GOOD_1: &str = r#"{"custom_id":"r-1","prompt":"one"}"#;
@@ -41,6 +39,11 @@ fn too_long_line() -> String {
     json!({"custom_id": "r-2", "prompt": "x".repeat(300)}).to_string()
 }
 
+/// `runner submit bad.jsonl` to the fixture's mock, with `extra` flags.
+async fn submit(fx: &Fixture, extra: &[&str]) -> std::process::Output {
+    output(fx.bin_submit(extra)).await
+}
+
 /// Every row of `jobs` and `requests`, as text: what must not change when a submit is refused.
 fn snapshot(db: &std::path::Path) -> Vec<String> {
     if !db.exists() {
@@ -60,22 +63,6 @@ fn snapshot(db: &std::path::Path) -> Vec<String> {
         );
     }
     rows
-}
-
-/// `runner submit bad.jsonl` against `mock`, in `s`, with `extra` flags.
-async fn submit(s: &Scratch, mock: &MockServer, extra: &[&str]) -> std::process::Output {
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
-        "submit",
-        "bad.jsonl",
-        "--base-url",
-        &mock.base_url(),
-        "--model",
-        "test-model",
-        "--no-progress",
-    ])
-    .args(extra);
-    output(cmd).await
 }
 
 #[rstest]
@@ -166,20 +153,19 @@ async fn bad_input_is_refused_naming_file_and_line_and_stores_and_sends_nothing(
     #[case] skipped: Skipped,
 ) {
     for skip_invalid in [false, true] {
-        let s = Scratch::new();
-        let mock = mock(MockConfig::default()).await;
+        let fx = Fixture::for_job("bad").start().await;
         if let Some(previous) = &previous {
-            write_bytes(&s.path("bad.jsonl"), previous);
-            let out = submit(&s, &mock, extra).await;
+            write_bytes(&fx.input, previous);
+            let out = submit(&fx, extra).await;
             assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         }
-        let before = (snapshot(&s.db()), mock.stats().answers);
-        write_bytes(&s.path("bad.jsonl"), &input);
+        let before = (snapshot(&fx.db()), fx.mock.stats().answers);
+        write_bytes(&fx.input, &input);
         let mut flags = extra.to_vec();
         if skip_invalid {
             flags.push("--skip-invalid");
         }
-        let out = submit(&s, &mock, &flags).await;
+        let out = submit(&fx, &flags).await;
         let stderr = text(&out.stderr);
         match (skip_invalid, skipped) {
             (false, _) | (true, Skipped::Refused) => {
@@ -189,7 +175,7 @@ async fn bad_input_is_refused_naming_file_and_line_and_stores_and_sends_nothing(
                     "skip {skip_invalid}: {stderr}"
                 );
                 assert_eq!(
-                    (snapshot(&s.db()), mock.stats().answers),
+                    (snapshot(&fx.db()), fx.mock.stats().answers),
                     before,
                     "skip {skip_invalid}: nothing stored, nothing sent"
                 );
@@ -200,7 +186,7 @@ async fn bad_input_is_refused_naming_file_and_line_and_stores_and_sends_nothing(
                     stderr.contains("1 invalid lines recorded as failed requests"),
                     "{stderr}"
                 );
-                let (header, rows) = export_csv(&s.db(), "bad");
+                let (header, rows) = fx.export_csv();
                 let bad = rows
                     .iter()
                     .find(|r| cell(&header, r, "custom_id") == key)
@@ -225,13 +211,13 @@ async fn bad_input_is_refused_naming_file_and_line_and_stores_and_sends_nothing(
                     "the other lines ran"
                 );
                 assert_eq!(
-                    mock.stats().answers,
+                    fx.mock.stats().answers,
                     good.len() as u64,
                     "each good line was sent once, the bad one never"
                 );
             }
         }
-        mock.shutdown().await;
+        fx.shutdown().await;
     }
 }
 
@@ -241,29 +227,27 @@ async fn bad_input_is_refused_naming_file_and_line_and_stores_and_sends_nothing(
 #[case::bom_and_crlf(b"\xEF\xBB\xBF{\"prompt\":\"a\"}\r\n\r\n{\"prompt\":\"b\"}".to_vec(), [1, 3])]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blank_lines_crlf_and_a_bom_are_accepted(#[case] input: Vec<u8>, #[case] at: [i64; 2]) {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    write_bytes(&s.path("bad.jsonl"), &input);
-    let out = submit(&s, &mock, &[]).await;
+    let fx = Fixture::for_job("bad").start().await;
+    write_bytes(&fx.input, &input);
+    let out = submit(&fx, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(mock.stats().answers, 2);
+    assert_eq!(fx.mock.stats().answers, 2);
     for (prompt, line) in ["a", "b"].iter().zip(at) {
         let body =
             json!({"model": "test-model", "messages": [{"role": "user", "content": prompt}]});
-        assert_eq!(mock.stats().successes_for(&body), 1, "{prompt}");
+        assert_eq!(fx.mock.stats().successes_for(&body), 1, "{prompt}");
         let sql = format!(
             "SELECT line FROM requests WHERE body = '{}'",
             body.to_string().replace('\'', "''")
         );
-        assert_eq!(query_i64(&s.db(), &sql), line, "{prompt}");
+        assert_eq!(query_i64(&fx.db(), &sql), line, "{prompt}");
     }
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_invalid_keeps_going_past_every_bad_line_and_exports_each_with_its_error() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
+    let fx = Fixture::for_job("bad").start().await;
     // A 2 MiB line with a 1 KiB limit: read past, never kept.
     let huge = json!({"custom_id": "huge", "prompt": "x".repeat(2 << 20)}).to_string();
     let input = [
@@ -278,17 +262,21 @@ async fn skip_invalid_keeps_going_past_every_bad_line_and_exports_each_with_its_
         lines(&[GOOD_3]),
     ]
     .concat();
-    write_bytes(&s.path("bad.jsonl"), &input);
-    let out = submit(&s, &mock, &["--skip-invalid", "--max-line-bytes", "1024"]).await;
+    write_bytes(&fx.input, &input);
+    let out = submit(&fx, &["--skip-invalid", "--max-line-bytes", "1024"]).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("bad: 5 invalid lines recorded as failed requests (--skip-invalid)"),
         "{stderr}"
     );
-    assert_eq!(mock.stats().answers, 2, "only the two good lines were sent");
+    assert_eq!(
+        fx.mock.stats().answers,
+        2,
+        "only the two good lines were sent"
+    );
 
-    let (header, rows) = export_csv(&s.db(), "bad");
+    let (header, rows) = fx.export_csv();
     let summary: Vec<(String, String, String, String)> = rows
         .iter()
         .map(|r| {
@@ -313,9 +301,8 @@ async fn skip_invalid_keeps_going_past_every_bad_line_and_exports_each_with_its_
     assert_eq!(summary, expected);
 
     // The Batch output reports them as errors without an HTTP answer.
-    let mut cmd = runner(s.dir.path());
-    cmd.args(["export", "--format", "jsonl"]);
-    let jsonl = text(&output(cmd).await.stdout);
+    let export = output(fx.bin(&["export", "--format", "jsonl"])).await;
+    let jsonl = text(&export.stdout);
     let cut: serde_json::Value = jsonl
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
@@ -330,25 +317,24 @@ async fn skip_invalid_keeps_going_past_every_bad_line_and_exports_each_with_its_
             .starts_with("bad.jsonl:2: invalid JSON"),
         "{cut}"
     );
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_line_replaces_its_failed_row_on_the_next_submit() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
+    let fx = Fixture::for_job("bad").start().await;
     let broken = lines(&[
         GOOD_1,
         r#"{"custom_id":"r-2","prompt": oops}"#,
         "{nope",
         GOOD_3,
     ]);
-    write_bytes(&s.path("bad.jsonl"), &broken);
-    let out = submit(&s, &mock, &["--skip-invalid"]).await;
+    write_bytes(&fx.input, &broken);
+    let out = submit(&fx, &["--skip-invalid"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(
         query_i64(
-            &s.db(),
+            &fx.db(),
             "SELECT count(*) FROM requests WHERE error_class = 'invalid_input'"
         ),
         2
@@ -362,10 +348,10 @@ async fn a_fixed_line_replaces_its_failed_row_on_the_next_submit() {
         r#"{"prompt":"no id"}"#,
         GOOD_3,
     ]);
-    write_bytes(&s.path("bad.jsonl"), &fixed);
-    let out = submit(&s, &mock, &[]).await;
+    write_bytes(&fx.input, &fixed);
+    let out = submit(&fx, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let (header, rows) = export_csv(&s.db(), "bad");
+    let (header, rows) = fx.export_csv();
     assert_eq!(rows.len(), 4, "no row left over from the broken lines");
     assert!(
         rows.iter()
@@ -373,21 +359,20 @@ async fn a_fixed_line_replaces_its_failed_row_on_the_next_submit() {
     );
     assert_eq!(cell(&header, &rows[1], "custom_id"), "r-2");
     assert!(cell(&header, &rows[2], "custom_id").starts_with("auto-"));
-    assert_eq!(mock.stats().answers, 4, "each request sent once");
-    mock.shutdown().await;
+    assert_eq!(fx.mock.stats().answers, 4, "each request sent once");
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_that_breaks_later_keeps_its_earlier_result() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    write_bytes(&s.path("bad.jsonl"), &lines(&[GOOD_1, GOOD_3]));
-    assert_eq!(submit(&s, &mock, &[]).await.status.code(), Some(0));
+    let fx = Fixture::for_job("bad").start().await;
+    write_bytes(&fx.input, &lines(&[GOOD_1, GOOD_3]));
+    assert_eq!(submit(&fx, &[]).await.status.code(), Some(0));
     write_bytes(
-        &s.path("bad.jsonl"),
+        &fx.input,
         &lines(&[GOOD_1, r#"{"custom_id":"r-3","prompt": broken"#]),
     );
-    let out = submit(&s, &mock, &["--skip-invalid"]).await;
+    let out = submit(&fx, &["--skip-invalid"]).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
@@ -397,10 +382,10 @@ async fn a_line_that_breaks_later_keeps_its_earlier_result() {
     );
     assert!(!stderr.contains("recorded as failed"), "{stderr}");
     assert_eq!(
-        query_text(&s.db(), "SELECT state FROM requests WHERE key = 'r-3'").as_deref(),
+        query_text(&fx.db(), "SELECT state FROM requests WHERE key = 'r-3'").as_deref(),
         Some("succeeded"),
         "a success is never overwritten by a bad line"
     );
-    assert_eq!(mock.stats().answers, 2);
-    mock.shutdown().await;
+    assert_eq!(fx.mock.stats().answers, 2);
+    fx.shutdown().await;
 }

@@ -2,22 +2,17 @@
 //! the other one took the job over) writes nothing more for that job, stops, and exits 4; and a
 //! runner that is alive on this host never loses its job, even when its lease looks expired.
 
-// Helpers outside #[test] fns fail loudly too (allow-*-in-tests does not reach them).
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::bin::{Running, output, runner, text};
+use crate::support::*;
 use rstest::rstest;
 use runner::domain::{AttemptOutcome, Class, Completion, Disposition, EventKind, JobState, Usage};
 use runner::mock::MockConfig;
 use runner::store::lease::{self, LeaseOwner, Liveness};
 use runner::store::{Fence, JobStore, StoreError, db};
 use runner::util::clock::now_ms;
-use support::bin::{Running, output, runner, text};
-use support::*;
 
 /// A mock whose answers take ten minutes: requests stay in flight for as long as a test needs.
 fn hanging() -> MockConfig {

@@ -1,14 +1,12 @@
 //! `runner export` on the real binary: cells a spreadsheet would run are neutralised in CSV (and
 //! only there), and export files are private.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 
-use runner::mock::MockConfig;
 use serde_json::json;
-use support::bin::{output, runner, text};
-use support::*;
+
+use crate::support::bin::{output, text};
+use crate::support::*;
 
 /// custom ids a spreadsheet would evaluate, and one it would not.
 const IDS: [&str; 7] = [
@@ -23,28 +21,25 @@ const IDS: [&str; 7] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_neutralises_formulas_by_default_and_no_sanitize_and_jsonl_keep_them_exact() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
     let text_in: String = IDS
         .iter()
         .enumerate()
         .map(|(i, id)| format!("{}\n", json!({"custom_id": id, "prompt": format!("p {i}")})))
         .collect();
-    s.write("formulas.jsonl", &text_in);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let fx = Fixture::for_job("formulas").input(text_in).start().await;
+    let out = output(fx.bin(&[
         "submit",
         "formulas.jsonl",
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--no-progress",
-    ]);
-    let out = output(cmd).await;
+    ]))
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     let export = |extra: &[&str]| {
-        let mut cmd = runner(s.dir.path());
-        cmd.arg("export").args(extra);
+        let mut cmd = fx.bin(&["export"]);
+        cmd.args(extra);
         cmd
     };
     let custom_ids = |csv: &[u8]| -> Vec<String> {
@@ -83,23 +78,21 @@ async fn csv_neutralises_formulas_by_default_and_no_sanitize_and_jsonl_keep_them
         })
         .collect();
     assert_eq!(ids, IDS, "JSONL is never altered");
-    mock.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_files_are_private_even_over_an_older_file() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    s.prompts("private.jsonl", 0..3);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let fx = Fixture::for_job("private").prompts(0..3).start().await;
+    let s = &fx.scratch;
+    let submit = fx.bin(&[
         "submit",
         "private.jsonl",
         "--base-url",
-        &mock.base_url(),
+        &fx.url(),
         "--no-progress",
     ]);
-    assert_eq!(output(cmd).await.status.code(), Some(0));
+    assert_eq!(output(submit).await.status.code(), Some(0));
     // Left by someone else, world-readable: the export must not inherit that.
     for old in ["results.csv", "results.csv.partial"] {
         std::fs::write(s.path(old), "old").expect("write");
@@ -107,9 +100,7 @@ async fn export_files_are_private_even_over_an_older_file() {
             .expect("chmod");
     }
     for format in ["csv", "jsonl"] {
-        let mut cmd = runner(s.dir.path());
-        cmd.args(["export", "--format", format, "--output", "results.csv"]);
-        let out = output(cmd).await;
+        let out = output(fx.bin(&["export", "--format", format, "--output", "results.csv"])).await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let mode = std::fs::metadata(s.path("results.csv"))
             .expect("export written")
@@ -121,5 +112,5 @@ async fn export_files_are_private_even_over_an_older_file() {
             "renamed into place"
         );
     }
-    mock.shutdown().await;
+    fx.shutdown().await;
 }

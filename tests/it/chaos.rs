@@ -5,18 +5,13 @@
 //! often than the faults allow (only requests in flight at a kill may be sent twice, and only
 //! those with an interrupted attempt), and the file passes `PRAGMA integrity_check`.
 
-// Helpers outside #[test] fns fail loudly too (allow-*-in-tests does not reach them).
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-
-mod support;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::bin::{Running, output, runner, text};
+use crate::support::*;
 use runner::mock::MockConfig;
-use support::bin::{Running, output, runner, text};
-use support::*;
 
 const REQUESTS: usize = 400;
 /// Faults injected at most.

@@ -1,15 +1,14 @@
 //! One runner per job: a second `submit` or `resume` of a running job is refused, read-only
 //! commands keep working, and the lease of a runner that was killed does not block `resume`.
 
-mod support;
-
 use std::time::Duration;
 
 use runner::Exit;
 use runner::engine::shutdown::Shutdown;
 use runner::mock::MockConfig;
-use support::bin::{Running, output, runner, text};
-use support::*;
+
+use crate::support::bin::{Running, output, runner, text};
+use crate::support::*;
 
 /// A mock whose answers take ten minutes: requests stay in flight for as long as a test needs.
 fn hanging() -> MockConfig {
@@ -21,12 +20,13 @@ fn hanging() -> MockConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_commands_work() {
-    let s = Scratch::new();
-    let slow = mock(hanging()).await;
-    s.prompts("busy.jsonl", 0..20);
+    let fx = Fixture::for_job("busy")
+        .mock(hanging())
+        .prompts(0..20)
+        .start()
+        .await;
     let submit = |base_url: &str| {
-        let mut cmd = runner(s.dir.path());
-        cmd.args([
+        fx.bin(&[
             "submit",
             "busy.jsonl",
             "--base-url",
@@ -36,11 +36,10 @@ async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_com
             "--no-progress",
             "--concurrency",
             "4",
-        ]);
-        cmd
+        ])
     };
-    let first = Running::spawn(submit(&slow.base_url()));
-    let db = s.db();
+    let first = Running::spawn(submit(&fx.url()));
+    let db = fx.db();
     wait_until("the first runner's requests in flight", || {
         try_query_i64(
             &db,
@@ -62,16 +61,15 @@ async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_com
         stderr.contains(&format!("`kill -INT {}`", first.pid())),
         "{stderr}"
     );
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
+    let resumed = output(fx.bin(&[
         "resume",
         "--job",
         "busy",
         "--base-url",
         &fast.base_url(),
         "--no-progress",
-    ]);
-    let resumed = output(cmd).await;
+    ]))
+    .await;
     assert_eq!(resumed.status.code(), Some(1));
     assert!(
         text(&resumed.stderr).contains(&holder),
@@ -86,9 +84,7 @@ async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_com
         (&["export"][..], "r-19,pending,"),
         (&["jobs"][..], "busy"),
     ] {
-        let mut cmd = runner(s.dir.path());
-        cmd.args(args);
-        let out = output(cmd).await;
+        let out = output(fx.bin(args)).await;
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -98,20 +94,13 @@ async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_com
         let stdout = text(&out.stdout);
         assert!(stdout.contains(expected), "{args:?}: {stdout}");
     }
-    let status = {
-        let mut cmd = runner(s.dir.path());
-        cmd.arg("status");
-        text(&output(cmd).await.stdout)
-    };
+    let status = text(&output(fx.bin(&["status"])).await.stdout);
     assert!(
         status.contains(&format!("runner    pid {} on host", first.pid())),
         "status names the runner: {status}"
     );
     assert_eq!(
-        query_i64(
-            &s.db(),
-            "SELECT count(*) FROM requests WHERE state = 'in_flight'"
-        ),
+        requests_in(&fx.db(), "in_flight"),
         4,
         "the refused runners left the running job alone"
     );
@@ -124,11 +113,11 @@ async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_com
     let (status, stderr) = first.wait().await;
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert_eq!(
-        query_text(&s.db(), "SELECT lease_owner FROM jobs"),
+        query_text(&fx.db(), "SELECT lease_owner FROM jobs"),
         None,
         "released at the end"
     );
-    slow.shutdown().await;
+    let s = fx.shutdown().await;
 
     let mut cmd = runner(s.dir.path());
     cmd.args(["resume", "--no-progress", "--base-url", &fast.base_url()]);
@@ -140,13 +129,13 @@ async fn a_second_submit_or_resume_of_a_running_job_is_refused_and_read_only_com
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_submits_started_together_exactly_one_runs() {
-    let s = Scratch::new();
-    let slow = mock(hanging()).await;
-    let input = s.prompts("race.jsonl", 0..10);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), slow.base_url());
-    let args = submit_args(&file, &db, &url, &["--concurrency", "2"]);
+    let fx = Fixture::for_job("race")
+        .mock(hanging())
+        .prompts(0..10)
+        .start()
+        .await;
     let shutdown = Shutdown::new();
-    let start = |shutdown: Shutdown| spawn_run(&args, env(), shutdown);
+    let start = |shutdown: Shutdown| fx.spawn_submit(&["--concurrency", "2"], shutdown);
     let (a, b) = (start(shutdown.clone()), start(shutdown.clone()));
     // The loser ends at once; the winner runs until it is aborted.
     let loser = within("one submit is refused", async {
@@ -177,44 +166,31 @@ async fn of_two_submits_started_together_exactly_one_runs() {
         .expect("runs");
     assert_eq!(exit, Exit::Interrupted);
     assert_eq!(
-        query_i64(&s.db(), "SELECT count(*) FROM requests"),
+        query_i64(&fx.db(), "SELECT count(*) FROM requests"),
         10,
         "the file was ingested once"
     );
-    slow.shutdown().await;
+    fx.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_of_a_killed_runner_does_not_block_resume() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig {
-        latency: Duration::from_millis(20),
-        ..MockConfig::default()
-    })
-    .await;
-    s.prompts("killed.jsonl", 0..400);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
-        "submit",
-        "killed.jsonl",
-        "--base-url",
-        &mock.base_url(),
-        "--model",
-        "test-model",
-        "--no-progress",
-        "--concurrency",
-        "2",
-    ]);
-    let run = Running::spawn(cmd);
-    wait_until("some successes", || mock.stats().successes() >= 10).await;
+    let fx = Fixture::for_job("killed")
+        .mock(MockConfig {
+            latency: Duration::from_millis(20),
+            ..MockConfig::default()
+        })
+        .prompts(0..400)
+        .start()
+        .await;
+    let run = Running::spawn(fx.bin_submit(&["--concurrency", "2"]));
+    wait_until("some successes", || fx.mock.stats().successes() >= 10).await;
     let pid = run.pid();
     run.kill_9().await;
-    let left = query_text(&s.db(), "SELECT lease_owner FROM jobs").expect("the lease is left");
+    let left = query_text(&fx.db(), "SELECT lease_owner FROM jobs").expect("the lease is left");
     assert!(left.starts_with(&format!("pid {pid} on host ")), "{left}");
 
-    let mut cmd = runner(s.dir.path());
-    cmd.args(["resume", "--no-progress"]);
-    let out = output(cmd).await;
+    let out = output(fx.bin(&["resume", "--no-progress"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     // Taken over because the holder is gone, not because its lease ran out (30 s).
@@ -224,8 +200,8 @@ async fn the_lease_of_a_killed_runner_does_not_block_resume() {
         )),
         "{stderr}"
     );
-    let twice = interrupted_ids(&s.db());
-    let stats = mock.stats();
+    let twice = interrupted_ids(&fx.db());
+    let stats = fx.mock.stats();
     for i in 0..400 {
         let n = stats.successes_for(&sent_body(i));
         assert!(
@@ -233,6 +209,6 @@ async fn the_lease_of_a_killed_runner_does_not_block_resume() {
             "request {i} succeeded {n} times"
         );
     }
-    assert_eq!(query_text(&s.db(), "SELECT lease_owner FROM jobs"), None);
-    mock.shutdown().await;
+    assert_eq!(query_text(&fx.db(), "SELECT lease_owner FROM jobs"), None);
+    fx.shutdown().await;
 }

@@ -1,12 +1,11 @@
 //! Shared helpers for the integration tests: the real mock server on 127.0.0.1:0, input files,
-//! in-process runs of the real command code, CSV and database readers, bounded waits.
-#![allow(dead_code)]
-// each test binary uses a different subset
-// Test helpers: a failed setup should panic with its message. clippy's allow-*-in-tests covers
-// only #[test] fns and #[cfg(test)] items, not the helpers of an integration test crate.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! in-process runs of the real command code, CSV and database readers, bounded waits; [`Fixture`]
+//! puts the usual ones together (scratch directory, mock, input, `submit` and `resume`).
 
 pub mod bin;
+pub mod fixture;
+
+pub use fixture::Fixture;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,7 +18,7 @@ use runner::cli::Cli;
 use runner::engine::config::ApiEnv;
 use runner::engine::shutdown::Shutdown;
 use runner::http::client::ApiKey;
-use runner::mock::{MockConfig, MockServer};
+use runner::mock::{MockConfig, MockServer, MockStats};
 use serde_json::{Value, json};
 
 /// Upper bound for any wait in a test: generous for a loaded 2-core CI machine.
@@ -92,28 +91,29 @@ pub fn env_with_key(key: &str) -> ApiEnv {
 }
 
 /// Parses `args` as the real CLI and runs the command in-process.
-pub async fn run(args: &[&str], env: ApiEnv) -> anyhow::Result<Exit> {
+pub async fn run(args: &[impl AsRef<str>], env: ApiEnv) -> anyhow::Result<Exit> {
     run_with(args, env, Shutdown::new()).await
 }
 
-pub async fn run_with(args: &[&str], env: ApiEnv, shutdown: Shutdown) -> anyhow::Result<Exit> {
-    let cli = Cli::try_parse_from(std::iter::once("runner").chain(args.iter().copied()))
-        .map_err(|e| anyhow::anyhow!("usage error: {e}"))?;
+pub async fn run_with(
+    args: &[impl AsRef<str>],
+    env: ApiEnv,
+    shutdown: Shutdown,
+) -> anyhow::Result<Exit> {
+    let args = std::iter::once("runner").chain(args.iter().map(AsRef::as_ref));
+    let cli = Cli::try_parse_from(args).map_err(|e| anyhow::anyhow!("usage error: {e}"))?;
     runner::run(cli.command, env, shutdown).await
 }
 
 /// Runs `args` in-process on a task of its own, so a test can act while it runs (stop it,
 /// start a rival, read the journal).
 pub fn spawn_run(
-    args: &[&str],
+    args: &[impl AsRef<str>],
     env: ApiEnv,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<anyhow::Result<Exit>> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_with(&args, env, shutdown).await
-    })
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    tokio::spawn(async move { run_with(&args, env, shutdown).await })
 }
 
 /// `submit FILE --db DB --base-url MOCK --model test-model --no-progress` plus `extra`.
@@ -195,6 +195,35 @@ pub fn cell<'r>(header: &[String], row: &'r csv::StringRecord, column: &str) -> 
 pub fn query_i64(db: &Path, sql: &str) -> i64 {
     let conn = rusqlite::Connection::open(db).expect("db opens");
     conn.query_row(sql, [], |r| r.get(0)).expect("query")
+}
+
+/// How many requests of the database's jobs are in `state` (`pending`, `succeeded`, …).
+pub fn requests_in(db: &Path, state: &str) -> i64 {
+    query_i64(
+        db,
+        &format!("SELECT count(*) FROM requests WHERE state = '{state}'"),
+    )
+}
+
+/// Retries sent before the server's time: attempts that follow a 429 (`rate_limited`) sooner
+/// than `wait_ms` after it.
+pub fn early_retries(db: &Path, wait_ms: i64) -> i64 {
+    query_i64(
+        db,
+        &format!(
+            "SELECT count(*) FROM attempts a JOIN attempts b ON a.request_id = b.request_id AND b.number = a.number + 1
+             WHERE a.error_class = 'rate_limited' AND b.started_at < a.finished_at + {wait_ms}"
+        ),
+    )
+}
+
+/// Asserts that the mock answered [`sent_body`]`(i)` with exactly one success for each i in
+/// `range`.
+#[track_caller]
+pub fn assert_succeeded_once(stats: &MockStats, range: std::ops::Range<usize>) {
+    for i in range {
+        assert_eq!(stats.successes_for(&sent_body(i)), 1, "request {i}");
+    }
 }
 
 /// Custom ids of requests that have an `interrupted` attempt (sent twice is allowed for them).
