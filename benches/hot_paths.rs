@@ -1,9 +1,6 @@
 //! Micro-benchmarks of the per-request hot paths: reading a line, hashing it, classifying an
 //! answer, journaling an attempt, estimating tokens. `cargo bench --bench hot_paths`.
 //! Numbers live in the README, never in tests.
-// Helpers of a test crate: a failed setup panics with its message (clippy's allow-*-in-tests
-// covers only #[test] fns and #[cfg(test)] items).
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 // Benchmarks are not shipped: the `[lints]` ban on unwrap, expect and panic is for `src/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
