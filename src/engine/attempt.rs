@@ -253,10 +253,7 @@ pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
                 "the answer's body is at least {at_least} bytes, over the --max-response-bytes limit of {cap}: \
                  raise --max-response-bytes, then `runner retry-failed --class request_failed` sends it again"
             )),
-            x_request_id: headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            x_request_id: hints::request_id(&headers),
             response: None,
             usage: Usage::default(),
             wait: None,
@@ -312,7 +309,7 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         stream,
     } = answer;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let x_request_id = header("x-request-id").map(str::to_owned);
+    let x_request_id = hints::request_id(&headers);
     let limit_per_minute = hints::limit_per_minute(&headers);
     let should_retry = hints::should_retry(&headers);
     let success = (200..300).contains(&status);

@@ -139,6 +139,20 @@ pub fn limit_per_minute(headers: &HeaderMap) -> Option<f64> {
     (limit > 0.0).then(|| limit.clamp(MIN_LIMIT_PER_MINUTE, MAX_LIMIT_PER_MINUTE))
 }
 
+/// Longest request id kept: ids are short tokens; a longer value is not one.
+const MAX_REQUEST_ID: usize = 200;
+
+/// The answer's request id, what support asks for: `x-request-id` (OpenAI, most compatible
+/// servers), else `request-id` (LiteLLM's proxy, which sends no `x-request-id`). A value that is
+/// not short visible ASCII is ignored: it goes into the journal and onto terminals.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    ["x-request-id", "request-id"].into_iter().find_map(|name| {
+        let value = headers.get(name)?.to_str().ok()?.trim();
+        let printable = value.bytes().all(|b| b.is_ascii_graphic());
+        (!value.is_empty() && value.len() <= MAX_REQUEST_ID && printable).then(|| value.to_owned())
+    })
+}
+
 /// `x-should-retry`: `Some(true)` or `Some(false)` when the server overrides the status-code
 /// rules, `None` when it is absent or anything else. Case and surrounding spaces are ignored.
 pub fn should_retry(headers: &HeaderMap) -> Option<bool> {

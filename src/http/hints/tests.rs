@@ -376,3 +376,23 @@ proptest! {
         }
     }
 }
+
+#[rstest]
+#[case::openai(&[("x-request-id", "req_abc123")], Some("req_abc123"))]
+#[case::litellm(&[("request-id", "c0ffee")], Some("c0ffee"))]
+#[case::x_request_id_first(&[("request-id", "b"), ("x-request-id", "a")], Some("a"))]
+#[case::absent(&[], None)]
+#[case::blank(&[("x-request-id", "  ")], None)]
+#[case::not_a_token(&[("x-request-id", "a b\u{1b}[31m")], None)]
+fn request_ids_come_from_either_header(
+    #[case] pairs: &[(&'static str, &str)],
+    #[case] expected: Option<&str>,
+) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    assert_eq!(request_id(&headers).as_deref(), expected);
+}

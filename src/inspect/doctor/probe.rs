@@ -80,8 +80,7 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
         payload,
         should_retry,
     });
-    let request_id = answer
-        .header("x-request-id")
+    let request_id = hints::request_id(&answer.headers)
         .map_or_else(String::new, |id| format!(", x-request-id {id}"));
     let code = error
         .code
