@@ -308,7 +308,6 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         body,
         stream,
     } = answer;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let x_request_id = hints::request_id(&headers);
     let limit_per_minute = hints::limit_per_minute(&headers);
     let should_retry = hints::should_retry(&headers);
