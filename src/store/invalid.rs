@@ -1,7 +1,7 @@
 //! `runner submit --skip-invalid`: lines that cannot become requests, kept as failed requests.
 //!
 //! Such a line is stored as a *marker*: a request in state `failed` with error class
-//! [`INVALID_INPUT`], the line's error as its message and no attempt, so `status` counts it and
+//! [`AttemptClass::InvalidInput`], the line's error as its message and no attempt, so `status` counts it and
 //! `export` lists it, and it is never sent. Its key is the line's custom_id when one can be read
 //! from it, else `line-N`.
 //!
@@ -13,11 +13,11 @@
 use rusqlite::{Connection, params};
 
 use super::StoreError;
-use crate::domain::JobId;
+use crate::domain::{AttemptClass, JobId};
 use crate::input::{InputError, Prompt};
 
 /// The `error_class` of a line that could not be read as a request.
-pub const INVALID_INPUT: &str = "invalid_input";
+const INVALID_INPUT: AttemptClass = AttemptClass::InvalidInput;
 
 /// The key of a bad line.
 pub(super) fn key_for(custom_id: Option<&str>, line: u64) -> String {
