@@ -109,13 +109,9 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 job.name, report.invalid, job.name
             );
         }
-        Invocation {
-            env,
-            run: &args.run,
-            shutdown,
-        }
-        .execute(&store, job, me, &settings)
-        .await
+        Invocation::new(env, &args.run, shutdown)
+            .execute(&store, job, me, &settings)
+            .await
     })
     .await
 }
@@ -134,13 +130,9 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 .call(move |c| db::update_job_config(c, id, &config, now))
                 .await?;
         }
-        Invocation {
-            env,
-            run: &args.run,
-            shutdown,
-        }
-        .execute(&store, job, me, &settings)
-        .await
+        Invocation::new(env, &args.run, shutdown)
+            .execute(&store, job, me, &settings)
+            .await
     })
     .await
 }
@@ -214,13 +206,9 @@ pub async fn retry_failed(
             job.name,
             class.map(|c| format!(" of class {c}")).unwrap_or_default()
         );
-        Invocation {
-            env,
-            run: &args.run,
-            shutdown,
-        }
-        .execute(&store, job, me, &settings)
-        .await
+        Invocation::new(env, &args.run, shutdown)
+            .execute(&store, job, me, &settings)
+            .await
     })
     .await
 }
@@ -267,7 +255,11 @@ struct Invocation<'a> {
     shutdown: &'a Shutdown,
 }
 
-impl Invocation<'_> {
+impl<'a> Invocation<'a> {
+    fn new(env: &'a ApiEnv, run: &'a RunArgs, shutdown: &'a Shutdown) -> Self {
+        Invocation { env, run, shutdown }
+    }
+
     /// Runs the job whose lease `me` holds, with these settings, to its end.
     async fn execute(
         &self,

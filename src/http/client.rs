@@ -322,14 +322,15 @@ impl ApiClient {
             Err(e) => return failed(&e),
         };
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
         let streamed = (200..300).contains(&status)
             && is_event_stream(
-                headers
+                response
+                    .headers()
                     .get(CONTENT_TYPE)
                     .and_then(|value| value.to_str().ok()),
             );
         if streamed {
+            let headers = response.headers().clone();
             let (head, stream) = read_stream(response).await;
             return Sent::Answer(Answer {
                 status,
@@ -338,6 +339,13 @@ impl ApiClient {
                 stream: Some(stream),
             });
         }
+        self.read_whole(response).await
+    }
+
+    /// Reads a plain (not streamed) answer, at most `max_body_bytes` of it.
+    async fn read_whole(&self, response: reqwest::Response) -> Sent {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
         match body::read_capped(response, self.max_body_bytes).await {
             Ok(body) => Sent::Answer(Answer {
                 status,
@@ -366,25 +374,7 @@ impl ApiClient {
     /// GETs a path (used by the mock server's tests and by `doctor`-style probes).
     pub async fn get(&self, path: &str) -> Sent {
         match self.http.get(self.url_for(path)).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let headers = response.headers().clone();
-                match body::read_capped(response, self.max_body_bytes).await {
-                    Ok(body) => Sent::Answer(Answer {
-                        status,
-                        headers,
-                        body,
-                        stream: None,
-                    }),
-                    Err(BodyError::TooLarge { cap, at_least }) => Sent::TooLarge {
-                        status,
-                        headers,
-                        cap,
-                        at_least,
-                    },
-                    Err(BodyError::Transport(e)) => failed(&e),
-                }
-            }
+            Ok(response) => self.read_whole(response).await,
             Err(e) => failed(&e),
         }
     }
