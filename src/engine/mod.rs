@@ -16,8 +16,10 @@
 //! - [`tokens`]: token estimates for `--tpm`.
 //! - [`progress`]: the bar or summary lines on stderr.
 //! - [`shutdown`]: two-stage Ctrl-C handling.
+//! - [`batch_chunks`]: pending requests cut into hosted Batch API input files (not wired in yet).
 
 pub mod attempt;
+pub mod batch_chunks;
 pub mod breaker;
 pub mod config;
 pub mod context;

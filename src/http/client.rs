@@ -371,6 +371,26 @@ impl ApiClient {
         }
     }
 
+    /// A request to `path` with the job's headers, for calls that read their answer themselves
+    /// (the Files and Batches calls of [`super::batch`]).
+    pub(super) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, self.url_for(path));
+        for (name, value) in super::headers::for_request(&self.headers, None, path) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                request = request.header(name, value);
+            }
+        }
+        request
+    }
+
+    /// The longest answer body read.
+    pub(super) fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     /// GETs a path (used by the mock server's tests and by `doctor`-style probes).
     pub async fn get(&self, path: &str) -> Sent {
         match self.http.get(self.url_for(path)).send().await {
@@ -436,7 +456,7 @@ fn failed(e: &reqwest::Error) -> Sent {
 }
 
 /// `e` and its sources, joined: reqwest's own message alone hides the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -1,7 +1,9 @@
-//! Talking to the API: sending attempts ([`client`]) with extra [`headers`], reading answers with bounds ([`body`],
+//! Talking to the API: sending attempts ([`client`]), the hosted Batch API's Files and Batches
+//! calls ([`batch`]), with extra [`headers`], reading answers with bounds ([`body`],
 //! [`hints`]), assembling streamed answers ([`sse`]), reading success bodies ([`response`]) and
 //! deciding what results mean ([`classify`]).
 
+pub mod batch;
 pub mod body;
 pub mod classify;
 pub mod client;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Fault, MockConfig, RetryAfterStyle, Spike};
+use super::{BatchFate, Fault, MockConfig, RetryAfterStyle, Spike};
 
 /// Flags of `runner mock-server`: a fault-injecting mock of the OpenAI API.
 #[derive(clap::Args, Debug, Clone)]
@@ -93,6 +93,22 @@ pub struct MockArgs {
     /// Answer like Azure OpenAI: 401 without an api-key header, 404 without an api-version query parameter
     #[arg(long)]
     pub require_api_key: bool,
+
+    /// Hosted Batch API: time from creating a batch to its completion (e.g. 2s, 1m)
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub batch_processing: Duration,
+
+    /// Hosted Batch API: answer the first N file uploads 401 missing_scope
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub batch_missing_scope_uploads: u64,
+
+    /// Hosted Batch API: answer the first N batch creations 401 missing_scope
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub batch_missing_scope_creates: u64,
+
+    /// Hosted Batch API: fates of the 1st, 2nd, … batch created, comma-separated: complete, fail-validation, expire
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub batch_fates: Vec<String>,
 }
 
 /// `--retry-after-style` values.
@@ -186,6 +202,14 @@ pub enum MockArgsError {
         /// The value given.
         spec: String,
     },
+    /// A `--batch-fates` entry the mock does not know.
+    #[error(
+        "--batch-fates names an unknown fate {name:?}; use complete, fail-validation or expire"
+    )]
+    BatchFate {
+        /// The name given.
+        name: String,
+    },
     /// A `--spike` naming a fault the mock does not know.
     #[error(
         "--spike {spec:?} names an unknown fault {name:?}; use one of missing-scope, \
@@ -256,6 +280,17 @@ impl TryFrom<&MockArgs> for MockConfig {
             cut_streams: args.cut_streams,
             stream_errors: args.stream_errors,
             require_api_key: args.require_api_key,
+            batch_processing: args.batch_processing,
+            batch_missing_scope_uploads: args.batch_missing_scope_uploads,
+            batch_missing_scope_creates: args.batch_missing_scope_creates,
+            batch_fates: args
+                .batch_fates
+                .iter()
+                .map(|name| {
+                    BatchFate::from_name(name)
+                        .ok_or_else(|| MockArgsError::BatchFate { name: name.clone() })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
         })
     }
 }

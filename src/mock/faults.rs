@@ -147,14 +147,22 @@ fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> A
     Answer::json(status, error_body(message, kind, None, code))
 }
 
-/// 401 `missing_scope`.
+/// 401 `missing_scope` for `model.request`.
 pub(crate) fn missing_scope() -> Answer {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "You have insufficient permissions for this operation. Missing scopes: model.request. \
+    missing_scope_for("model.request")
+}
+
+/// 401 `missing_scope` naming `scope` (`api.files.write`, `api.batch.write`, …).
+pub(crate) fn missing_scope_for(scope: &str) -> Answer {
+    let message = format!(
+        "You have insufficient permissions for this operation. Missing scopes: {scope}. \
          Check that you have the correct role in your organization (Reader, Writer, Owner) and \
          project (Member, Owner), and if you're using a restricted API key, that it has the \
-         necessary scopes.",
+         necessary scopes."
+    );
+    error(
+        StatusCode::UNAUTHORIZED,
+        &message,
         "invalid_request_error",
         Some("missing_scope"),
     )

@@ -16,6 +16,10 @@
 //!   the next N with an error event.
 //! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers).
 //! - `stats.rs`: [`MockStats`] and the counters behind it.
+//! - `batch.rs`: the hosted Batch API (`/v1/files`, `/v1/batches`): uploads, batches that move
+//!   through their statuses over [`MockConfig::batch_processing`], shuffled output and error
+//!   files, and the batch faults ([`BatchFate`], `missing_scope` on upload or create);
+//!   `multipart.rs` reads the upload form.
 //! - `args.rs`: the `runner mock-server` flags ([`MockArgs`]) and their checks.
 //!
 //! # Request ids
@@ -33,9 +37,11 @@
 
 mod answer;
 mod args;
+mod batch;
 mod echo;
 pub(crate) mod faults;
 mod limit;
+mod multipart;
 mod server;
 mod stats;
 mod stream;
@@ -51,6 +57,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use args::{MockArgs, MockArgsError, RetryAfterArg};
+pub use batch::{BatchCounts, BatchFate};
 pub use faults::Fault;
 pub use stats::{BodyCounts, MockStats};
 
@@ -105,6 +112,15 @@ pub struct MockConfig {
     /// Answer like Azure OpenAI: 401 without an `api-key` header, 404 without an `api-version`
     /// query parameter.
     pub require_api_key: bool,
+    /// How long a hosted batch takes from creation to `completed` (a tenth validating, the rest
+    /// answering lines, then a tenth finalizing).
+    pub batch_processing: Duration,
+    /// The first this-many `POST /v1/files` calls get 401 `missing_scope` (`api.files.write`).
+    pub batch_missing_scope_uploads: u64,
+    /// The first this-many `POST /v1/batches` calls get 401 `missing_scope` (`api.batch.write`).
+    pub batch_missing_scope_creates: u64,
+    /// What becomes of the 1st, 2nd, … batch created; later ones complete normally.
+    pub batch_fates: Vec<BatchFate>,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -148,6 +164,10 @@ impl Default for MockConfig {
             cut_streams: 0,
             stream_errors: 0,
             require_api_key: false,
+            batch_processing: Duration::from_secs(2),
+            batch_missing_scope_uploads: 0,
+            batch_missing_scope_creates: 0,
+            batch_fates: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::answer::{Answer, Body, StreamEnding, request_id};
+use super::batch::{self, BatchApi, BatchHost};
 use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
 use super::limit::{Bucket, Verdict};
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     stopping: watch::Receiver<bool>,
     /// The server-side rate limit, when configured.
     bucket: Option<Mutex<Bucket>>,
+    /// Files and batches of the hosted Batch API.
+    batch: BatchApi,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
             .filter(|rps| *rps > 0.0)
             .map(|rps| Mutex::new(Bucket::new(rps, started)));
         Self {
+            batch: BatchApi::new(&config),
             config,
             started,
             counters: Mutex::new(Counters::default()),
@@ -65,7 +69,9 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> MockStats {
-        self.counters().snapshot()
+        let mut stats = self.counters().snapshot();
+        stats.batch = self.batch.counts();
+        stats
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
@@ -113,6 +119,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model).delete(delete_model))
         .route("/mock/stats", get(stats))
+        .merge(batch::router(Arc::clone(&shared) as Arc<dyn BatchHost>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -497,4 +504,83 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
     bearer.or_else(|| headers.get("api-key").and_then(|value| value.to_str().ok()))
+}
+
+impl BatchHost for Shared {
+    fn batches(&self) -> &BatchApi {
+        &self.batch
+    }
+
+    /// Decides as for a request sent alone (faults, `mock_status`, quota), counts it, and turns
+    /// what cannot be a JSON body into one: a 200 whose body would be malformed becomes 500
+    /// `server_error`, a stream becomes the whole answer.
+    fn answer_line(&self, url: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let endpoint = match url {
+            "/v1/chat/completions" => Endpoint::Chat,
+            "/v1/responses" => Endpoint::Responses,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            "/v1/completions" => Endpoint::Completions,
+            other => return line_json(faults::invalid_url("POST", other)),
+        };
+        let body_text = body_key(body);
+        let (attempt, quota_exhausted) = {
+            let mut counters = self.counters();
+            let attempt = counters.arrive(&body_text);
+            (attempt, counters.quota_exhausted(self.config.quota_after))
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(Ok(value)) =
+            key.map(|key| axum::http::HeaderValue::from_str(&format!("Bearer {key}")))
+        {
+            headers.insert(AUTHORIZATION, value);
+        }
+        let plan = decide(
+            self,
+            endpoint,
+            &headers,
+            Some(body),
+            Some(&body_text),
+            attempt,
+            quota_exhausted,
+        );
+        let answer = match plan.answer.body {
+            Body::Stream { .. } => Answer::json(
+                StatusCode::OK,
+                echo::success(endpoint, body, &body_text, attempt),
+            ),
+            Body::Text { .. } if plan.answer.status == StatusCode::OK => faults::server_error(),
+            Body::Json(_) | Body::Text { .. } => plan.answer,
+        };
+        let second = self.started.elapsed().as_secs();
+        self.counters().record(
+            Some(&body_text),
+            answer.status.as_u16(),
+            answer.is_success(),
+            second,
+            key,
+        );
+        line_json(answer)
+    }
+
+    fn missing_scope(&self, scope: &str) -> (u16, String) {
+        let answer = faults::missing_scope_for(scope);
+        let status = answer.status.as_u16();
+        match answer.body {
+            Body::Json(text) | Body::Text { text, .. } => (status, text),
+            Body::Stream { .. } => (status, String::new()),
+        }
+    }
+}
+
+/// An answer as a batch output line's `status_code` and `body` (text that is not JSON becomes a
+/// JSON string).
+fn line_json(answer: Answer) -> (u16, Value) {
+    let status = answer.status.as_u16();
+    let body = match answer.body {
+        Body::Json(text) | Body::Text { text, .. } => {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        }
+        Body::Stream { events, .. } => Value::String(events.join("\n")),
+    };
+    (status, body)
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::body_key;
+use super::{BatchCounts, body_key};
 
 /// A snapshot of everything the mock has answered (`GET /mock/stats` serves it as JSON).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -24,6 +24,8 @@ pub struct MockStats {
     pub extras: BTreeMap<String, u64>,
     /// Requests by HTTP method and path, e.g. `GET /v1/models/gpt-4o`.
     pub routes: BTreeMap<String, u64>,
+    /// Files and Batches calls (the hosted Batch API).
+    pub batch: BatchCounts,
 }
 
 /// Answers sent for one request body.
@@ -170,6 +172,7 @@ impl Counters {
             by_key: self.by_key.clone(),
             extras: self.extras.clone(),
             routes: self.routes.clone(),
+            batch: BatchCounts::default(),
         }
     }
 }

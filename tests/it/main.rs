@@ -11,6 +11,7 @@
 mod support;
 
 mod architecture;
+mod batch_api;
 mod busy;
 mod chaos;
 mod cli;
