@@ -22,7 +22,8 @@
 //!   due requests and passes each through the gates (429 pause, [`engine::keys`],
 //!   [`engine::breaker`], [`engine::rate_limit`]); [`engine::attempt`] reads, decides
 //!   ([`engine::retry`]) and records one attempt; [`engine::context`] is what attempt tasks
-//!   share; [`engine::tokens`], [`engine::progress`], [`engine::shutdown`].
+//!   share; [`engine::tokens`], [`engine::progress`], [`engine::shutdown`];
+//!   [`engine::batch_chunks`] cuts pending requests into Batch API input files.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit). Every SQL statement lives here: [`store::db`] (writes, jobs), [`store::journal`]
 //!   (read-only queries), [`store::ingest`] (a file into a job, all or nothing),
@@ -31,8 +32,10 @@
 //! - [`http`]: [`http::client`] sends one attempt; [`http::classify`] is the error taxonomy (one
 //!   function); [`http::headers`] checks and merges the headers a request carries;
 //!   [`http::response`] reads success bodies; [`http::sse`] assembles streamed
-//!   answers; [`http::body`] and [`http::hints`] read bodies and headers with bounds.
-//! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests).
+//!   answers; [`http::body`] and [`http::hints`] read bodies and headers with bounds;
+//!   [`http::batch`] calls the hosted Batch API (Files and Batches; not wired into jobs yet).
+//! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests),
+//!   with the Files and Batches endpoints.
 //! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.
 //! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
