@@ -95,7 +95,7 @@ fn journal_1000_attempts(bencher: divan::Bencher) {
             let mut conn = rusqlite::Connection::open_in_memory().expect("memory db");
             migrate::migrate(&mut conn).expect("migrate");
             let job = db::upsert_job(&conn, "bench", "bench.jsonl", "{}", 0).expect("job");
-            let mut reader = InputReader::new(
+            let reader = InputReader::new(
                 "bench.jsonl".into(),
                 Box::new(Cursor::new(lines(1000))),
                 InputOptions {
@@ -104,7 +104,7 @@ fn journal_1000_attempts(bencher: divan::Bencher) {
                     max_line_bytes: 1 << 20,
                 },
             );
-            runner::store::ingest::ingest(&conn, job.id, &mut reader).expect("ingest");
+            runner::store::ingest::ingest(&conn, job.id, reader).expect("ingest");
             let claimed = db::claim_due(&conn, job.id, 1, 1000).expect("claim");
             (conn, job.id, claimed)
         })

@@ -74,26 +74,28 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             model: settings.model.clone(),
             max_line_bytes: args.max_line_bytes,
         };
-        let mut reader = InputReader::open(&args.file, options)?.skip_invalid(args.skip_invalid);
+        let reader = InputReader::open(&args.file, options)?.skip_invalid(args.skip_invalid);
         let input_path = absolute(&args.file).display().to_string();
-        let config = settings.to_json();
-        let now = now_ms();
         let me = LeaseOwner::current();
-        let owner = me.clone();
-        let (job, report, taken) = store
-            .call(move |c| {
-                db::atomically(c, |c| {
-                    let job = db::upsert_job(c, &name, &input_path, &config, now)?;
-                    // Before the ingest: a running job's requests are not touched.
-                    let taken = lease::acquire(c, &job, &owner, now)?;
-                    let report = ingest::ingest(c, job.id, &mut reader)?;
-                    // A long ingest must not start the run on a lapsed lease.
-                    lease::renew(c, job.id, &owner, now_ms())?;
-                    Ok((job, report, taken))
-                })
-            })
-            .await?;
-        fence(&store, &job, &taken).await?;
+        let (job, created) = take_for_submit(&store, &name, &input_path, &settings, &me).await?;
+        let publish_config = {
+            let (name, config) = (name.clone(), settings.to_json());
+            // The job's settings change only with its file taken: in the publish's transaction.
+            move |c: &rusqlite::Connection| {
+                db::upsert_job(c, &name, &input_path, &config, now_ms()).map(drop)
+            }
+        };
+        let leased = ingest::Leased {
+            job: &job,
+            owner: &me,
+        };
+        let report = match ingest::ingest_leased(&store, leased, reader, publish_config).await {
+            Ok(report) => report,
+            Err(e) => {
+                give_back(&store, &job, created, &me).await;
+                return Err(e.into());
+            }
+        };
         tell_destination(&job.name, &settings, destination);
         eprintln!(
             "{}: read {} requests from {}: {} new, {} already in the job",
@@ -114,6 +116,46 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             .await
     })
     .await
+}
+
+/// Finds or creates the job and takes its lease, in one short transaction, and fences every
+/// later write of this run with it. Returns the job and whether this submit created it.
+async fn take_for_submit(
+    store: &JobStore,
+    name: &str,
+    input_path: &str,
+    settings: &JobSettings,
+    me: &LeaseOwner,
+) -> anyhow::Result<(Job, bool)> {
+    let (name, input_path, config) = (name.to_owned(), input_path.to_owned(), settings.to_json());
+    let (owner, now) = (me.clone(), now_ms());
+    let (job, created, taken) = store
+        .call(move |c| {
+            db::atomically(c, |c| {
+                let (job, created) = db::find_or_create_job(c, &name, &input_path, &config, now)?;
+                // Before the ingest: a running job's requests are not touched.
+                let taken = lease::acquire(c, &job, &owner, now)?;
+                Ok((job, created, taken))
+            })
+        })
+        .await?;
+    fence(store, &job, &taken).await?;
+    Ok((job, created))
+}
+
+/// After a refused ingest, leaves the job as it was: a job this submit created is deleted, an
+/// existing one gets its lease back. Best effort: a lease left behind lapses by itself.
+async fn give_back(store: &JobStore, job: &Job, created: bool, me: &LeaseOwner) {
+    let (id, me) = (job.id, me.clone());
+    let undone = store
+        .call(move |c| match created {
+            true => db::delete_empty_job(c, id).map(drop),
+            false => lease::release(c, id, &me),
+        })
+        .await;
+    if let Err(e) = undone {
+        tracing::warn!(error = %e, "cannot give the job back after the refused ingest");
+    }
 }
 
 /// `runner resume`: continue a job from its journal; flags override its stored settings.
@@ -156,6 +198,13 @@ async fn take_job(
         })
         .await?;
     fence(store, &job, &taken).await?;
+    let discarded = ingest::discard_unfinished(store, job.id).await?;
+    if discarded > 0 {
+        eprintln!(
+            "{}: discarded {discarded} lines of a submit that stopped while reading its file: `runner submit` reads it again",
+            job.name
+        );
+    }
     let mut settings = JobSettings::from_json(&job.config)?;
     settings.apply(run);
     let destination = destination::settle(&mut settings, true, run, env);

@@ -112,6 +112,45 @@ pub fn upsert_job(
     find_job(conn, name)?.ok_or_else(|| StoreError::JobNotFound(name.to_owned()))
 }
 
+/// Finds the job named `name`, or creates it with these settings; says whether it was created.
+/// An existing job is left as it is: `submit` changes its settings only once its file is taken
+/// ([`upsert_job`] in the ingest's publish).
+///
+/// # Errors
+/// Database errors.
+pub fn find_or_create_job(
+    conn: &Connection,
+    name: &str,
+    input_path: &str,
+    config: &str,
+    now: i64,
+) -> Result<(Job, bool), StoreError> {
+    let created = conn.execute(
+        "INSERT INTO jobs (name, input_path, config, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'running', ?4, ?4)
+         ON CONFLICT (name) DO NOTHING",
+        params![name, input_path, config, now],
+    )? == 1;
+    let job = find_job(conn, name)?.ok_or_else(|| StoreError::JobNotFound(name.to_owned()))?;
+    Ok((job, created))
+}
+
+/// Deletes a job that never got a request nor an event (a first submit whose file was refused);
+/// does nothing to any other job. Returns whether it was deleted.
+///
+/// # Errors
+/// Database errors.
+pub fn delete_empty_job(conn: &Connection, job: JobId) -> Result<bool, StoreError> {
+    let deleted = conn.execute(
+        "DELETE FROM jobs WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM requests WHERE job_id = ?1)
+             AND NOT EXISTS (SELECT 1 FROM events WHERE job_id = ?1)
+             AND NOT EXISTS (SELECT 1 FROM ingest_staging WHERE job_id = ?1)",
+        [job.0],
+    )?;
+    Ok(deleted == 1)
+}
+
 /// Replaces a job's settings (a resume with overrides).
 ///
 /// # Errors

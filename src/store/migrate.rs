@@ -31,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_add_request_headers_invalid_attempts",
         include_str!("../../migrations/0006_add_request_headers_invalid_attempts.sql"),
     ),
+    (
+        "0007_create_ingest_staging",
+        include_str!("../../migrations/0007_create_ingest_staging.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

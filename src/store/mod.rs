@@ -21,11 +21,13 @@
 //!
 //! # Busy database
 //!
-//! Many jobs may share one file. Before a fence is set (opening, taking the lease, ingesting)
-//! another process's write lock held past [`BUSY_TIMEOUT`] fails the command, with a message
-//! saying so. Once a job runs, a batch that cannot get the write lock waits and tries again
-//! (with backoff, for up to [`BUSY_PATIENCE`]): another job writing to the same file never
-//! fails this one.
+//! Many jobs may share one file, and no write transaction of a runner holds the lock for long
+//! (a big ingest commits every [`ingest::CHUNK_TIME`], see [`ingest`]). Before a fence is set
+//! (opening, looking the job up, taking the lease) a batch that finds the write lock held tries
+//! again, [`SETUP_TRIES`] busy timeouts in all, then fails the command with a message saying
+//! the database is locked. Once the lease is taken and fenced (ingesting, running), a batch
+//! that cannot get the write lock waits and tries again (with backoff, for up to
+//! [`BUSY_PATIENCE`]): another process writing to the same file never fails this one.
 
 pub mod db;
 pub mod fault;
@@ -54,8 +56,32 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 /// that replies (and the durability of completions) are never held back long.
 pub const MAX_BATCH: usize = 2048;
 
-/// How long a writer waits for another process's lock before failing with "database is locked".
+/// How long a writer waits for another process's lock before failing with "database is locked",
+/// unless [`BUSY_TIMEOUT_ENV`] says otherwise (see [`busy_timeout`]).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The environment variable that replaces [`BUSY_TIMEOUT`], in milliseconds: a test (or a user
+/// who would rather fail fast) sets it; every other wait for the lock scales with it.
+pub const BUSY_TIMEOUT_ENV: &str = "RUNNER_BUSY_TIMEOUT_MS";
+
+/// Before a job runs (no fence yet: opening, looking the job up, taking the lease), a batch that
+/// cannot get the write lock tries again, waiting the busy timeout each time, up to this many
+/// times in all: another submit's publish or another job's batch is over long before that,
+/// while a lock held for the whole time (an open `sqlite3` shell) still ends in a clear error.
+pub const SETUP_TRIES: u32 = 4;
+
+/// The busy timeout in effect: [`BUSY_TIMEOUT_ENV`] when set to a number of milliseconds (at
+/// least 1), else [`BUSY_TIMEOUT`]. Read once per process.
+pub fn busy_timeout() -> Duration {
+    static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TIMEOUT.get_or_init(|| {
+        std::env::var(BUSY_TIMEOUT_ENV)
+            .ok()
+            .and_then(|ms| ms.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map_or(BUSY_TIMEOUT, Duration::from_millis)
+    })
+}
 
 /// How long a running job's batch keeps trying to get the write lock (each try waits up to
 /// [`BUSY_TIMEOUT`], then backs off) before the store gives up: generous, because another job
@@ -217,7 +243,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // WAL, recovering a WAL) with SQLITE_BUSY at once, without its busy handler: two runners
     // started together on a new file would see "database is locked". Retry those within the
     // same budget the busy handler has.
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let deadline = std::time::Instant::now() + busy_timeout() * SETUP_TRIES;
     loop {
         match set_up_writer(path) {
             Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
@@ -234,7 +260,7 @@ fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
         source,
     };
     let mut conn = Connection::open(path).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.busy_handler(Some(wait_for_lock)).map_err(open_err)?;
     // WAL: readers never block the writer. synchronous=NORMAL: a commit survives a crash of the
     // process (kill -9) but the last commits may be lost on power failure (see README).
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -245,6 +271,21 @@ fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
         .map_err(open_err)?;
     migrate::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// How often a writer waiting for the lock looks again. SQLite's own busy handler looks at
+/// growing intervals, up to 100 ms apart: a writer that commits and begins again within that
+/// (a big ingest, chunk after chunk) would keep the lock from it for good. Looking this often,
+/// a pause of [`ingest::CHUNK_PAUSE`] between two transactions is enough to get in.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+
+/// The writer's busy handler: waits [`BUSY_POLL`] and looks again, for up to [`busy_timeout`].
+fn wait_for_lock(tries: i32) -> bool {
+    if BUSY_POLL * u32::try_from(tries).unwrap_or(u32::MAX) >= busy_timeout() {
+        return false;
+    }
+    thread::sleep(BUSY_POLL);
+    true
 }
 
 /// Opens an existing database read-only (status, export, jobs).
@@ -261,7 +302,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    conn.busy_timeout(busy_timeout()).map_err(open_err)?;
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(open_err)?;
@@ -529,7 +570,11 @@ fn apply_batch(
     fence: &mut Option<Fence>,
 ) -> Result<(), WriteFailure> {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-    let mut result = begin(conn, fence.is_some());
+    let patience = match fence {
+        Some(_) => BUSY_PATIENCE,
+        None => busy_timeout() * SETUP_TRIES,
+    };
+    let mut result = begin(conn, patience);
     // The write lock is held from BEGIN IMMEDIATE to the end of the batch: no other runner can
     // take the lease in between, so one check here covers every write of the batch.
     if let (Ok(()), Some(fence)) = (&result, fence.as_ref()) {
@@ -568,15 +613,16 @@ fn apply_batch(
     result
 }
 
-/// Starts a batch's write transaction. A running job (`patient`) that finds the write lock
-/// held past [`BUSY_TIMEOUT`] backs off and tries again, for up to [`BUSY_PATIENCE`].
-fn begin(conn: &Connection, patient: bool) -> Result<(), WriteFailure> {
+/// Starts a batch's write transaction. A batch that finds the write lock held past the busy
+/// timeout backs off and tries again, until `patience` has passed ([`BUSY_PATIENCE`] once a job
+/// is fenced, [`SETUP_TRIES`] busy timeouts before). Safe: nothing of the batch has run yet.
+fn begin(conn: &Connection, patience: Duration) -> Result<(), WriteFailure> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
         match conn.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => return Ok(()),
-            Err(e) if patient && is_busy(&e) && started.elapsed() < BUSY_PATIENCE => {
+            Err(e) if is_busy(&e) && started.elapsed() + pause < patience => {
                 tracing::warn!(
                     waited_s = started.elapsed().as_secs(),
                     "the database is busy with another writer; this job waits for it"

@@ -28,6 +28,7 @@ mod lease;
 mod pacing;
 mod private_db;
 mod report;
+mod shared_db;
 mod signals;
 mod storage;
 mod submit;

@@ -66,8 +66,16 @@ async fn a_database_locked_by_another_process_is_a_clear_error_and_loses_nothing
     let holder = rusqlite::Connection::open(fx.db()).expect("open");
     holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
     fx.scratch.prompts("locked.jsonl", 0..20);
-    // Waits the busy timeout (5 s), then gives up.
-    let out = output(fx.bin_submit(&[])).await;
+    // Tries for the write lock SETUP_TRIES busy timeouts (here of 1 s), then gives up.
+    let mut locked_out = fx.bin_submit(&[]);
+    locked_out.env(runner::store::BUSY_TIMEOUT_ENV, "1000");
+    let started = std::time::Instant::now();
+    let out = output(locked_out).await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "it waited for the lock a while: {:?}",
+        started.elapsed()
+    );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

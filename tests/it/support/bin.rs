@@ -28,6 +28,7 @@ pub fn clean_env(cmd: &mut Command) {
         "OPENAI_BASE_URL",
         "OPENAI_ORG_ID",
         "OPENAI_PROJECT_ID",
+        "RUNNER_BUSY_TIMEOUT_MS",
         "RUNNER_DB",
         "RUNNER_LOG",
     ] {

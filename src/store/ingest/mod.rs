@@ -1,0 +1,343 @@
+//! Reading a whole input file into a job: new requests queued, known ones kept, all or nothing,
+//! in short transactions.
+//!
+//! A big file (a million lines take seconds to read) must not hold the database's write lock
+//! all that time: other processes share the file (another job running, another submit), and a
+//! writer that waits longer than the busy timeout fails. So the file is read in chunks of at
+//! most [`CHUNK_LINES`] lines or [`CHUNK_TIME`], each in its own transaction and
+//! [`CHUNK_PAUSE`] apart, into
+//! `ingest_staging` (migration 0007), which no query over `requests` reads: claims, counts,
+//! `status` and `export` see nothing of a half-read file. Once the whole file is read and
+//! checked, [`Staging::publish`] turns the staged lines into requests in one transaction (plain
+//! SQL copies, no parsing or hashing: a small fraction of the reading time), and the staged rows
+//! are deleted, again in short transactions.
+//!
+//! A bad line anywhere (or a repeated custom_id, or a changed body) stops the ingest before the
+//! publish: the staged rows are deleted and the job's requests are as they were. A runner that
+//! dies mid-ingest leaves staged rows; the next submit or resume of the job deletes them
+//! ([`discard_unfinished`]) before it does anything else. The runner holds the job's lease (and
+//! its fence) through all of it, renewing it at every chunk, so no other runner touches the
+//! job's rows in between.
+
+mod stage;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use self::stage::{Action, Known};
+use super::db::{Job, atomically};
+use super::lease::{self, LeaseError, LeaseOwner, Renewal};
+use super::{JobStore, StoreError, invalid};
+use crate::domain::JobId;
+use crate::input::{InputError, InputReader, Prompt};
+use crate::util::clock::now_ms;
+
+/// Lines read in one transaction at most: small enough that the write lock is released many
+/// times a second, large enough that commits do not dominate the reading.
+pub const CHUNK_LINES: usize = 5_000;
+
+/// How long one transaction of an ingest reads at most (long lines, a slow disk): another
+/// writer sharing the database waits about this long for the lock, far below the busy timeout.
+pub const CHUNK_TIME: Duration = Duration::from_millis(200);
+
+/// How long an ingest leaves the write lock free between two chunks: long enough for a writer
+/// waiting for it (which looks again every couple of milliseconds) to get in first.
+pub const CHUNK_PAUSE: Duration = Duration::from_millis(15);
+
+/// What an ingest did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Requests read from the file.
+    pub read: u64,
+    /// Of those, new to the job (queued).
+    pub added: u64,
+    /// Of those, already in the job (left as they are).
+    pub known: u64,
+    /// Lines that are not valid requests, recorded as failed (`--skip-invalid`); not in `read`.
+    pub invalid: u64,
+}
+
+/// An ingest in progress: the reader, and what the lines staged so far add up to.
+///
+/// New requests are queued, known ones (same key, same body) are left as they are, so a
+/// resubmitted file resumes its job. When the reader skips invalid lines
+/// ([`InputReader::skip_invalid`]), a line that cannot become a request is recorded as a failed
+/// request instead (see `store::invalid`); a duplicate custom_id and a changed body still stop
+/// the ingest.
+pub struct Staging {
+    job: JobId,
+    reader: InputReader,
+    report: IngestReport,
+    /// Bad lines left out with a warning (their custom_id holds a request): not an empty file.
+    kept_invalid: u64,
+    chunk_lines: usize,
+}
+
+impl Staging {
+    /// Starts an ingest of `reader` into `job`. The job must have no staged lines (see
+    /// [`discard_unfinished`]).
+    pub fn new(job: JobId, reader: InputReader) -> Staging {
+        Staging {
+            job,
+            reader,
+            report: IngestReport::default(),
+            kept_invalid: 0,
+            chunk_lines: CHUNK_LINES,
+        }
+    }
+
+    /// Stages the next chunk of lines (at most [`CHUNK_LINES`], for at most [`CHUNK_TIME`]),
+    /// all of them or none; returns `true` once the file is read to its end.
+    ///
+    /// # Errors
+    /// [`StoreError::Input`] for bad input, including a duplicate custom_id (with both lines) and
+    /// a known custom_id whose body changed; database errors.
+    pub fn stage_chunk(&mut self, conn: &Connection) -> Result<bool, StoreError> {
+        atomically(conn, |conn| {
+            let started = Instant::now();
+            for _ in 0..self.chunk_lines {
+                match self.reader.next() {
+                    None => return Ok(true),
+                    Some(Ok(prompt)) => self.stage_prompt(conn, &prompt)?,
+                    Some(Err(e)) if self.reader.skips_invalid() && e.is_invalid_line() => {
+                        self.stage_invalid(conn, &e)?;
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                }
+                if started.elapsed() >= CHUNK_TIME {
+                    break;
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    /// Makes every staged line visible at once: requests queued, moved, fixed, markers recorded
+    /// and stale ones dropped, the job's input fingerprint set. Call it once the file is read.
+    ///
+    /// # Errors
+    /// [`InputError::Empty`] for a file without a request; database errors.
+    pub fn publish(&self, conn: &Connection) -> Result<IngestReport, StoreError> {
+        if self.report.read + self.report.invalid + self.kept_invalid == 0 {
+            return Err(InputError::Empty {
+                path: self.reader.path().to_owned(),
+            }
+            .into());
+        }
+        atomically(conn, |conn| {
+            stage::publish_new(conn, self.job)?;
+            stage::publish_moves(conn, self.job)?;
+            invalid::publish_fixed(conn, self.job)?;
+            invalid::publish_markers(conn, self.job, now_ms())?;
+            invalid::drop_stale(conn, self.job)?;
+            conn.execute(
+                "UPDATE jobs SET input_fingerprint = ?2 WHERE id = ?1",
+                rusqlite::params![self.job.0, self.reader.fingerprint()],
+            )?;
+            Ok(self.report)
+        })
+    }
+
+    fn stage_prompt(&mut self, conn: &Connection, prompt: &Prompt) -> Result<(), StoreError> {
+        let key = self.key_of(conn, prompt)?;
+        self.report.read += 1;
+        let action = match stage::known(conn, self.job, &key)? {
+            None => Action::Add,
+            Some(Known { body_hash, .. }) if body_hash == prompt.body_hash => Action::Keep,
+            // The line was invalid at an earlier submit and is fixed now.
+            Some(Known {
+                is_marker: true, ..
+            }) => Action::Replace,
+            Some(Known { .. }) => {
+                return Err(InputError::ChangedBody {
+                    path: self.reader.path().to_owned(),
+                    custom_id: key,
+                    line: prompt.line,
+                }
+                .into());
+            }
+        };
+        match action {
+            Action::Keep => self.report.known += 1,
+            _ => self.report.added += 1,
+        }
+        stage::stage_prompt(conn, self.job, &key, action, prompt)
+    }
+
+    fn stage_invalid(&mut self, conn: &Connection, e: &InputError) -> Result<(), StoreError> {
+        // Every invalid-line error names its line.
+        let line = e.line().unwrap_or(0);
+        let custom_id = self.reader.salvaged_custom_id();
+        let key = invalid::key_for(custom_id.as_deref(), line);
+        self.refuse_repeat(conn, &key, line)?;
+        let action = match stage::known(conn, self.job, &key)? {
+            Some(Known {
+                is_marker: false, ..
+            }) => {
+                self.kept_invalid += 1;
+                tracing::warn!(
+                    "{e} (skipped: custom_id '{key}' keeps the request and result it already has)"
+                );
+                Action::KeptInvalid
+            }
+            Some(_) | None => {
+                self.report.invalid += 1;
+                Action::Invalid
+            }
+        };
+        stage::stage_invalid(conn, self.job, &key, custom_id.as_deref(), action, e)
+    }
+
+    /// The key of a request: its custom_id (read once per file), or one derived from its body
+    /// (numbered past the equal bodies read before it).
+    fn key_of(&self, conn: &Connection, prompt: &Prompt) -> Result<String, StoreError> {
+        if let Some(id) = &prompt.custom_id {
+            self.refuse_repeat(conn, id, prompt.line)?;
+            return Ok(id.clone());
+        }
+        // Ends: every occurrence taken is a line of this file staged before.
+        let mut occurrence = 1;
+        loop {
+            let key = prompt.derived_key(occurrence);
+            if stage::first_line(conn, self.job, &key)?.is_none() {
+                return Ok(key);
+            }
+            occurrence += 1;
+        }
+    }
+
+    /// Refuses a custom_id an earlier line of the file already had.
+    fn refuse_repeat(&self, conn: &Connection, key: &str, line: u64) -> Result<(), StoreError> {
+        match stage::first_line(conn, self.job, key)? {
+            None => Ok(()),
+            Some(first_line) => Err(InputError::DuplicateCustomId {
+                path: self.reader.path().to_owned(),
+                custom_id: key.to_owned(),
+                first_line,
+                line,
+            }
+            .into()),
+        }
+    }
+}
+
+/// Reads the whole input into the job on one connection, chunk after chunk, and publishes it
+/// (tests, benchmarks; the runner uses [`ingest_leased`]). All or nothing.
+///
+/// # Errors
+/// As [`Staging::stage_chunk`] and [`Staging::publish`].
+pub fn ingest(
+    conn: &Connection,
+    job: JobId,
+    reader: InputReader,
+) -> Result<IngestReport, StoreError> {
+    let mut staging = Staging::new(job, reader);
+    let result = (|| {
+        while !staging.stage_chunk(conn)? {}
+        staging.publish(conn)
+    })();
+    while stage::discard(conn, job, CHUNK_LINES)? as usize == CHUNK_LINES {}
+    result
+}
+
+/// The job whose lease this runner holds while it ingests.
+pub struct Leased<'a> {
+    /// The job.
+    pub job: &'a Job,
+    /// This runner.
+    pub owner: &'a LeaseOwner,
+}
+
+/// Reads the whole input into a job whose lease this runner holds, through the store: one short
+/// transaction per chunk (renewing the lease), then the publish, with `finish` in the publish's
+/// transaction (the job's settings, say: they change only if the file is taken). All or
+/// nothing: on an error the staged lines are deleted and the job is as it was.
+///
+/// # Errors
+/// As [`Staging::stage_chunk`] and [`Staging::publish`]; [`LeaseError::Lost`] when another
+/// runner took the job over meanwhile.
+pub async fn ingest_leased(
+    store: &JobStore,
+    leased: Leased<'_>,
+    reader: InputReader,
+    finish: impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+) -> Result<IngestReport, StoreError> {
+    let job = leased.job.id;
+    discard_unfinished(store, job).await?;
+    let result = stage_and_publish(store, &leased, Staging::new(job, reader), finish).await;
+    // After a publish the staged rows are spent; after an error they are dropped. Either way a
+    // failure here leaves them for the next submit or resume to delete.
+    if let Err(e) = discard_unfinished(store, job).await {
+        tracing::warn!(error = %e, "cannot delete the staged lines of this ingest yet");
+    }
+    result
+}
+
+async fn stage_and_publish(
+    store: &JobStore,
+    leased: &Leased<'_>,
+    mut staging: Staging,
+    finish: impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+) -> Result<IngestReport, StoreError> {
+    loop {
+        let renew = renewal(leased);
+        let (back, done) = store
+            .call(move |c| {
+                let done = staging.stage_chunk(c)?;
+                renew(c)?;
+                Ok((staging, done))
+            })
+            .await?;
+        staging = back;
+        if done {
+            break;
+        }
+        // Not a polling loop: a gap in which another process's writer takes the lock.
+        tokio::time::sleep(CHUNK_PAUSE).await;
+    }
+    let renew = renewal(leased);
+    store
+        .call(move |c| {
+            atomically(c, |c| {
+                let report = staging.publish(c)?;
+                finish(c)?;
+                // A long ingest must not start the run on a lapsed lease.
+                renew(c)?;
+                Ok(report)
+            })
+        })
+        .await
+}
+
+/// Renews the job's lease, inside a chunk's transaction.
+fn renewal(
+    leased: &Leased<'_>,
+) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + use<> {
+    let (job, name, owner) = (leased.job.id, leased.job.name.clone(), leased.owner.clone());
+    move |conn| match lease::renew(conn, job, &owner, now_ms())? {
+        Renewal::Renewed => Ok(()),
+        Renewal::Lost(holder) => Err(LeaseError::Lost { job: name, holder }.into()),
+    }
+}
+
+/// Deletes the staged lines an earlier ingest of the job left (a runner that died mid-ingest),
+/// one short transaction per [`CHUNK_LINES`] rows; returns how many. Call it holding the job's
+/// lease.
+///
+/// # Errors
+/// Database errors.
+pub async fn discard_unfinished(store: &JobStore, job: JobId) -> Result<u64, StoreError> {
+    let mut discarded = 0;
+    loop {
+        let n = store
+            .call(move |c| stage::discard(c, job, CHUNK_LINES))
+            .await?;
+        discarded += n;
+        if (n as usize) < CHUNK_LINES {
+            return Ok(discarded);
+        }
+    }
+}
