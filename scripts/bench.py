@@ -3,10 +3,19 @@
 
 Scenarios: throughput (every attempt journaled), memory at 10k and 1M lines, rate fidelity
 (--rpm at the server's limit, and no limit at all), and resume of a 1M-line job with 1,000 left.
+The nginx scenario puts the runner next to wrk against Debian's nginx answering every POST with
+a fixed, full chat.completion (Batch lines of ~200-character prompts, --concurrency 64 and
+wrk -t2 -c64 in the same run), and times the first request of a 1M-line file of those lines.
 Prints one Markdown table. Standard library only; run from the repository root:
 
-    cargo build --release && python3 scripts/bench.py            # full run, ~3 minutes
+    cargo build --release && python3 scripts/bench.py            # full run, ~4 minutes
     python3 scripts/bench.py --quick                              # smaller inputs
+    python3 scripts/bench.py --nginx-only                         # only the nginx scenario
+    python3 scripts/bench.py --bin /tmp/runner --nginx-only --nginx-lines 2000 --wrk-seconds 3 --first-lines 20000
+                                                                  # the harness itself, tiny sizes
+
+The nginx scenario needs `nginx` and `wrk` (Debian: `apt-get install -y --no-install-recommends
+nginx wrk`); run as root, the script installs them, otherwise it prints that command and skips.
 
 These are benchmarks, not tests: nothing here fails on a slow machine.
 """
@@ -15,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import sqlite3
@@ -24,7 +34,7 @@ import tempfile
 import time
 import urllib.request
 
-BIN = os.path.join("target", "release", "runner")
+BIN = os.environ.get("RUNNER_BIN") or os.path.join("target", "release", "runner")
 
 
 def free_port():
@@ -71,15 +81,32 @@ def write_input(path, n):
             f.write(f'{{"custom_id":"r-{i}","prompt":"Summarise item number {i} in one sentence."}}\n')
 
 
-def run(args):
-    """Runs the binary; returns (exit code, wall s, cpu s, peak RSS MiB, stderr)."""
+def run_usage(args, env=None):
+    """Runs the binary; returns (exit code, wall s, rusage from wait4, stderr)."""
     start = time.monotonic()
-    proc = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - start
-    return proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr
+    return proc.returncode, wall, usage, stderr
+
+
+def run(args):
+    """Runs the binary; returns (exit code, wall s, cpu s, peak RSS MiB, stderr)."""
+    code, wall, usage, stderr = run_usage(args)
+    return code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr
+
+
+def reported_rate(stderr):
+    """The runner's own requests/s from its summary line (`… · 13,200.5 req/s · …`), or None."""
+    for line in reversed(stderr.splitlines()):
+        if " req/s" in line:
+            try:
+                return float(line.split(" req/s")[0].rsplit("· ", 1)[1].replace(",", ""))
+            except (IndexError, ValueError):
+                return None
+    return None
 
 
 def submit(workdir, name, n, mock, *flags):
@@ -118,11 +145,21 @@ def rate_fidelity(workdir, rps, seconds, *flags):
     }
 
 
+def rate_fidelity_rows(workdir, rows):
+    r = rate_fidelity(workdir, 1000, 20, "--rpm", "60000")
+    rows.append(("rate fidelity: --rpm 60000 vs server limit 1,000/s (steady rate)",
+                 f"{r['share']:.1%} of R, {r['429']:.2%} 429s", "≥ 97%, ≤ 0.5%"))
+    r = rate_fidelity(workdir, 1000, 20)
+    rows.append(("rate fidelity: no limit vs server limit 1,000/s (steady rate)",
+                 f"{r['share']:.1%} of R, {r['429_after_10s']:.2%} 429s after 10 s ({r['429']:.2%} in all)",
+                 "converges, ≤ 5% after 10 s"))
+
+
 def heavy(workdir, big, rows):
     """Throughput, memory and resume: the scenarios that need big inputs."""
     mock = Mock()
     code, wall, cpu, rss, err = submit(workdir, "throughput", 100_000, mock, "--concurrency", "128")
-    rate = float(err.split(" req/s")[0].rsplit("· ", 1)[1]) if " req/s" in err else 100_000 / wall
+    rate = reported_rate(err) or 100_000 / wall
     rows.append(("throughput, 100k requests, every attempt journaled", f"{rate:,.0f} requests/s", "≥ 20,000/s"))
     rows.append(("CPU per request (user + sys of the runner)", f"{cpu / 100_000 * 1e6:.0f} µs", "≤ 50 µs"))
 
@@ -185,26 +222,321 @@ def heavy(workdir, big, rows):
     rows.append((f"resume {big:,}-line job with 1,000 left: requests sent", f"{sent:,}", "exactly 1,000"))
 
 
+# --- nginx + wrk: the runner next to a load generator, against a server that costs nothing ---
+
+WORDS = (
+    "the a of and to in for on with as by at from about into over after before between under "
+    "customer invoice order shipment account payment refund review product service support "
+    "report summary request response message ticket contract policy schedule meeting project "
+    "team manager engineer analyst budget quarter revenue forecast market region city country "
+    "weather river mountain forest garden kitchen recipe dinner breakfast coffee train station "
+    "airport flight hotel museum library school student teacher lesson chapter book article "
+    "describe summarise explain compare list translate rewrite classify extract suggest outline "
+    "short clear formal friendly detailed brief polite careful simple useful important recent "
+    "three five several main key likely possible next previous current annual monthly weekly"
+).split()
+
+CONTENT = (
+    "Thank you for the detailed question. The short answer is that the quarterly report shows "
+    "steady growth in every region, with the strongest gains in the northern market. Revenue "
+    "rose by eight percent, costs stayed flat, and the team expects a similar result next "
+    "quarter if the new product launch stays on schedule and customer demand holds at the "
+    "current level."
+)  # ~60 words; no single quote, dollar sign or backslash (nginx string rules)
+
+COMPLETION = json.dumps({
+    "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+    "object": "chat.completion",
+    "created": 1741569952,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [{
+        "index": 0,
+        "message": {"role": "assistant", "content": CONTENT, "refusal": None, "annotations": []},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }],
+    "usage": {
+        "prompt_tokens": 52, "completion_tokens": 71, "total_tokens": 123,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    },
+    "service_tier": "default",
+    "system_fingerprint": "fp_06737a9306",
+}, separators=(",", ":"))
+
+# Headers OpenAI sends with every answer. The runner paces itself to 98% of an announced
+# x-ratelimit-limit-requests (per minute): real values (30,000/min) would cap it at 490/s, so the
+# limits announced here are the largest it accepts (10,000,000/min, ~163,000/s), never binding.
+OPENAI_HEADERS = [
+    ("x-request-id", "req_$request_id"),  # nginx's own 32 hex digits, one per request
+    ("openai-organization", "user-bench"),
+    ("openai-processing-ms", "412"),
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000000"),
+    ("x-ratelimit-limit-tokens", "10000000000"),
+    ("x-ratelimit-remaining-requests", "9999999"),
+    ("x-ratelimit-remaining-tokens", "9999999877"),
+    ("x-ratelimit-reset-requests", "2ms"),
+    ("x-ratelimit-reset-tokens", "0s"),
+]
+
+
+def batch_line(i, rng):
+    """One Batch API line: a distinct prompt of ~190 characters (whole words, at most 200),
+    ~330 bytes in all."""
+    words = [rng.choice(("Describe", "Summarise", "Explain", "Compare", "Rewrite")), f"item {i}:"]
+    size = sum(len(w) + 1 for w in words) - 1
+    target = rng.randint(180, 199)
+    while True:
+        w = rng.choice(WORDS)
+        if size + 1 + len(w) > target:
+            break
+        words.append(w)
+        size += len(w) + 1
+    prompt = " ".join(words) + "."
+    return json.dumps({
+        "custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
+    }, separators=(",", ":"))
+
+
+def write_batch_input(path, n):
+    rng = random.Random(7)
+    with open(path, "w") as f:
+        chunk = []
+        for i in range(n):
+            chunk.append(batch_line(i, rng))
+            if len(chunk) == 10_000:
+                f.write("\n".join(chunk) + "\n")
+                chunk = []
+        if chunk:
+            f.write("\n".join(chunk) + "\n")
+
+
+def nginx_and_wrk_available():
+    """True when nginx and wrk are on PATH, installing them first when running as root."""
+    missing = [t for t in ("nginx", "wrk") if shutil.which(t) is None]
+    if not missing:
+        return True
+    command = "apt-get install -y --no-install-recommends nginx wrk"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"nginx scenario skipped: {', '.join(missing)} missing; install with `sudo {command}`",
+              file=sys.stderr)
+        return False
+    print(f"installing {', '.join(missing)}: {command}", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(command.split(), stdout=subprocess.DEVNULL, env=env)
+    if any(shutil.which(t) is None for t in ("nginx", "wrk")):
+        print("nginx scenario skipped: the install failed", file=sys.stderr)
+        return False
+    return True
+
+
+class Nginx:
+    """Debian's nginx in the foreground, its own prefix directory, one worker, answering every
+    POST to /v1/chat/completions with COMPLETION. `log=True` writes an access log (for the
+    first-request scenario only: a log line per request costs the server CPU)."""
+
+    def __init__(self, workdir, name, log=False):
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        os.chmod(self.dir, 0o755)  # a root master hands requests to `nobody` workers
+        self.port = free_port()
+        self.access_log = os.path.join(self.dir, "logs", "access.log")
+        headers = "\n".join(f"            add_header {k} {v} always;" for k, v in OPENAI_HEADERS)
+        conf = f"""
+worker_processes 1;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    map $http_x_bench_check $loggable {{ "" 1; default 0; }}
+    access_log {f"{self.access_log} combined if=$loggable" if log else "off"};
+    client_body_temp_path {self.dir}/body;
+    proxy_temp_path {self.dir}/proxy;
+    fastcgi_temp_path {self.dir}/fastcgi;
+    uwsgi_temp_path {self.dir}/uwsgi;
+    scgi_temp_path {self.dir}/scgi;
+    keepalive_requests 10000000;  # the clients are measured, not reconnects
+    keepalive_timeout 75s;
+    server_tokens off;
+    server {{
+        listen 127.0.0.1:{self.port} backlog=4096;
+        location = /v1/chat/completions {{
+            default_type application/json;
+{headers}
+            return 200 '{COMPLETION}';
+        }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", self.dir, "-c", self.conf, "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx did not start: {self.proc.stderr.read().strip()}")
+            try:
+                self.check()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not answer within 10 s")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def check(self):
+        req = urllib.request.Request(f"{self.url}/chat/completions", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json", "X-Bench-Check": "1"})  # not logged
+        with urllib.request.urlopen(req, timeout=5) as r:
+            body = json.load(r)
+            assert body["object"] == "chat.completion" and r.headers["x-ratelimit-limit-requests"]
+
+    def requests_seen(self):
+        try:
+            return os.path.getsize(self.access_log) > 0
+        except OSError:
+            return False
+
+    def stop(self):
+        self.proc.terminate()  # SIGTERM: fast shutdown of master and worker
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wrk_rate(nginx, workdir, seconds, sample_line):
+    """wrk -t2 -c64 posting a Batch line's body, as the runner would: its requests/s."""
+    script = os.path.join(workdir, "post.lua")
+    body = json.dumps(json.loads(sample_line)["body"], separators=(",", ":"))
+    with open(script, "w") as f:
+        f.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(body)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            'wrk.headers["Authorization"] = "Bearer sk-bench-0000000000000000"\n'
+        )
+    out = subprocess.run(
+        ["wrk", "-t2", "-c64", f"-d{seconds}s", "-s", script, f"{nginx.url}/chat/completions"],
+        capture_output=True, text=True,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            errors = next((l.strip() for l in out.stdout.splitlines() if "Non-2xx" in l or "Socket errors" in l), "")
+            if errors:
+                print(f"wrk: {errors}", file=sys.stderr)
+            return float(line.split(":", 1)[1])
+    raise RuntimeError(f"wrk printed no rate: {out.stdout}{out.stderr}")
+
+
+def runner_env(nginx):
+    return dict(os.environ, OPENAI_BASE_URL=nginx.url, OPENAI_API_KEY="sk-bench-0000000000000000")
+
+
+def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
+    """The runner and wrk against the same nginx, then the first request of a big file."""
+    path = os.path.join(workdir, "nginx.jsonl")
+    write_batch_input(path, lines)
+    with open(path) as f:
+        sample = f.readline()
+    line_bytes = os.path.getsize(path) / lines
+
+    nginx = Nginx(workdir, "nginx")
+    try:
+        wrk = wrk_rate(nginx, workdir, wrk_seconds, sample)
+        code, wall, usage, err = run_usage(
+            ["submit", path, "--db", os.path.join(workdir, "nginx.db"), "--concurrency", "64", "--no-progress"],
+            env=runner_env(nginx),
+        )
+    finally:
+        nginx.stop()
+    summary = next((l for l in reversed(err.splitlines()) if " req/s" in l), err.strip())
+    print(f"runner against nginx, exit {code}: {summary}", file=sys.stderr)
+    rate = reported_rate(err)
+    end_to_end = lines / wall
+    cpu = usage.ru_utime + usage.ru_stime
+    switches = usage.ru_nvcsw + usage.ru_nivcsw
+    label = f"nginx, {lines:,} Batch lines (~{line_bytes:.0f} B), --concurrency 64"
+    rows.append((f"{label}: wrk -t2 -c64 -d{wrk_seconds}s, same server, same run", f"{wrk:,.0f} requests/s", ""))
+    shown = f"{rate:,.0f} requests/s ({end_to_end:,.0f}/s with the ingest)" if rate else f"{end_to_end:,.0f} requests/s"
+    rows.append((f"{label}: runner", shown + ("" if code == 0 else f", exit {code}"), ""))
+    rows.append((f"{label}: runner / wrk", f"{(rate or end_to_end) / wrk:.2f}", ""))
+    rows.append((f"{label}: CPU per request (user + sys of the runner)", f"{cpu / lines * 1e6:.0f} µs", ""))
+    rows.append((f"{label}: context switches per request (voluntary + involuntary)",
+                 f"{switches / lines:.2f} ({usage.ru_nvcsw:,} + {usage.ru_nivcsw:,})", ""))
+
+    # First request of a big file of the same lines: nginx logs each request, only here.
+    big = os.path.join(workdir, "nginx-big.jsonl")
+    write_batch_input(big, first_lines)
+    nginx = Nginx(workdir, "nginx-log", log=True)
+    try:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [BIN, "submit", big, "--db", os.path.join(workdir, "nginx-big.db"), "--concurrency", "64",
+             "--no-progress"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=runner_env(nginx),
+        )
+        first = None
+        while first is None and time.monotonic() - start < 300 and proc.poll() is None:
+            if nginx.requests_seen():
+                first = time.monotonic() - start
+            else:
+                time.sleep(0.005)
+        if first is None and nginx.requests_seen():
+            first = time.monotonic() - start
+        proc.kill()
+        proc.wait()
+    finally:
+        nginx.stop()
+    for leftover in (big, os.path.join(workdir, "nginx-big.db")):  # ~330 MB at 1M lines
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    first_text = f"{first:.1f} s ({first_lines / first:,.0f} lines/s)" if first is not None else "none within 300 s"
+    rows.append((f"nginx, {first_lines:,}-line file of those lines: first request", first_text, ""))
+
+
 def main():
+    global BIN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (100k instead of 1M lines)")
     parser.add_argument("--rate-only", action="store_true", help="only the rate-fidelity scenarios")
+    parser.add_argument("--nginx-only", action="store_true", help="only the nginx + wrk scenario")
+    parser.add_argument("--no-nginx", action="store_true", help="leave out the nginx + wrk scenario")
+    parser.add_argument("--bin", default=BIN,
+                        help="runner binary to measure [default: $RUNNER_BIN, else target/release/runner]")
+    parser.add_argument("--nginx-lines", type=int, default=100_000, help="lines the runner sends to nginx")
+    parser.add_argument("--wrk-seconds", type=int, default=10, help="duration of the wrk run")
+    parser.add_argument("--first-lines", type=int,
+                        help="lines of the nginx first-request file [default: 1,000,000; 100,000 with --quick]")
     opts = parser.parse_args()
+    BIN = os.path.abspath(opts.bin)
     if not os.path.exists(BIN):
-        sys.exit(f"{BIN} is missing: run `cargo build --release` first")
+        sys.exit(f"{BIN} is missing: run `cargo build --release` first, or pass --bin")
     big = 100_000 if opts.quick else 1_000_000
+    first_lines = opts.first_lines or big
     workdir = tempfile.mkdtemp(prefix="runner-bench-")
     rows = []
     try:
-        if not opts.rate_only:
+        if not opts.rate_only and not opts.nginx_only:
             heavy(workdir, big, rows)
-        r = rate_fidelity(workdir, 1000, 20, "--rpm", "60000")
-        rows.append(("rate fidelity: --rpm 60000 vs server limit 1,000/s (steady rate)",
-                     f"{r['share']:.1%} of R, {r['429']:.2%} 429s", "≥ 97%, ≤ 0.5%"))
-        r = rate_fidelity(workdir, 1000, 20)
-        rows.append(("rate fidelity: no limit vs server limit 1,000/s (steady rate)",
-                     f"{r['share']:.1%} of R, {r['429_after_10s']:.2%} 429s after 10 s ({r['429']:.2%} in all)",
-                     "converges, ≤ 5% after 10 s"))
+        if not opts.rate_only and not opts.no_nginx and nginx_and_wrk_available():
+            nginx_scenario(workdir, opts.nginx_lines, opts.wrk_seconds, first_lines, rows)
+        if not opts.nginx_only:
+            rate_fidelity_rows(workdir, rows)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -215,7 +547,7 @@ def main():
     except (OSError, StopIteration):
         pass
     print(f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}; "
-          f"runner and mock server on the same cores.\n")
+          f"runner and mock server (or nginx, or wrk) on the same cores.\n")
     print("| scenario | result | target |")
     print("|---|---|---|")
     for name, result, target in rows:
