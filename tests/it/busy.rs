@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::bin::{Running, runner};
+use crate::support::bin::Running;
 use crate::support::*;
 use runner::mock::MockConfig;
 use runner::store::BUSY_TIMEOUT;
@@ -12,33 +12,18 @@ use runner::store::BUSY_TIMEOUT;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lock_held_past_the_busy_timeout_pauses_a_running_job_and_never_fails_it() {
     const REQUESTS: usize = 40;
-    let s = Scratch::new();
-    let server = mock(MockConfig {
-        latency: Duration::from_millis(100),
-        ..MockConfig::default()
-    })
-    .await;
-    s.prompts("x.jsonl", 0..REQUESTS);
-    let mut cmd = runner(s.dir.path());
-    cmd.args([
-        "submit",
-        "x.jsonl",
-        "--base-url",
-        &server.base_url(),
-        "--model",
-        "test-model",
-        "--no-progress",
-        "--concurrency",
-        "2",
-    ]);
-    let x = Running::spawn(cmd);
-    let db = s.db();
+    let fx = Fixture::for_job("x")
+        .mock(MockConfig {
+            latency: Duration::from_millis(100),
+            ..MockConfig::default()
+        })
+        .prompts(0..REQUESTS)
+        .start()
+        .await;
+    let x = Running::spawn(fx.bin_submit(&["--concurrency", "2"]));
+    let db = fx.db();
     wait_until("job X has journaled a success", || {
-        try_query_i64(
-            &db,
-            "SELECT count(*) FROM requests WHERE state = 'succeeded'",
-        )
-        .is_some_and(|n| n > 0)
+        try_requests_in(&db, "succeeded").is_some_and(|n| n > 0)
     })
     .await;
 
@@ -56,11 +41,8 @@ async fn a_write_lock_held_past_the_busy_timeout_pauses_a_running_job_and_never_
 
     let (status, stderr) = x.wait().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let stats = server.stats();
-    for i in 0..REQUESTS {
-        assert_eq!(stats.successes_for(&sent_body(i)), 1, "request {i}");
-    }
+    assert_succeeded_once(&fx.mock.stats(), 0..REQUESTS);
     assert_eq!(journaled_successes(&db).len(), REQUESTS);
     assert_eq!(integrity(&db), "ok");
-    server.shutdown().await;
+    fx.shutdown().await;
 }

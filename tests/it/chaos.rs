@@ -41,11 +41,7 @@ async fn kill_9(victim: Running) {
 }
 
 fn in_flight(db: &Path) -> i64 {
-    try_query_i64(
-        db,
-        "SELECT count(*) FROM requests WHERE state = 'in_flight'",
-    )
-    .unwrap_or(0)
+    try_requests_in(db, "in_flight").unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

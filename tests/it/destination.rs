@@ -2,27 +2,44 @@
 //! machine is refused while a key is set, and `OPENAI_BASE_URL` wins over a stored base URL,
 //! saying so.
 
+use std::process::Command;
+
 use crate::support::bin::{output, runner, text};
 use crate::support::*;
-use runner::mock::MockConfig;
 
 const KEY: &str = "sk-proj-destination-test-000000000000";
+
+/// The real binary in `s` with `args`, `OPENAI_API_KEY` set.
+fn keyed(s: &Scratch, args: &[&str]) -> Command {
+    let mut cmd = runner(s.dir.path());
+    cmd.env("OPENAI_API_KEY", KEY).args(args);
+    cmd
+}
+
+/// `submit p.jsonl` to a plain-http address on another machine (TEST-NET-1, unroutable), with
+/// `extra` before `--no-progress`.
+fn submit_elsewhere(s: &Scratch, extra: &[&str]) -> Command {
+    let (input, db) = (s.path("p.jsonl").display().to_string(), s.db_arg());
+    let mut cmd = keyed(
+        s,
+        &[
+            "submit",
+            &input,
+            "--db",
+            &db,
+            "--base-url",
+            "http://192.0.2.1:9/v1",
+        ],
+    );
+    cmd.args(extra).arg("--no-progress");
+    cmd
+}
 
 #[tokio::test]
 async fn plain_http_to_another_host_with_a_key_is_refused_unless_allowed() {
     let s = Scratch::new();
-    let input = s.prompts("p.jsonl", 0..1);
-    let mut cmd = runner(s.dir.path());
-    cmd.env("OPENAI_API_KEY", KEY).args([
-        "submit",
-        &input.display().to_string(),
-        "--db",
-        &s.db_arg(),
-        "--base-url",
-        "http://192.0.2.1:9/v1",
-        "--no-progress",
-    ]);
-    let out = output(cmd).await;
+    s.prompts("p.jsonl", 0..1);
+    let out = output(submit_elsewhere(&s, &[])).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -32,21 +49,16 @@ async fn plain_http_to_another_host_with_a_key_is_refused_unless_allowed() {
     assert!(stderr.contains("--allow-insecure-http"), "{stderr}");
 
     // Said explicitly, it goes ahead (and fails to connect: TEST-NET-1 is unroutable).
-    let mut cmd = runner(s.dir.path());
-    cmd.env("OPENAI_API_KEY", KEY).args([
-        "submit",
-        &input.display().to_string(),
-        "--db",
-        &s.db_arg(),
-        "--base-url",
-        "http://192.0.2.1:9/v1",
-        "--allow-insecure-http",
-        "--timeout",
-        "300ms",
-        "--max-attempts",
-        "1",
-        "--no-progress",
-    ]);
+    let cmd = submit_elsewhere(
+        &s,
+        &[
+            "--allow-insecure-http",
+            "--timeout",
+            "300ms",
+            "--max-attempts",
+            "1",
+        ],
+    );
     let out = output(cmd).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
@@ -59,25 +71,26 @@ async fn plain_http_to_another_host_with_a_key_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn the_environments_base_url_wins_over_the_stored_one_and_says_so() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let input = s.prompts("p.jsonl", 0..3);
+    let fx = Fixture::for_job("p").prompts(0..3).start().await;
+    let (s, mock, db) = (&fx.scratch, &fx.mock, fx.db_arg());
+    let input = fx.input.display().to_string();
     let stored = "http://127.0.0.1:1/v1";
     // First run: nothing listens on port 1, so every request fails and stays in the job.
-    let mut cmd = runner(s.dir.path());
-    cmd.env("OPENAI_API_KEY", KEY)
-        .env("OPENAI_BASE_URL", stored)
-        .args([
+    let mut cmd = keyed(
+        s,
+        &[
             "submit",
-            &input.display().to_string(),
+            &input,
             "--db",
-            &s.db_arg(),
+            &db,
             "--model",
             "test-model",
             "--max-attempts",
             "1",
             "--no-progress",
-        ]);
+        ],
+    );
+    cmd.env("OPENAI_BASE_URL", stored);
     let out = output(cmd).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
@@ -87,10 +100,8 @@ async fn the_environments_base_url_wins_over_the_stored_one_and_says_so() {
     );
 
     // The environment now names the mock: it is used, said, and stored.
-    let mut cmd = runner(s.dir.path());
-    cmd.env("OPENAI_API_KEY", KEY)
-        .env("OPENAI_BASE_URL", mock.base_url())
-        .args(["retry-failed", "--db", &s.db_arg(), "--no-progress"]);
+    let mut cmd = keyed(s, &["retry-failed", "--db", &db, "--no-progress"]);
+    cmd.env("OPENAI_BASE_URL", mock.base_url());
     let out = output(cmd).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

@@ -84,10 +84,7 @@ async fn a_runner_woken_after_another_took_its_job_over_changes_nothing_and_exit
     let a = Running::spawn(cmd);
     let db = s.db();
     wait_until("runner A's requests in flight", || {
-        try_query_i64(
-            &db,
-            "SELECT count(*) FROM requests WHERE state = 'in_flight'",
-        ) == Some(4)
+        try_requests_in(&db, "in_flight") == Some(4)
     })
     .await;
 
@@ -130,10 +127,7 @@ async fn a_runner_alive_on_this_host_keeps_its_job_even_past_its_lease_expiry() 
     let a = Running::spawn(cmd);
     let db = s.db();
     wait_until("runner A's requests in flight", || {
-        try_query_i64(
-            &db,
-            "SELECT count(*) FROM requests WHERE state = 'in_flight'",
-        ) == Some(2)
+        try_requests_in(&db, "in_flight") == Some(2)
     })
     .await;
     // Suspended, and its lease expired long ago (a wall-clock jump looks the same).
@@ -153,10 +147,7 @@ async fn a_runner_alive_on_this_host_keeps_its_job_even_past_its_lease_expiry() 
         "{stderr}"
     );
     assert_eq!(
-        query_i64(
-            &db,
-            "SELECT count(*) FROM requests WHERE state = 'in_flight'"
-        ),
+        requests_in(&db, "in_flight"),
         2,
         "the live runner's requests were left alone"
     );

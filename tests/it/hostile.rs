@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::bin::{output, text};
 use crate::support::*;
 use rstest::rstest;
 use runner::Exit;
@@ -43,12 +44,6 @@ fn line(id: &str, extra: serde_json::Value) -> String {
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_header_values_neither_panic_nor_lose_a_result() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig {
-        latency: Duration::from_millis(1),
-        ..MockConfig::default()
-    })
-    .await;
     let mut text = String::new();
     for (i, (name, value)) in HOSTILE.iter().enumerate() {
         let headers = json!({"mock_headers": {*name: *value}});
@@ -59,13 +54,16 @@ async fn hostile_header_values_neither_panic_nor_lose_a_result() {
         text.push_str(&line(&format!("429-{i}"), limited));
         text.push('\n');
     }
-    let input = s.write("hostile.jsonl", &text);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(&file, &db, &url, &["--max-wait", "200ms"]);
+    let fx = Fixture::for_job("hostile")
+        .mock(MockConfig {
+            latency: Duration::from_millis(1),
+            ..MockConfig::default()
+        })
+        .input(text)
+        .start()
+        .await;
     let started = Instant::now();
-    let exit = within("hostile run", run(&args, env()))
-        .await
-        .expect("runs");
+    let exit = fx.submit(&["--max-wait", "200ms"]).await;
     assert_eq!(exit, Exit::Success);
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -73,16 +71,10 @@ async fn hostile_header_values_neither_panic_nor_lose_a_result() {
         started.elapsed()
     );
     let requests = (HOSTILE.len() * 2) as i64;
+    assert_eq!(fx.requests_in("succeeded"), requests);
     assert_eq!(
         query_i64(
-            &s.db(),
-            "SELECT count(*) FROM requests WHERE state = 'succeeded'"
-        ),
-        requests
-    );
-    assert_eq!(
-        query_i64(
-            &s.db(),
+            &fx.db(),
             "SELECT count(*) FROM attempts WHERE error_class = 'succeeded'"
         ),
         requests,
@@ -90,13 +82,13 @@ async fn hostile_header_values_neither_panic_nor_lose_a_result() {
     );
     assert_eq!(
         query_i64(
-            &s.db(),
+            &fx.db(),
             "SELECT count(*) FROM attempts WHERE error_class = 'rate_limited'"
         ),
         HOSTILE.len() as i64,
         "each 429 journaled and retried"
     );
-    let stats = mock.stats();
+    let stats = fx.mock.stats();
     assert!(
         stats.per_body.values().all(|counts| counts.successes == 1),
         "{:?}",
@@ -112,20 +104,15 @@ async fn hostile_header_values_neither_panic_nor_lose_a_result() {
 /// it sets is floored (see `rate_limit::tests::a_low_announced_limit_is_never_exceeded`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanishing_announced_limit_does_not_lose_the_success() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let text = line(
-        "tiny",
-        json!({"mock_headers": {"x-ratelimit-limit-requests": "1e-300"}}),
-    );
-    let input = s.write("tiny.jsonl", &format!("{text}\n"));
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(&file, &db, &url, &[]);
-    let exit = within("tiny-limit run", run(&args, env()))
-        .await
-        .expect("runs");
-    assert_eq!(exit, Exit::Success);
-    assert_eq!(journaled_successes(&s.db()), vec!["tiny".to_owned()]);
+    let fx = Fixture::for_job("tiny")
+        .input(jsonl([line(
+            "tiny",
+            json!({"mock_headers": {"x-ratelimit-limit-requests": "1e-300"}}),
+        )]))
+        .start()
+        .await;
+    assert_eq!(fx.submit(&[]).await, Exit::Success);
+    assert_eq!(journaled_successes(&fx.db()), vec!["tiny".to_owned()]);
 }
 
 /// An answer over `--max-response-bytes` fails its request at once (a 2xx may already be
@@ -133,22 +120,17 @@ async fn a_vanishing_announced_limit_does_not_lose_the_success() {
 /// no body in the journal; the other requests are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_over_max_response_bytes_fails_its_request_once_and_stores_no_body() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let text = [
-        line("small", json!({})),
-        line("huge", json!({"mock_body_bytes": 8 * 1024 * 1024})),
-        line("fits", json!({"mock_body_bytes": 64 * 1024})),
-    ]
-    .join("\n");
-    let input = s.write("big.jsonl", &format!("{text}\n"));
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(&file, &db, &url, &["--max-response-bytes", "1000000"]);
-    let exit = within("big-body run", run(&args, env()))
-        .await
-        .expect("runs");
+    let fx = Fixture::for_job("big")
+        .input(jsonl([
+            line("small", json!({})),
+            line("huge", json!({"mock_body_bytes": 8 * 1024 * 1024})),
+            line("fits", json!({"mock_body_bytes": 64 * 1024})),
+        ]))
+        .start()
+        .await;
+    let exit = fx.submit(&["--max-response-bytes", "1000000"]).await;
     assert_eq!(exit, Exit::SomeFailed);
-    let q = |sql: &str| query_text(&s.db(), sql);
+    let q = |sql: &str| query_text(&fx.db(), sql);
     assert_eq!(
         q("SELECT state FROM requests WHERE key = 'huge'").as_deref(),
         Some("failed")
@@ -165,31 +147,25 @@ async fn an_answer_over_max_response_bytes_fails_its_request_once_and_stores_no_
     assert!(message.contains("raise --max-response-bytes"), "{message}");
     assert_eq!(
         query_i64(
-            &s.db(),
+            &fx.db(),
             "SELECT coalesce(length(response), 0) FROM requests WHERE key = 'huge'"
         ),
         0,
         "no body over the limit is journaled"
     );
     assert_eq!(
-        query_i64(&s.db(), "SELECT attempts FROM requests WHERE key = 'huge'"),
+        query_i64(&fx.db(), "SELECT attempts FROM requests WHERE key = 'huge'"),
         1,
         "never retried"
     );
-    assert_eq!(
-        query_i64(
-            &s.db(),
-            "SELECT count(*) FROM requests WHERE state = 'succeeded'"
-        ),
-        2
-    );
+    assert_eq!(fx.requests_in("succeeded"), 2);
     assert!(
         query_i64(
-            &s.db(),
+            &fx.db(),
             "SELECT length(response) FROM requests WHERE key = 'fits'"
         ) >= 64 * 1024
     );
-    assert_eq!(mock.stats().answers, 3);
+    assert_eq!(fx.mock.stats().answers, 3);
 }
 
 /// The flag is checked: more than the journal can hold is refused before anything is sent.
@@ -215,27 +191,23 @@ async fn max_response_bytes_over_what_the_journal_holds_is_refused() {
 /// it exactly as `runner export` does, and JSONL keeps it exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_csv_neutralises_server_text_like_the_export() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
     let formula = "=HYPERLINK(\"http://evil.example\",\"x\")";
-    let text = line("f", json!({"mock_headers": {"x-request-id": formula}}));
-    let input = s.write("f.jsonl", &format!("{text}\n"));
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(&file, &db, &url, &[]);
-    assert_eq!(run(&args, env()).await.expect("runs"), Exit::Success);
+    let fx = Fixture::for_job("f")
+        .input(jsonl([line(
+            "f",
+            json!({"mock_headers": {"x-request-id": formula}}),
+        )]))
+        .start()
+        .await;
+    assert_eq!(fx.submit(&[]).await, Exit::Success);
+    let db = fx.db_arg();
     for (format, expected) in [
         ("csv", format!("'{formula}")),
         ("jsonl", formula.to_owned()),
     ] {
-        let mut cmd = crate::support::bin::runner(s.dir.path());
-        cmd.args(["attempts", "--db", &db, "--format", format]);
-        let out = crate::support::bin::output(cmd).await;
-        assert!(
-            out.status.success(),
-            "{}",
-            crate::support::bin::text(&out.stderr)
-        );
-        let stdout = crate::support::bin::text(&out.stdout);
+        let out = output(fx.bin(&["attempts", "--db", &db, "--format", format])).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
         let cell = match format {
             "csv" => {
                 let mut reader = csv::Reader::from_reader(stdout.as_bytes());

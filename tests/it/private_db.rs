@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::support::*;
 use runner::Exit;
-use runner::mock::MockConfig;
 
 fn mode(path: &std::path::Path) -> Option<u32> {
     Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o777)
@@ -13,12 +12,9 @@ fn mode(path: &std::path::Path) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_world_readable_database_and_its_wal_and_shm_become_private() {
-    let s = Scratch::new();
-    let mock = mock(MockConfig::default()).await;
-    let input = s.prompts("p.jsonl", 0..3);
-    let (file, db, url) = (input.display().to_string(), s.db_arg(), mock.base_url());
-    let args = submit_args(&file, &db, &url, &[]);
-    assert_eq!(run(&args, env()).await.expect("runs"), Exit::Success);
+    let fx = Fixture::for_job("p").prompts(0..3).start().await;
+    assert_eq!(fx.submit(&[]).await, Exit::Success);
+    let s = &fx.scratch;
 
     let wal = s.path("runner.db-wal");
     let shm = s.path("runner.db-shm");
@@ -31,10 +27,8 @@ async fn an_existing_world_readable_database_and_its_wal_and_shm_become_private(
         assert!(path.exists(), "{}", path.display());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
-    let more = s.prompts("p.jsonl", 0..4);
-    let file = more.display().to_string();
-    let args = submit_args(&file, &db, &url, &[]);
-    assert_eq!(run(&args, env()).await.expect("runs"), Exit::Success);
+    s.prompts("p.jsonl", 0..4);
+    assert_eq!(fx.submit(&[]).await, Exit::Success);
     for path in [s.db(), wal, shm] {
         assert_eq!(mode(&path), Some(0o600), "{}", path.display());
     }

@@ -19,7 +19,9 @@ use runner::engine::shutdown::Shutdown;
 use runner::mock::{MockConfig, MockServer};
 use tokio::task::JoinHandle;
 
-use super::{Scratch, bin, env, export_csv, mock, run, spawn_run, within};
+use serde_json::Value;
+
+use super::{Scratch, bin, env, export_csv, export_jsonl, mock, run, spawn_run, within};
 
 /// What [`FixtureBuilder::start`] puts in the input file.
 enum Input {
@@ -183,6 +185,16 @@ impl Fixture {
     /// The job exported as CSV through the real command: the header and the rows.
     pub fn export_csv(&self) -> (Vec<String>, Vec<csv::StringRecord>) {
         export_csv(&self.db(), &self.job)
+    }
+
+    /// The job exported as Batch-output JSONL through the real command, a value a line.
+    pub fn export_jsonl(&self) -> Vec<Value> {
+        export_jsonl(&self.db(), &self.job)
+    }
+
+    /// How many requests in the database are in `state` (see [`super::requests_in`]).
+    pub fn requests_in(&self, state: &str) -> i64 {
+        super::requests_in(&self.db(), state)
     }
 
     /// The real binary with `args`, run in the scratch directory with a clean environment.

@@ -157,6 +157,29 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// Exports a job as Batch-output JSONL (through the real command) and parses each line.
+pub fn export_jsonl(db: &Path, job: &str) -> Vec<Value> {
+    let out = db.with_file_name(format!("{job}-export.jsonl"));
+    let args = runner::cli::ExportArgs {
+        job: Some(job.to_owned()),
+        db: runner::cli::DbArgs { db: db.to_owned() },
+        format: runner::cli::ExportFormat::Jsonl,
+        output: Some(out.clone()),
+        no_sanitize: false,
+    };
+    runner::inspect::export::export(&args).expect("export");
+    std::fs::read_to_string(&out)
+        .expect("export file")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("jsonl line"))
+        .collect()
+}
+
+/// Input text: each of `lines` (JSON values or strings) on a line of its own.
+pub fn jsonl<T: std::fmt::Display>(lines: impl IntoIterator<Item = T>) -> String {
+    lines.into_iter().map(|l| format!("{l}\n")).collect()
+}
+
 /// Exports a job as CSV (through the real command) and parses it back.
 pub fn export_csv(db: &Path, job: &str) -> (Vec<String>, Vec<csv::StringRecord>) {
     let out = db.with_file_name(format!("{job}-export.csv"));
@@ -200,6 +223,15 @@ pub fn query_i64(db: &Path, sql: &str) -> i64 {
 /// How many requests of the database's jobs are in `state` (`pending`, `succeeded`, …).
 pub fn requests_in(db: &Path, state: &str) -> i64 {
     query_i64(
+        db,
+        &format!("SELECT count(*) FROM requests WHERE state = '{state}'"),
+    )
+}
+
+/// [`requests_in`] for a database that a running binary may still be creating: `None` until
+/// the file and its schema exist.
+pub fn try_requests_in(db: &Path, state: &str) -> Option<i64> {
+    try_query_i64(
         db,
         &format!("SELECT count(*) FROM requests WHERE state = '{state}'"),
     )
