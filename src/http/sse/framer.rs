@@ -2,6 +2,7 @@
 
 use super::StreamError;
 
+/// The server-sent events framing (the WHATWG "event stream" grammar): bytes in, `(event, data)`
 /// pairs out. Holds only the unfinished line and the unfinished event.
 #[derive(Debug)]
 pub(super) struct Framer {
