@@ -1,9 +1,11 @@
 //! Talking to the API: sending attempts ([`client`]), the hosted Batch API's Files and Batches
-//! calls ([`batch`]), with extra [`headers`], reading answers with bounds ([`body`],
-//! [`hints`]), assembling streamed answers ([`sse`]), reading success bodies ([`response`]) and
-//! deciding what results mean ([`classify`]).
+//! calls ([`batch`]) and the lines of their output files ([`batch_output`]), with extra
+//! [`headers`], reading answers with bounds ([`body`], [`hints`]), assembling streamed answers
+//! ([`sse`]), reading success bodies ([`response`]) and deciding what results mean
+//! ([`classify`]).
 
 pub mod batch;
+pub mod batch_output;
 pub mod body;
 pub mod classify;
 pub mod client;

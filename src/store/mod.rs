@@ -37,6 +37,7 @@ pub mod journal;
 pub mod lease;
 pub mod migrate;
 mod sql;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -47,6 +48,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::Completion;
 use crate::input::InputError;
+
+use writer::own_connection;
 
 /// Commands queued for the owner thread at most. Bounds memory; a full queue slows the workers
 /// (backpressure) instead of growing without limit.
@@ -88,9 +91,6 @@ pub fn busy_timeout() -> Duration {
 /// ingesting or finishing in the same file is normal and must not fail this one; bounded, so a
 /// forgotten `sqlite3` shell holding a transaction still ends in a clear error.
 pub const BUSY_PATIENCE: Duration = Duration::from_secs(600);
-
-/// The longest pause between two tries for the write lock while a running job waits for it.
-const BUSY_BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 /// A runner's claim on a job, checked by every batch once set (see the module docs, "Fencing").
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -517,147 +517,6 @@ impl JobStore {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.call(|_| Ok(())).await
     }
-}
-
-/// The owner thread's loop: batch, apply in one transaction, commit, reply.
-fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
-    let mut failed: Option<WriteFailure> = None;
-    let mut fence: Option<Fence> = None;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
-        }
-        if let Some(reason) = &failed {
-            refuse(&mut batch, reason);
-            continue;
-        }
-        if let Err(reason) = apply_batch(&conn, &mut batch, &mut fence) {
-            match &reason.taken_over {
-                Some((_, holder)) => tracing::error!(
-                    %holder,
-                    "another runner took this job over; refusing further writes"
-                ),
-                None => {
-                    tracing::error!(error = %reason, "database write failed; refusing further writes")
-                }
-            }
-            failed = Some(reason);
-        }
-    }
-}
-
-fn refuse(batch: &mut Vec<Command>, reason: &WriteFailure) {
-    for cmd in batch.drain(..) {
-        match cmd {
-            // Lost like any write after a crash: the request stays in_flight and recovery
-            // journals it as interrupted.
-            Command::Record(_) | Command::Fence(_) => {}
-            Command::Call(call) => call.refuse(reason),
-        }
-    }
-}
-
-/// Runs one batch in one transaction. On failure everything in it is rolled back and every
-/// caller in it is told; the error is returned so the store stops accepting writes.
-fn apply_batch(
-    conn: &Connection,
-    batch: &mut Vec<Command>,
-    fence: &mut Option<Fence>,
-) -> Result<(), WriteFailure> {
-    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-    let patience = match fence {
-        Some(_) => BUSY_PATIENCE,
-        None => busy_timeout() * SETUP_TRIES,
-    };
-    let mut result = begin(conn, patience);
-    // The write lock is held from BEGIN IMMEDIATE to the end of the batch: no other runner can
-    // take the lease in between, so one check here covers every write of the batch.
-    if let (Ok(()), Some(fence)) = (&result, fence.as_ref()) {
-        result = check_fence(conn, fence);
-    }
-    for cmd in batch.drain(..) {
-        match cmd {
-            Command::Record(completion) => {
-                if result.is_ok() {
-                    result = db::record_attempt(conn, &completion).map_err(WriteFailure::from);
-                }
-            }
-            Command::Call(call) => match &result {
-                Ok(()) => replies.push(call.run(conn)),
-                Err(reason) => call.refuse(reason),
-            },
-            Command::Fence(new) => {
-                if result.is_ok() {
-                    result = check_fence(conn, &new);
-                }
-                *fence = Some(new);
-            }
-        }
-    }
-    if result.is_ok() {
-        result = conn.execute_batch("COMMIT").map_err(WriteFailure::from);
-    }
-    if result.is_err() && !conn.is_autocommit() {
-        // Best effort: the error that matters is the one already in `result`.
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    let commit_error = result.as_ref().err();
-    for reply in replies {
-        reply(commit_error);
-    }
-    result
-}
-
-/// Starts a batch's write transaction. A batch that finds the write lock held past the busy
-/// timeout backs off and tries again, until `patience` has passed ([`BUSY_PATIENCE`] once a job
-/// is fenced, [`SETUP_TRIES`] busy timeouts before). Safe: nothing of the batch has run yet.
-fn begin(conn: &Connection, patience: Duration) -> Result<(), WriteFailure> {
-    let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => return Ok(()),
-            Err(e) if is_busy(&e) && started.elapsed() + pause < patience => {
-                tracing::warn!(
-                    waited_s = started.elapsed().as_secs(),
-                    "the database is busy with another writer; this job waits for it"
-                );
-                thread::sleep(pause);
-                pause = (pause * 2).min(BUSY_BACKOFF_CAP);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
-/// Inside the batch's transaction: the job's lease epoch must still be the fence's.
-fn check_fence(conn: &Connection, fence: &Fence) -> Result<(), WriteFailure> {
-    let (epoch, holder): (i64, Option<String>) = conn
-        .prepare_cached("SELECT lease_epoch, lease_owner FROM jobs WHERE id = ?1")?
-        .query_row([fence.job.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if epoch == fence.epoch {
-        return Ok(());
-    }
-    Err(WriteFailure {
-        code: None,
-        message: format!(
-            "job '{}' was taken over by another runner (lease epoch {epoch}, ours {})",
-            fence.name, fence.epoch
-        ),
-        taken_over: Some((fence.name.clone(), holder.unwrap_or_default())),
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,293 @@
+//! The **read** step of an attempt: what came back (an answer, a cut or unreadable stream, a
+//! body over the limit, a transport failure) turned into a [`Reading`](super::Reading). Pure.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::Reading;
+use crate::domain::{AttemptOutcome, Class, Usage};
+use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
+use crate::http::client::{Answer, Sent, Streamed};
+use crate::http::hints;
+use crate::http::response::parse_success;
+use crate::http::sse::{Assembled, StreamEnd};
+
+/// Longest part of an unreadable 2xx body kept in the journal's `error_message`.
+const INVALID_BODY_HEAD: usize = 200;
+
+/// Reads what came back. `now` resolves a `retry-after` given as an HTTP date.
+///
+/// `max_wait` (`--max-wait`) caps the wait a server may ask for. Every header goes through
+/// [`hints`], so no value a server sends can panic here.
+pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
+    match sent {
+        Sent::Answer(answer) => read_answer(answer, now, max_wait),
+        // Never retried: the server did the work (a 2xx may be billed), and the same request
+        // would get the same answer. Only the error goes into the journal, never the body.
+        Sent::TooLarge {
+            status,
+            headers,
+            cap,
+            at_least,
+        } => Reading {
+            outcome: AttemptOutcome::Answered,
+            http_status: Some(status),
+            class: Class::RequestFailed,
+            error: ApiError::default(),
+            error_code: Some(RESPONSE_TOO_LARGE.to_owned()),
+            error_message: Some(format!(
+                "the answer's body is at least {at_least} bytes, over the --max-response-bytes limit of {cap}: \
+                 raise --max-response-bytes, then `runner retry-failed --class request_failed` sends it again"
+            )),
+            x_request_id: hints::request_id(&headers),
+            response: None,
+            usage: Usage::default(),
+            wait: None,
+            limit_per_minute: hints::limit_per_minute(&headers),
+        },
+        Sent::Failed { failure, message } => Reading {
+            outcome: if failure.outcome_unknown() {
+                AttemptOutcome::OutcomeUnknown
+            } else {
+                AttemptOutcome::NotSent
+            },
+            http_status: None,
+            class: classify(Observation::Transport(failure)),
+            error: ApiError::default(),
+            error_code: Some(failure_code(failure).to_owned()),
+            error_message: Some(message),
+            x_request_id: None,
+            response: None,
+            usage: Usage::default(),
+            wait: None,
+            limit_per_minute: None,
+        },
+    }
+}
+
+/// The journal's `error_code` of a transport failure.
+fn failure_code(failure: TransportFailure) -> &'static str {
+    match failure {
+        TransportFailure::Connect => "connect_error",
+        TransportFailure::Timeout => "timeout",
+        TransportFailure::Other => "network_error",
+        TransportFailure::Cut => "stream_cut",
+    }
+}
+
+/// What a body turned out to be: its class of payload, the error it carries, the text to
+/// journal as the response, and why it cannot be read (for an invalid 2xx).
+struct Content {
+    payload: Payload,
+    error: ApiError,
+    response: Option<String>,
+    unreadable: Option<(&'static str, String)>,
+}
+
+/// The journal's `error_code` of an answer over `--max-response-bytes`.
+pub const RESPONSE_TOO_LARGE: &str = "response_too_large";
+
+fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
+    let Answer {
+        status,
+        headers,
+        body,
+        stream,
+    } = answer;
+    let x_request_id = hints::request_id(&headers);
+    let limit_per_minute = hints::limit_per_minute(&headers);
+    let should_retry = hints::should_retry(&headers);
+    let success = (200..300).contains(&status);
+    let content = match stream {
+        // A chat or completions stream that says `[DONE]` before any choice got its
+        // `finish_reason` was stopped early (llama.cpp's Python server does this to a stream
+        // when another request arrives): as unfinished as a cut one.
+        Some(Streamed::Assembled(assembled)) if is_unfinished(&assembled) => {
+            return cut_reading(
+                status,
+                assembled.body,
+                "the event stream said [DONE] before any choice had a finish_reason: the server stopped it early".to_owned(),
+                x_request_id,
+                limit_per_minute,
+            );
+        }
+        // A cut stream is answered but unfinished: like a timeout, the server may have done
+        // the work, so it is retried with its outcome unknown; the partial answer is kept.
+        Some(Streamed::Cut { partial, message }) => {
+            return cut_reading(status, partial, message, x_request_id, limit_per_minute);
+        }
+        Some(Streamed::Unreadable { message }) => Content {
+            payload: Payload::Invalid,
+            error: ApiError::default(),
+            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            unreadable: Some((
+                "invalid_stream",
+                format!("{message}; the stream began: {}", head(&body)),
+            )),
+        },
+        Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
+        None if !success => Content {
+            payload: Payload::Whole,
+            error: ApiError::parse(&body),
+            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            unreadable: None,
+        },
+        None => match ApiError::in_success(&body) {
+            Some(error) => Content {
+                payload: Payload::Error,
+                error,
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: None,
+            },
+            None if parse_success(&body).is_some() => Content {
+                payload: Payload::Whole,
+                error: ApiError::default(),
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: None,
+            },
+            None => Content {
+                payload: Payload::Invalid,
+                error: ApiError::default(),
+                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                unreadable: Some((
+                    "invalid_json",
+                    format!(
+                        "the answer's body is not a JSON object; it began: {}",
+                        head(&body)
+                    ),
+                )),
+            },
+        },
+    };
+    let class = classify(Observation::Answer {
+        status,
+        error: &content.error,
+        payload: content.payload,
+        should_retry,
+    });
+    let usage = match (success, content.payload, &content.response) {
+        (true, Payload::Whole, Some(text)) => parse_success(text.as_bytes()).unwrap_or_default(),
+        _ => Usage::default(),
+    };
+    let (error_code, error_message) = match content.unreadable {
+        Some((code, message)) => (Some(code.to_owned()), Some(message)),
+        None => (content.error.code.clone(), content.error.message.clone()),
+    };
+    Reading {
+        outcome: AttemptOutcome::Answered,
+        http_status: Some(status),
+        class,
+        wait: hints::server_wait(&headers, content.error.message.as_deref(), now, max_wait),
+        error_code,
+        error_message,
+        x_request_id,
+        response: content.response,
+        usage,
+        limit_per_minute,
+        error: content.error,
+    }
+}
+
+/// The reading of a stream that stopped before its end: answered, but its outcome is unknown
+/// (the server may have finished and billed it), so it is retried like a timeout; the partial
+/// answer is journaled.
+fn cut_reading(
+    status: u16,
+    partial: Value,
+    message: String,
+    x_request_id: Option<String>,
+    limit_per_minute: Option<f64>,
+) -> Reading {
+    let failure = TransportFailure::Cut;
+    // The attempt row keeps what arrived (the request row's response is replaced by the next
+    // attempt's): the text so far, as far as it can be read.
+    let message = match crate::http::response::output_text(&partial) {
+        Some(text) if !text.is_empty() => {
+            format!("{message}; text so far: {}", head(text.as_bytes()))
+        }
+        Some(_) | None => message,
+    };
+    Reading {
+        outcome: AttemptOutcome::OutcomeUnknown,
+        http_status: Some(status),
+        class: classify(Observation::Transport(failure)),
+        error: ApiError::default(),
+        error_code: Some(failure_code(failure).to_owned()),
+        error_message: Some(message),
+        x_request_id,
+        response: (!partial.is_null()).then(|| partial.to_string()),
+        usage: Usage::default(),
+        wait: None,
+        limit_per_minute,
+    }
+}
+
+/// Whether a stream ended by `data: [DONE]` without any of its choices finishing: OpenAI's
+/// last content chunk always carries a `finish_reason`.
+fn is_unfinished(assembled: &Assembled) -> bool {
+    let choices = assembled
+        .body
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    assembled.end == StreamEnd::Done
+        && assembled.error.is_none()
+        && !choices.is_empty()
+        && choices
+            .iter()
+            .all(|choice| choice.get("finish_reason").is_none_or(Value::is_null))
+}
+
+/// A stream that reached its end: the assembled body, or the error it ended with (journaled
+/// inside the body assembled so far, the shape of a 2xx body carrying an `error`).
+fn assembled_content(assembled: Assembled) -> Content {
+    let Assembled {
+        body,
+        end: _,
+        error,
+    } = assembled;
+    match (error, body) {
+        (Some(error), body) => {
+            let parsed = ApiError::parse(error.to_string().as_bytes());
+            let journaled = match (body, error.get("error")) {
+                (Value::Object(mut object), Some(inner)) => {
+                    object.insert("error".to_owned(), inner.clone());
+                    Value::Object(object)
+                }
+                (_, _) => error,
+            };
+            Content {
+                payload: Payload::Error,
+                error: parsed,
+                response: Some(journaled.to_string()),
+                unreadable: None,
+            }
+        }
+        (None, Value::Null) => Content {
+            payload: Payload::Invalid,
+            error: ApiError::default(),
+            response: None,
+            unreadable: Some((
+                "invalid_stream",
+                "the event stream ended without an answer in it".to_owned(),
+            )),
+        },
+        (None, body) => Content {
+            payload: Payload::Whole,
+            error: ApiError::default(),
+            response: Some(body.to_string()),
+            unreadable: None,
+        },
+    }
+}
+
+/// The first bytes of a body, as text for a message.
+fn head(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(INVALID_BODY_HEAD) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
