@@ -1,6 +1,9 @@
 //! The architecture, checked from the sources: every `crate::` and `super::` import points down
-//! the layers of README "Architecture", and no two files import each other, directly or around
-//! a cycle. Test code (`#[cfg(test)]` modules and `tests.rs` files) may import anything.
+//! the layers of README "Architecture", and no two files import each other through those paths,
+//! directly or around a cycle. A module's own submodules are part of it: a parent names its
+//! children by relative paths (`framer::Framer`), which are not counted, so a child may use its
+//! parent's items (`super::StreamError`) as a facade's internals do. Test code (`#[cfg(test)]`
+//! modules and `tests.rs` files) may import anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
