@@ -16,7 +16,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::body;
 use super::classify::{ApiError, Class, Observation, Payload, TransportFailure, classify};
-use super::client::{ApiClient, error_chain};
+use super::client::{ApiClient, error_chain, transport_failure};
 
 pub use super::batch_output::{BatchResult, BatchResultError, LineError};
 
@@ -436,16 +436,9 @@ impl ApiClient {
 const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 fn transport(operation: &'static str, e: &reqwest::Error) -> BatchApiError {
-    let failure = if e.is_connect() {
-        TransportFailure::Connect
-    } else if e.is_timeout() {
-        TransportFailure::Timeout
-    } else {
-        TransportFailure::Other
-    };
     BatchApiError::Transport {
         operation,
-        failure,
+        failure: transport_failure(e),
         message: error_chain(e),
     }
 }

@@ -442,16 +442,20 @@ async fn read_stream(mut response: reqwest::Response) -> (Vec<u8>, Streamed) {
 }
 
 fn failed(e: &reqwest::Error) -> Sent {
-    let failure = if e.is_connect() {
+    Sent::Failed {
+        failure: transport_failure(e),
+        message: error_chain(e),
+    }
+}
+
+/// How a request that got no answer failed: never connected, timed out, or cut off.
+pub(super) fn transport_failure(e: &reqwest::Error) -> TransportFailure {
+    if e.is_connect() {
         TransportFailure::Connect
     } else if e.is_timeout() {
         TransportFailure::Timeout
     } else {
         TransportFailure::Other
-    };
-    Sent::Failed {
-        failure,
-        message: error_chain(e),
     }
 }
 
