@@ -13,6 +13,8 @@ use crate::domain::{AttemptClass, PriceOverride, UnknownName};
 use crate::input::DEFAULT_MAX_LINE_BYTES;
 use crate::mock::MockArgs;
 
+pub mod docs;
+
 /// Resilient batch runner for the OpenAI API and OpenAI-compatible servers.
 ///
 /// Streams a JSONL file through a rate-limited worker pool, journals every attempt in SQLite,
@@ -55,6 +57,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Check the key, the environment and the API before a big job
     Doctor(DoctorArgs),
+    /// Write the shell completion script for bash, zsh, fish, powershell or elvish to stdout
+    Completions(CompletionsArgs),
+    /// Write the man page (roff, runner.1) to stdout, or every page into a directory
+    Man(ManArgs),
 }
 
 /// Where jobs live.
@@ -431,6 +437,23 @@ pub struct DoctorArgs {
     /// Time limit of each network check
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
+}
+
+/// `runner completions`.
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `runner man`.
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write runner.1 and one page per command (runner-submit.1, ...) into this directory
+    /// instead of runner.1 to stdout
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Output formats of `runner attempts`.

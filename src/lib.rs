@@ -28,7 +28,8 @@
 //!   commit). Every SQL statement lives here: [`store::db`] (writes, jobs), [`store::journal`]
 //!   (read-only queries), [`store::ingest`] (a file into a job, all or nothing),
 //!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].
-//! - [`cli`]: the raw command-line flags (clap).
+//! - [`cli`]: the raw command-line flags (clap); [`cli::docs`] generates the shell completions
+//!   and man pages from them (`runner completions`, `runner man`).
 //! - [`http`]: [`http::client`] sends one attempt; [`http::classify`] is the error taxonomy (one
 //!   function); [`http::headers`] checks and merges the headers a request carries;
 //!   [`http::response`] reads success bodies; [`http::sse`] assembles streamed
@@ -71,7 +72,7 @@ use std::process::ExitCode;
 
 pub use crate::domain::Exit;
 
-use crate::cli::Command;
+use crate::cli::{Command, docs};
 use crate::engine::config::ApiEnv;
 use crate::engine::job;
 use crate::engine::shutdown::Shutdown;
@@ -102,6 +103,10 @@ pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::R
         }
         Command::Report(args) => blocking(move || report::report(&args)).await,
         Command::Doctor(args) => doctor::doctor(&args, &env).await,
+        Command::Completions(args) => {
+            blocking(move || Ok(docs::print_completions(args.shell)?)).await
+        }
+        Command::Man(args) => blocking(move || Ok(docs::print_man(args.dir.as_deref())?)).await,
     }
 }
 

@@ -27,6 +27,13 @@ async fn help_lists_every_command() {
         "jobs",
         "mock-server",
         "demo",
+        "retry-failed",
+        "attempts",
+        "timeline",
+        "report",
+        "doctor",
+        "completions",
+        "man",
     ] {
         assert!(help.contains(command), "--help lacks {command}:\n{help}");
     }
@@ -48,6 +55,101 @@ async fn help_lists_every_command() {
         assert!(help.contains(flag), "submit --help lacks {flag}");
     }
     assert!(!help.contains("--api-key"), "keys are never flags");
+}
+
+/// `runner ARGS` in a scratch directory: exit code 0, stdout as text.
+async fn stdout_of(s: &Scratch, args: &[&str]) -> String {
+    let mut cmd = runner(s.dir.path());
+    cmd.args(args);
+    let out = output(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[tokio::test]
+async fn completions_cover_every_shell_and_the_commands() {
+    let s = Scratch::new();
+    let bash = stdout_of(&s, &["completions", "bash"]).await;
+    for word in ["submit", "resume", "--concurrency", "retry-failed"] {
+        assert!(bash.contains(word), "bash completions lack {word}");
+    }
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let script = stdout_of(&s, &["completions", shell]).await;
+        assert!(
+            script.contains("resume") && script.contains("concurrency"),
+            "{shell} completions lack resume or --concurrency:\n{script}"
+        );
+    }
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["completions", "tcsh"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn man_page_is_roff_listing_the_subcommands() {
+    let s = Scratch::new();
+    let page = stdout_of(&s, &["man"]).await;
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "not roff:\n{page}"
+    );
+    assert!(page.contains(".TH runner 1"), "{page}");
+    assert!(page.contains("SUBCOMMANDS"), "{page}");
+    assert!(page.contains("runner\\-submit(1)"), "{page}");
+
+    let dir = s.dir.path().join("man1");
+    let out = stdout_of(&s, &["man", "--dir", "man1"]).await;
+    assert!(out.is_empty(), "stdout carries nothing with --dir: {out}");
+    for name in [
+        "runner.1",
+        "runner-submit.1",
+        "runner-completions.1",
+        "runner-man.1",
+    ] {
+        let page = std::fs::read_to_string(dir.join(name)).expect(name);
+        assert!(page.contains(".TH"), "{name}:\n{page}");
+    }
+    let submit = std::fs::read_to_string(dir.join("runner-submit.1")).expect("submit page");
+    assert!(submit.contains("concurrency"), "{submit}");
+    assert!(!dir.join("runner-help.1").exists(), "help has no page");
+}
+
+#[tokio::test]
+async fn completions_into_a_closed_pipe_end_quietly() {
+    let s = Scratch::new();
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        let mut cmd = runner(s.dir.path());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = within(
+            "a generator into a closed pipe",
+            tokio::task::spawn_blocking(move || {
+                let mut child = cmd.spawn().expect("spawn");
+                // Closed before the binary has started writing (or, at worst, after it wrote
+                // everything into the pipe's buffer): either way it ends with 0 and no panic.
+                drop(child.stdout.take());
+                child.wait_with_output().expect("wait")
+            }),
+        )
+        .await
+        .expect("join");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test]
