@@ -87,10 +87,16 @@ impl ApiError {
     /// Reads the `error` object of a 2xx body, if it has one: `{"error": {...}}` at the top level.
     /// A body without one (any success body, or one that is not JSON) gives `None`.
     pub fn in_success(body: &[u8]) -> Option<ApiError> {
-        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        value
-            .get("error")
-            .is_some_and(serde_json::Value::is_object)
+        // Only the `error` field is built; the rest of a (large) success body is skipped, not
+        // turned into a JSON tree: this runs on every 2xx answer.
+        #[derive(Deserialize)]
+        struct Probe {
+            error: Option<serde_json::Value>,
+        }
+        serde_json::from_slice::<Probe>(body)
+            .ok()?
+            .error
+            .is_some_and(|error| error.is_object())
             .then(|| ApiError::parse(body))
     }
 

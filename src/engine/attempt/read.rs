@@ -83,6 +83,8 @@ struct Content {
     error: ApiError,
     response: Option<String>,
     unreadable: Option<(&'static str, String)>,
+    /// Usage, when the body was already parsed for it (a plain 2xx).
+    usage: Option<Usage>,
 }
 
 /// The journal's `error_code` of an answer over `--max-response-bytes`.
@@ -125,6 +127,7 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
                 "invalid_stream",
                 format!("{message}; the stream began: {}", head(&body)),
             )),
+            usage: None,
         },
         Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
         None if !success => Content {
@@ -132,6 +135,7 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
             error: ApiError::parse(&body),
             response: Some(String::from_utf8_lossy(&body).into_owned()),
             unreadable: None,
+            usage: None,
         },
         None => match ApiError::in_success(&body) {
             Some(error) => Content {
@@ -139,24 +143,29 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
                 error,
                 response: Some(String::from_utf8_lossy(&body).into_owned()),
                 unreadable: None,
+                usage: None,
             },
-            None if parse_success(&body).is_some() => Content {
-                payload: Payload::Whole,
-                error: ApiError::default(),
-                response: Some(String::from_utf8_lossy(&body).into_owned()),
-                unreadable: None,
-            },
-            None => Content {
-                payload: Payload::Invalid,
-                error: ApiError::default(),
-                response: Some(String::from_utf8_lossy(&body).into_owned()),
-                unreadable: Some((
-                    "invalid_json",
-                    format!(
-                        "the answer's body is not a JSON object; it began: {}",
-                        head(&body)
-                    ),
-                )),
+            None => match parse_success(&body) {
+                Some(usage) => Content {
+                    payload: Payload::Whole,
+                    error: ApiError::default(),
+                    response: Some(String::from_utf8_lossy(&body).into_owned()),
+                    unreadable: None,
+                    usage: Some(usage),
+                },
+                None => Content {
+                    payload: Payload::Invalid,
+                    error: ApiError::default(),
+                    response: Some(String::from_utf8_lossy(&body).into_owned()),
+                    unreadable: Some((
+                        "invalid_json",
+                        format!(
+                            "the answer's body is not a JSON object; it began: {}",
+                            head(&body)
+                        ),
+                    )),
+                    usage: None,
+                },
             },
         },
     };
@@ -167,7 +176,11 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         should_retry,
     });
     let usage = match (success, content.payload, &content.response) {
-        (true, Payload::Whole, Some(text)) => parse_success(text.as_bytes()).unwrap_or_default(),
+        (true, Payload::Whole, Some(text)) => content
+            .usage
+            .clone()
+            .or_else(|| parse_success(text.as_bytes()))
+            .unwrap_or_default(),
         _ => Usage::default(),
     };
     let (error_code, error_message) = match content.unreadable {
@@ -262,6 +275,7 @@ fn assembled_content(assembled: Assembled) -> Content {
                 error: parsed,
                 response: Some(journaled.to_string()),
                 unreadable: None,
+                usage: None,
             }
         }
         (None, Value::Null) => Content {
@@ -272,12 +286,14 @@ fn assembled_content(assembled: Assembled) -> Content {
                 "invalid_stream",
                 "the event stream ended without an answer in it".to_owned(),
             )),
+            usage: None,
         },
         (None, body) => Content {
             payload: Payload::Whole,
             error: ApiError::default(),
             response: Some(body.to_string()),
             unreadable: None,
+            usage: None,
         },
     }
 }
