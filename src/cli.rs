@@ -39,6 +39,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Requeue a job's failed requests (all, or one class) with fresh budgets, and run them
     RetryFailed(RetryFailedArgs),
+    /// Cancel a --via batch job's batches on the server, wait for them to end, and journal what they finished
+    Cancel(CancelArgs),
     /// Show a job's progress and what its attempts ran into
     Status(StatusArgs),
     /// Write a job's results as CSV or Batch API output JSONL
@@ -142,6 +144,32 @@ pub struct RunArgs {
     /// No progress bar: print a summary line every few seconds instead
     #[arg(long)]
     pub no_progress: bool,
+    /// How requests are sent: sync (each one directly) or batch (through the hosted Batch API, at half the price, within 24 hours). Stored with the job; `resume --via sync` finishes a batch job directly [default: sync]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub via: Option<Via>,
+    /// --via batch: lines per input file at most [default: 50000]
+    #[arg(long, value_name = "N")]
+    pub batch_max_lines: Option<NonZeroUsize>,
+    /// --via batch: bytes per input file at most [default: 209715200, 200 MB]
+    #[arg(long, value_name = "BYTES")]
+    pub batch_max_bytes: Option<NonZeroUsize>,
+    /// --via batch: longest time between two polls of a batch; the first polls come sooner [default: 1m]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// --via batch: delete each batch's input, output and error files from the server once its results are journaled (stored with the job)
+    #[arg(long)]
+    pub delete_batch_files: bool,
+}
+
+/// How a job's requests reach the API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Each request sent directly, as it is claimed.
+    #[default]
+    Sync,
+    /// Requests grouped into input files and run by the hosted Batch API.
+    Batch,
 }
 
 /// How the key is sent.
@@ -258,6 +286,35 @@ pub struct RetryFailedArgs {
     /// Run settings.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `runner cancel`.
+#[derive(Args, Debug, Clone)]
+pub struct CancelArgs {
+    /// Job name [default: the most recent job]
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Longest time between two polls while the batches end [default: the job's --poll-interval]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Allow plain http:// to a host other than this machine while a key is set. Not stored
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+}
+
+impl CancelArgs {
+    /// The run settings `cancel` overrides: only the poll interval.
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            poll_interval: self.poll_interval,
+            allow_insecure_http: self.allow_insecure_http,
+            no_progress: true,
+            ..RunArgs::default()
+        }
+    }
 }
 
 /// `runner status`.

@@ -88,6 +88,7 @@ pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::R
         Command::Submit(args) => job::submit(args, &env, &shutdown).await,
         Command::Resume(args) => job::resume(args, &env, &shutdown).await,
         Command::RetryFailed(args) => job::retry_failed(args, &env, &shutdown).await,
+        Command::Cancel(args) => job::cancel(args, &env, &shutdown).await,
         Command::Status(args) => blocking(move || status::status(&args, io::stdout().lock())).await,
         Command::Jobs(args) => blocking(move || status::jobs(&args, io::stdout().lock())).await,
         Command::Export(args) => blocking(move || export::export(&args).map(drop)).await,

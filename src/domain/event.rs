@@ -24,6 +24,10 @@ pub enum EventKind {
     KeyCooling,
     /// A key was rejected and is not used again in this run.
     KeyQuarantined,
+    /// A chunk's batch was created on the server (`--via batch`); the detail names it.
+    BatchSubmitted,
+    /// A chunk's batch changed status (validating, in progress, finalizing, …, or its end).
+    BatchStatus,
 }
 
 named!(EventKind, "event kind", {
@@ -36,6 +40,8 @@ named!(EventKind, "event kind", {
     BreakerClosed => "breaker_closed",
     KeyCooling => "key_cooling",
     KeyQuarantined => "key_quarantined",
+    BatchSubmitted => "batch_submitted",
+    BatchStatus => "batch_status",
 });
 
 impl EventKind {
@@ -49,7 +55,9 @@ impl EventKind {
             | EventKind::Interrupted
             | EventKind::BreakerOpen
             | EventKind::BreakerHalfOpen
-            | EventKind::BreakerClosed => false,
+            | EventKind::BreakerClosed
+            | EventKind::BatchSubmitted
+            | EventKind::BatchStatus => false,
         }
     }
 
@@ -62,7 +70,9 @@ impl EventKind {
             | EventKind::BreakerHalfOpen
             | EventKind::BreakerClosed
             | EventKind::KeyCooling
-            | EventKind::KeyQuarantined => false,
+            | EventKind::KeyQuarantined
+            | EventKind::BatchSubmitted
+            | EventKind::BatchStatus => false,
         }
     }
 }

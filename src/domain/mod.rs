@@ -14,7 +14,7 @@ pub use event::EventKind;
 pub use exit::Exit;
 pub use names::UnknownName;
 pub use price::{BadPrice, Price, PriceOverride};
-pub use state::{AttemptOutcome, JobState, RequestState};
+pub use state::{AttemptOutcome, ChunkState, JobState, RequestState};
 
 /// A job's row id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -150,6 +150,9 @@ pub struct Counts {
     pub retrying: u64,
     /// Claimed by a worker.
     pub in_flight: u64,
+    /// Waiting in a batch on the server (`--via batch`).
+    #[serde(default)]
+    pub batched: u64,
     /// Done with success.
     pub succeeded: u64,
     /// Done without success.
@@ -160,5 +163,10 @@ impl Counts {
     /// Requests that need no more work.
     pub fn done(&self) -> u64 {
         self.succeeded + self.failed
+    }
+
+    /// Requests that still need work: pending, in flight or waiting in a batch.
+    pub fn open(&self) -> u64 {
+        self.pending + self.in_flight + self.batched
     }
 }

@@ -29,6 +29,8 @@ named!(JobState, "job state", {
 ///    ▲                  │ ├──retryable, budget left─┐
 ///    │                  │ └──permanent / budget out─▶ failed
 ///    └──────────────────┴──── retry due, job stop, crash recovery
+///
+/// pending ──cut into a chunk (--via batch)──▶ batched ──its batch's result──▶ (as above)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RequestState {
@@ -40,6 +42,9 @@ pub enum RequestState {
     Succeeded,
     /// Done without success: a permanent error or an exhausted retry budget.
     Failed,
+    /// In a chunk sent through the hosted Batch API (`--via batch`), waiting for its batch's
+    /// result. A crash leaves it there: the batch goes on running on the server.
+    Batched,
 }
 
 named!(RequestState, "request state", {
@@ -47,7 +52,77 @@ named!(RequestState, "request state", {
     InFlight => "in_flight",
     Succeeded => "succeeded",
     Failed => "failed",
+    Batched => "batched",
 });
+
+/// Where a chunk of a `--via batch` job is. Each step that calls the server is recorded before
+/// the call (`uploading`, `creating`) and after it, so that a crash at any point is resumed
+/// without a second batch for the chunk.
+///
+/// ```text
+/// cut ─▶ uploading ─▶ uploaded ─▶ creating ─▶ submitted ─▶ ended ─▶ imported
+///  │        (crash: upload again)   (crash: find it by metadata, else create)
+///  └─▶ dropped (its requests went back to pending before it reached the server)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChunkState {
+    /// Its requests are chosen and its file's hash recorded; nothing sent yet.
+    Cut,
+    /// The input file is being uploaded.
+    Uploading,
+    /// The input file is on the server.
+    Uploaded,
+    /// The batch is being created: on restart, look for it before creating one.
+    Creating,
+    /// The batch exists and is not finished.
+    Submitted,
+    /// The batch finished (completed, failed, expired or cancelled); its results are not all
+    /// imported yet.
+    Ended,
+    /// Every line's result is journaled.
+    Imported,
+    /// Given up before any batch existed; its requests are pending again.
+    Dropped,
+}
+
+named!(ChunkState, "chunk state", {
+    Cut => "cut",
+    Uploading => "uploading",
+    Uploaded => "uploaded",
+    Creating => "creating",
+    Submitted => "submitted",
+    Ended => "ended",
+    Imported => "imported",
+    Dropped => "dropped",
+});
+
+impl ChunkState {
+    /// Whether the chunk needs no more work.
+    pub fn is_final(self) -> bool {
+        match self {
+            ChunkState::Imported | ChunkState::Dropped => true,
+            ChunkState::Cut
+            | ChunkState::Uploading
+            | ChunkState::Uploaded
+            | ChunkState::Creating
+            | ChunkState::Submitted
+            | ChunkState::Ended => false,
+        }
+    }
+
+    /// Whether a batch may exist on the server for this chunk and is not known to be finished.
+    pub fn may_run_on_server(self) -> bool {
+        match self {
+            ChunkState::Creating | ChunkState::Submitted => true,
+            ChunkState::Cut
+            | ChunkState::Uploading
+            | ChunkState::Uploaded
+            | ChunkState::Ended
+            | ChunkState::Imported
+            | ChunkState::Dropped => false,
+        }
+    }
+}
 
 /// What is known about whether the server saw an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,13 +156,16 @@ mod tests {
         for state in JobState::ALL {
             assert_eq!(state.to_string().parse::<JobState>(), Ok(*state));
         }
+        for state in ChunkState::ALL {
+            assert_eq!(state.as_str().parse::<ChunkState>(), Ok(*state));
+        }
         for outcome in AttemptOutcome::ALL {
             assert_eq!(outcome.as_str().parse::<AttemptOutcome>(), Ok(*outcome));
         }
         let e = "done".parse::<RequestState>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown request state 'done': expected one of pending, in_flight, succeeded, failed"
+            "unknown request state 'done': expected one of pending, in_flight, succeeded, failed, batched"
         );
     }
 }

@@ -19,6 +19,7 @@ use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
 
+pub(crate) mod batched;
 mod read;
 
 pub use read::RESPONSE_TOO_LARGE;

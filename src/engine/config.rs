@@ -145,7 +145,59 @@ pub struct JobSettings {
     /// `api-version` query parameter (`--api-version`); `OPENAI_API_VERSION` when unset.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// How requests are sent: directly, or through the hosted Batch API (`--via`).
+    #[serde(default)]
+    pub batch: BatchSettings,
 }
+
+/// How a job uses the hosted Batch API (`--via batch` and its flags).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSettings {
+    /// `sync` (each request sent directly) or `batch`.
+    pub via: Via,
+    /// Lines per input file at most (`--batch-max-lines`).
+    pub max_lines: usize,
+    /// Bytes per input file at most (`--batch-max-bytes`).
+    pub max_bytes: usize,
+    /// Longest time between two polls of a batch, ms (`--poll-interval`); the first polls come
+    /// sooner.
+    pub poll_interval_ms: u64,
+    /// Delete a batch's input, output and error files from the server once its results are
+    /// journaled (`--delete-batch-files`).
+    pub delete_files: bool,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            via: Via::Sync,
+            max_lines: crate::engine::batch::chunks::MAX_LINES,
+            max_bytes: crate::engine::batch::chunks::MAX_BYTES,
+            poll_interval_ms: 60_000,
+            delete_files: false,
+        }
+    }
+}
+
+impl BatchSettings {
+    /// The chunk limits.
+    pub fn limits(&self) -> crate::engine::batch::chunks::ChunkLimits {
+        crate::engine::batch::chunks::ChunkLimits {
+            max_lines: self.max_lines.max(1),
+            max_bytes: self.max_bytes.max(1),
+        }
+    }
+
+    /// The wait before the next poll of a batch polled `polls` times: one second, doubling up
+    /// to the poll interval, so a short batch is seen finished soon and a long one is not
+    /// polled more than once per interval.
+    pub fn poll_delay(&self, polls: i64) -> Duration {
+        let doubling = Duration::from_secs(1u64 << polls.clamp(0, 16));
+        doubling.min(Duration::from_millis(self.poll_interval_ms.max(1)))
+    }
+}
+
+pub use crate::cli::Via;
 
 /// The largest `--max-response-bytes`: a body is journaled as text, and a body that is not
 /// UTF-8 can grow up to three times in the lossy conversion; SQLite refuses strings over
@@ -218,6 +270,7 @@ impl JobSettings {
             headers: Vec::new(),
             auth: None,
             api_version: None,
+            batch: BatchSettings::default(),
         }
     }
 
@@ -300,6 +353,21 @@ impl JobSettings {
         }
         if let Some(path) = &run.keys_file {
             self.keys_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+        }
+        if let Some(via) = run.via {
+            self.batch.via = via;
+        }
+        if let Some(n) = run.batch_max_lines {
+            self.batch.max_lines = n.get();
+        }
+        if let Some(n) = run.batch_max_bytes {
+            self.batch.max_bytes = n.get();
+        }
+        if let Some(d) = run.poll_interval {
+            self.batch.poll_interval_ms = ms(d).max(1);
+        }
+        if run.delete_batch_files {
+            self.batch.delete_files = true;
         }
     }
 

@@ -6,20 +6,23 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::cli::{ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
+use crate::cli::{CancelArgs, ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
 use crate::domain::Exit;
 use crate::domain::{Counts, JobState};
-use crate::engine::config::{ApiEnv, JobSettings};
+use crate::engine::batch::{BatchExit, BatchRun, Mode};
+use crate::engine::config::{ApiEnv, JobSettings, Via};
 use crate::engine::destination;
+use crate::engine::ending::Ending;
 use crate::engine::keys::KeyPool;
 use crate::engine::pool::{PoolExit, PoolSettings, WorkerPool};
 use crate::engine::progress::{Display, Reporter, Tally};
 use crate::engine::rate_limit::RequestLimiter;
 use crate::engine::shutdown::Shutdown;
+use crate::http::client::ApiClient;
 use crate::input::{InputOptions, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
-use crate::store::{Fence, JobStore, StoreError, fault, ingest};
+use crate::store::{Fence, JobStore, StoreError, batches, fault, ingest};
 use crate::util::clock::now_ms;
 
 /// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
@@ -262,6 +265,23 @@ pub async fn retry_failed(
     .await
 }
 
+/// `runner cancel`: cancels the job's batches on the server, waits for them to end, journals
+/// what they finished and puts the rest back to pending (`runner resume` sends it).
+///
+/// # Errors
+/// Unknown job, bad settings, store failures.
+pub async fn cancel(args: CancelArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyhow::Result<Exit> {
+    with_store(&args.db.db, async |store| {
+        let run = args.run_args();
+        let (job, me, settings) = take_job(&store, args.job.clone(), &run, env).await?;
+        Invocation::new(env, &run, shutdown)
+            .for_purpose(Purpose::Cancel)
+            .execute(&store, job, me, &settings)
+            .await
+    })
+    .await
+}
+
 /// Fences every later write of this run with the lease just taken, and says so when the lease
 /// was taken from a runner that is gone.
 async fn fence(store: &JobStore, job: &Job, taken: &Taken) -> Result<(), StoreError> {
@@ -297,16 +317,35 @@ fn report_takeover(job: &str, acquired: &Acquired) {
     }
 }
 
-/// What a `submit`, `resume` or `retry-failed` was invoked with, beyond the job itself.
+/// What a run of a job is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// Send its pending requests (`submit`, `resume`, `retry-failed`).
+    Send,
+    /// Cancel its batches and journal what they finished (`cancel`).
+    Cancel,
+}
+
+/// What a `submit`, `resume`, `retry-failed` or `cancel` was invoked with, beyond the job itself.
 struct Invocation<'a> {
     env: &'a ApiEnv,
     run: &'a RunArgs,
     shutdown: &'a Shutdown,
+    purpose: Purpose,
 }
 
 impl<'a> Invocation<'a> {
     fn new(env: &'a ApiEnv, run: &'a RunArgs, shutdown: &'a Shutdown) -> Self {
-        Invocation { env, run, shutdown }
+        Invocation {
+            env,
+            run,
+            shutdown,
+            purpose: Purpose::Send,
+        }
+    }
+
+    fn for_purpose(self, purpose: Purpose) -> Self {
+        Invocation { purpose, ..self }
     }
 
     /// Runs the job whose lease `me` holds, with these settings, to its end.
@@ -325,6 +364,7 @@ impl<'a> Invocation<'a> {
             env: self.env,
             run: self.run,
             shutdown: self.shutdown,
+            purpose: self.purpose,
         }
         .execute_leased()
         .await
@@ -347,6 +387,8 @@ pub(crate) struct JobRun<'a> {
     pub(crate) run: &'a RunArgs,
     /// Signals.
     pub(crate) shutdown: &'a Shutdown,
+    /// Send, or cancel.
+    purpose: Purpose,
 }
 
 impl JobRun<'_> {
@@ -395,14 +437,13 @@ impl JobRun<'_> {
             );
         }
         let tally = Arc::new(Tally::from_counts(&counts));
-        let pool = self.pool(Arc::clone(&tally))?;
         let reporter = Reporter::start(
             &self.job.name,
             counts.total,
-            tally,
+            Arc::clone(&tally),
             Display::choose(self.run.no_progress),
         );
-        let exit = match pool.run(self.shutdown).await {
+        let exit = match self.send(tally).await {
             Ok(exit) => exit,
             Err(e) => {
                 reporter.finish("failed").await;
@@ -411,13 +452,16 @@ impl JobRun<'_> {
                 );
             }
         };
-        let (id, now) = (self.job.id, now_ms());
+        let (id, now, purpose) = (self.job.id, now_ms(), self.purpose);
         // Counted and set in one transaction: `completed` only when nothing is left to send.
         let (ending, counts) = self
             .store
             .call(move |c| {
                 let counts = db::counts(c, id)?;
-                let ending = Ending::of(&exit, &counts);
+                let ending = match purpose {
+                    Purpose::Cancel => Ending::of_cancel(&exit, &counts),
+                    Purpose::Send => Ending::of(&exit, &counts),
+                };
                 db::set_job_state(c, id, ending.state, ending.reason.as_deref(), now)?;
                 Ok((ending, counts))
             })
@@ -425,6 +469,86 @@ impl JobRun<'_> {
         reporter.finish(ending.label).await;
         ending.tell(&self.job.name, &counts);
         Ok(ending.exit)
+    }
+
+    /// Sends the job's requests the way its settings say, or cancels its batches.
+    ///
+    /// A sync run of a job that has batches open (`resume --via sync` of a batch job) first
+    /// cancels them, waits for them to end and journals what they finished: nothing is paid for
+    /// twice.
+    async fn send(&self, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+        let id = self.job.id;
+        let open = self
+            .store
+            .call(move |c| batches::open_chunks(c, id))
+            .await?
+            .len();
+        match (self.purpose, self.settings.batch.via) {
+            (Purpose::Cancel, _) => {
+                if open == 0 {
+                    eprintln!("{}: the job has no batch open on the server", self.job.name);
+                }
+                self.batches(Mode::Settle, tally).await
+            }
+            (Purpose::Send, Via::Batch) => self.batches(Mode::Run, tally).await,
+            (Purpose::Send, Via::Sync) => {
+                if open > 0 {
+                    eprintln!(
+                        "{}: --via sync: cancelling the job's {open} open batch chunks first; \
+                         what their batches finished is kept",
+                        self.job.name
+                    );
+                    match self.batches(Mode::Settle, Arc::clone(&tally)).await? {
+                        PoolExit::Drained => {}
+                        exit @ (PoolExit::Stopped(_) | PoolExit::Interrupted) => return Ok(exit),
+                    }
+                }
+                Ok(self.pool(tally)?.run(self.shutdown).await?)
+            }
+        }
+    }
+
+    /// Runs (or settles) the job's batches; says what goes on running on the server when a
+    /// signal ends the run.
+    async fn batches(&self, mode: Mode, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+        let keys = self.settings.keys(self.env)?;
+        if keys.len() > 1 {
+            eprintln!(
+                "{}: batches are created with the first key of the keys file",
+                self.job.name
+            );
+        }
+        let mut client_settings = self.settings.client_settings(self.env);
+        // Downloading a result file takes longer than one request.
+        client_settings.timeout = client_settings.timeout.max(BATCH_CALL_TIMEOUT);
+        let client = ApiClient::new(&client_settings, keys.first())?;
+        let exit = BatchRun {
+            store: self.store,
+            job: &self.job,
+            client,
+            policy: self.settings.retry_policy(),
+            settings: self.settings.batch.clone(),
+            shutdown: self.shutdown,
+            tally,
+            mode,
+            stop: None,
+        }
+        .run()
+        .await?;
+        Ok(match exit {
+            BatchExit::Drained => PoolExit::Drained,
+            BatchExit::Stopped(reason) => PoolExit::Stopped(reason),
+            BatchExit::Interrupted { running } => {
+                if running > 0 {
+                    let job = &self.job.name;
+                    eprintln!(
+                        "{job}: {running} batches go on running on the server: `runner resume --job {job}` \
+                         picks up their results, `runner cancel --job {job}` cancels them"
+                    );
+                }
+                PoolExit::Interrupted
+            }
+        })
     }
 
     /// Journals what a crash left in flight as interrupted, marks the job running, and counts
@@ -471,75 +595,8 @@ impl JobRun<'_> {
     }
 }
 
-/// How a run ended: the job's new state, the exit code, and what to tell the user.
-struct Ending {
-    state: JobState,
-    reason: Option<String>,
-    exit: Exit,
-    label: &'static str,
-}
-
-impl Ending {
-    fn of(exit: &PoolExit, counts: &Counts) -> Ending {
-        let ending = |state, reason, exit, label| Ending {
-            state,
-            reason,
-            exit,
-            label,
-        };
-        match exit {
-            // Drained, yet requests are left (another runner's doing, or a bug): never call
-            // such a job completed.
-            PoolExit::Drained if counts.pending + counts.in_flight > 0 => ending(
-                JobState::Stopped,
-                Some(format!(
-                    "{} requests are still pending or in flight: `runner resume` sends them",
-                    counts.pending + counts.in_flight
-                )),
-                Exit::Stopped,
-                "stopped",
-            ),
-            PoolExit::Drained if counts.failed > 0 => ending(
-                JobState::Completed,
-                None,
-                Exit::SomeFailed,
-                "finished with failures",
-            ),
-            PoolExit::Drained => ending(JobState::Completed, None, Exit::Success, "completed"),
-            PoolExit::Stopped(reason) => ending(
-                JobState::Stopped,
-                Some(reason.clone()),
-                Exit::Stopped,
-                "stopped",
-            ),
-            PoolExit::Interrupted => ending(
-                JobState::Interrupted,
-                None,
-                Exit::Interrupted,
-                "interrupted",
-            ),
-        }
-    }
-
-    /// The closing line on stderr, when there is something to say.
-    fn tell(&self, job: &str, counts: &Counts) {
-        match (self.exit, &self.reason) {
-            (Exit::SomeFailed, _) => eprintln!(
-                "{job}: {} requests failed for good: `runner export --job {job}` shows why; `runner status` sums it up",
-                counts.failed
-            ),
-            (Exit::Stopped, Some(reason)) => eprintln!(
-                "{job}: stopped with {} requests pending: {reason}",
-                counts.pending
-            ),
-            (Exit::Interrupted, _) => eprintln!(
-                "{job}: interrupted with {} requests pending: `runner resume --job {job}` continues",
-                counts.pending
-            ),
-            (Exit::Success | Exit::Stopped, _) => {}
-        }
-    }
-}
+/// Time limit of one Files or Batches call (a result file can be large).
+const BATCH_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// The default job name: the input file's stem.
 fn job_name_for(file: &Path) -> anyhow::Result<String> {

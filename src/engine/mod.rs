@@ -16,14 +16,15 @@
 //! - [`tokens`]: token estimates for `--tpm`.
 //! - [`progress`]: the bar or summary lines on stderr.
 //! - [`shutdown`]: two-stage Ctrl-C handling.
-//! - [`batch_chunks`]: pending requests cut into hosted Batch API input files (not wired in yet).
+//! - [`batch`]: `--via batch`: chunks, their batches on the server, and their results imported.
 
 pub mod attempt;
-pub mod batch_chunks;
+pub mod batch;
 pub mod breaker;
 pub mod config;
 pub mod context;
 pub mod destination;
+pub mod ending;
 pub mod job;
 pub mod keys;
 pub mod pool;

@@ -387,7 +387,7 @@ impl ApiClient {
     }
 
     /// The longest answer body read.
-    pub(super) fn max_body_bytes(&self) -> usize {
+    pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
 

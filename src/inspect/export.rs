@@ -242,7 +242,7 @@ fn write_jsonl(
         match row.state {
             RequestState::Succeeded | RequestState::Failed => {}
             // Not finished: the Batch output lists finished requests only.
-            RequestState::Pending | RequestState::InFlight => return Ok(()),
+            RequestState::Pending | RequestState::InFlight | RequestState::Batched => return Ok(()),
         }
         let id = format!(
             "batch_req_{}",

@@ -447,6 +447,7 @@ pub fn counts(conn: &Connection, job: JobId) -> Result<Counts, StoreError> {
             RequestState::InFlight => counts.in_flight = n,
             RequestState::Succeeded => counts.succeeded = n,
             RequestState::Failed => counts.failed = n,
+            RequestState::Batched => counts.batched = n,
         }
     }
     Ok(counts)

@@ -35,6 +35,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_create_ingest_staging",
         include_str!("../../migrations/0007_create_ingest_staging.sql"),
     ),
+    (
+        "0008_create_batch_chunks",
+        include_str!("../../migrations/0008_create_batch_chunks.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

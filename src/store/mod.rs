@@ -29,6 +29,7 @@
 //! that cannot get the write lock waits and tries again (with backoff, for up to
 //! [`BUSY_PATIENCE`]): another process writing to the same file never fails this one.
 
+pub mod batches;
 pub mod db;
 pub mod fault;
 pub mod ingest;

@@ -4,7 +4,7 @@
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
-use crate::domain::{AttemptClass, AttemptOutcome, EventKind, JobState, RequestState};
+use crate::domain::{AttemptClass, AttemptOutcome, ChunkState, EventKind, JobState, RequestState};
 
 macro_rules! stored_as_name {
     ($($ty:ty),+ $(,)?) => {$(
@@ -26,6 +26,7 @@ macro_rules! stored_as_name {
 }
 
 stored_as_name!(
+    ChunkState,
     JobState,
     RequestState,
     AttemptOutcome,

@@ -137,7 +137,9 @@ fn breaker_spans(t: &Timeline) -> Vec<(i64, i64)> {
             | EventKind::Interrupted
             | EventKind::BreakerHalfOpen
             | EventKind::KeyCooling
-            | EventKind::KeyQuarantined => {}
+            | EventKind::KeyQuarantined
+            | EventKind::BatchSubmitted
+            | EventKind::BatchStatus => {}
         }
     }
     if let Some(start) = open {

@@ -1,0 +1,420 @@
+//! Importing an ended batch: its output and error files are streamed (never whole in memory,
+//! never on disk) line by line into the journal, each line an attempt of the request whose
+//! `custom_id` it carries; then every request the files did not answer gets its own attempt
+//! (expired, cancelled, refused by validation, or missing) and goes back to pending within its
+//! budget. Importing again after a crash skips what was journaled: a request leaves `batched`
+//! in the same transaction as its attempt.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use super::BatchRun;
+use crate::domain::{AttemptOutcome, Class, Disposition};
+use crate::engine::attempt::batched::{FromBatch, judge, read_result, unanswered};
+use crate::http::batch::{BatchErrors, BatchResult};
+use crate::store::StoreError;
+use crate::store::batches::{self, ChunkRow};
+use crate::util::clock::now_ms;
+
+/// Results journaled per store call.
+const GROUP: usize = 500;
+/// Bytes of the pipe between the download and the import.
+const PIPE_BYTES: usize = 256 * 1024;
+/// Room beyond `--max-response-bytes` for the rest of an output line.
+const LINE_OVERHEAD: usize = 64 * 1024;
+
+/// What an import journaled.
+#[derive(Debug, Default, Clone, Copy)]
+struct Imported {
+    succeeded: u64,
+    failed: u64,
+    again: u64,
+    /// Lines whose `custom_id` is not waiting in the chunk (journaled before, or unknown).
+    skipped: u64,
+    /// Lines that could not be read.
+    unreadable: u64,
+}
+
+impl Imported {
+    fn add(&mut self, other: Imported) {
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.again += other.again;
+        self.skipped += other.skipped;
+        self.unreadable += other.unreadable;
+    }
+}
+
+impl BatchRun<'_> {
+    /// Journals an ended batch's results and settles the lines it did not answer.
+    pub(super) async fn import(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
+        let mut total = Imported::default();
+        let files = [
+            ("output", chunk.output_file_id.clone()),
+            ("error", chunk.error_file_id.clone()),
+        ];
+        for (which, file) in files {
+            let Some(file) = file else { continue };
+            let mut call = self.call(chunk, "download");
+            let (mut writer, reader) = tokio::io::duplex(PIPE_BYTES);
+            let download = async {
+                let result = self.client.download_file(&file, &mut writer).await;
+                drop(writer);
+                result
+            };
+            let (downloaded, imported) =
+                tokio::join!(download, self.import_lines(chunk, reader));
+            let (imported, stop) = imported?;
+            total.add(imported);
+            if let Some(stop) = stop {
+                self.stop.get_or_insert(stop);
+            }
+            call.finished_at = now_ms();
+            match downloaded {
+                Ok(bytes) => {
+                    call.http_status = Some(200);
+                    call.result = Some(format!("{which} file {file}: {bytes} bytes"));
+                    self.store
+                        .call(move |c| batches::record_call(c, &call))
+                        .await?;
+                }
+                Err(e) => {
+                    // What was read is journaled; the rest comes with the next download.
+                    return self.call_failed(chunk, call, &e).await;
+                }
+            }
+        }
+        let rest = self.settle_unanswered(chunk).await?;
+        total.add(rest);
+        self.tell_imported(chunk, total);
+        if self.settings.delete_files {
+            self.delete_files(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads result lines from `reader` and journals them, a group at a time.
+    async fn import_lines(
+        &self,
+        chunk: &ChunkRow,
+        reader: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(Imported, Option<String>), StoreError> {
+        let mut reader = tokio::io::BufReader::new(reader);
+        let mut stop = None;
+        let cap = self.client.max_body_bytes().saturating_add(LINE_OVERHEAD);
+        let mut total = Imported::default();
+        let mut group: Vec<BatchResult> = Vec::with_capacity(GROUP);
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        loop {
+            let read = read_line_capped(&mut reader, &mut line, cap).await;
+            let Ok(read) = read else {
+                // The download broke off: it reports why; the lines so far are journaled.
+                break;
+            };
+            let Some(whole) = read else { break };
+            number += 1;
+            let parsed = match whole {
+                true => std::str::from_utf8(&line)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|text| !text.is_empty())
+                    .map(|text| BatchResult::parse(text, number)),
+                false => None,
+            };
+            match parsed {
+                Some(Ok(result)) => group.push(result),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "skipping a batch result line");
+                    total.unreadable += 1;
+                }
+                None if whole => {}
+                None => total.unreadable += 1,
+            }
+            if group.len() >= GROUP {
+                let (imported, stops) = self.journal(chunk, std::mem::take(&mut group)).await?;
+                total.add(imported);
+                stop = stop.or(stops);
+            }
+        }
+        if !group.is_empty() {
+            let (imported, stops) = self.journal(chunk, group).await?;
+            total.add(imported);
+            stop = stop.or(stops);
+        }
+        Ok((total, stop))
+    }
+
+    /// Journals a group of result lines in one store call.
+    async fn journal(
+        &self,
+        chunk: &ChunkRow,
+        results: Vec<BatchResult>,
+    ) -> Result<(Imported, Option<String>), StoreError> {
+        let (job, chunk_id) = (self.job.id, chunk.id);
+        let batch_id = chunk.batch_id.clone().unwrap_or_default();
+        let policy = self.policy;
+        let fingerprint = self.client.key_fingerprint().map(str::to_owned);
+        let (started_at, finished_at) = times(chunk);
+        let (imported, stop) = self
+            .store
+            .call(move |c| {
+                let mut imported = Imported::default();
+                let mut stop = None;
+                for result in results {
+                    let Some(waiting) = batches::waiting(c, job, chunk_id, &result.custom_id)?
+                    else {
+                        imported.skipped += 1;
+                        continue;
+                    };
+                    let reading = read_result(result, policy.max_server_wait);
+                    let from = FromBatch {
+                        request: waiting.id,
+                        job,
+                        attempts: waiting.attempts,
+                        spent: waiting.spent,
+                        key_fingerprint: fingerprint.clone(),
+                        started_at,
+                        finished_at,
+                    };
+                    let (completion, stops) = judge(reading, from, &policy);
+                    count(&mut imported, completion.disposition);
+                    batches::record_result(c, &completion, &batch_id)?;
+                    stop = stop.or(stops);
+                }
+                Ok((imported, stop))
+            })
+            .await?;
+        self.count_progress(imported);
+        Ok((imported, stop))
+    }
+
+    /// Gives every request still waiting in the chunk its attempt (the batch ended without an
+    /// answer for it) and marks the chunk imported, in one transaction.
+    async fn settle_unanswered(&mut self, chunk: &ChunkRow) -> Result<Imported, StoreError> {
+        let (job, chunk_id) = (self.job.id, chunk.id);
+        let batch_id = chunk.batch_id.clone().unwrap_or_default();
+        let policy = self.policy;
+        let fingerprint = self.client.key_fingerprint().map(str::to_owned);
+        let (started_at, finished_at) = times(chunk);
+        let status = chunk.batch_status.clone().unwrap_or_default();
+        let errors: BatchErrors = chunk
+            .errors
+            .as_deref()
+            .and_then(|e| serde_json::from_str(e).ok())
+            .unwrap_or_default();
+        let (imported, stop) = self
+            .store
+            .call(move |c| {
+                let mut imported = Imported::default();
+                let mut stop = None;
+                let waiting = batches::all_waiting(c, chunk_id)?;
+                let position = |id| waiting.iter().position(|w| w.id == id);
+                for w in &waiting {
+                    // Validation errors name input lines (1-based, in file order).
+                    let line = position(w.id).map(|p| p as u64 + 1);
+                    let reading = match errors.data.iter().find(|e| e.line.is_some() && e.line == line) {
+                        Some(e) => unanswered(
+                            AttemptOutcome::NotSent,
+                            Class::RequestFailed,
+                            e.code.as_deref().unwrap_or("batch_validation_failed"),
+                            format!(
+                                "the batch refused this line: {}",
+                                e.message.as_deref().unwrap_or("no message")
+                            ),
+                        ),
+                        None => unanswered_reading(&status, &errors),
+                    };
+                    let from = FromBatch {
+                        request: w.id,
+                        job,
+                        attempts: w.attempts,
+                        spent: w.spent,
+                        key_fingerprint: fingerprint.clone(),
+                        started_at,
+                        finished_at,
+                    };
+                    let (completion, stops) = judge(reading, from, &policy);
+                    count(&mut imported, completion.disposition);
+                    batches::record_result(c, &completion, &batch_id)?;
+                    stop = stop.or(stops);
+                }
+                batches::imported(c, chunk_id, now_ms())?;
+                Ok((imported, stop))
+            })
+            .await?;
+        self.count_progress(imported);
+        if let Some(stop) = stop {
+            self.stop.get_or_insert(stop);
+        }
+        Ok(imported)
+    }
+
+    /// Deletes the chunk's files from the server (`--delete-batch-files`); a failure is
+    /// journaled and said, never retried: the files expire on their own.
+    async fn delete_files(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
+        let files = [
+            chunk.input_file_id.clone(),
+            chunk.output_file_id.clone(),
+            chunk.error_file_id.clone(),
+        ];
+        for file in files.into_iter().flatten() {
+            let mut call = self.call(chunk, "delete");
+            let result = self.client.delete_file(&file).await;
+            call.finished_at = now_ms();
+            call.result = Some(file.clone());
+            if let Err(e) = &result {
+                let (status, code, message) = super::describe(e);
+                call.http_status = status;
+                call.error_code = code;
+                call.error_message = Some(message);
+                call.class = e.class().map(|c| c.journaled());
+                eprintln!("{}: cannot delete file {file}: {e}", self.job.name);
+            } else {
+                call.http_status = Some(200);
+            }
+            self.store
+                .call(move |c| batches::record_call(c, &call))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn count_progress(&self, imported: Imported) {
+        for _ in 0..imported.succeeded {
+            self.tally.succeeded();
+        }
+        for _ in 0..imported.failed {
+            self.tally.failed();
+        }
+        for _ in 0..imported.again {
+            self.tally.retry_scheduled();
+        }
+    }
+
+    fn tell_imported(&self, chunk: &ChunkRow, total: Imported) {
+        let mut line = format!(
+            "{}: chunk {}: journaled {} succeeded, {} failed, {} to send again",
+            self.job.name, chunk.seq, total.succeeded, total.failed, total.again
+        );
+        if total.skipped > 0 {
+            line.push_str(&format!(
+                ", {} lines already journaled or unknown",
+                total.skipped
+            ));
+        }
+        if total.unreadable > 0 {
+            line.push_str(&format!(", {} unreadable lines", total.unreadable));
+        }
+        eprintln!("{line}");
+    }
+}
+
+/// When a chunk's batch ran: from its creation to when it was seen ended.
+fn times(chunk: &ChunkRow) -> (i64, i64) {
+    let started = chunk.submitted_at.unwrap_or(chunk.cut_at);
+    let finished = chunk.ended_at.unwrap_or_else(now_ms);
+    (started, finished.max(started))
+}
+
+fn count(imported: &mut Imported, disposition: Disposition) {
+    match disposition {
+        Disposition::Succeeded => imported.succeeded += 1,
+        Disposition::Failed => imported.failed += 1,
+        Disposition::RetryAt(_) | Disposition::Requeue => imported.again += 1,
+    }
+}
+
+/// The attempt of a line that a batch ended without answering, by how the batch ended.
+fn unanswered_reading(status: &str, errors: &BatchErrors) -> crate::engine::attempt::Reading {
+    let first = errors.data.first();
+    match status {
+        "expired" => unanswered(
+            AttemptOutcome::NotSent,
+            Class::Transient,
+            "batch_expired",
+            "the batch expired before this line was run".to_owned(),
+        ),
+        "cancelled" => unanswered(
+            AttemptOutcome::NotSent,
+            Class::Transient,
+            "batch_cancelled",
+            "the batch was cancelled before this line was run".to_owned(),
+        ),
+        "failed" => unanswered(
+            AttemptOutcome::NotSent,
+            Class::Transient,
+            first
+                .and_then(|e| e.code.as_deref())
+                .unwrap_or("batch_failed"),
+            format!(
+                "the batch failed validation: {}",
+                first
+                    .and_then(|e| e.message.as_deref())
+                    .unwrap_or("no reason given")
+            ),
+        ),
+        _ => unanswered(
+            AttemptOutcome::OutcomeUnknown,
+            Class::Transient,
+            "missing_from_batch_output",
+            format!("the batch ended {status} without a result for this line"),
+        ),
+    }
+}
+
+/// Reads one line (without its `\n`) into `line`, keeping at most `cap` bytes: `Some(true)` for
+/// a whole line, `Some(false)` for one cut at the cap (its rest is skipped), `None` at the end.
+async fn read_line_capped(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut whole = true;
+    let mut any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(any.then_some(whole));
+        }
+        any = true;
+        let (take, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(end) => (end, true),
+            None => (available.len(), false),
+        };
+        let room = cap.saturating_sub(line.len());
+        if take > room {
+            whole = false;
+        }
+        line.extend_from_slice(&available[..take.min(room)]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Some(whole));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_whole_or_marked_cut_at_the_cap() {
+        let data = b"short\n0123456789abcdef\n\nlast-without-newline".to_vec();
+        let mut reader = tokio::io::BufReader::with_capacity(4, &data[..]);
+        let mut line = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(whole) = read_line_capped(&mut reader, &mut line, 10).await.unwrap() {
+            seen.push((String::from_utf8(line.clone()).unwrap(), whole));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("short".to_owned(), true),
+                ("0123456789".to_owned(), false),
+                (String::new(), true),
+                ("last-witho".to_owned(), false),
+            ]
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! `--via batch`: a job's requests run by the hosted Batch API, with the same journal, retry
+//! budgets, resume and export as a sync job.
+//!
+//! One loop ([`BatchRun::run`]) moves every open chunk of the job one step at a time, each step
+//! recorded before and after its call to the server (see [`ChunkState`]):
+//!
+//! 1. [`cut`]: pending requests due now are grouped by endpoint and model into chunks within
+//!    the limits; each chunk's exact file is hashed and recorded, its requests become `batched`.
+//! 2. [`steps`]: upload the file, create the batch (its metadata names the job, the chunk and a
+//!    random token, so that a create the journal missed is found again in the batch list before
+//!    anything is created twice), poll it with backoff up to `--poll-interval`.
+//! 3. [`import`]: once the batch has ended, stream its output and error files, journal each
+//!    line as an attempt of its request (matched by `custom_id`, classified by the same
+//!    taxonomy), and send what needs another try into a later chunk.
+//!
+//! A failed Files or Batches call goes through the failure model: retried with backoff within
+//! the class budgets (a 401 `missing_scope` is `auth_transient`), a rejected key or exhausted
+//! quota stops the job. Ctrl-C leaves the batches running on the server; [`Mode::Settle`]
+//! cancels them instead (`runner cancel`, or `resume --via sync`), waits for them to end and
+//! imports what they finished.
+
+pub mod chunks;
+mod cut;
+mod import;
+mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{ChunkState, Class, StopCause};
+use crate::engine::config::BatchSettings;
+use crate::engine::progress::Tally;
+use crate::engine::retry::RetryPolicy;
+use crate::engine::shutdown::Shutdown;
+use crate::http::batch::BatchApiError;
+use crate::http::client::ApiClient;
+use crate::store::batches::{self, CallRecord, ChunkRow};
+use crate::store::db::{self, Job};
+use crate::store::{JobStore, StoreError};
+use crate::util::clock::now_ms;
+
+/// What the loop is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Run the job's pending requests through batches until none is left.
+    Run,
+    /// Cut nothing new; give chunks that never reached the server back to pending, cancel the
+    /// batches still running, wait for them to end and import what they finished.
+    Settle,
+}
+
+/// How the loop ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BatchExit {
+    /// No chunk is open (in [`Mode::Run`]: nothing is pending either).
+    Drained,
+    /// A job-level condition; the message says what to do.
+    Stopped(String),
+    /// A signal; this many batches go on running on the server.
+    Interrupted {
+        /// Batches that may still be running.
+        running: usize,
+    },
+}
+
+/// One run of the batch loop over a job.
+pub(crate) struct BatchRun<'a> {
+    /// The store's handle (fenced by the job's lease).
+    pub(crate) store: &'a JobStore,
+    /// The job.
+    pub(crate) job: &'a Job,
+    /// The client of the Files and Batches calls (one key).
+    pub(crate) client: ApiClient,
+    /// Budgets and backoff, for the calls and for the requests.
+    pub(crate) policy: RetryPolicy,
+    /// Chunk limits, poll interval, file deletion.
+    pub(crate) settings: BatchSettings,
+    /// Signals.
+    pub(crate) shutdown: &'a Shutdown,
+    /// Counts for the progress display.
+    pub(crate) tally: Arc<Tally>,
+    /// Run or settle.
+    pub(crate) mode: Mode,
+    /// A job-level stop found along the way.
+    pub(crate) stop: Option<String>,
+}
+
+impl BatchRun<'_> {
+    /// Moves every chunk to its end, a job-level stop or a signal.
+    ///
+    /// # Errors
+    /// Store failures only: a failed call to the server is journaled and retried or stops the
+    /// job.
+    pub(crate) async fn run(mut self) -> Result<BatchExit, StoreError> {
+        let mut told_unbatchable = false;
+        loop {
+            if self.shutdown.is_stopping() {
+                return self.interrupted().await;
+            }
+            if let Some(reason) = self.stop.take() {
+                return Ok(BatchExit::Stopped(reason));
+            }
+            if self.mode == Mode::Run {
+                let cut = self.cut().await?;
+                cut.tell(&self.job.name, &mut told_unbatchable);
+            }
+            let (id, now) = (self.job.id, now_ms());
+            let (open, next_due, counts) = self
+                .store
+                .call(move |c| {
+                    Ok((
+                        batches::open_chunks(c, id)?,
+                        db::next_due(c, id)?,
+                        db::counts(c, id)?,
+                    ))
+                })
+                .await?;
+            if open.is_empty() {
+                match (self.mode, next_due) {
+                    (Mode::Settle, _) | (Mode::Run, None) => return Ok(BatchExit::Drained),
+                    // Pending, due, and yet not cut: none of them can go into a batch.
+                    (Mode::Run, Some(due)) if due <= now => {
+                        return Ok(BatchExit::Stopped(format!(
+                            "{} requests cannot go through the Batch API (see above): \
+                             `runner resume --via sync` sends them directly",
+                            counts.pending
+                        )));
+                    }
+                    (Mode::Run, Some(_)) => {}
+                }
+            }
+            for chunk in open.iter().filter(|c| c.next_call_at <= now) {
+                if self.shutdown.is_stopping() || self.stop.is_some() {
+                    break;
+                }
+                self.advance(chunk.clone()).await?;
+            }
+            if self.shutdown.is_stopping() || self.stop.is_some() {
+                continue;
+            }
+            let id = self.job.id;
+            let (open, next_due) = self
+                .store
+                .call(move |c| Ok((batches::open_chunks(c, id)?, db::next_due(c, id)?)))
+                .await?;
+            let next_call = open.iter().map(|c| c.next_call_at).min();
+            let wake = match self.mode {
+                Mode::Run => next_call.into_iter().chain(next_due).min(),
+                Mode::Settle => next_call,
+            };
+            let wait = wake.map_or(Duration::ZERO, |at| {
+                Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+            });
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.shutdown.stopping() => {}
+                }
+            }
+        }
+    }
+
+    /// One step of one chunk.
+    async fn advance(&mut self, chunk: ChunkRow) -> Result<(), StoreError> {
+        match (self.mode, chunk.state) {
+            (Mode::Settle, ChunkState::Cut | ChunkState::Uploading | ChunkState::Uploaded) => {
+                self.give_back(&chunk).await
+            }
+            (Mode::Run, ChunkState::Cut | ChunkState::Uploading) => self.upload(&chunk).await,
+            (Mode::Run, ChunkState::Uploaded) => self.create(&chunk).await,
+            (_, ChunkState::Creating) => self.find_or_create(&chunk).await,
+            (Mode::Settle, ChunkState::Submitted) => self.cancel_then_poll(&chunk).await,
+            (Mode::Run, ChunkState::Submitted) => self.poll(&chunk).await,
+            (_, ChunkState::Ended) => self.import(&chunk).await,
+            (_, ChunkState::Imported | ChunkState::Dropped) => Ok(()),
+        }
+    }
+
+    /// A chunk that never reached the server (or whose batch was never created): its requests
+    /// go back to pending.
+    async fn give_back(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
+        let id = chunk.id;
+        let moved = self.store.call(move |c| batches::drop_chunk(c, id)).await?;
+        eprintln!(
+            "{}: chunk {} had not become a batch: its {moved} requests are pending again",
+            self.job.name, chunk.seq
+        );
+        Ok(())
+    }
+
+    /// The end of a run on a signal: what goes on running on the server.
+    async fn interrupted(&self) -> Result<BatchExit, StoreError> {
+        let id = self.job.id;
+        let open = self
+            .store
+            .call(move |c| batches::open_chunks(c, id))
+            .await?;
+        let running = open
+            .iter()
+            .filter(|c| c.state.may_run_on_server())
+            .count();
+        Ok(BatchExit::Interrupted { running })
+    }
+
+    /// Journals a failed Files or Batches call and decides what follows: another try after a
+    /// backoff within the class's budget, or a job-level stop.
+    async fn call_failed(
+        &mut self,
+        chunk: &ChunkRow,
+        mut call: CallRecord,
+        error: &BatchApiError,
+    ) -> Result<(), StoreError> {
+        let class = error.class();
+        call.class = class.map(|c| c.journaled());
+        let (status, code, message) = describe(error);
+        call.http_status = status;
+        call.error_code = code;
+        call.error_message = Some(message);
+        let now = now_ms();
+        let (next_call_at, stop) = match class {
+            Some(class @ (Class::Transient | Class::AuthTransient | Class::RateLimited | Class::InvalidResponse)) => {
+                let spent = chunk.spent.of(class) + 1;
+                match self.policy.retry_delay(class, spent, None, fastrand::f64()) {
+                    Some(delay) => {
+                        eprintln!(
+                            "{}: {error} ({}): chunk {} tries again in {}",
+                            self.job.name,
+                            class.journaled(),
+                            chunk.seq,
+                            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                        );
+                        (now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX), None)
+                    }
+                    None => (
+                        now,
+                        Some(format!(
+                            "{error}, {spent} times in a row ({}): `runner resume` tries again",
+                            class.journaled()
+                        )),
+                    ),
+                }
+            }
+            Some(Class::JobStop(cause)) => (now, Some(stop_advice(cause, error))),
+            Some(Class::RequestFailed | Class::Succeeded) => (
+                now,
+                Some(format!(
+                    "{error}: the Batch API does not take chunk {} as it is; \
+                     `runner resume --via sync` sends its requests directly",
+                    chunk.seq
+                )),
+            ),
+            None => (now, Some(format!("{error}"))),
+        };
+        let (id, journaled) = (chunk.id, class.unwrap_or(Class::Transient));
+        self.store
+            .call(move |c| {
+                batches::record_call(c, &call)?;
+                batches::call_failed(c, id, journaled, next_call_at)
+            })
+            .await?;
+        if let Some(stop) = stop {
+            self.stop.get_or_insert(stop);
+        }
+        Ok(())
+    }
+
+    /// A call record for this chunk, started now.
+    fn call(&self, chunk: &ChunkRow, operation: &'static str) -> CallRecord {
+        CallRecord {
+            chunk: chunk.id,
+            job: self.job.id,
+            operation,
+            started_at: now_ms(),
+            finished_at: now_ms(),
+            http_status: None,
+            class: None,
+            error_code: None,
+            error_message: None,
+            result: None,
+            key_fingerprint: self.client.key_fingerprint().map(str::to_owned),
+        }
+    }
+}
+
+/// The journal's status, code and message of a failed call.
+fn describe(error: &BatchApiError) -> (Option<u16>, Option<String>, String) {
+    match error {
+        BatchApiError::Api { status, error: e, .. } => (Some(*status), e.code.clone(), error.to_string()),
+        BatchApiError::Transport { failure, .. } => (
+            None,
+            Some(format!("{failure:?}").to_ascii_lowercase()),
+            error.to_string(),
+        ),
+        BatchApiError::Decode { status, .. } => {
+            (Some(*status), Some("invalid_json".to_owned()), error.to_string())
+        }
+        BatchApiError::Sink { .. } => (None, Some("write_error".to_owned()), error.to_string()),
+    }
+}
+
+/// What to tell the user when a Files or Batches call stops the job.
+fn stop_advice(cause: StopCause, error: &BatchApiError) -> String {
+    format!("{}, then run `runner resume` ({error})", cause.advice())
+}
