@@ -162,7 +162,17 @@ pub struct RunArgs {
 }
 
 /// How a job's requests reach the API.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     /// Each request sent directly, as it is claimed.
@@ -390,6 +400,9 @@ pub struct DemoArgs {
     /// No progress bar: print a summary line every few seconds instead
     #[arg(long)]
     pub no_progress: bool,
+    /// sync (each request sent directly) or batch (through the mock's Files and Batches API: chunks, a refused create, an expired batch)
+    #[arg(long, value_enum, value_name = "MODE", default_value = "sync")]
+    pub via: Via,
 }
 
 /// Token prices for the cost estimate (USD per 1M tokens), over the built-in table.

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::cli::{DbArgs, DemoArgs, ExportArgs, ExportFormat, RunArgs, SubmitArgs};
+use crate::cli::{DbArgs, DemoArgs, ExportArgs, ExportFormat, RunArgs, SubmitArgs, Via};
 use crate::domain::Exit;
 use crate::engine::config::ApiEnv;
 use crate::engine::shutdown::Shutdown;
 use crate::http::client::ApiKey;
-use crate::mock::{Fault, MockConfig, MockServer, Spike};
+use crate::mock::{BatchFate, Fault, MockConfig, MockServer, Spike};
 
 /// The sample prompts, built into the binary so the demo runs from any directory.
 pub const DEMO_INPUT: &str = include_str!("../samples/demo.jsonl");
@@ -39,18 +39,43 @@ pub fn demo_faults() -> MockConfig {
     }
 }
 
+/// The mock of `runner demo --via batch`: batches of 3 s, the first create refused with 401
+/// `missing_scope`, the second batch expiring half-way, 5% of lines answered 401
+/// `missing_scope` in the error file.
+pub fn batch_faults() -> MockConfig {
+    MockConfig {
+        seed: 2028,
+        missing_scope_rate: 0.05,
+        batch_processing: Duration::from_secs(3),
+        batch_missing_scope_creates: 1,
+        batch_fates: vec![BatchFate::Complete, BatchFate::Expire],
+        ..MockConfig::default()
+    }
+}
+
 /// Runs the demo.
 ///
 /// # Errors
 /// When the mock cannot bind, the files cannot be written, or the job fails to run.
 pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
-    let mock = MockServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), demo_faults())
+    let batch = args.via == Via::Batch;
+    let faults = match batch {
+        true => batch_faults(),
+        false => demo_faults(),
+    };
+    let mock = MockServer::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), faults)
         .await
         .context("cannot start the mock server")?;
-    eprintln!(
-        "demo: mock OpenAI API on {} (5% random 401 missing_scope, a 401 spike from 1.5 s to 4 s, some 429/500/bad bodies)",
-        mock.base_url()
-    );
+    match batch {
+        true => eprintln!(
+            "demo: mock OpenAI API on {} with the Files and Batches API (batches take 3 s; the first create is refused 401 missing_scope; the second batch expires half-way; 5% of lines answered 401 missing_scope)",
+            mock.base_url()
+        ),
+        false => eprintln!(
+            "demo: mock OpenAI API on {} (5% random 401 missing_scope, a 401 spike from 1.5 s to 4 s, some 429/500/bad bodies)",
+            mock.base_url()
+        ),
+    }
     for suffix in ["", "-wal", "-shm"] {
         let mut path = args.db.clone().into_os_string();
         path.push(suffix);
@@ -82,6 +107,9 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
             rpm: NonZeroU32::new(3600),
             no_progress: args.no_progress,
             grace: Duration::from_secs(5),
+            via: Some(args.via),
+            batch_max_lines: batch.then_some(NonZeroUsize::new(80)).flatten(),
+            poll_interval: batch.then_some(Duration::from_millis(500)),
             ..RunArgs::default()
         },
     };

@@ -263,7 +263,12 @@ pub struct ModelCost {
     pub price: Price,
     /// Estimated USD.
     pub usd: f64,
+    /// Answered through the hosted Batch API, at half the price.
+    pub batch: bool,
 }
+
+/// The hosted Batch API's price, as a share of the direct price of the same model.
+pub const BATCH_PRICE_SHARE: f64 = 0.5;
 
 /// The estimated cost of a job's successful requests.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -276,6 +281,8 @@ pub struct CostEstimate {
     pub unpriced: Vec<String>,
     /// What the prices are (table date, overrides).
     pub source: String,
+    /// What the batch-run requests would have cost more if sent directly, USD.
+    pub batch_saving: f64,
 }
 
 impl CostEstimate {
@@ -286,19 +293,27 @@ impl CostEstimate {
             models: Vec::new(),
             unpriced: Vec::new(),
             source: table.source(),
+            batch_saving: 0.0,
         };
         for t in tokens {
             let model = t.model.clone().unwrap_or_else(|| "(unnamed)".to_owned());
             match table.lookup(&model) {
                 Some((name, price)) => {
-                    let usd = (t.prompt as f64 * price.input + t.completion as f64 * price.output)
+                    let direct = (t.prompt as f64 * price.input
+                        + t.completion as f64 * price.output)
                         / 1_000_000.0;
+                    let usd = match t.batch {
+                        true => direct * BATCH_PRICE_SHARE,
+                        false => direct,
+                    };
                     estimate.usd += usd;
+                    estimate.batch_saving += direct - usd;
                     estimate.models.push(ModelCost {
                         model,
                         priced_as: name.to_owned(),
                         price,
                         usd,
+                        batch: t.batch,
                     });
                 }
                 None if t.total > 0 || t.prompt > 0 || t.completion > 0 => {
@@ -376,9 +391,17 @@ mod tests {
             prompt: 1_000_000,
             completion: 2_000_000,
             total: 3_000_000,
+            batch: false,
         }];
         let estimate = CostEstimate::new(&table, &tokens);
         assert!((estimate.usd - 6.0).abs() < 1e-9, "{estimate:?}");
+        let batched = [ModelTokens {
+            batch: true,
+            ..tokens[0].clone()
+        }];
+        let half = CostEstimate::new(&table, &batched);
+        assert!((half.usd - 3.0).abs() < 1e-9, "{half:?}");
+        assert!((half.batch_saving - 3.0).abs() < 1e-9, "{half:?}");
         let plain = CostEstimate::new(&PriceTable::built_in(), &tokens);
         assert_eq!(plain.unpriced, ["test-model"]);
         assert_eq!(plain.usd, 0.0);

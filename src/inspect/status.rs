@@ -97,6 +97,7 @@ pub fn summary_json(s: &JobSummary) -> Value {
             "requests_per_second": s.requests_per_second(),
             "attempts_per_second": s.attempts_per_second(),
         },
+        "batches": s.batches,
         "runner": s.runner.as_ref().map(|r| json!({
             "owner": r.owner, "lease_until": rfc3339(r.until), "alive": r.alive,
         })),
@@ -152,14 +153,19 @@ fn write_work(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let counts = &s.counts;
     writeln!(
         out,
-        "requests  {} total · {} succeeded · {} failed · {} pending ({} awaiting retry) · {} in flight",
+        "requests  {} total · {} succeeded · {} failed · {} pending ({} awaiting retry) · {} in flight{}",
         counts.total,
         counts.succeeded,
         counts.failed,
         counts.pending,
         counts.retrying,
-        counts.in_flight
+        counts.in_flight,
+        match counts.batched {
+            0 => String::new(),
+            n => format!(" · {n} in batches"),
+        }
     )?;
+    write_batches(s, out)?;
     let by_class: Vec<String> = s.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
     writeln!(
         out,
@@ -175,6 +181,56 @@ fn write_work(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "statuses  {}", by_status.join(" · "))
 }
 
+/// Batches listed one per line, at most; the rest are counted.
+const LISTED_BATCHES: usize = 20;
+
+/// The job's chunks and their batches (`--via batch`): id, status, counts, times.
+fn write_batches(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
+    if s.batches.is_empty() {
+        return Ok(());
+    }
+    let open = s.batches.iter().filter(|c| !c.state.is_final()).count();
+    writeln!(
+        out,
+        "batches   {} chunks · {open} open · {} imported",
+        s.batches.len(),
+        s.batches
+            .iter()
+            .filter(|c| c.state == crate::domain::ChunkState::Imported)
+            .count()
+    )?;
+    let skip = s.batches.len().saturating_sub(LISTED_BATCHES);
+    if skip > 0 {
+        writeln!(out, "          … {skip} earlier chunks")?;
+    }
+    for c in s.batches.iter().skip(skip) {
+        let times = [
+            ("created", c.submitted_at),
+            ("ended", c.ended_at),
+            ("imported", c.imported_at),
+        ]
+        .into_iter()
+        .filter_map(|(what, at)| at.map(|at| format!("{what} {}", rfc3339(at))))
+        .collect::<Vec<_>>()
+        .join(" · ");
+        writeln!(
+            out,
+            "          #{} {} {} · {} lines · {} · {}/{} done, {} failed{}{}",
+            c.seq,
+            c.batch_id.as_deref().unwrap_or("(no batch yet)"),
+            c.state,
+            c.lines,
+            c.batch_status.as_deref().unwrap_or("-"),
+            c.completed.unwrap_or(0) + c.failed.unwrap_or(0),
+            c.total.unwrap_or(c.lines),
+            c.failed.unwrap_or(0),
+            if times.is_empty() { "" } else { " · " },
+            times
+        )?;
+    }
+    Ok(())
+}
+
 /// Tokens and their estimated cost.
 fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let (prompt, completion, total) = s.token_totals();
@@ -185,8 +241,9 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     for m in s.tokens.iter().filter(|_| s.tokens.len() > 1) {
         writeln!(
             out,
-            "          {}: {} prompt · {} completion ({} requests)",
+            "          {}{}: {} prompt · {} completion ({} requests)",
             m.model.as_deref().unwrap_or("(unnamed)"),
+            if m.batch { " (batch)" } else { "" },
             m.prompt,
             m.completion,
             m.requests
@@ -196,7 +253,10 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         .cost
         .models
         .iter()
-        .map(|m| format!("{} {}", m.model, Usd(m.usd)))
+        .map(|m| {
+            let via = if m.batch { " (batch, half price)" } else { "" };
+            format!("{}{via} {}", m.model, Usd(m.usd))
+        })
         .collect();
     let mut cost = format!("≈ {} estimated ({}", Usd(s.cost.usd), s.cost.source);
     if !priced.is_empty() {
@@ -204,6 +264,13 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     }
     cost.push(')');
     writeln!(out, "cost      {cost}")?;
+    if s.cost.batch_saving > 0.0 {
+        writeln!(
+            out,
+            "          the Batch API saved ≈ {} against sending them directly",
+            Usd(s.cost.batch_saving)
+        )?;
+    }
     if !s.cost.unpriced.is_empty() {
         writeln!(
             out,

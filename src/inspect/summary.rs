@@ -7,6 +7,7 @@ use rusqlite::Connection;
 use crate::domain::{AttemptClass, Counts, EventKind};
 use crate::inspect::prices::{CostEstimate, PriceTable};
 use crate::store::StoreError;
+use crate::store::batches::{self, ChunkRow};
 use crate::store::db::{self, Event, Job, Tallies};
 use crate::store::journal::{self, ModelTokens};
 use crate::store::lease::{self, LeaseOwner};
@@ -38,6 +39,8 @@ pub struct JobSummary {
     pub recent_events: Vec<Event>,
     /// Who holds the job's lease, when someone does.
     pub runner: Option<RunnerLease>,
+    /// Its chunks and their batches (`--via batch`), in order.
+    pub batches: Vec<ChunkRow>,
 }
 
 /// The runner holding a job's lease.
@@ -80,6 +83,7 @@ impl JobSummary {
                 alive,
             }
         });
+        let batches = batches::chunks(&snapshot, job.id)?;
         let cost = CostEstimate::new(prices, &tokens);
         Ok(JobSummary {
             job,
@@ -92,6 +96,7 @@ impl JobSummary {
             event_counts,
             recent_events,
             runner,
+            batches,
         })
     }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{BatchFate, Fault, MockConfig, RetryAfterStyle, Spike};
+use super::{BatchFate, BatchOp, Fault, MockConfig, RetryAfterStyle, Spike};
 
 /// Flags of `runner mock-server`: a fault-injecting mock of the OpenAI API.
 #[derive(clap::Args, Debug, Clone)]
@@ -109,6 +109,14 @@ pub struct MockArgs {
     /// Hosted Batch API: fates of the 1st, 2nd, … batch created, comma-separated: complete, fail-validation, expire
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub batch_fates: Vec<String>,
+
+    /// Hosted Batch API: calls whose first occurrence does its work and then stalls before answering, comma-separated: upload, create, download (half the file is sent first)
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub batch_stall: Vec<String>,
+
+    /// Hosted Batch API: how long a --batch-stall call waits
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub batch_stall_for: Duration,
 }
 
 /// `--retry-after-style` values.
@@ -202,6 +210,12 @@ pub enum MockArgsError {
         /// The value given.
         spec: String,
     },
+    /// A `--batch-stall` entry the mock does not know.
+    #[error("--batch-stall names an unknown call {name:?}; use upload, create or download")]
+    BatchStall {
+        /// The entry.
+        name: String,
+    },
     /// A `--batch-fates` entry the mock does not know.
     #[error(
         "--batch-fates names an unknown fate {name:?}; use complete, fail-validation or expire"
@@ -291,6 +305,15 @@ impl TryFrom<&MockArgs> for MockConfig {
                         .ok_or_else(|| MockArgsError::BatchFate { name: name.clone() })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
+            batch_stalls: args
+                .batch_stall
+                .iter()
+                .map(|name| {
+                    BatchOp::from_name(name)
+                        .ok_or_else(|| MockArgsError::BatchStall { name: name.clone() })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            batch_stall_for: args.batch_stall_for,
         })
     }
 }

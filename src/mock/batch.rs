@@ -53,6 +53,29 @@ impl BatchFate {
     }
 }
 
+/// A Files or Batches call the mock can stall ([`MockConfig::batch_stalls`](super::MockConfig::batch_stalls)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchOp {
+    /// `POST /v1/files`: the file is stored, then the answer waits.
+    Upload,
+    /// `POST /v1/batches`: the batch is created, then the answer waits.
+    Create,
+    /// `GET /v1/files/{id}/content`: half the file is sent, then the rest waits.
+    Download,
+}
+
+impl BatchOp {
+    /// Parses `upload`, `create` or `download` (the `--batch-stall` names).
+    pub fn from_name(name: &str) -> Option<BatchOp> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "upload" => Some(BatchOp::Upload),
+            "create" => Some(BatchOp::Create),
+            "download" => Some(BatchOp::Download),
+            _ => None,
+        }
+    }
+}
+
 /// Files and Batches calls the mock has answered (part of [`MockStats`](super::MockStats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BatchCounts {
@@ -85,6 +108,8 @@ pub(crate) struct BatchApi {
     missing_scope_uploads: u64,
     missing_scope_creates: u64,
     fates: Vec<BatchFate>,
+    stalls: Vec<BatchOp>,
+    stall_for: Duration,
     /// Held for short, synchronous sections only; never while a line is answered.
     state: Mutex<BatchState>,
 }
@@ -97,6 +122,8 @@ struct BatchState {
     counts: BatchCounts,
     upload_calls: u64,
     create_calls: u64,
+    /// The calls that have had their stall.
+    stalled: HashSet<BatchOp>,
 }
 
 #[derive(Debug)]
@@ -156,6 +183,8 @@ impl BatchApi {
             missing_scope_uploads: config.batch_missing_scope_uploads,
             missing_scope_creates: config.batch_missing_scope_creates,
             fates: config.batch_fates.clone(),
+            stalls: config.batch_stalls.clone(),
+            stall_for: config.batch_stall_for,
             state: Mutex::new(BatchState::default()),
         }
     }
@@ -163,6 +192,11 @@ impl BatchApi {
     /// The counters for [`MockStats`](super::MockStats).
     pub(crate) fn counts(&self) -> BatchCounts {
         self.lock().counts
+    }
+
+    /// How long this call of `op` stalls: the first one of a stalled kind does, once.
+    fn stall(&self, op: BatchOp) -> Option<Duration> {
+        (self.stalls.contains(&op) && self.lock().stalled.insert(op)).then_some(self.stall_for)
     }
 
     fn lock(&self) -> MutexGuard<'_, BatchState> {

@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use args::{MockArgs, MockArgsError, RetryAfterArg};
-pub use batch::{BatchCounts, BatchFate};
+pub use batch::{BatchCounts, BatchFate, BatchOp};
 pub use faults::Fault;
 pub use stats::{BodyCounts, MockStats};
 
@@ -121,6 +121,12 @@ pub struct MockConfig {
     pub batch_missing_scope_creates: u64,
     /// What becomes of the 1st, 2nd, … batch created; later ones complete normally.
     pub batch_fates: Vec<BatchFate>,
+    /// Files and Batches calls whose first occurrence does its work, then stalls before
+    /// answering (a download sends half the file first): a client killed meanwhile has had
+    /// its call done without hearing so.
+    pub batch_stalls: Vec<BatchOp>,
+    /// How long a stalled call waits.
+    pub batch_stall_for: Duration,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -168,6 +174,8 @@ impl Default for MockConfig {
             batch_missing_scope_uploads: 0,
             batch_missing_scope_creates: 0,
             batch_fates: Vec::new(),
+            batch_stalls: Vec::new(),
+            batch_stall_for: Duration::from_secs(30),
         }
     }
 }

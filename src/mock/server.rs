@@ -161,6 +161,12 @@ async fn gatekeeper(
         let answer = faults::azure_access_denied(has_key);
         return send(&shared, Instant::now(), None, Plan::now(answer), None).await;
     }
+    // The Files and Batches calls refuse an invalid key as the requests do.
+    let batch_call = path.starts_with("/v1/files") || path.starts_with("/v1/batches");
+    if let Some(bad) = shared.invalid_key(headers).filter(|_| batch_call) {
+        let answer = faults::invalid_api_key(bad);
+        return send(&shared, Instant::now(), None, Plan::now(answer), None).await;
+    }
     next.run(request).await
 }
 

@@ -169,6 +169,8 @@ pub struct LineRow {
     pub body: String,
     /// Whether it carries its own headers (which a batch cannot send).
     pub has_headers: bool,
+    /// Whether it was attempted before.
+    pub is_retry: bool,
 }
 
 /// Calls `f` with each pending request of the job due at `now`, in input order.
@@ -183,7 +185,7 @@ pub fn for_each_due<E: From<StoreError>>(
 ) -> Result<(), E> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, key, method, url, body, headers IS NOT NULL FROM requests
+            "SELECT id, key, method, url, body, headers IS NOT NULL, attempts > 0 FROM requests
              WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2 ORDER BY id",
         )
         .map_err(StoreError::from)?;
@@ -202,6 +204,7 @@ fn line_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineRow> {
         url: r.get(3)?,
         body: r.get(4)?,
         has_headers: r.get(5)?,
+        is_retry: r.get(6)?,
     })
 }
 
@@ -211,7 +214,7 @@ fn line_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineRow> {
 /// Database errors.
 pub fn chunk_lines(conn: &Connection, chunk: ChunkId) -> Result<Vec<LineRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, key, method, url, body, headers IS NOT NULL FROM requests
+        "SELECT id, key, method, url, body, headers IS NOT NULL, attempts > 0 FROM requests
          WHERE batch_chunk_id = ?1 AND state = 'batched' ORDER BY id",
     )?;
     let rows = stmt
@@ -469,10 +472,7 @@ pub fn record_call(conn: &Connection, call: &CallRecord) -> Result<(), StoreErro
 ///
 /// # Errors
 /// Database errors.
-pub fn calls_by_operation(
-    conn: &Connection,
-    job: JobId,
-) -> Result<Vec<(String, i64)>, StoreError> {
+pub fn calls_by_operation(conn: &Connection, job: JobId) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT operation, count(*) FROM batch_calls WHERE job_id = ?1 GROUP BY operation ORDER BY operation",
     )?;
@@ -610,7 +610,9 @@ mod tests {
     fn db_with_requests(n: i64) -> (Connection, JobId) {
         let mut conn = Connection::open_in_memory().expect("db");
         migrate::migrate(&mut conn).expect("migrate");
-        let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1).expect("job").id;
+        let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1)
+            .expect("job")
+            .id;
         for i in 1..=n {
             conn.execute(
                 "INSERT INTO requests (job_id, key, line, method, url, body, body_hash, state)
@@ -642,11 +644,18 @@ mod tests {
         );
         assert_eq!(db::counts(&conn, job).expect("counts").batched, 2);
         assert!(waiting(&conn, job, id, "r2").expect("query").is_none());
-        assert_eq!(waiting(&conn, job, id, "r3").expect("query").map(|w| w.id), Some(RequestId(3)));
+        assert_eq!(
+            waiting(&conn, job, id, "r3").expect("query").map(|w| w.id),
+            Some(RequestId(3))
+        );
         // A request cannot be in two chunks.
         let again = insert_chunk(&conn, job, &new, 6).expect_err("already batched");
         assert!(again.to_string().contains("was not pending"), "{again}");
-        assert_eq!(chunks(&conn, job).expect("chunks").len(), 1, "the refused chunk left nothing");
+        assert_eq!(
+            chunks(&conn, job).expect("chunks").len(),
+            1,
+            "the refused chunk left nothing"
+        );
         assert_eq!(drop_chunk(&conn, id).expect("drop"), 2);
         assert_eq!(db::counts(&conn, job).expect("counts").pending, 3);
         assert!(open_chunks(&conn, job).expect("open").is_empty());
@@ -693,6 +702,9 @@ mod tests {
         assert_eq!(row.polls, 2);
         assert_eq!(row.output_file_id.as_deref(), Some("file-out"));
         let refused = imported(&conn, id, 30).expect_err("one request still waits");
-        assert!(refused.to_string().contains("without a result"), "{refused}");
+        assert!(
+            refused.to_string().contains("without a result"),
+            "{refused}"
+        );
     }
 }

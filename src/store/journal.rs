@@ -236,18 +236,23 @@ pub struct ModelTokens {
     pub completion: i64,
     /// `total_tokens`.
     pub total: i64,
+    /// Whether these requests were answered through the hosted Batch API (half price).
+    pub batch: bool,
 }
 
-/// Token usage of a job's successful requests, per answering model, largest first.
+/// Token usage of a job's successful requests, per answering model and way of sending (direct,
+/// or in a batch: the success's attempt names its batch), largest first.
 ///
 /// # Errors
 /// Database errors.
 pub fn tokens_by_model(conn: &Connection, job: JobId) -> Result<Vec<ModelTokens>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                coalesce(sum(total_tokens), 0)
-         FROM requests WHERE job_id = ?1 AND state = 'succeeded'
-         GROUP BY model ORDER BY 5 DESC, 1",
+        "SELECT r.model, count(*), coalesce(sum(r.prompt_tokens), 0),
+                coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.total_tokens), 0),
+                coalesce((SELECT a.batch_id IS NOT NULL FROM attempts a
+                          WHERE a.request_id = r.id AND a.number = r.attempts), 0) AS batch
+         FROM requests r WHERE r.job_id = ?1 AND r.state = 'succeeded'
+         GROUP BY r.model, batch ORDER BY 5 DESC, 1, 6",
     )?;
     let rows = stmt
         .query_map([job.0], |r| {
@@ -257,6 +262,7 @@ pub fn tokens_by_model(conn: &Connection, job: JobId) -> Result<Vec<ModelTokens>
                 prompt: r.get(2)?,
                 completion: r.get(3)?,
                 total: r.get(4)?,
+                batch: r.get(5)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

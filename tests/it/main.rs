@@ -12,6 +12,7 @@ mod support;
 
 mod architecture;
 mod batch_api;
+mod batch_jobs;
 mod busy;
 mod chaos;
 mod cli;

@@ -23,9 +23,8 @@ pub(crate) fn read_result(result: BatchResult, max_wait: Duration) -> Reading {
         error,
         custom_id: _,
     } = result;
-    let request_id = request_id.filter(|id| {
-        id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic())
-    });
+    let request_id =
+        request_id.filter(|id| id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()));
     match status_code {
         Some(status) => {
             let answer = Answer {

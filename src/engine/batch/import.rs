@@ -61,8 +61,7 @@ impl BatchRun<'_> {
                 drop(writer);
                 result
             };
-            let (downloaded, imported) =
-                tokio::join!(download, self.import_lines(chunk, reader));
+            let (downloaded, imported) = tokio::join!(download, self.import_lines(chunk, reader));
             let (imported, stop) = imported?;
             total.add(imported);
             if let Some(stop) = stop {
@@ -212,7 +211,11 @@ impl BatchRun<'_> {
                 for w in &waiting {
                     // Validation errors name input lines (1-based, in file order).
                     let line = position(w.id).map(|p| p as u64 + 1);
-                    let reading = match errors.data.iter().find(|e| e.line.is_some() && e.line == line) {
+                    let reading = match errors
+                        .data
+                        .iter()
+                        .find(|e| e.line.is_some() && e.line == line)
+                    {
                         Some(e) => unanswered(
                             AttemptOutcome::NotSent,
                             Class::RequestFailed,
@@ -279,6 +282,7 @@ impl BatchRun<'_> {
         Ok(())
     }
 
+    /// Counts results for the progress display (their attempts were counted when cut).
     fn count_progress(&self, imported: Imported) {
         for _ in 0..imported.succeeded {
             self.tally.succeeded();

@@ -103,6 +103,13 @@ impl BatchRun<'_> {
             if self.mode == Mode::Run {
                 let cut = self.cut().await?;
                 cut.tell(&self.job.name, &mut told_unbatchable);
+                // Into a batch is as sent as it gets: counted as attempts started.
+                for _ in 0..cut.first {
+                    self.tally.attempt_started(false);
+                }
+                for _ in 0..cut.again {
+                    self.tally.attempt_started(true);
+                }
             }
             let (id, now) = (self.job.id, now_ms());
             let (open, next_due, counts) = self
@@ -143,6 +150,9 @@ impl BatchRun<'_> {
                 .store
                 .call(move |c| Ok((batches::open_chunks(c, id)?, db::next_due(c, id)?)))
                 .await?;
+            let running = open.iter().filter(|c| !c.state.is_final()).count();
+            self.tally
+                .set_note((running > 0).then(|| format!("{running} batches open")));
             let next_call = open.iter().map(|c| c.next_call_at).min();
             let wake = match self.mode {
                 Mode::Run => next_call.into_iter().chain(next_due).min(),
@@ -195,10 +205,7 @@ impl BatchRun<'_> {
             .store
             .call(move |c| batches::open_chunks(c, id))
             .await?;
-        let running = open
-            .iter()
-            .filter(|c| c.state.may_run_on_server())
-            .count();
+        let running = open.iter().filter(|c| c.state.may_run_on_server()).count();
         Ok(BatchExit::Interrupted { running })
     }
 
@@ -218,7 +225,12 @@ impl BatchRun<'_> {
         call.error_message = Some(message);
         let now = now_ms();
         let (next_call_at, stop) = match class {
-            Some(class @ (Class::Transient | Class::AuthTransient | Class::RateLimited | Class::InvalidResponse)) => {
+            Some(
+                class @ (Class::Transient
+                | Class::AuthTransient
+                | Class::RateLimited
+                | Class::InvalidResponse),
+            ) => {
                 let spent = chunk.spent.of(class) + 1;
                 match self.policy.retry_delay(class, spent, None, fastrand::f64()) {
                     Some(delay) => {
@@ -227,9 +239,14 @@ impl BatchRun<'_> {
                             self.job.name,
                             class.journaled(),
                             chunk.seq,
-                            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                            humantime::format_duration(Duration::from_millis(
+                                delay.as_millis() as u64
+                            ))
                         );
-                        (now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX), None)
+                        (
+                            now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                            None,
+                        )
                     }
                     None => (
                         now,
@@ -285,20 +302,41 @@ impl BatchRun<'_> {
 /// The journal's status, code and message of a failed call.
 fn describe(error: &BatchApiError) -> (Option<u16>, Option<String>, String) {
     match error {
-        BatchApiError::Api { status, error: e, .. } => (Some(*status), e.code.clone(), error.to_string()),
+        BatchApiError::Api {
+            status, error: e, ..
+        } => (Some(*status), e.code.clone(), error.to_string()),
         BatchApiError::Transport { failure, .. } => (
             None,
             Some(format!("{failure:?}").to_ascii_lowercase()),
             error.to_string(),
         ),
-        BatchApiError::Decode { status, .. } => {
-            (Some(*status), Some("invalid_json".to_owned()), error.to_string())
-        }
+        BatchApiError::Decode { status, .. } => (
+            Some(*status),
+            Some("invalid_json".to_owned()),
+            error.to_string(),
+        ),
         BatchApiError::Sink { .. } => (None, Some("write_error".to_owned()), error.to_string()),
     }
 }
 
 /// What to tell the user when a Files or Batches call stops the job.
 fn stop_advice(cause: StopCause, error: &BatchApiError) -> String {
-    format!("{}, then run `runner resume` ({error})", cause.advice())
+    match error {
+        BatchApiError::Api {
+            operation,
+            status,
+            error,
+            ..
+        } => format!(
+            "{}, then run `runner resume` (HTTP {status} {}: {}, {operation})",
+            cause.advice(),
+            error.code.as_deref().unwrap_or("no code"),
+            error.message.as_deref().unwrap_or("no message"),
+        ),
+        BatchApiError::Transport { .. }
+        | BatchApiError::Decode { .. }
+        | BatchApiError::Sink { .. } => {
+            format!("{}, then run `runner resume` ({error})", cause.advice())
+        }
+    }
 }

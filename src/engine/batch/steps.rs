@@ -108,7 +108,9 @@ impl BatchRun<'_> {
                     if !page.has_more || older {
                         break;
                     }
-                    after = page.last_id.or_else(|| page.data.last().map(|b| b.id.clone()));
+                    after = page
+                        .last_id
+                        .or_else(|| page.data.last().map(|b| b.id.clone()));
                 }
                 Err(e) => {
                     call.finished_at = now_ms();
@@ -247,14 +249,17 @@ impl BatchRun<'_> {
             })
             .await?;
         if before.as_deref() != Some(status) {
+            let progress = match counts.total {
+                0 => String::new(),
+                total => format!(
+                    " ({}/{total} done, {} failed)",
+                    counts.completed + counts.failed,
+                    counts.failed
+                ),
+            };
             eprintln!(
-                "{}: chunk {}: batch {} {status} ({}/{} done, {} failed)",
-                self.job.name,
-                chunk.seq,
-                batch.id,
-                counts.completed + counts.failed,
-                counts.total,
-                counts.failed
+                "{}: chunk {}: batch {} {status}{progress}",
+                self.job.name, chunk.seq, batch.id
             );
         }
         Ok(())

@@ -34,6 +34,7 @@ pub fn render(s: &JobSummary, t: &Timeline, generated_at: i64) -> String {
     }
     spikes(&mut html, t);
     events(&mut html, t);
+    batches(&mut html, s);
     counts(&mut html, s);
     let _ = write!(
         html,
@@ -128,10 +129,13 @@ fn cards(html: &mut String, s: &JobSummary, t: &Timeline) {
         (
             "estimated cost",
             Usd(s.cost.usd).to_string(),
-            if s.cost.unpriced.is_empty() {
-                "an estimate".to_owned()
-            } else {
-                format!("without {}", s.cost.unpriced.join(", "))
+            match (s.cost.unpriced.is_empty(), s.cost.batch_saving > 0.0) {
+                (true, false) => "an estimate".to_owned(),
+                (true, true) => format!(
+                    "an estimate; the Batch API saved {}",
+                    Usd(s.cost.batch_saving)
+                ),
+                (false, _) => format!("without {}", s.cost.unpriced.join(", ")),
             },
             "",
         ),
@@ -410,6 +414,39 @@ fn events(html: &mut String, t: &Timeline) {
         );
     }
     html.push_str("</table></details></section>");
+}
+
+/// The job's batches (`--via batch`): one row per chunk.
+fn batches(html: &mut String, s: &JobSummary) {
+    if s.batches.is_empty() {
+        return;
+    }
+    let _ = write!(
+        html,
+        r#"<section><h2>Batches ({})</h2><p class="sub">Each chunk of the job ran as one batch of the hosted Batch API, at half the price.</p><table><tr><th>chunk</th><th>batch</th><th>state</th><th>status</th><th class="num">lines</th><th class="num">done</th><th class="num">failed</th><th>created (UTC)</th><th>ended (UTC)</th></tr>"#,
+        s.batches.len()
+    );
+    let when = |at: Option<i64>| {
+        at.map_or_else(String::new, |at| {
+            utc(at, "[year]-[month]-[day] [hour]:[minute]:[second]")
+        })
+    };
+    for c in &s.batches {
+        let _ = write!(
+            html,
+            r#"<tr><td class="num">{}</td><td class="mono">{}</td><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="mono">{}</td><td class="mono">{}</td></tr>"#,
+            c.seq,
+            escape(c.batch_id.as_deref().unwrap_or("")),
+            escape(c.state.as_str()),
+            escape(c.batch_status.as_deref().unwrap_or("")),
+            c.lines,
+            c.completed.unwrap_or(0),
+            c.failed.unwrap_or(0),
+            when(c.submitted_at),
+            when(c.ended_at)
+        );
+    }
+    html.push_str("</table></section>");
 }
 
 /// The counts behind the charts: attempts by class and by status, tokens and cost by model.

@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BatchApi, BatchHost, MAX_FILE_BYTES, MockBatch, batch_str, stored_file, unix_now};
+use super::{
+    BatchApi, BatchHost, BatchOp, MAX_FILE_BYTES, MockBatch, batch_str, stored_file, unix_now,
+};
 use crate::mock::multipart;
 
 /// Metadata pairs a batch may carry, and their sizes.
@@ -121,10 +124,15 @@ async fn upload(State(host): Host, headers: HeaderMap, body: Bytes) -> Response 
     let filename = file.filename.unwrap_or_else(|| "upload.jsonl".to_owned());
     let stored = stored_file(file.data, &filename, "batch");
     let object = stored.object.clone();
-    let mut state = api.lock();
-    state.counts.uploads += 1;
-    let id = object["id"].as_str().unwrap_or_default().to_owned();
-    state.files.insert(id, stored);
+    {
+        let mut state = api.lock();
+        state.counts.uploads += 1;
+        let id = object["id"].as_str().unwrap_or_default().to_owned();
+        state.files.insert(id, stored);
+    }
+    if let Some(stall) = api.stall(BatchOp::Upload) {
+        tokio::time::sleep(stall).await;
+    }
     json_answer(StatusCode::OK, &object)
 }
 
@@ -144,15 +152,31 @@ async fn content(State(host): Host, Path(id): Path<String>) -> Response {
         }
         content
     };
-    match content {
-        Some(content) => (
-            StatusCode::OK,
-            [(CONTENT_TYPE, "application/octet-stream")],
-            content.as_ref().clone(),
-        )
-            .into_response(),
-        None => not_found("file", &id),
-    }
+    let Some(content) = content else {
+        return not_found("file", &id);
+    };
+    let body = match host.batches().stall(BatchOp::Download) {
+        // Half the file now, the rest after the stall.
+        Some(stall) => {
+            let half = content.len() / 2;
+            let first = Bytes::copy_from_slice(&content[..half]);
+            let rest = Bytes::copy_from_slice(&content[half..]);
+            let stream = futures::stream::iter([Ok::<_, std::convert::Infallible>(first)]).chain(
+                futures::stream::once(async move {
+                    tokio::time::sleep(stall).await;
+                    Ok(rest)
+                }),
+            );
+            Body::from_stream(stream)
+        }
+        None => Body::from(content.as_ref().clone()),
+    };
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response()
 }
 
 async fn delete_file(State(host): Host, Path(id): Path<String>) -> Response {
@@ -230,41 +254,47 @@ async fn create(State(host): Host, headers: HeaderMap, body: Bytes) -> Response 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let mut state = api.lock();
-    if !state.files.contains_key(&request.input_file_id) {
-        drop(state);
-        return not_found("file", &request.input_file_id);
-    }
-    let ordinal = state.batches.len();
-    let fate = api.fates.get(ordinal).copied().unwrap_or_default();
-    let now = unix_now();
-    let id = format!("batch_{:024x}", fastrand::u128(..) >> 32);
-    let object = json!({
-        "id": id, "object": "batch", "endpoint": request.endpoint, "errors": null,
-        "input_file_id": request.input_file_id, "completion_window": "24h",
-        "status": "validating", "output_file_id": null, "error_file_id": null,
-        "created_at": now, "in_progress_at": null, "expires_at": now + 24 * 3600,
-        "finalizing_at": null, "completed_at": null, "failed_at": null, "expired_at": null,
-        "cancelling_at": null, "cancelled_at": null,
-        "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        "metadata": metadata,
-    });
-    let object = match object {
-        Value::Object(object) => object,
-        // `json!` of an object literal is always an object.
-        _ => serde_json::Map::new(),
+    let object = {
+        let mut state = api.lock();
+        if !state.files.contains_key(&request.input_file_id) {
+            drop(state);
+            return not_found("file", &request.input_file_id);
+        }
+        let ordinal = state.batches.len();
+        let fate = api.fates.get(ordinal).copied().unwrap_or_default();
+        let now = unix_now();
+        let id = format!("batch_{:024x}", fastrand::u128(..) >> 32);
+        let object = json!({
+            "id": id, "object": "batch", "endpoint": request.endpoint, "errors": null,
+            "input_file_id": request.input_file_id, "completion_window": "24h",
+            "status": "validating", "output_file_id": null, "error_file_id": null,
+            "created_at": now, "in_progress_at": null, "expires_at": now + 24 * 3600,
+            "finalizing_at": null, "completed_at": null, "failed_at": null, "expired_at": null,
+            "cancelling_at": null, "cancelled_at": null,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": metadata,
+        });
+        let object = match object {
+            Value::Object(object) => object,
+            // `json!` of an object literal is always an object.
+            _ => serde_json::Map::new(),
+        };
+        state.batches.push(MockBatch {
+            object: object.clone(),
+            started: Instant::now(),
+            fate,
+            key,
+            lines: Vec::new(),
+            results: Vec::new(),
+            cancelling_since: None,
+        });
+        state.counts.batches_created += 1;
+        Value::Object(object)
     };
-    state.batches.push(MockBatch {
-        object: object.clone(),
-        started: Instant::now(),
-        fate,
-        key,
-        lines: Vec::new(),
-        results: Vec::new(),
-        cancelling_since: None,
-    });
-    state.counts.batches_created += 1;
-    json_answer(StatusCode::OK, &Value::Object(object))
+    if let Some(stall) = api.stall(BatchOp::Create) {
+        tokio::time::sleep(stall).await;
+    }
+    json_answer(StatusCode::OK, &object)
 }
 
 /// The index of batch `id`, counting a poll.

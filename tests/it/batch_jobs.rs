@@ -1,0 +1,485 @@
+//! `--via batch` end to end on the mock's Files and Batches endpoints: chunks, results journaled
+//! as attempts, expired and refused batches, the failure model of the Files and Batches calls,
+//! kill -9 at every step then resume (no chunk created twice, nothing lost), Ctrl-C leaving
+//! batches running, `runner cancel`, and `resume --via sync`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rstest::rstest;
+use runner::Exit;
+use runner::engine::shutdown::Shutdown;
+use runner::mock::{BatchFate, BatchOp, MockConfig};
+
+use crate::support::bin::{Running, output, text};
+use crate::support::*;
+
+/// `--via batch` with polls every 100 ms and a short backoff, plus `extra`.
+fn via_batch<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--via",
+        "batch",
+        "--poll-interval",
+        "100ms",
+        "--backoff-base",
+        "50ms",
+        "--backoff-cap",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn batch_mock(processing: Duration) -> MockConfig {
+    MockConfig {
+        batch_processing: processing,
+        ..MockConfig::default()
+    }
+}
+
+/// Every request succeeded, once: one succeeded attempt each, and as many requests as `n`.
+fn assert_each_succeeded_once(fx: &Fixture, n: i64) {
+    let db = fx.db();
+    assert_eq!(requests_in(&db, "succeeded"), n, "every request succeeded");
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM attempts WHERE error_class = 'succeeded' AND outcome = 'answered'"
+        ),
+        n,
+        "one successful attempt each"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM (SELECT request_id FROM attempts WHERE http_status = 200 GROUP BY request_id HAVING count(*) > 1)"
+        ),
+        0,
+        "no request has two successes"
+    );
+    assert_eq!(integrity(&db), "ok");
+    // Never paid twice: the mock answered each body successfully once, in whatever batch.
+    assert_succeeded_once(&fx.mock.stats(), 0..n as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_120000_line_job_runs_in_three_chunks_with_one_success_per_line() {
+    const N: usize = 120_000;
+    let fx = Fixture::for_job("big")
+        .mock(batch_mock(Duration::from_millis(500)))
+        .prompts(0..N)
+        .start()
+        .await;
+    // Bounded, with room for a loaded machine: 120,000 lines in and out of a debug build.
+    let exit = tokio::time::timeout(
+        Duration::from_secs(300),
+        run(&fx.submit_args(&via_batch(&[])), env()),
+    )
+    .await
+    .expect("the job ends within 5 minutes")
+    .expect("submit");
+    assert_eq!(exit, Exit::Success);
+    let db = fx.db();
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM batch_chunks WHERE state = 'imported'"
+        ),
+        3
+    );
+    assert_eq!(
+        query_text(
+            &db,
+            "SELECT group_concat(lines) FROM (SELECT lines FROM batch_chunks ORDER BY seq)"
+        )
+        .as_deref(),
+        Some("50000,50000,20000"),
+        "50,000 lines per file at most"
+    );
+    let stats = fx.mock.stats();
+    assert_eq!(stats.batch.batches_created, 3, "one batch per chunk");
+    assert_eq!(stats.batch.uploads, 3);
+    assert_each_succeeded_once(&fx, N as i64);
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM attempts WHERE batch_id IS NULL"),
+        0,
+        "every attempt names its batch"
+    );
+    let (_, rows) = fx.export_csv();
+    assert_eq!(rows.len(), N);
+    fx.shutdown().await;
+}
+
+/// Where a run is killed: right after the mock did a call whose answer it holds back (upload,
+/// create, download), or while the batches are being polled.
+#[rstest]
+#[case::after_upload(Some(BatchOp::Upload))]
+#[case::after_create(Some(BatchOp::Create))]
+#[case::during_download(Some(BatchOp::Download))]
+#[case::during_polling(None)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_any_step_then_resume_creates_no_chunk_twice_and_loses_nothing(
+    #[case] stall: Option<BatchOp>,
+) {
+    const N: usize = 300;
+    let fx = Fixture::for_job("kill")
+        .mock(MockConfig {
+            batch_processing: match stall {
+                None => Duration::from_secs(5),
+                Some(_) => Duration::from_millis(500),
+            },
+            batch_stalls: stall.into_iter().collect(),
+            batch_stall_for: Duration::from_secs(120),
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    let run = Running::spawn(fx.bin_submit(&via_batch(&["--batch-max-lines", "100"])));
+    let stats = || fx.mock.stats().batch;
+    match stall {
+        Some(BatchOp::Upload) => wait_until("an upload", || stats().uploads >= 1).await,
+        Some(BatchOp::Create) => wait_until("a create", || stats().batches_created >= 1).await,
+        Some(BatchOp::Download) => wait_until("a download", || stats().downloads >= 1).await,
+        None => wait_until("polls", || stats().polls >= 6).await,
+    }
+    // The stalled answer is on its way: the runner has not heard it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run.signal("KILL");
+    let (status, stderr) = run.wait().await;
+    assert_eq!(status.code(), None, "killed: {stderr}");
+
+    let out = output(fx.bin(&["resume", "--no-progress"])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        fx.mock.stats().batch.batches_created,
+        3,
+        "one batch per chunk, even across the kill: {stderr}"
+    );
+    let calls = fx.mock.stats().batch;
+    match stall {
+        Some(BatchOp::Upload) => assert_eq!(
+            calls.uploads, 4,
+            "the file whose upload was not recorded is uploaded again, once"
+        ),
+        Some(BatchOp::Create) => assert!(
+            stderr.contains("that an earlier run created without recording it"),
+            "the unrecorded batch was found by its metadata: {stderr}"
+        ),
+        Some(BatchOp::Download) => assert!(
+            calls.downloads > 3,
+            "the file whose download was cut is downloaded again ({} downloads)",
+            calls.downloads
+        ),
+        None => assert_eq!(calls.uploads, 3),
+    }
+    assert_eq!(
+        query_i64(&fx.db(), "SELECT count(*) FROM batch_chunks"),
+        3,
+        "no chunk was cut twice"
+    );
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_batch_sends_its_missing_lines_in_a_later_chunk() {
+    const N: usize = 200;
+    let fx = Fixture::for_job("expiry")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(400),
+            batch_fates: vec![BatchFate::Expire],
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(fx.submit(&via_batch(&[])).await, Exit::Success);
+    let db = fx.db();
+    let expired = query_i64(
+        &db,
+        "SELECT count(*) FROM attempts WHERE error_code = 'batch_expired' AND outcome = 'not_sent'",
+    );
+    assert!(expired > 0 && expired < N as i64, "{expired} lines expired");
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM batch_chunks WHERE seq = 2"),
+        1
+    );
+    assert_eq!(
+        query_i64(&db, "SELECT lines FROM batch_chunks WHERE seq = 2"),
+        expired,
+        "exactly the missing lines went into the second chunk"
+    );
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_by_validation_fails_the_line_it_names_and_sends_the_others_again() {
+    const N: usize = 50;
+    let fx = Fixture::for_job("refused")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(300),
+            batch_fates: vec![BatchFate::FailValidation],
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(fx.submit(&via_batch(&[])).await, Exit::SomeFailed);
+    let db = fx.db();
+    assert_eq!(requests_in(&db, "failed"), 1);
+    assert_eq!(
+        query_text(&db, "SELECT key FROM requests WHERE state = 'failed'").as_deref(),
+        Some("r-0"),
+        "line 1 of the file is the one named"
+    );
+    assert_eq!(requests_in(&db, "succeeded"), N as i64 - 1);
+    assert_eq!(fx.mock.stats().batch.batches_created, 2);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_scope_on_upload_and_create_is_retried_with_backoff() {
+    const N: usize = 20;
+    let fx = Fixture::for_job("scopes")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(200),
+            batch_missing_scope_uploads: 2,
+            batch_missing_scope_creates: 2,
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(fx.submit(&via_batch(&[])).await, Exit::Success);
+    let db = fx.db();
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM batch_calls WHERE error_class = 'auth_transient' AND http_status = 401"
+        ),
+        4,
+        "each refused call is journaled as auth_transient"
+    );
+    assert_eq!(fx.mock.stats().batch.batches_created, 1);
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_key_on_the_files_api_stops_the_job_with_exit_4_and_loses_nothing() {
+    const N: usize = 20;
+    let bad = "sk-revoked-0000000000000000";
+    let fx = Fixture::for_job("badkey")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(200),
+            invalid_keys: vec![bad.to_owned()],
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .env(env_with_key(bad))
+        .start()
+        .await;
+    assert_eq!(fx.submit(&via_batch(&[])).await, Exit::Stopped);
+    let db = fx.db();
+    assert_eq!(requests_in(&db, "succeeded"), 0);
+    let reason = query_text(&db, "SELECT state_reason FROM jobs");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("invalid_api_key")),
+        "{reason:?}"
+    );
+    assert_eq!(fx.mock.stats().batch.uploads, 0);
+    // With a good key, the same job finishes.
+    let good = env();
+    let db_arg = fx.db_arg();
+    let exit = within(
+        "resume",
+        run(&["resume", "--db", &db_arg, "--no-progress"], good),
+    )
+    .await
+    .expect("resume");
+    assert_eq!(exit, Exit::Success);
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_batches_running_then_resume_via_sync_finishes_without_paying_twice() {
+    const N: usize = 300;
+    let fx = Fixture::for_job("switch")
+        .mock(batch_mock(Duration::from_secs(6)))
+        .prompts(0..N)
+        .start()
+        .await;
+    let shutdown = Shutdown::new();
+    let task = fx.spawn_submit(&via_batch(&["--batch-max-lines", "150"]), shutdown.clone());
+    wait_until("two batches in progress", || {
+        try_query_i64(
+            &fx.db(),
+            "SELECT count(*) FROM batch_chunks WHERE batch_status = 'in_progress'",
+        ) == Some(2)
+    })
+    .await;
+    shutdown.stop();
+    let exit = within("interrupted submit", task).await.expect("join");
+    assert_eq!(exit.expect("submit"), Exit::Interrupted);
+    assert_eq!(
+        requests_in(&fx.db(), "batched"),
+        N as i64,
+        "left running on the server"
+    );
+
+    assert_eq!(fx.resume(&["--via", "sync"]).await, Exit::Success);
+    let db = fx.db();
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM batch_chunks WHERE batch_status = 'cancelled'"
+        ),
+        2,
+        "both batches were cancelled before sending directly"
+    );
+    let from_batches = query_i64(
+        &db,
+        "SELECT count(*) FROM attempts WHERE batch_id IS NOT NULL AND http_status = 200",
+    );
+    let direct = query_i64(
+        &db,
+        "SELECT count(*) FROM attempts WHERE batch_id IS NULL AND http_status = 200",
+    );
+    assert_eq!(from_batches + direct, N as i64);
+    assert!(direct > 0, "the rest was sent directly");
+    // Never paid twice: the mock answered each body once, in a batch or directly.
+    assert_succeeded_once(&fx.mock.stats(), 0..N);
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_cancel_cancels_the_batches_a_signal_left_running_and_resume_finishes() {
+    const N: usize = 200;
+    let fx = Fixture::for_job("cancel")
+        .mock(batch_mock(Duration::from_secs(6)))
+        .prompts(0..N)
+        .start()
+        .await;
+    let run = Running::spawn(fx.bin_submit(&via_batch(&[])));
+    wait_until("a batch in progress", || {
+        try_query_i64(
+            &fx.db(),
+            "SELECT count(*) FROM batch_chunks WHERE batch_status = 'in_progress'",
+        ) == Some(1)
+    })
+    .await;
+    run.signal("INT");
+    let (status, stderr) = run.wait().await;
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("1 batches go on running on the server")
+            && stderr.contains("`runner cancel --job cancel`"),
+        "{stderr}"
+    );
+
+    let out = output(fx.bin(&["cancel", "--poll-interval", "100ms"])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("asked for batch"), "{stderr}");
+    let db = fx.db();
+    assert_eq!(
+        query_text(&db, "SELECT batch_status FROM batch_chunks").as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        requests_in(&db, "batched"),
+        0,
+        "nothing is left in the batch"
+    );
+    assert_eq!(
+        query_text(&db, "SELECT state FROM jobs").as_deref(),
+        Some("stopped")
+    );
+
+    let out = output(fx.bin(&["resume", "--no-progress"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_exports_in_the_same_format_as_a_sync_job() {
+    const N: usize = 30;
+    let sync = Fixture::for_job("same").prompts(0..N).start().await;
+    assert_eq!(sync.submit(&[]).await, Exit::Success);
+    let batch = Fixture::for_job("same")
+        .mock(batch_mock(Duration::from_millis(200)))
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(batch.submit(&via_batch(&[])).await, Exit::Success);
+
+    let (sync_header, sync_rows) = sync.export_csv();
+    let (batch_header, batch_rows) = batch.export_csv();
+    assert_eq!(sync_header, batch_header);
+    let column = |header: &[String], rows: &[csv::StringRecord], name: &str| -> Vec<String> {
+        rows.iter()
+            .map(|row| cell(header, row, name).to_owned())
+            .collect()
+    };
+    for name in ["custom_id", "status", "http_status"] {
+        assert_eq!(
+            column(&sync_header, &sync_rows, name),
+            column(&batch_header, &batch_rows, name),
+            "column {name}"
+        );
+    }
+
+    let shape = |value: &serde_json::Value| -> HashSet<String> {
+        fn walk(prefix: &str, value: &serde_json::Value, out: &mut HashSet<String>) {
+            if let serde_json::Value::Object(map) = value {
+                for (key, inner) in map {
+                    let path = format!("{prefix}/{key}");
+                    out.insert(path.clone());
+                    walk(&path, inner, out);
+                }
+            }
+        }
+        let mut out = HashSet::new();
+        walk("", value, &mut out);
+        out
+    };
+    let (sync_lines, batch_lines) = (sync.export_jsonl(), batch.export_jsonl());
+    assert_eq!(sync_lines.len(), N);
+    assert_eq!(batch_lines.len(), N);
+    for (s, b) in sync_lines.iter().zip(&batch_lines) {
+        assert_eq!(s["custom_id"], b["custom_id"]);
+        assert_eq!(shape(s), shape(b), "same fields in {s} and {b}");
+    }
+    sync.shutdown().await;
+    batch.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_demo_runs_on_the_mock_and_writes_every_result() {
+    let scratch = Scratch::new();
+    let mut cmd = crate::support::bin::runner(scratch.dir.path());
+    cmd.args(["demo", "--via", "batch", "--no-progress"]);
+    let out = output(cmd).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("expired"),
+        "the demo shows an expired batch: {stderr}"
+    );
+    assert!(
+        stderr.contains("missing_scope"),
+        "and a refused create: {stderr}"
+    );
+    let db = scratch.path("runner-demo.db");
+    assert_eq!(requests_in(&db, "succeeded"), 300);
+    let (_, rows) = export_csv(&db, "demo");
+    assert_eq!(rows.len(), 300);
+}
