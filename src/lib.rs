@@ -23,10 +23,12 @@
 //!   [`engine::breaker`], [`engine::rate_limit`]); [`engine::attempt`] reads, decides
 //!   ([`engine::retry`]) and records one attempt; [`engine::context`] is what attempt tasks
 //!   share; [`engine::tokens`], [`engine::progress`], [`engine::shutdown`];
-//!   [`engine::batch_chunks`] cuts pending requests into Batch API input files.
+//!   [`engine::batch`] runs a `--via batch` job through the hosted Batch API (chunks, their
+//!   steps on the server, results imported as attempts); [`engine::ending`] says how a run ended.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit). Every SQL statement lives here: [`store::db`] (writes, jobs), [`store::journal`]
-//!   (read-only queries), [`store::ingest`] (a file into a job, all or nothing),
+//!   (read-only queries), [`store::batches`] (chunks and Files/Batches calls),
+//!   [`store::ingest`] (a file into a job, all or nothing),
 //!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].
 //! - [`cli`]: the raw command-line flags (clap); [`cli::docs`] generates the shell completions
 //!   and man pages from them (`runner completions`, `runner man`).
@@ -34,11 +36,12 @@
 //!   function); [`http::headers`] checks and merges the headers a request carries;
 //!   [`http::response`] reads success bodies; [`http::sse`] assembles streamed
 //!   answers; [`http::body`] and [`http::hints`] read bodies and headers with bounds;
-//!   [`http::batch`] calls the hosted Batch API (Files and Batches; not wired into jobs yet).
+//!   [`http::batch`] calls the hosted Batch API (Files and Batches).
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests),
 //!   with the Files and Batches endpoints.
 //! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.
 //! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
+//!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
 //!   [`domain::EventKind`], [`Exit`]; one enum each, text only at the SQL and output boundaries.
 //! - [`util`]: the clock, private files, locks.

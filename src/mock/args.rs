@@ -114,6 +114,10 @@ pub struct MockArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub batch_stall: Vec<String>,
 
+    /// Hosted Batch API: batches that may be unfinished at once; a create beyond them is refused 400 token_limit_exceeded (as over the enqueued-token limit)
+    #[arg(long, value_name = "N")]
+    pub batch_max_open: Option<usize>,
+
     /// Hosted Batch API: how long a --batch-stall call waits
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub batch_stall_for: Duration,
@@ -314,6 +318,7 @@ impl TryFrom<&MockArgs> for MockConfig {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             batch_stall_for: args.batch_stall_for,
+            batch_max_open: args.batch_max_open,
         })
     }
 }

@@ -110,6 +110,7 @@ pub(crate) struct BatchApi {
     fates: Vec<BatchFate>,
     stalls: Vec<BatchOp>,
     stall_for: Duration,
+    max_open: Option<usize>,
     /// Held for short, synchronous sections only; never while a line is answered.
     state: Mutex<BatchState>,
 }
@@ -185,6 +186,7 @@ impl BatchApi {
             fates: config.batch_fates.clone(),
             stalls: config.batch_stalls.clone(),
             stall_for: config.batch_stall_for,
+            max_open: config.batch_max_open,
             state: Mutex::new(BatchState::default()),
         }
     }

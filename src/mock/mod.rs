@@ -127,6 +127,9 @@ pub struct MockConfig {
     pub batch_stalls: Vec<BatchOp>,
     /// How long a stalled call waits.
     pub batch_stall_for: Duration,
+    /// Batches that may be unfinished at once; a create beyond them is refused 400
+    /// `token_limit_exceeded`, as over a project's enqueued-token limit.
+    pub batch_max_open: Option<usize>,
 }
 
 /// The wait hints a rate-limit 429 carries, to test every way a server can say "wait".
@@ -176,6 +179,7 @@ impl Default for MockConfig {
             batch_fates: Vec::new(),
             batch_stalls: Vec::new(),
             batch_stall_for: Duration::from_secs(30),
+            batch_max_open: None,
         }
     }
 }

@@ -415,6 +415,18 @@ pub fn call_failed(
     Ok(())
 }
 
+/// Puts the chunk's next call off until `next_call_at`, spending no budget.
+///
+/// # Errors
+/// Database errors.
+pub fn put_off(conn: &Connection, chunk: ChunkId, next_call_at: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE batch_chunks SET next_call_at = ?2 WHERE id = ?1",
+        params![chunk.0, next_call_at],
+    )?;
+    Ok(())
+}
+
 /// One Files or Batches call, for the journal.
 #[derive(Clone, Debug)]
 pub struct CallRecord {

@@ -483,3 +483,40 @@ async fn the_batch_demo_runs_on_the_mock_and_writes_every_result() {
     let (_, rows) = export_csv(&db, "demo");
     assert_eq!(rows.len(), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_over_the_enqueued_token_limit_wait_for_the_jobs_running_batches() {
+    const N: usize = 90;
+    let fx = Fixture::for_job("queued")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(400),
+            batch_max_open: Some(1),
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(
+        fx.submit(&via_batch(&["--batch-max-lines", "30"])).await,
+        Exit::Success
+    );
+    let db = fx.db();
+    assert!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM batch_calls WHERE operation = 'create' AND error_code = 'token_limit_exceeded'"
+        ) > 0,
+        "creates were refused while a batch ran"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT max(transient_calls + auth_calls + rate_limited_calls) FROM batch_chunks"
+        ),
+        0,
+        "waiting for the job's own batches spends no budget"
+    );
+    assert_eq!(fx.mock.stats().batch.batches_created, 3);
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}

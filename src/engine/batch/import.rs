@@ -344,6 +344,20 @@ fn unanswered_reading(status: &str, errors: &BatchErrors) -> crate::engine::atte
             "batch_cancelled",
             "the batch was cancelled before this line was run".to_owned(),
         ),
+        // Over the project's enqueued-token limit: a wait, not a fault of the lines.
+        "failed" if first.and_then(|e| e.code.as_deref()) == Some("token_limit_exceeded") => {
+            unanswered(
+                AttemptOutcome::NotSent,
+                Class::RateLimited,
+                "token_limit_exceeded",
+                format!(
+                    "the batch was refused over the enqueued-token limit: {}",
+                    first
+                        .and_then(|e| e.message.as_deref())
+                        .unwrap_or("no message")
+                ),
+            )
+        }
         "failed" => unanswered(
             AttemptOutcome::NotSent,
             Class::Transient,

@@ -217,7 +217,25 @@ impl BatchRun<'_> {
         mut call: CallRecord,
         error: &BatchApiError,
     ) -> Result<(), StoreError> {
-        let class = error.class();
+        let mut class = error.class();
+        // Over the project's enqueued-token limit a create is refused until earlier batches
+        // end: the chunk waits for them (not a fault of the chunk, no budget spent) while this
+        // job has batches of its own running; otherwise it is paced like a 429.
+        if is_enqueued_limit(error) {
+            let id = self.job.id;
+            let open = self
+                .store
+                .call(move |c| batches::open_chunks(c, id))
+                .await?;
+            let running = open
+                .iter()
+                .filter(|c| c.id != chunk.id && c.state == ChunkState::Submitted)
+                .count();
+            if running > 0 {
+                return self.wait_for_others(chunk, call, error, running).await;
+            }
+            class = Some(Class::RateLimited);
+        }
         call.class = class.map(|c| c.journaled());
         let (status, code, message) = describe(error);
         call.http_status = status;
@@ -281,6 +299,35 @@ impl BatchRun<'_> {
         Ok(())
     }
 
+    /// A create refused over the enqueued-token limit while this job's other batches run: the
+    /// chunk tries again after a poll interval, without spending a budget.
+    async fn wait_for_others(
+        &mut self,
+        chunk: &ChunkRow,
+        mut call: CallRecord,
+        error: &BatchApiError,
+        running: usize,
+    ) -> Result<(), StoreError> {
+        let (status, code, message) = describe(error);
+        call.http_status = status;
+        call.error_code = code;
+        call.error_message = Some(message);
+        call.class = Some(Class::RateLimited.journaled());
+        let wait = Duration::from_millis(self.settings.poll_interval_ms);
+        let next_call_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        eprintln!(
+            "{}: chunk {} waits for the job's {running} running batches (over the enqueued-token limit)",
+            self.job.name, chunk.seq
+        );
+        let id = chunk.id;
+        self.store
+            .call(move |c| {
+                batches::record_call(c, &call)?;
+                batches::put_off(c, id, next_call_at)
+            })
+            .await
+    }
+
     /// A call record for this chunk, started now.
     fn call(&self, chunk: &ChunkRow, operation: &'static str) -> CallRecord {
         CallRecord {
@@ -296,6 +343,22 @@ impl BatchRun<'_> {
             result: None,
             key_fingerprint: self.client.key_fingerprint().map(str::to_owned),
         }
+    }
+}
+
+/// Whether a refusal says the project's enqueued-token limit is reached.
+fn is_enqueued_limit(error: &BatchApiError) -> bool {
+    match error {
+        BatchApiError::Api { error, .. } => {
+            error.code.as_deref() == Some("token_limit_exceeded")
+                || error
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.to_ascii_lowercase().contains("enqueued token limit"))
+        }
+        BatchApiError::Transport { .. }
+        | BatchApiError::Decode { .. }
+        | BatchApiError::Sink { .. } => false,
     }
 }
 

@@ -260,6 +260,16 @@ async fn create(State(host): Host, headers: HeaderMap, body: Bytes) -> Response 
             drop(state);
             return not_found("file", &request.input_file_id);
         }
+        let open = state
+            .batches
+            .iter()
+            .filter(|b| !matches!(b.status(), "completed" | "failed" | "expired" | "cancelled"))
+            .count();
+        if api.max_open.is_some_and(|max| open >= max) {
+            drop(state);
+            let body = json!({"error": {"message": "Enqueued token limit reached for the model in this project. Wait for earlier batches to finish.", "type": "invalid_request_error", "param": null, "code": "token_limit_exceeded"}});
+            return json_answer(StatusCode::BAD_REQUEST, &body);
+        }
         let ordinal = state.batches.len();
         let fate = api.fates.get(ordinal).copied().unwrap_or_default();
         let now = unix_now();
