@@ -9,7 +9,9 @@ request's method, path and headers, so the suite can count what reached the serv
 headers that arrived. The answers are the real server's.
 
 Cases: Batch-format and plain lines in one job, a `"stream": true` line (sent once, assembled),
-a metadata round trip (CSV and JSONL), `--header` reaching the server, export in both formats.
+a metadata round trip (CSV and JSONL), `--header` reaching the server, export in both formats,
+and `--via batch` against a server without the Files and Batches API (stops with exit 4 and the
+advice, then `resume --via sync` sends each line once).
 
     scripts/real_servers.sh start          # or let this script start llama.cpp itself
     python3 scripts/interop.py --bin target/debug/runner
@@ -187,6 +189,34 @@ def main():
           "the stream's JSONL body is the assembled chat.completion")
     check(out.get("b-meta", {}).get("metadata") == {"row": "17", "sheet": "q3"},
           "metadata round-trips through the JSONL")
+
+    # --via batch against a server without the Files and Batches API: the job stops on the
+    # first upload (exit 4, nothing lost, the advice printed), then `resume --via sync`
+    # finishes it directly, each line sent once.
+    batch_src = os.path.join(work, "viabatch.jsonl")
+    with open(batch_src, "w") as f:
+        for i in range(3):
+            f.write(json.dumps({"custom_id": f"vb-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "smollm2", "max_tokens": 8,
+                                         "messages": [{"role": "user", "content": f"Say hi {i}"}]}}) + "\n")
+    batch_db = os.path.join(work, "viabatch.db")
+    before = len(Recorder.seen)
+    stopped = subprocess.run(
+        [args.bin, "submit", batch_src, "--db", batch_db, "--via", "batch", "--no-progress"],
+        env=run_env, capture_output=True, text=True, timeout=300)
+    print(stopped.stderr.strip())
+    check(stopped.returncode == 4, f"--via batch without a Batch API stops with exit 4 (got {stopped.returncode})")
+    check("does not serve the hosted Batch API" in stopped.stderr
+          and "--via sync" in stopped.stderr, "and says to use --via sync")
+    uploads = [s for s in Recorder.seen[before:] if s["path"].endswith("/files")]
+    check(len(uploads) == 1, f"one upload was tried ({len(uploads)})")
+    finished = subprocess.run(
+        [args.bin, "resume", "--db", batch_db, "--via", "sync", "--no-progress", "--timeout", "120s"],
+        env=run_env, capture_output=True, text=True, timeout=900)
+    print(finished.stderr.strip())
+    check(finished.returncode == 0, f"resume --via sync finishes it (got {finished.returncode})")
+    sent = [s for s in Recorder.seen[before:] if s["path"].endswith("/chat/completions")]
+    check(len(sent) == 3, f"each of its lines was sent once, directly ({len(sent)})")
 
     proxy.shutdown()
     if failures:

@@ -81,11 +81,11 @@ impl Ending {
             ),
             (Exit::Stopped, Some(reason)) => eprintln!(
                 "{job}: stopped with {} requests pending: {reason}",
-                counts.pending
+                counts.open()
             ),
             (Exit::Interrupted, _) => eprintln!(
                 "{job}: interrupted with {} requests pending: `runner resume --job {job}` continues",
-                counts.pending
+                counts.open()
             ),
             (Exit::Success, Some(reason)) => eprintln!("{job}: {reason}"),
             (Exit::Success | Exit::Stopped, None) => {}

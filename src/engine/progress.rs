@@ -61,6 +61,16 @@ impl Tally {
         }
     }
 
+    /// `n` requests waiting for a retry went into a batch (`--via batch`): no longer waiting.
+    pub fn batched_again(&self, n: u64) {
+        self.retrying.fetch_sub(n as i64, Ordering::Relaxed);
+    }
+
+    /// `n` attempts read from a batch's results were journaled (`--via batch`).
+    pub fn attempts_journaled(&self, n: u64) {
+        self.attempts.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// A request succeeded.
     pub fn succeeded(&self) {
         self.succeeded.fetch_add(1, Ordering::Relaxed);

@@ -31,8 +31,7 @@ pub(super) struct Cut {
     unbatchable: Option<(u64, String)>,
     /// Requests with their own headers, which a batch line cannot carry.
     headers_dropped: u64,
-    /// Requests put into a chunk: first sends, and sends again.
-    pub(super) first: u64,
+    /// Requests put into a chunk that had been attempted before.
     pub(super) again: u64,
 }
 
@@ -119,9 +118,8 @@ fn cut_due(
                 if row.has_headers {
                     cut.headers_dropped += 1;
                 }
-                match row.is_retry {
-                    true => cut.again += 1,
-                    false => cut.first += 1,
+                if row.is_retry {
+                    cut.again += 1;
                 }
                 ids.insert(row.key, row.id);
                 full.extend(sealed);

@@ -282,8 +282,10 @@ impl BatchRun<'_> {
         Ok(())
     }
 
-    /// Counts results for the progress display (their attempts were counted when cut).
+    /// Counts results and their attempts for the progress display.
     fn count_progress(&self, imported: Imported) {
+        self.tally
+            .attempts_journaled(imported.succeeded + imported.failed + imported.again);
         for _ in 0..imported.succeeded {
             self.tally.succeeded();
         }

@@ -103,13 +103,8 @@ impl BatchRun<'_> {
             if self.mode == Mode::Run {
                 let cut = self.cut().await?;
                 cut.tell(&self.job.name, &mut told_unbatchable);
-                // Into a batch is as sent as it gets: counted as attempts started.
-                for _ in 0..cut.first {
-                    self.tally.attempt_started(false);
-                }
-                for _ in 0..cut.again {
-                    self.tally.attempt_started(true);
-                }
+                // Their attempts are counted when their results are journaled.
+                self.tally.batched_again(cut.again);
             }
             let (id, now) = (self.job.id, now_ms());
             let (open, next_due, counts) = self
@@ -276,6 +271,14 @@ impl BatchRun<'_> {
                 }
             }
             Some(Class::JobStop(cause)) => (now, Some(stop_advice(cause, error))),
+            // No Files or Batches API at this base URL (llama.cpp's server, vLLM, Ollama).
+            Some(Class::RequestFailed) if matches!(status, Some(404 | 405 | 501)) => (
+                now,
+                Some(format!(
+                    "{error}: this server does not serve the hosted Batch API; \
+                     `runner resume --via sync` sends the job's requests directly"
+                )),
+            ),
             Some(Class::RequestFailed | Class::Succeeded) => (
                 now,
                 Some(format!(
