@@ -9,6 +9,7 @@ use crate::cli::{JobsArgs, StatusArgs, TimelineArgs};
 use crate::inspect::prices::{PriceTable, Usd};
 use crate::inspect::summary::{JobSummary, RunnerLease};
 use crate::inspect::timeline::{self, human_ms, pairs, status_label};
+use crate::store::batches::ChunkRow;
 use crate::store::{self, db};
 use crate::util::clock::rfc3339;
 
@@ -51,12 +52,19 @@ pub fn timeline(args: &TimelineArgs, out: impl Write) -> anyhow::Result<()> {
     let conn = store::open_read_only(&args.db.db)?;
     let job = db::resolve_job(&conn, args.job.as_deref())?;
     let timeline = timeline::build(&conn, &job, args.bucket)?;
+    let chunks = store::batches::chunks(&conn, job.id)?;
     let mut out = std::io::BufWriter::new(out);
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &timeline::to_json(&timeline))?;
+        let mut value = timeline::to_json(&timeline);
+        value["batches"] = json!(chunks);
+        serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)?;
     } else {
         timeline::render_text(&timeline, &mut out)?;
+        if !chunks.is_empty() {
+            writeln!(out)?;
+            write_batches(&chunks, &mut out)?;
+        }
     }
     out.flush()?;
     Ok(())
@@ -165,7 +173,7 @@ fn write_work(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
             n => format!(" · {n} in batches"),
         }
     )?;
-    write_batches(s, out)?;
+    write_batches(&s.batches, out)?;
     let by_class: Vec<String> = s.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
     writeln!(
         out,
@@ -185,25 +193,25 @@ fn write_work(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
 const LISTED_BATCHES: usize = 20;
 
 /// The job's chunks and their batches (`--via batch`): id, status, counts, times.
-fn write_batches(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
-    if s.batches.is_empty() {
+fn write_batches(batches: &[ChunkRow], out: &mut impl Write) -> std::io::Result<()> {
+    if batches.is_empty() {
         return Ok(());
     }
-    let open = s.batches.iter().filter(|c| !c.state.is_final()).count();
+    let open = batches.iter().filter(|c| !c.state.is_final()).count();
     writeln!(
         out,
         "batches   {} chunks · {open} open · {} imported",
-        s.batches.len(),
-        s.batches
+        batches.len(),
+        batches
             .iter()
             .filter(|c| c.state == crate::domain::ChunkState::Imported)
             .count()
     )?;
-    let skip = s.batches.len().saturating_sub(LISTED_BATCHES);
+    let skip = batches.len().saturating_sub(LISTED_BATCHES);
     if skip > 0 {
         writeln!(out, "          … {skip} earlier chunks")?;
     }
-    for c in s.batches.iter().skip(skip) {
+    for c in batches.iter().skip(skip) {
         let times = [
             ("created", c.submitted_at),
             ("ended", c.ended_at),

@@ -520,3 +520,111 @@ async fn chunks_over_the_enqueued_token_limit_wait_for_the_jobs_running_batches(
     assert_each_succeeded_once(&fx, N as i64);
     fx.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_timeline_and_report_show_each_batch_and_price_it_at_half() {
+    const N: usize = 40;
+    let fx = Fixture::for_job("shown")
+        .mock(batch_mock(Duration::from_millis(300)))
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(
+        fx.submit(&via_batch(&["--batch-max-lines", "25"])).await,
+        Exit::Success
+    );
+    let batch_ids: Vec<String> = (1..=2)
+        .map(|seq| {
+            query_text(
+                &fx.db(),
+                &format!("SELECT batch_id FROM batch_chunks WHERE seq = {seq}"),
+            )
+            .expect("a batch id")
+        })
+        .collect();
+
+    let status = output(fx.bin(&["status", "--price", "test-model=1,2"])).await;
+    let stdout = text(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    assert!(
+        stdout.contains("batches   2 chunks · 0 open · 2 imported"),
+        "{stdout}"
+    );
+    for id in &batch_ids {
+        assert!(stdout.contains(id.as_str()), "{id} in {stdout}");
+    }
+    assert!(stdout.contains("(batch, half price)"), "{stdout}");
+    assert!(stdout.contains("the Batch API saved"), "{stdout}");
+
+    let json = output(fx.bin(&["status", "--json", "--price", "test-model=1,2"])).await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    assert_eq!(value["batches"].as_array().map(Vec::len), Some(2));
+    let cost = &value["cost"];
+    let usd = cost["estimate_usd"].as_f64().expect("a cost");
+    let (prompt, completion) = (
+        value["tokens"]["prompt"].as_f64().expect("prompt tokens"),
+        value["tokens"]["completion"]
+            .as_f64()
+            .expect("completion tokens"),
+    );
+    let direct = (prompt * 1.0 + completion * 2.0) / 1_000_000.0;
+    assert!(
+        (usd - direct / 2.0).abs() < 1e-12,
+        "{usd} is half of {direct}"
+    );
+
+    let timeline = output(fx.bin(&["timeline"])).await;
+    let stdout = text(&timeline.stdout);
+    for id in &batch_ids {
+        assert!(stdout.contains(id.as_str()), "{id} in {stdout}");
+    }
+    let report = fx.scratch.path("report.html");
+    let out = output(fx.bin(&["report", "--output", &report.display().to_string()])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let html = std::fs::read_to_string(&report).expect("report");
+    assert!(
+        html.contains("<h2>Batches (2)</h2>"),
+        "the report lists the batches"
+    );
+    for id in &batch_ids {
+        assert!(html.contains(id.as_str()));
+    }
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_files_are_deleted_from_the_server_only_when_asked() {
+    const N: usize = 20;
+    let kept = Fixture::for_job("kept")
+        .mock(batch_mock(Duration::from_millis(200)))
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(kept.submit(&via_batch(&[])).await, Exit::Success);
+    assert_eq!(
+        kept.mock.stats().batch.deletes,
+        0,
+        "nothing deleted unless asked"
+    );
+
+    let deleted = Fixture::for_job("deleted")
+        .mock(batch_mock(Duration::from_millis(200)))
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(
+        deleted.submit(&via_batch(&["--delete-batch-files"])).await,
+        Exit::Success
+    );
+    // The input file and the output file (no line failed: no error file).
+    assert_eq!(deleted.mock.stats().batch.deletes, 2);
+    assert_eq!(
+        query_i64(
+            &deleted.db(),
+            "SELECT count(*) FROM batch_calls WHERE operation = 'delete' AND http_status = 200"
+        ),
+        2
+    );
+    kept.shutdown().await;
+    deleted.shutdown().await;
+}

@@ -272,13 +272,18 @@ impl BatchRun<'_> {
             }
             Some(Class::JobStop(cause)) => (now, Some(stop_advice(cause, error))),
             // No Files or Batches API at this base URL (llama.cpp's server, vLLM, Ollama).
-            Some(Class::RequestFailed) if matches!(status, Some(404 | 405 | 501)) => (
-                now,
-                Some(format!(
-                    "{error}: this server does not serve the hosted Batch API; \
+            Some(Class::RequestFailed)
+                if matches!(status, Some(404 | 405 | 501))
+                    && matches!(call.operation, "upload" | "create" | "find") =>
+            {
+                (
+                    now,
+                    Some(format!(
+                        "{error}: this server does not serve the hosted Batch API; \
                      `runner resume --via sync` sends the job's requests directly"
-                )),
-            ),
+                    )),
+                )
+            }
             Some(Class::RequestFailed | Class::Succeeded) => (
                 now,
                 Some(format!(
