@@ -1,21 +1,19 @@
 //! `--via batch` end to end on the mock's Files and Batches endpoints: chunks, results journaled
 //! as attempts, expired and refused batches, the failure model of the Files and Batches calls,
-//! kill -9 at every step then resume (no chunk created twice, nothing lost), Ctrl-C leaving
-//! batches running, `runner cancel`, and `resume --via sync`.
+//! the enqueued-token limit, what status, timeline, report and export show. Interruptions are
+//! in `batch_recovery.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use rstest::rstest;
 use runner::Exit;
-use runner::engine::shutdown::Shutdown;
-use runner::mock::{BatchFate, BatchOp, MockConfig};
+use runner::mock::{BatchFate, MockConfig};
 
-use crate::support::bin::{Running, output, text};
+use crate::support::bin::{output, text};
 use crate::support::*;
 
 /// `--via batch` with polls every 100 ms and a short backoff, plus `extra`.
-fn via_batch<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn via_batch<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "--via",
         "batch",
@@ -30,7 +28,7 @@ fn via_batch<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-fn batch_mock(processing: Duration) -> MockConfig {
+pub(crate) fn batch_mock(processing: Duration) -> MockConfig {
     MockConfig {
         batch_processing: processing,
         ..MockConfig::default()
@@ -38,7 +36,7 @@ fn batch_mock(processing: Duration) -> MockConfig {
 }
 
 /// Every request succeeded, once: one succeeded attempt each, and as many requests as `n`.
-fn assert_each_succeeded_once(fx: &Fixture, n: i64) {
+pub(crate) fn assert_each_succeeded_once(fx: &Fixture, n: i64) {
     let db = fx.db();
     assert_eq!(requests_in(&db, "succeeded"), n, "every request succeeded");
     assert_eq!(
@@ -107,79 +105,6 @@ async fn a_120000_line_job_runs_in_three_chunks_with_one_success_per_line() {
     );
     let (_, rows) = fx.export_csv();
     assert_eq!(rows.len(), N);
-    fx.shutdown().await;
-}
-
-/// Where a run is killed: right after the mock did a call whose answer it holds back (upload,
-/// create, download), or while the batches are being polled.
-#[rstest]
-#[case::after_upload(Some(BatchOp::Upload))]
-#[case::after_create(Some(BatchOp::Create))]
-#[case::during_download(Some(BatchOp::Download))]
-#[case::during_polling(None)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_at_any_step_then_resume_creates_no_chunk_twice_and_loses_nothing(
-    #[case] stall: Option<BatchOp>,
-) {
-    const N: usize = 300;
-    let fx = Fixture::for_job("kill")
-        .mock(MockConfig {
-            batch_processing: match stall {
-                None => Duration::from_secs(5),
-                Some(_) => Duration::from_millis(500),
-            },
-            batch_stalls: stall.into_iter().collect(),
-            batch_stall_for: Duration::from_secs(120),
-            ..MockConfig::default()
-        })
-        .prompts(0..N)
-        .start()
-        .await;
-    let run = Running::spawn(fx.bin_submit(&via_batch(&["--batch-max-lines", "100"])));
-    let stats = || fx.mock.stats().batch;
-    match stall {
-        Some(BatchOp::Upload) => wait_until("an upload", || stats().uploads >= 1).await,
-        Some(BatchOp::Create) => wait_until("a create", || stats().batches_created >= 1).await,
-        Some(BatchOp::Download) => wait_until("a download", || stats().downloads >= 1).await,
-        None => wait_until("polls", || stats().polls >= 6).await,
-    }
-    // The stalled answer is on its way: the runner has not heard it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    run.signal("KILL");
-    let (status, stderr) = run.wait().await;
-    assert_eq!(status.code(), None, "killed: {stderr}");
-
-    let out = output(fx.bin(&["resume", "--no-progress"])).await;
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(
-        fx.mock.stats().batch.batches_created,
-        3,
-        "one batch per chunk, even across the kill: {stderr}"
-    );
-    let calls = fx.mock.stats().batch;
-    match stall {
-        Some(BatchOp::Upload) => assert_eq!(
-            calls.uploads, 4,
-            "the file whose upload was not recorded is uploaded again, once"
-        ),
-        Some(BatchOp::Create) => assert!(
-            stderr.contains("that an earlier run created without recording it"),
-            "the unrecorded batch was found by its metadata: {stderr}"
-        ),
-        Some(BatchOp::Download) => assert!(
-            calls.downloads > 3,
-            "the file whose download was cut is downloaded again ({} downloads)",
-            calls.downloads
-        ),
-        None => assert_eq!(calls.uploads, 3),
-    }
-    assert_eq!(
-        query_i64(&fx.db(), "SELECT count(*) FROM batch_chunks"),
-        3,
-        "no chunk was cut twice"
-    );
-    assert_each_succeeded_once(&fx, N as i64);
     fx.shutdown().await;
 }
 
@@ -303,108 +228,6 @@ async fn an_invalid_key_on_the_files_api_stops_the_job_with_exit_4_and_loses_not
     .await
     .expect("resume");
     assert_eq!(exit, Exit::Success);
-    assert_each_succeeded_once(&fx, N as i64);
-    fx.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_leaves_batches_running_then_resume_via_sync_finishes_without_paying_twice() {
-    const N: usize = 300;
-    let fx = Fixture::for_job("switch")
-        .mock(batch_mock(Duration::from_secs(6)))
-        .prompts(0..N)
-        .start()
-        .await;
-    let shutdown = Shutdown::new();
-    let task = fx.spawn_submit(&via_batch(&["--batch-max-lines", "150"]), shutdown.clone());
-    wait_until("two batches in progress", || {
-        try_query_i64(
-            &fx.db(),
-            "SELECT count(*) FROM batch_chunks WHERE batch_status = 'in_progress'",
-        ) == Some(2)
-    })
-    .await;
-    shutdown.stop();
-    let exit = within("interrupted submit", task).await.expect("join");
-    assert_eq!(exit.expect("submit"), Exit::Interrupted);
-    assert_eq!(
-        requests_in(&fx.db(), "batched"),
-        N as i64,
-        "left running on the server"
-    );
-
-    assert_eq!(fx.resume(&["--via", "sync"]).await, Exit::Success);
-    let db = fx.db();
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT count(*) FROM batch_chunks WHERE batch_status = 'cancelled'"
-        ),
-        2,
-        "both batches were cancelled before sending directly"
-    );
-    let from_batches = query_i64(
-        &db,
-        "SELECT count(*) FROM attempts WHERE batch_id IS NOT NULL AND http_status = 200",
-    );
-    let direct = query_i64(
-        &db,
-        "SELECT count(*) FROM attempts WHERE batch_id IS NULL AND http_status = 200",
-    );
-    assert_eq!(from_batches + direct, N as i64);
-    assert!(direct > 0, "the rest was sent directly");
-    // Never paid twice: the mock answered each body once, in a batch or directly.
-    assert_succeeded_once(&fx.mock.stats(), 0..N);
-    assert_each_succeeded_once(&fx, N as i64);
-    fx.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runner_cancel_cancels_the_batches_a_signal_left_running_and_resume_finishes() {
-    const N: usize = 200;
-    let fx = Fixture::for_job("cancel")
-        .mock(batch_mock(Duration::from_secs(6)))
-        .prompts(0..N)
-        .start()
-        .await;
-    let run = Running::spawn(fx.bin_submit(&via_batch(&[])));
-    wait_until("a batch in progress", || {
-        try_query_i64(
-            &fx.db(),
-            "SELECT count(*) FROM batch_chunks WHERE batch_status = 'in_progress'",
-        ) == Some(1)
-    })
-    .await;
-    run.signal("INT");
-    let (status, stderr) = run.wait().await;
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(
-        stderr.contains("1 batches go on running on the server")
-            && stderr.contains("`runner cancel --job cancel`"),
-        "{stderr}"
-    );
-
-    let out = output(fx.bin(&["cancel", "--poll-interval", "100ms"])).await;
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("asked for batch"), "{stderr}");
-    let db = fx.db();
-    assert_eq!(
-        query_text(&db, "SELECT batch_status FROM batch_chunks").as_deref(),
-        Some("cancelled")
-    );
-    assert_eq!(
-        requests_in(&db, "batched"),
-        0,
-        "nothing is left in the batch"
-    );
-    assert_eq!(
-        query_text(&db, "SELECT state FROM jobs").as_deref(),
-        Some("stopped")
-    );
-
-    let out = output(fx.bin(&["resume", "--no-progress"])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_each_succeeded_once(&fx, N as i64);
     fx.shutdown().await;
 }

@@ -13,6 +13,7 @@ mod support;
 mod architecture;
 mod batch_api;
 mod batch_jobs;
+mod batch_recovery;
 mod busy;
 mod chaos;
 mod cli;
