@@ -535,20 +535,19 @@ impl JobRun<'_> {
         }
         .run()
         .await?;
-        Ok(match exit {
-            BatchExit::Drained => PoolExit::Drained,
-            BatchExit::Stopped(reason) => PoolExit::Stopped(reason),
-            BatchExit::Interrupted { running } => {
-                if running > 0 {
-                    let job = &self.job.name;
-                    eprintln!(
-                        "{job}: {running} batches go on running on the server: `runner resume --job {job}` \
-                         picks up their results, `runner cancel --job {job}` cancels them"
-                    );
-                }
-                PoolExit::Interrupted
-            }
-        })
+        let (exit, running) = match exit {
+            BatchExit::Drained => (PoolExit::Drained, 0),
+            BatchExit::Stopped { reason, running } => (PoolExit::Stopped(reason), running),
+            BatchExit::Interrupted { running } => (PoolExit::Interrupted, running),
+        };
+        if running > 0 {
+            let job = &self.job.name;
+            eprintln!(
+                "{job}: {running} batches go on running on the server: `runner resume --job {job}` \
+                 picks up their results, `runner cancel --job {job}` cancels them"
+            );
+        }
+        Ok(exit)
     }
 
     /// Journals what a crash left in flight as interrupted, marks the job running, and counts

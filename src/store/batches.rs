@@ -544,6 +544,27 @@ pub fn waiting(
         .optional()?)
 }
 
+/// The line (1-based) each request of `chunk` had in its input file: its place among the
+/// chunk's requests by id, as the file was cut.
+///
+/// # Errors
+/// Database errors.
+pub fn file_lines(
+    conn: &Connection,
+    chunk: ChunkId,
+) -> Result<std::collections::HashMap<RequestId, u64>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM requests WHERE batch_chunk_id = ?1 ORDER BY id")?;
+    let ids = stmt
+        .query_map([chunk.0], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (RequestId(id), i as u64 + 1))
+        .collect())
+}
+
 /// Every request still waiting in `chunk`, in file order.
 ///
 /// # Errors

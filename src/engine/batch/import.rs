@@ -207,10 +207,13 @@ impl BatchRun<'_> {
                 let mut imported = Imported::default();
                 let mut stop = None;
                 let waiting = batches::all_waiting(c, chunk_id)?;
-                let position = |id| waiting.iter().position(|w| w.id == id);
+                // Validation errors name input lines (1-based, in file order).
+                let lines = match errors.data.iter().any(|e| e.line.is_some()) {
+                    true => batches::file_lines(c, chunk_id)?,
+                    false => std::collections::HashMap::new(),
+                };
                 for w in &waiting {
-                    // Validation errors name input lines (1-based, in file order).
-                    let line = position(w.id).map(|p| p as u64 + 1);
+                    let line = lines.get(&w.id).copied();
                     let reading = match errors
                         .data
                         .iter()

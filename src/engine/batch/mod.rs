@@ -55,7 +55,12 @@ pub(crate) enum BatchExit {
     /// No chunk is open (in [`Mode::Run`]: nothing is pending either).
     Drained,
     /// A job-level condition; the message says what to do.
-    Stopped(String),
+    Stopped {
+        /// What stopped the job, and what to do.
+        reason: String,
+        /// Batches that may still be running.
+        running: usize,
+    },
     /// A signal; this many batches go on running on the server.
     Interrupted {
         /// Batches that may still be running.
@@ -95,10 +100,12 @@ impl BatchRun<'_> {
         let mut told_unbatchable = false;
         loop {
             if self.shutdown.is_stopping() {
-                return self.interrupted().await;
+                let running = self.running().await?;
+                return Ok(BatchExit::Interrupted { running });
             }
             if let Some(reason) = self.stop.take() {
-                return Ok(BatchExit::Stopped(reason));
+                let running = self.running().await?;
+                return Ok(BatchExit::Stopped { reason, running });
             }
             if self.mode == Mode::Run {
                 let cut = self.cut().await?;
@@ -122,11 +129,14 @@ impl BatchRun<'_> {
                     (Mode::Settle, _) | (Mode::Run, None) => return Ok(BatchExit::Drained),
                     // Pending, due, and yet not cut: none of them can go into a batch.
                     (Mode::Run, Some(due)) if due <= now => {
-                        return Ok(BatchExit::Stopped(format!(
-                            "{} requests cannot go through the Batch API (see above): \
-                             `runner resume --via sync` sends them directly",
-                            counts.pending
-                        )));
+                        return Ok(BatchExit::Stopped {
+                            reason: format!(
+                                "{} requests cannot go through the Batch API (see above): \
+                                 `runner resume --via sync` sends them directly",
+                                counts.pending
+                            ),
+                            running: 0,
+                        });
                     }
                     (Mode::Run, Some(_)) => {}
                 }
@@ -193,15 +203,14 @@ impl BatchRun<'_> {
         Ok(())
     }
 
-    /// The end of a run on a signal: what goes on running on the server.
-    async fn interrupted(&self) -> Result<BatchExit, StoreError> {
+    /// Batches of the job that may be running on the server: what a run leaves behind.
+    async fn running(&self) -> Result<usize, StoreError> {
         let id = self.job.id;
         let open = self
             .store
             .call(move |c| batches::open_chunks(c, id))
             .await?;
-        let running = open.iter().filter(|c| c.state.may_run_on_server()).count();
-        Ok(BatchExit::Interrupted { running })
+        Ok(open.iter().filter(|c| c.state.may_run_on_server()).count())
     }
 
     /// Journals a failed Files or Batches call and decides what follows: another try after a
