@@ -531,6 +531,7 @@ impl JobRun<'_> {
             shutdown: self.shutdown,
             tally,
             mode,
+            stop_after_same_error: self.settings.stop_after_same_error,
             stop: None,
         }
         .run()

@@ -596,6 +596,51 @@ pub fn record_result(
     Ok(())
 }
 
+/// A batch's results when none succeeded and at least `min` failed for good with one and the
+/// same HTTP status and error code (a configuration error, such as a wrong model name): those
+/// requests, with the status and code. `None` otherwise.
+///
+/// # Errors
+/// Database errors.
+pub fn same_error_everywhere(
+    conn: &Connection,
+    batch_id: &str,
+    min: u32,
+) -> Result<Option<(Vec<RequestId>, Option<u16>, Option<String>)>, StoreError> {
+    let successes: i64 = conn.query_row(
+        "SELECT count(*) FROM attempts WHERE batch_id = ?1 AND error_class = 'succeeded'",
+        [batch_id],
+        |r| r.get(0),
+    )?;
+    if successes > 0 || min == 0 {
+        return Ok(None);
+    }
+    let top: Option<(Option<u16>, Option<String>, i64)> = conn
+        .query_row(
+            "SELECT http_status, error_code, count(*) FROM attempts
+             WHERE batch_id = ?1 AND error_class = 'request_failed'
+             GROUP BY http_status, error_code ORDER BY 3 DESC LIMIT 1",
+            [batch_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((status, code, n)) = top.filter(|(_, _, n)| *n >= i64::from(min)) else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT a.request_id FROM attempts a JOIN requests r ON r.id = a.request_id
+         WHERE a.batch_id = ?1 AND a.error_class = 'request_failed' AND r.state = 'failed'
+           AND a.http_status IS ?2 AND a.error_code IS ?3 AND a.number = r.attempts",
+    )?;
+    let ids = stmt
+        .query_map(params![batch_id, status, code], |r| {
+            Ok(RequestId(r.get(0)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    debug_assert!(ids.len() as i64 <= n);
+    Ok(Some((ids, status, code)))
+}
+
 /// Every result of the chunk is journaled.
 ///
 /// # Errors

@@ -451,3 +451,33 @@ async fn batch_files_are_deleted_from_the_server_only_when_asked() {
     kept.shutdown().await;
     deleted.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_every_line_fails_the_same_way_stops_the_job_as_a_configuration_error() {
+    const N: usize = 30;
+    let fx = Fixture::for_job("wrongmodel")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(200),
+            unknown_models: vec!["test-model".to_owned()],
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    assert_eq!(fx.submit(&via_batch(&[])).await, Exit::Stopped);
+    let db = fx.db();
+    assert_eq!(requests_in(&db, "failed"), 0, "none is left failed");
+    assert_eq!(
+        requests_in(&db, "pending"),
+        N as i64,
+        "all are pending again"
+    );
+    let reason = query_text(&db, "SELECT state_reason FROM jobs");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("configuration error") && r.contains("404")),
+        "{reason:?}"
+    );
+    fx.shutdown().await;
+}

@@ -85,6 +85,7 @@ impl BatchRun<'_> {
         let rest = self.settle_unanswered(chunk).await?;
         total.add(rest);
         self.tell_imported(chunk, total);
+        self.stop_on_configuration_error(chunk).await?;
         if self.settings.delete_files {
             self.delete_files(chunk).await?;
         }
@@ -253,6 +254,38 @@ impl BatchRun<'_> {
             self.stop.get_or_insert(stop);
         }
         Ok(imported)
+    }
+
+    /// A batch whose results all failed the same permanent way (a wrong model name, an
+    /// endpoint the model does not serve) shows a configuration error, as a streak does in sync
+    /// mode: those requests go back to pending with fresh budgets, and the job stops.
+    async fn stop_on_configuration_error(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
+        let Some(batch_id) = chunk.batch_id.clone() else {
+            return Ok(());
+        };
+        let min = self.stop_after_same_error;
+        let found = self
+            .store
+            .call(move |c| {
+                let Some((ids, status, code)) = batches::same_error_everywhere(c, &batch_id, min)?
+                else {
+                    return Ok(None);
+                };
+                let requeued = crate::store::db::requeue(c, &ids)?;
+                Ok(Some((requeued, status, code)))
+            })
+            .await?;
+        if let Some((requeued, status, code)) = found {
+            self.tally.unfail(requeued);
+            self.stop.get_or_insert(format!(
+                "every result of chunk {}'s batch failed with HTTP {} {}: this looks like a configuration error \
+                 (e.g. a wrong model name or endpoint); fix it, then run `runner resume` (those {requeued} requests were requeued)",
+                chunk.seq,
+                status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                code.as_deref().unwrap_or("(no code)"),
+            ));
+        }
+        Ok(())
     }
 
     /// Deletes the chunk's files from the server (`--delete-batch-files`); a failure is

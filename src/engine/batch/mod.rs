@@ -86,6 +86,8 @@ pub(crate) struct BatchRun<'a> {
     pub(crate) tally: Arc<Tally>,
     /// Run or settle.
     pub(crate) mode: Mode,
+    /// Identical permanent failures of a whole batch that stop the job (0: never).
+    pub(crate) stop_after_same_error: u32,
     /// A job-level stop found along the way.
     pub(crate) stop: Option<String>,
 }
