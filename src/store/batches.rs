@@ -596,6 +596,17 @@ pub fn record_result(
     Ok(())
 }
 
+/// The requests of a batch that all failed one way, with that HTTP status and error code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SameError {
+    /// The requests, failed.
+    pub requests: Vec<RequestId>,
+    /// The HTTP status they got.
+    pub status: Option<u16>,
+    /// The error code they got.
+    pub code: Option<String>,
+}
+
 /// A batch's results when none succeeded and at least `min` failed for good with one and the
 /// same HTTP status and error code (a configuration error, such as a wrong model name): those
 /// requests, with the status and code. `None` otherwise.
@@ -606,7 +617,7 @@ pub fn same_error_everywhere(
     conn: &Connection,
     batch_id: &str,
     min: u32,
-) -> Result<Option<(Vec<RequestId>, Option<u16>, Option<String>)>, StoreError> {
+) -> Result<Option<SameError>, StoreError> {
     let successes: i64 = conn.query_row(
         "SELECT count(*) FROM attempts WHERE batch_id = ?1 AND error_class = 'succeeded'",
         [batch_id],
@@ -638,7 +649,11 @@ pub fn same_error_everywhere(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     debug_assert!(ids.len() as i64 <= n);
-    Ok(Some((ids, status, code)))
+    Ok(Some(SameError {
+        requests: ids,
+        status,
+        code,
+    }))
 }
 
 /// Every result of the chunk is journaled.

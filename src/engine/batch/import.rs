@@ -267,12 +267,11 @@ impl BatchRun<'_> {
         let found = self
             .store
             .call(move |c| {
-                let Some((ids, status, code)) = batches::same_error_everywhere(c, &batch_id, min)?
-                else {
+                let Some(same) = batches::same_error_everywhere(c, &batch_id, min)? else {
                     return Ok(None);
                 };
-                let requeued = crate::store::db::requeue(c, &ids)?;
-                Ok(Some((requeued, status, code)))
+                let requeued = crate::store::db::requeue(c, &same.requests)?;
+                Ok(Some((requeued, same.status, same.code)))
             })
             .await?;
         if let Some((requeued, status, code)) = found {
