@@ -277,6 +277,38 @@ impl ApiClient {
         self.call("uploading the batch file", request).await
     }
 
+    /// `POST /v1/files` with `purpose=batch`, the file's `len` bytes coming from `file` as they
+    /// are made (never whole in memory). A stream that ends early or fails aborts the upload.
+    ///
+    /// # Errors
+    /// [`BatchApiError`] when the upload is refused or not answered.
+    pub async fn upload_batch_stream<S>(
+        &self,
+        file: S,
+        len: u64,
+        filename: &str,
+    ) -> Result<FileObject, BatchApiError>
+    where
+        S: futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static,
+    {
+        let boundary = format!("runner-{:032x}", fastrand::u128(..));
+        let (head, tail) = form_parts(&boundary, filename);
+        let length = head.len() as u64 + len + tail.len() as u64;
+        use futures::StreamExt as _;
+        let body = futures::stream::iter([Ok(head)])
+            .chain(file)
+            .chain(futures::stream::iter([Ok(tail)]));
+        let request = self
+            .request(Method::POST, "/v1/files")
+            .header(
+                CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(reqwest::Body::wrap_stream(body));
+        self.call("uploading the batch file", request).await
+    }
+
     /// `POST /v1/batches` over an uploaded file, with the 24h window.
     ///
     /// # Errors
@@ -459,22 +491,29 @@ fn multipart_form(bytes: &[u8], filename: &str) -> (String, Vec<u8>) {
             break candidate;
         }
     };
+    let (head, tail) = form_parts(&boundary, filename);
+    let mut form = Vec::with_capacity(head.len() + bytes.len() + tail.len());
+    form.extend_from_slice(&head);
+    form.extend_from_slice(bytes);
+    form.extend_from_slice(&tail);
+    (format!("multipart/form-data; boundary={boundary}"), form)
+}
+
+/// What comes before and after the file's bytes in the form: the `purpose` field and the
+/// file part's header, then the closing delimiter. A random 128-bit boundary does not occur in
+/// a file by chance.
+fn form_parts(boundary: &str, filename: &str) -> (Vec<u8>, Vec<u8>) {
     let filename: String = filename
         .chars()
         .filter(|c| *c != '"' && *c != '\r' && *c != '\n')
         .collect();
-    let mut form = Vec::with_capacity(bytes.len() + 512);
-    form.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
-             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
-             Content-Type: application/jsonl\r\n\r\n"
-        )
-        .as_bytes(),
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n"
     );
-    form.extend_from_slice(bytes);
-    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), form)
+    let tail = format!("\r\n--{boundary}--\r\n");
+    (head.into_bytes(), tail.into_bytes())
 }
 
 #[cfg(test)]

@@ -208,17 +208,23 @@ fn line_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineRow> {
     })
 }
 
-/// The requests waiting in a chunk, in its file's order.
+/// Up to `limit` requests waiting in a chunk after request id `after`, in its file's order:
+/// a page of its input file.
 ///
 /// # Errors
 /// Database errors.
-pub fn chunk_lines(conn: &Connection, chunk: ChunkId) -> Result<Vec<LineRow>, StoreError> {
+pub fn chunk_lines(
+    conn: &Connection,
+    chunk: ChunkId,
+    after: RequestId,
+    limit: usize,
+) -> Result<Vec<LineRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, key, method, url, body, headers IS NOT NULL, attempts > 0 FROM requests
-         WHERE batch_chunk_id = ?1 AND state = 'batched' ORDER BY id",
+         WHERE batch_chunk_id = ?1 AND state = 'batched' AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt
-        .query_map([chunk.0], line_from_row)?
+        .query_map(params![chunk.0, after.0, limit as i64], line_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }

@@ -97,6 +97,20 @@ struct InputLine<'a> {
     body: &'a Value,
 }
 
+/// One line of an input file, as the bytes [`Chunker`] puts in it (`\n` included).
+pub fn encode_line(line: &BatchLine) -> Vec<u8> {
+    let mut encoded = serde_json::to_vec(&InputLine {
+        custom_id: &line.custom_id,
+        method: &line.method,
+        url: &line.url,
+        body: &line.body,
+    })
+    // Serializing a `Value` and strings cannot fail: the map keys are all strings.
+    .unwrap_or_default();
+    encoded.push(b'\n');
+    encoded
+}
+
 /// The chunk being filled for one (endpoint, model).
 #[derive(Debug, Default)]
 struct Open {
@@ -140,15 +154,7 @@ impl Chunker {
                 custom_id: line.custom_id.clone(),
             })?
             .to_owned();
-        let mut encoded = serde_json::to_vec(&InputLine {
-            custom_id: &line.custom_id,
-            method: &line.method,
-            url: &line.url,
-            body: &line.body,
-        })
-        // Serializing a `Value` and strings cannot fail: the map keys are all strings.
-        .unwrap_or_default();
-        encoded.push(b'\n');
+        let encoded = encode_line(line);
         if encoded.len() > self.limits.max_bytes {
             return Err(ChunkError::LineTooLarge {
                 custom_id: line.custom_id.clone(),

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::BatchRun;
-use super::chunks::{BatchLine, Chunk, ChunkError, ChunkLimits, Chunker};
+use super::chunks::{BatchLine, Chunk, ChunkError, ChunkLimits, Chunker, encode_line};
 use crate::domain::{JobId, RequestId};
-use crate::store::StoreError;
-use crate::store::batches::{self, LineRow, NewChunk};
+use crate::store::batches::{self, ChunkId, LineRow, NewChunk};
+use crate::store::{JobStore, StoreError};
 use crate::util::clock::now_ms;
 
 /// The endpoints the hosted Batch API runs.
@@ -164,37 +164,115 @@ fn cut_due(
     Ok(cut)
 }
 
-/// The exact input file of a chunk, rebuilt from its requests; checked against the hash
-/// recorded when it was cut.
-///
-/// # Errors
-/// [`StoreError::Corrupt`] when the file differs from the one cut.
-pub(super) fn rebuild(rows: &[LineRow], expected_hash: &str) -> Result<Vec<u8>, StoreError> {
-    let unlimited = ChunkLimits {
-        max_lines: usize::MAX,
-        max_bytes: usize::MAX,
-    };
-    let mut chunker =
-        Chunker::new(unlimited).map_err(|e| StoreError::Failed(format!("batch limits: {e}")))?;
-    for row in rows {
-        let line = batch_line(row).map_err(StoreError::Corrupt)?;
-        chunker
-            .push(&line)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    }
-    let mut chunks = chunker.finish();
-    let chunk = match (chunks.pop(), chunks.is_empty()) {
-        (Some(chunk), true) => chunk,
-        (_, _) => {
-            return Err(StoreError::Corrupt(
-                "a batch chunk's requests no longer make one input file".to_owned(),
-            ));
+/// Requests per page of a chunk's file while it is uploaded.
+const PAGE: usize = 1_000;
+
+/// The exact input file of a chunk, rebuilt from its requests a page at a time as the upload
+/// takes it (never whole in memory), and checked at its end against the hash recorded when it
+/// was cut: a file that differs ends the stream with an error, which aborts the upload.
+pub(super) fn file_stream(
+    store: JobStore,
+    chunk: ChunkId,
+    expected_hash: String,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let start = Some((store, RequestId(0), blake3::Hasher::new()));
+    futures::stream::unfold(start, move |state| {
+        let expected = expected_hash.clone();
+        async move {
+            let (store, after, mut hasher) = state?;
+            let page = store
+                .call(move |c| batches::chunk_lines(c, chunk, after, PAGE))
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+            };
+            let Some(last) = page.last().map(|row| row.id) else {
+                let hash = hasher.finalize();
+                return (hash.to_hex().as_str() != expected).then(|| {
+                    let message = format!(
+                        "the chunk's input file no longer has the hash recorded when it was cut ({expected})"
+                    );
+                    (Err(std::io::Error::other(message)), None)
+                });
+            };
+            let mut bytes = Vec::new();
+            for row in &page {
+                match batch_line(row) {
+                    Ok(line) => bytes.extend_from_slice(&encode_line(&line)),
+                    Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+                }
+            }
+            hasher.update(&bytes);
+            Some((Ok(bytes), Some((store, last, hasher))))
         }
-    };
-    if chunk.hash.to_hex().as_str() != expected_hash {
-        return Err(StoreError::Corrupt(format!(
-            "a batch chunk's input file no longer has the hash recorded when it was cut ({expected_hash})"
-        )));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+    use rusqlite::{Connection, params};
+
+    use super::*;
+    use crate::store::{db, migrate};
+
+    /// A store holding `n` pending requests of job `j`, with bodies long enough for two pages.
+    async fn store_with(n: usize) -> (JobStore, crate::store::StoreThread, JobId) {
+        let mut conn = Connection::open_in_memory().expect("db");
+        migrate::migrate(&mut conn).expect("migrate");
+        let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1)
+            .expect("job")
+            .id;
+        for i in 0..n {
+            let body =
+                format!(r#"{{"model":"m","messages":[{{"role":"user","content":"prompt {i}"}}]}}"#);
+            conn.execute(
+                "INSERT INTO requests (job_id, key, line, method, url, body, body_hash, state)
+                 VALUES (?1, ?2, ?3, 'POST', '/v1/chat/completions', ?4, 'h', 'pending')",
+                params![job.0, format!("r{i}"), i as i64 + 1, body],
+            )
+            .expect("request");
+        }
+        let (store, thread) = JobStore::start(conn).expect("store");
+        (store, thread, job)
     }
-    Ok(chunk.bytes)
+
+    async fn streamed(store: &JobStore, chunk: ChunkId, hash: String) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut stream = Box::pin(file_stream(store.clone(), chunk, hash));
+        while let Some(part) = stream.next().await {
+            out.extend(part.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn the_uploaded_file_is_the_cut_one_byte_for_byte_and_a_changed_one_is_refused() {
+        let (store, thread, job) = store_with(PAGE + 7).await;
+        let limits = ChunkLimits::default();
+        let cut = store
+            .call(move |c| cut_due(c, job, limits, 10))
+            .await
+            .expect("cut");
+        assert_eq!(cut.chunks.len(), 1);
+        let row = store
+            .call(move |c| Ok(batches::chunks(c, job)?.remove(0)))
+            .await
+            .expect("chunk");
+        let bytes = streamed(&store, row.id, row.hash.clone())
+            .await
+            .expect("the file");
+        assert_eq!(bytes.len() as i64, row.bytes);
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), row.hash);
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), PAGE + 7);
+
+        let refused = streamed(&store, row.id, "0".repeat(64)).await;
+        assert!(
+            refused.is_err_and(|e| e.contains("no longer has the hash")),
+            "a file that differs from the cut one aborts the upload"
+        );
+        drop(store);
+        thread.join().await;
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::cut::rebuild;
+use super::cut::file_stream;
 use super::{BatchRun, Mode};
 use crate::domain::{ChunkState, EventKind};
 use crate::http::batch::{Batch, BatchStatus};
@@ -20,18 +20,15 @@ const FIND_PAGES: usize = 20;
 impl BatchRun<'_> {
     /// Uploads the chunk's input file.
     pub(super) async fn upload(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
-        let (id, hash) = (chunk.id, chunk.hash.clone());
-        let bytes = self
-            .store
-            .call(move |c| {
-                batches::set_state(c, id, ChunkState::Uploading)?;
-                let rows = batches::chunk_lines(c, id)?;
-                rebuild(&rows, &hash)
-            })
+        let id = chunk.id;
+        self.store
+            .call(move |c| batches::set_state(c, id, ChunkState::Uploading))
             .await?;
         let mut call = self.call(chunk, "upload");
         let filename = format!("{}-chunk-{}.jsonl", file_safe(&self.job.name), chunk.seq);
-        match self.client.upload_batch_file(bytes, &filename).await {
+        let file = file_stream(self.store.clone(), id, chunk.hash.clone());
+        let len = u64::try_from(chunk.bytes).unwrap_or(0);
+        match self.client.upload_batch_stream(file, len, &filename).await {
             Ok(file) => {
                 call.finished_at = now_ms();
                 call.http_status = Some(200);

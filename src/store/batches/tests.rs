@@ -32,7 +32,14 @@ fn a_cut_chunk_holds_its_requests_until_they_are_dropped_back() {
         token: "t",
     };
     let id = insert_chunk(&conn, job, &new, 5).expect("insert");
-    let lines = chunk_lines(&conn, id).expect("lines");
+    let lines = chunk_lines(&conn, id, RequestId(0), 10).expect("lines");
+    assert_eq!(
+        chunk_lines(&conn, id, RequestId(1), 10)
+            .expect("page")
+            .len(),
+        1,
+        "pages start after the id given"
+    );
     assert_eq!(
         lines.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
         ["r1", "r3"]
