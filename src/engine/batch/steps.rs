@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::cut::file_stream;
 use super::{BatchRun, Mode};
 use crate::domain::{ChunkState, EventKind};
-use crate::http::batch::{Batch, BatchStatus};
+use crate::http::batch::{Batch, BatchApiError, BatchStatus};
 use crate::store::StoreError;
 use crate::store::batches::{self, BatchSeen, ChunkRow};
 use crate::store::db;
@@ -109,6 +109,14 @@ impl BatchRun<'_> {
                         .last_id
                         .or_else(|| page.data.last().map(|b| b.id.clone()));
                 }
+                // No batch list at all: no batch can exist for the chunk.
+                Err(BatchApiError::Api {
+                    status: status @ (404 | 405 | 501),
+                    ..
+                }) => {
+                    call.http_status = Some(status);
+                    break;
+                }
                 Err(e) => {
                     call.finished_at = now_ms();
                     return self.call_failed(chunk, call, &e).await;
@@ -116,7 +124,7 @@ impl BatchRun<'_> {
             }
         }
         call.finished_at = now_ms();
-        call.http_status = Some(200);
+        call.http_status = call.http_status.or(Some(200));
         call.result = Some("not found".to_owned());
         self.store
             .call(move |c| batches::record_call(c, &call))
@@ -164,9 +172,7 @@ impl BatchRun<'_> {
                 self.record_seen(chunk, &batch, call).await
             }
             // A batch that ended meanwhile cannot be cancelled (409): poll it instead.
-            Err(crate::http::batch::BatchApiError::Api { status: 409, .. }) => {
-                self.poll(chunk).await
-            }
+            Err(BatchApiError::Api { status: 409, .. }) => self.poll(chunk).await,
             Err(e) => {
                 call.finished_at = now_ms();
                 self.call_failed(chunk, call, &e).await
