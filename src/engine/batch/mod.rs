@@ -143,11 +143,17 @@ impl BatchRun<'_> {
                     (Mode::Run, Some(_)) => {}
                 }
             }
+            let shutdown = self.shutdown;
             for chunk in open.iter().filter(|c| c.next_call_at <= now) {
-                if self.shutdown.is_stopping() || self.stop.is_some() {
+                if shutdown.is_stopping() || self.stop.is_some() {
                     break;
                 }
-                self.advance(chunk.clone()).await?;
+                // A first signal lets the step under way finish; a second drops it where it
+                // is: every step is recorded before its call, so the next run picks it up.
+                tokio::select! {
+                    done = self.advance(chunk.clone()) => done?,
+                    () = shutdown.aborting() => break,
+                }
             }
             if self.shutdown.is_stopping() || self.stop.is_some() {
                 continue;
