@@ -1,21 +1,21 @@
 //! `--via batch`: a job's requests run by the hosted Batch API, with the same journal, retry
 //! budgets, resume and export as a sync job.
 //!
-//! One loop ([`BatchRun::run`]) moves every open chunk of the job one step at a time, each step
+//! One loop (`BatchRun::run`) moves every open chunk of the job one step at a time, each step
 //! recorded before and after its call to the server (see [`ChunkState`]):
 //!
-//! 1. [`cut`]: pending requests due now are grouped by endpoint and model into chunks within
+//! 1. `cut`: pending requests due now are grouped by endpoint and model into chunks within
 //!    the limits; each chunk's exact file is hashed and recorded, its requests become `batched`.
-//! 2. [`steps`]: upload the file, create the batch (its metadata names the job, the chunk and a
+//! 2. `steps`: upload the file, create the batch (its metadata names the job, the chunk and a
 //!    random token, so that a create the journal missed is found again in the batch list before
 //!    anything is created twice), poll it with backoff up to `--poll-interval`.
-//! 3. [`import`]: once the batch has ended, stream its output and error files, journal each
+//! 3. `import`: once the batch has ended, stream its output and error files, journal each
 //!    line as an attempt of its request (matched by `custom_id`, classified by the same
 //!    taxonomy), and send what needs another try into a later chunk.
 //!
 //! A failed Files or Batches call goes through the failure model: retried with backoff within
 //! the class budgets (a 401 `missing_scope` is `auth_transient`), a rejected key or exhausted
-//! quota stops the job. Ctrl-C leaves the batches running on the server; [`Mode::Settle`]
+//! quota stops the job. Ctrl-C leaves the batches running on the server; settling
 //! cancels them instead (`runner cancel`, or `resume --via sync`), waits for them to end and
 //! imports what they finished.
 
