@@ -210,10 +210,10 @@ pub fn atomically<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT atomically")?;
+    conn.prepare_cached("SAVEPOINT atomically")?.execute([])?;
     match f(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE atomically")?;
+            conn.prepare_cached("RELEASE atomically")?.execute([])?;
             Ok(value)
         }
         Err(err) => {

@@ -269,9 +269,14 @@ fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrate::migrate(&mut conn)?;
     Ok(conn)
 }
+
+/// Prepared statements the writer keeps: every statement of a run and of an ingest fits (the
+/// default, 16, does not, and a statement evicted from the cache is parsed again next time).
+const STATEMENT_CACHE: usize = 64;
 
 /// How often a writer waiting for the lock looks again. SQLite's own busy handler looks at
 /// growing intervals, up to 100 ms apart: a writer that commits and begins again within that
