@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -270,6 +271,11 @@ fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The query planner stability guarantee: a plan never depends on the values bound to a
+    // statement, so a cached statement is not compiled again when they change. Without it the
+    // claim (a range over `next_attempt_at`, with RETURNING) was re-prepared at every call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(open_err)?;
     migrate::migrate(&mut conn)?;
     Ok(conn)
 }
