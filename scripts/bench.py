@@ -534,7 +534,7 @@ def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
 def measure(opts, workdir, big, first_lines):
     """Every scenario the flags select, for the binary in BIN; returns its rows."""
     rows = []
-    if not opts.rate_only and not opts.nginx_only:
+    if not opts.rate_only and not opts.nginx_only and not opts.no_heavy:
         heavy(workdir, big, rows)
     if not opts.rate_only and not opts.no_nginx and nginx_and_wrk_available():
         nginx_scenario(workdir, opts.nginx_lines, opts.wrk_seconds, first_lines, rows)
@@ -550,6 +550,8 @@ def main():
     parser.add_argument("--rate-only", action="store_true", help="only the rate-fidelity scenarios")
     parser.add_argument("--nginx-only", action="store_true", help="only the nginx + wrk scenario")
     parser.add_argument("--no-nginx", action="store_true", help="leave out the nginx + wrk scenario")
+    parser.add_argument("--no-heavy", action="store_true",
+                        help="leave out throughput, memory and resume against the mock (the big inputs)")
     parser.add_argument("--bin", default=BIN,
                         help="runner binary to measure [default: $RUNNER_BIN, else target/release/runner]")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
