@@ -17,6 +17,9 @@ use super::{
 /// only uncommitted completions, which recovery journals as interrupted, as for any crash.
 const LINGER: Duration = Duration::from_millis(1);
 
+/// How long a lingering batch sleeps before it looks again.
+const LINGER_STEP: Duration = Duration::from_micros(200);
+
 /// A batch this large commits without lingering.
 const LINGER_BELOW: usize = 64;
 
@@ -31,10 +34,7 @@ pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) 
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         drain(&mut rx, &mut batch);
-        if batch.len() < LINGER_BELOW && !batch.iter().any(|c| matches!(c, Command::Call(_))) {
-            thread::sleep(LINGER);
-            drain(&mut rx, &mut batch);
-        }
+        linger(&mut rx, &mut batch);
         if let Some(reason) = &failed {
             refuse(&mut batch, reason);
             continue;
@@ -51,6 +51,21 @@ pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) 
             }
             failed = Some(reason);
         }
+    }
+}
+
+/// Lets a small batch of journal writes nobody waits for gather more, for up to [`LINGER`] in
+/// steps of [`LINGER_STEP`]: it stops as soon as the batch is large enough or holds a command
+/// someone waits for (a claim must not wait out the whole linger).
+fn linger(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
+    let mut waited = Duration::ZERO;
+    while waited < LINGER
+        && batch.len() < LINGER_BELOW
+        && !batch.iter().any(|c| matches!(c, Command::Call(_)))
+    {
+        thread::sleep(LINGER_STEP);
+        waited += LINGER_STEP;
+        drain(rx, batch);
     }
 }
 
@@ -177,4 +192,44 @@ fn check_fence(conn: &Connection, fence: &Fence) -> Result<(), WriteFailure> {
         ),
         taken_over: Some((fence.name.clone(), holder.unwrap_or_default())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobId;
+    use crate::store::CallOf;
+
+    fn fence() -> Command {
+        Command::Fence(Fence {
+            job: JobId(1),
+            name: "j".into(),
+            epoch: 1,
+        })
+    }
+
+    fn call() -> Command {
+        let (reply, _) = tokio::sync::oneshot::channel::<Result<(), super::super::StoreError>>();
+        Command::Call(Box::new(CallOf {
+            f: |_: &Connection| Ok(()),
+            reply,
+        }))
+    }
+
+    #[test]
+    fn a_batch_nobody_waits_for_gathers_what_queues_and_one_with_a_call_does_not_wait() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for _ in 0..3 {
+            tx.try_send(fence()).expect("queued");
+        }
+        let mut batch = vec![fence()];
+        linger(&mut rx, &mut batch);
+        assert_eq!(batch.len(), 4, "what queued joins the batch");
+
+        tx.try_send(fence()).expect("queued");
+        let mut batch = vec![call()];
+        linger(&mut rx, &mut batch);
+        assert_eq!(batch.len(), 1, "a batch someone waits for goes at once");
+        assert!(rx.try_recv().is_ok(), "and leaves the queue as it was");
+    }
 }
