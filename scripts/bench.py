@@ -13,6 +13,8 @@ Prints one Markdown table. Standard library only; run from the repository root:
     python3 scripts/bench.py --nginx-only                         # only the nginx scenario
     python3 scripts/bench.py --bin /tmp/runner --nginx-only --nginx-lines 2000 --wrk-seconds 3 --first-lines 20000
                                                                   # the harness itself, tiny sizes
+    python3 scripts/bench.py --compare /tmp/before/runner target/release/runner --nginx-only --rounds 2
+                                                                  # two binaries, alternating, one table
 
 The nginx scenario needs `nginx` and `wrk` (Debian: `apt-get install -y --no-install-recommends
 nginx wrk`); run as root, the script installs them, otherwise it prints that command and skips.
@@ -35,6 +37,19 @@ import time
 import urllib.request
 
 BIN = os.environ.get("RUNNER_BIN") or os.path.join("target", "release", "runner")
+# The mock server's binary: the measured one, or with --compare the last one, so that both
+# binaries are measured against the same server.
+MOCK_BIN = BIN
+# Input files, written once and shared by every binary and round (see `input_path`).
+INPUTS = None
+
+
+def input_path(name, n, writer):
+    """The input file `name` of `n` lines, written by `writer(path, n)` on first use."""
+    path = os.path.join(INPUTS, f"{name}-{n}.jsonl")
+    if not os.path.exists(path):
+        writer(path, n)
+    return path
 
 
 def free_port():
@@ -49,7 +64,7 @@ class Mock:
     def __init__(self, *flags):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [BIN, "mock-server", "--addr", f"127.0.0.1:{self.port}", "--latency", "0ms", *flags],
+            [MOCK_BIN, "mock-server", "--addr", f"127.0.0.1:{self.port}", "--latency", "0ms", *flags],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -110,9 +125,7 @@ def reported_rate(stderr):
 
 
 def submit(workdir, name, n, mock, *flags):
-    path = os.path.join(workdir, f"{name}.jsonl")
-    if not os.path.exists(path):
-        write_input(path, n)
+    path = input_path("prompts", n, write_input)
     db = os.path.join(workdir, f"{name}.db")
     return run(["submit", path, "--db", db, "--base-url", mock.url, "--model", "m", "--no-progress", *flags])
 
@@ -164,8 +177,7 @@ def heavy(workdir, big, rows):
     rows.append(("CPU per request (user + sys of the runner)", f"{cpu / 100_000 * 1e6:.0f} µs", "≤ 50 µs"))
 
     # Ingestion comes before the first send (see README "Benchmarks"): how long it takes.
-    path = os.path.join(workdir, "mem-big.jsonl")
-    write_input(path, big)
+    path = input_path("prompts", big, write_input)
     first_mock = Mock()
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -449,8 +461,7 @@ def runner_env(nginx):
 
 def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
     """The runner and wrk against the same nginx, then the first request of a big file."""
-    path = os.path.join(workdir, "nginx.jsonl")
-    write_batch_input(path, lines)
+    path = input_path("batch", lines, write_batch_input)
     with open(path) as f:
         sample = f.readline()
     line_bytes = os.path.getsize(path) / lines
@@ -474,14 +485,14 @@ def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
     rows.append((f"{label}: wrk -t2 -c64 -d{wrk_seconds}s, same server, same run", f"{wrk:,.0f} requests/s", ""))
     shown = f"{rate:,.0f} requests/s ({end_to_end:,.0f}/s with the ingest)" if rate else f"{end_to_end:,.0f} requests/s"
     rows.append((f"{label}: runner", shown + ("" if code == 0 else f", exit {code}"), ""))
-    rows.append((f"{label}: runner / wrk", f"{(rate or end_to_end) / wrk:.2f}", ""))
-    rows.append((f"{label}: CPU per request (user + sys of the runner)", f"{cpu / lines * 1e6:.0f} µs", ""))
+    rows.append((f"{label}: runner / wrk", f"{(rate or end_to_end) / wrk:.2f}", "≥ 0.33"))
+    rows.append((f"{label}: CPU per request (user + sys of the runner, ingest included)",
+                 f"{cpu / lines * 1e6:.0f} µs", "≤ 40 µs"))
     rows.append((f"{label}: context switches per request (voluntary + involuntary)",
                  f"{switches / lines:.2f} ({usage.ru_nvcsw:,} + {usage.ru_nivcsw:,})", ""))
 
     # First request of a big file of the same lines: nginx logs each request, only here.
-    big = os.path.join(workdir, "nginx-big.jsonl")
-    write_batch_input(big, first_lines)
+    big = input_path("batch", first_lines, write_batch_input)
     nginx = Nginx(workdir, "nginx-log", log=True)
     try:
         start = time.monotonic()
@@ -498,47 +509,86 @@ def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
                 time.sleep(0.005)
         if first is None and nginx.requests_seen():
             first = time.monotonic() - start
+        # The peak RSS so far (the ingest and the start of the run), read before the kill: the
+        # kernel's rusage of a forked child also counts this script's own pages.
+        hwm = None
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+        except (OSError, StopIteration, ValueError):
+            pass
         proc.kill()
         proc.wait()
     finally:
         nginx.stop()
-    for leftover in (big, os.path.join(workdir, "nginx-big.db")):  # ~330 MB at 1M lines
+    for suffix in ("", "-wal", "-shm"):  # ~1 GB at 1M lines
+        leftover = os.path.join(workdir, "nginx-big.db" + suffix)
         if os.path.exists(leftover):
             os.remove(leftover)
     first_text = f"{first:.1f} s ({first_lines / first:,.0f} lines/s)" if first is not None else "none within 300 s"
-    rows.append((f"nginx, {first_lines:,}-line file of those lines: first request", first_text, ""))
+    rows.append((f"nginx, {first_lines:,}-line file of those lines: first request", first_text, "≤ 3 s"))
+    rows.append((f"nginx, {first_lines:,}-line file of those lines: peak RSS until the first request",
+                 f"{hwm / 1024:.1f} MiB" if hwm else "unknown", "≤ 40 MB"))
+
+
+def measure(opts, workdir, big, first_lines):
+    """Every scenario the flags select, for the binary in BIN; returns its rows."""
+    rows = []
+    if not opts.rate_only and not opts.nginx_only and not opts.no_heavy:
+        heavy(workdir, big, rows)
+    if not opts.rate_only and not opts.no_nginx and nginx_and_wrk_available():
+        nginx_scenario(workdir, opts.nginx_lines, opts.wrk_seconds, first_lines, rows)
+    if not opts.nginx_only:
+        rate_fidelity_rows(workdir, rows)
+    return rows
 
 
 def main():
-    global BIN
+    global BIN, MOCK_BIN, INPUTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs (100k instead of 1M lines)")
     parser.add_argument("--rate-only", action="store_true", help="only the rate-fidelity scenarios")
     parser.add_argument("--nginx-only", action="store_true", help="only the nginx + wrk scenario")
     parser.add_argument("--no-nginx", action="store_true", help="leave out the nginx + wrk scenario")
+    parser.add_argument("--no-heavy", action="store_true",
+                        help="leave out throughput, memory and resume against the mock (the big inputs)")
     parser.add_argument("--bin", default=BIN,
                         help="runner binary to measure [default: $RUNNER_BIN, else target/release/runner]")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="measure two binaries in one run, alternating (BEFORE, AFTER; then AFTER, BEFORE; ...), "
+                             "against the same servers and inputs; prints one table with a column each")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --compare: rounds of both binaries, each round in the other order [default: 1]")
     parser.add_argument("--nginx-lines", type=int, default=100_000, help="lines the runner sends to nginx")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="duration of the wrk run")
     parser.add_argument("--first-lines", type=int,
                         help="lines of the nginx first-request file [default: 1,000,000; 100,000 with --quick]")
     opts = parser.parse_args()
-    BIN = os.path.abspath(opts.bin)
-    if not os.path.exists(BIN):
-        sys.exit(f"{BIN} is missing: run `cargo build --release` first, or pass --bin")
+    bins = [os.path.abspath(b) for b in (opts.compare or [opts.bin])]
+    for b in bins:
+        if not os.path.exists(b):
+            sys.exit(f"{b} is missing: run `cargo build --release` first, or pass --bin")
+    MOCK_BIN = bins[-1]
     big = 100_000 if opts.quick else 1_000_000
     first_lines = opts.first_lines or big
-    workdir = tempfile.mkdtemp(prefix="runner-bench-")
-    rows = []
+    top = tempfile.mkdtemp(prefix="runner-bench-")
+    INPUTS = os.path.join(top, "inputs")
+    os.makedirs(INPUTS)
+    results = [[] for _ in bins]  # per binary, the rows of each round
     try:
-        if not opts.rate_only and not opts.nginx_only:
-            heavy(workdir, big, rows)
-        if not opts.rate_only and not opts.no_nginx and nginx_and_wrk_available():
-            nginx_scenario(workdir, opts.nginx_lines, opts.wrk_seconds, first_lines, rows)
-        if not opts.nginx_only:
-            rate_fidelity_rows(workdir, rows)
+        for r in range(opts.rounds if opts.compare else 1):
+            order = list(range(len(bins))) if r % 2 == 0 else list(reversed(range(len(bins))))
+            for i in order:
+                BIN = bins[i]
+                print(f"round {r + 1}: {BIN}", file=sys.stderr)
+                workdir = os.path.join(top, f"run-{r}-{i}")
+                os.makedirs(workdir)
+                try:
+                    results[i].append(measure(opts, workdir, big, first_lines))
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
 
     cpu = "unknown"
     try:
@@ -548,10 +598,19 @@ def main():
         pass
     print(f"Machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}; "
           f"runner and mock server (or nginx, or wrk) on the same cores.\n")
-    print("| scenario | result | target |")
-    print("|---|---|---|")
-    for name, result, target in rows:
-        print(f"| {name} | {result} | {target} |")
+    if not opts.compare:
+        print("| scenario | result | target |")
+        print("|---|---|---|")
+        for name, result, target in results[0][0]:
+            print(f"| {name} | {result} | {target} |")
+        return
+    # One column per binary; with several rounds, each round's result in run order.
+    print("Before: " + bins[0] + "  \nAfter: " + bins[1] + "\n")
+    print("| scenario | before | after | target |")
+    print("|---|---|---|---|")
+    for k, (name, _, target) in enumerate(results[0][0]):
+        cells = [" / ".join(rounds[k][1] for rounds in results[i]) for i in range(len(bins))]
+        print(f"| {name} | {cells[0]} | {cells[1]} | {target} |")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,7 @@ use runner::engine::shutdown::{Shutdown, forward_signals};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     runner::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runner::runtime_for(&cli.command) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("runner: cannot start the async runtime: {e}");

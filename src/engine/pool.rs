@@ -31,6 +31,12 @@ use crate::util::sync::lock;
 /// Most requests claimed in one store round trip.
 const CLAIM_BATCH: usize = 256;
 
+/// The share of `--concurrency` that must be free before the dispatcher claims again (while
+/// requests are in flight): claiming one request per finished task costs a store round trip and
+/// a commit each; claiming a quarter of the pool at a time amortises them, and the pool is never
+/// emptier than three quarters while work is due.
+const REFILL_DIVISOR: usize = 4;
+
 /// How a pool run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PoolExit {
@@ -149,7 +155,8 @@ impl WorkerPool {
                 settle(joined)?;
             }
             let free = self.settings.concurrency.saturating_sub(tasks.len());
-            if free == 0 {
+            let refill_at = (self.settings.concurrency / REFILL_DIVISOR).max(1);
+            if free < refill_at && !tasks.is_empty() {
                 self.wait(tasks, None, stop).await?;
                 continue;
             }

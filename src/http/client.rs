@@ -1,6 +1,7 @@
 //! Sending one attempt: one `reqwest::Client` (connection pool, timeouts, auth headers) per key.
 
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use super::body::{self, BodyError};
 use super::classify::TransportFailure;
 use super::sse::{Assembled, StreamAssembler, StreamError, is_event_stream};
+use crate::util::sync::lock;
 
 /// Bytes of a streamed answer kept raw beside the assembled body, so that a stream that cannot be
 /// read still shows the user what came back.
@@ -216,7 +218,11 @@ pub struct ApiClient {
     key_fingerprint: Option<String>,
     max_body_bytes: usize,
     api_version: Option<String>,
+    /// The job's headers; the client sends them by default, a line's own replace them.
     headers: Vec<(String, String)>,
+    /// The last path sent to and its parsed URL: a job sends to one path (a few at most), and
+    /// parsing the URL string again for every request shows in profiles.
+    last_url: Mutex<Option<(String, reqwest::Url)>>,
 }
 
 impl ApiClient {
@@ -251,6 +257,16 @@ impl ApiClient {
                 headers.insert(HeaderName::from_static(name), value);
             }
         }
+        // The job's own headers go with every request: checked when they were read, so one
+        // that no longer parses is left out, as it always was.
+        for (name, value) in &settings.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
@@ -265,6 +281,7 @@ impl ApiClient {
             max_body_bytes: settings.max_body_bytes,
             api_version: settings.api_version.clone(),
             headers: settings.headers.clone(),
+            last_url: Mutex::new(None),
         })
     }
 
@@ -286,6 +303,18 @@ impl ApiClient {
         }
     }
 
+    /// [`ApiClient::url_for`] parsed, from the one-entry cache when `path` is the last one.
+    fn parsed_url(&self, path: &str) -> Option<reqwest::Url> {
+        if let Some((cached, url)) = lock(&self.last_url).as_ref()
+            && cached == path
+        {
+            return Some(url.clone());
+        }
+        let url = reqwest::Url::parse(&self.url_for(path)).ok()?;
+        *lock(&self.last_url) = Some((path.to_owned(), url.clone()));
+        Some(url)
+    }
+
     /// POSTs one body and reads the answer, at most `max_body_bytes` of it. Never fails: a
     /// transport error is a value.
     pub async fn post(&self, path: &str, body: String) -> Sent {
@@ -303,9 +332,12 @@ impl ApiClient {
         body: Option<String>,
         line_headers: Option<&str>,
     ) -> Sent {
-        let url = self.url_for(path);
-        let mut request = self.http.request(method.clone(), &url);
-        for (name, value) in super::headers::for_request(&self.headers, line_headers, path) {
+        let mut request = match self.parsed_url(path) {
+            Some(url) => self.http.request(method.clone(), url),
+            // reqwest says why the URL is unusable when the request is sent.
+            None => self.http.request(method.clone(), self.url_for(path)),
+        };
+        for (name, value) in super::headers::over_job(&self.headers, line_headers, path) {
             // Checked when they were read; one that no longer parses is skipped, not sent.
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
@@ -375,7 +407,7 @@ impl ApiClient {
     /// (the Files and Batches calls of [`super::batch`]).
     pub(super) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, self.url_for(path));
-        for (name, value) in super::headers::for_request(&self.headers, None, path) {
+        for (name, value) in super::headers::over_job(&self.headers, None, path) {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(&value),

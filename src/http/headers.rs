@@ -93,7 +93,22 @@ pub fn for_request(
     line: Option<&str>,
     path: &str,
 ) -> Vec<(String, String)> {
-    let mut headers: Vec<(String, String)> = job.to_vec();
+    let over = over_job(job, line, path);
+    let mut headers: Vec<(String, String)> = job
+        .iter()
+        .filter(|(name, _)| !over.iter().any(|(n, _)| n == name))
+        .cloned()
+        .collect();
+    headers.extend(over);
+    headers
+}
+
+/// What one request adds to the job's headers (which the client sends by default): the line's
+/// own, and `OpenAI-Beta: assistants=v2` for the Assistants endpoints unless the job or the
+/// line already names `OpenAI-Beta`. A header here replaces the job's of the same name. Empty,
+/// without allocating, for a line without headers to a path that is not the Assistants'.
+pub fn over_job(job: &[(String, String)], line: Option<&str>, path: &str) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = Vec::new();
     let line: Map<String, Value> = line
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
@@ -106,7 +121,8 @@ pub fn for_request(
     let assistants = ["/v1/assistants", "/v1/threads", "/assistants", "/threads"]
         .iter()
         .any(|prefix| path.starts_with(prefix));
-    if assistants && !headers.iter().any(|(n, _)| n == ASSISTANTS_BETA.0) {
+    let named = |(n, _): &(String, String)| n == ASSISTANTS_BETA.0;
+    if assistants && !headers.iter().any(named) && !job.iter().any(named) {
         headers.push((ASSISTANTS_BETA.0.to_owned(), ASSISTANTS_BETA.1.to_owned()));
     }
     headers
@@ -181,6 +197,21 @@ mod tests {
         let given = vec![("openai-beta".to_owned(), "assistants=v1".to_owned())];
         assert_eq!(for_request(&given, None, "/v1/assistants"), given);
         assert!(for_request(&[], None, "/v1/chat/completions").is_empty());
+    }
+
+    #[test]
+    fn over_job_leaves_the_jobs_headers_to_the_client_and_keeps_the_beta_rule() {
+        let job = vec![("x-a".to_owned(), "job".to_owned())];
+        assert!(over_job(&job, None, "/v1/chat/completions").is_empty());
+        assert_eq!(
+            over_job(&job, Some(r#"{"x-a":"line"}"#), "/v1/threads"),
+            [
+                ("x-a".to_owned(), "line".to_owned()),
+                ("openai-beta".to_owned(), "assistants=v2".to_owned()),
+            ]
+        );
+        let beta = vec![("openai-beta".to_owned(), "assistants=v1".to_owned())];
+        assert!(over_job(&beta, None, "/v1/assistants").is_empty());
     }
 
     #[test]

@@ -210,10 +210,10 @@ pub fn atomically<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT atomically")?;
+    conn.prepare_cached("SAVEPOINT atomically")?.execute([])?;
     match f(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE atomically")?;
+            conn.prepare_cached("RELEASE atomically")?.execute([])?;
             Ok(value)
         }
         Err(err) => {
@@ -429,20 +429,26 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
 /// # Errors
 /// Database errors.
 pub fn counts(conn: &Connection, job: JobId) -> Result<Counts, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state, count(*), coalesce(sum(attempts > 0), 0) FROM requests WHERE job_id = ?1 GROUP BY state",
-    )?;
+    // Counted from the dispatch index alone (job_id, state, …): a finished request's row holds
+    // its answer, and reading every row of a big job to count them took longer than the
+    // counting. Only pending rows are read, for how many of them were tried before.
+    let mut stmt = conn
+        .prepare_cached("SELECT state, count(*) FROM requests WHERE job_id = ?1 GROUP BY state")?;
     let mut counts = Counts::default();
     let mut rows = stmt.query([job.0])?;
     while let Some(row) = rows.next()? {
         let state: RequestState = row.get(0)?;
         let n = row.get::<_, i64>(1)? as u64;
-        let retried = row.get::<_, i64>(2)? as u64;
         counts.total += n;
         match state {
             RequestState::Pending => {
                 counts.pending = n;
-                counts.retrying = retried;
+                counts.retrying =
+                    conn.prepare_cached(
+                        "SELECT count(*) FROM requests
+                         WHERE job_id = ?1 AND state = 'pending' AND attempts > 0",
+                    )?
+                    .query_row([job.0], |r| r.get::<_, i64>(0))? as u64;
             }
             RequestState::InFlight => counts.in_flight = n,
             RequestState::Succeeded => counts.succeeded = n,

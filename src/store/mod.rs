@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -270,9 +271,19 @@ fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The query planner stability guarantee: a plan never depends on the values bound to a
+    // statement, so a cached statement is not compiled again when they change. Without it the
+    // claim (a range over `next_attempt_at`, with RETURNING) was re-prepared at every call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(open_err)?;
     migrate::migrate(&mut conn)?;
     Ok(conn)
 }
+
+/// Prepared statements the writer keeps: every statement of a run and of an ingest fits (the
+/// default, 16, does not, and a statement evicted from the cache is parsed again next time).
+const STATEMENT_CACHE: usize = 64;
 
 /// How often a writer waiting for the lock looks again. SQLite's own busy handler looks at
 /// growing intervals, up to 100 ms apart: a writer that commits and begins again within that

@@ -35,9 +35,13 @@ use crate::domain::JobId;
 use crate::input::{InputError, InputReader, Prompt};
 use crate::util::clock::now_ms;
 
-/// Lines read in one transaction at most: small enough that the write lock is released many
-/// times a second, large enough that commits do not dominate the reading.
-pub const CHUNK_LINES: usize = 5_000;
+/// Lines read in one transaction at most. [`CHUNK_TIME`] is what keeps a transaction short
+/// (the write lock is released five times a second); this only bounds a chunk of very short
+/// lines, large enough that the pauses between chunks do not dominate the reading.
+pub const CHUNK_LINES: usize = 50_000;
+
+/// Staged rows deleted in one transaction at most (after an ingest, or after a dead one).
+pub const DISCARD_ROWS: usize = 5_000;
 
 /// How long one transaction of an ingest reads at most (long lines, a slow disk): another
 /// writer sharing the database waits about this long for the lock, far below the busy timeout.
@@ -74,6 +78,10 @@ pub struct Staging {
     /// Bad lines left out with a warning (their custom_id holds a request): not an empty file.
     kept_invalid: u64,
     chunk_lines: usize,
+    /// Whether the job had requests when the ingest began; `None` until the first chunk looks.
+    /// A job without any has no request a line could match, so its lines skip that lookup (the
+    /// runner holds the job's lease: nobody adds requests to it meanwhile).
+    had_requests: Option<bool>,
 }
 
 impl Staging {
@@ -86,6 +94,7 @@ impl Staging {
             report: IngestReport::default(),
             kept_invalid: 0,
             chunk_lines: CHUNK_LINES,
+            had_requests: None,
         }
     }
 
@@ -96,6 +105,9 @@ impl Staging {
     /// [`StoreError::Input`] for bad input, including a duplicate custom_id (with both lines) and
     /// a known custom_id whose body changed; database errors.
     pub fn stage_chunk(&mut self, conn: &Connection) -> Result<bool, StoreError> {
+        if self.had_requests.is_none() {
+            self.had_requests = Some(stage::has_requests(conn, self.job)?);
+        }
         atomically(conn, |conn| {
             let started = Instant::now();
             for _ in 0..self.chunk_lines {
@@ -142,29 +154,71 @@ impl Staging {
     }
 
     fn stage_prompt(&mut self, conn: &Connection, prompt: &Prompt) -> Result<(), StoreError> {
-        let key = self.key_of(conn, prompt)?;
+        let action = match &prompt.custom_id {
+            // A repeated custom_id is found by the insert (the key is unique among the staged
+            // lines), not by a lookup before it: one index search per line instead of two.
+            Some(id) => {
+                let action = self.action_for(conn, id, prompt)?;
+                if !stage::stage_prompt(conn, self.job, id, action, prompt)? {
+                    self.refuse_repeat(conn, id, prompt.line)?;
+                    return Err(StoreError::Corrupt(format!(
+                        "custom_id '{id}' of line {} is staged twice yet was never read before",
+                        prompt.line
+                    )));
+                }
+                action
+            }
+            None => {
+                let key = self.derived_key(conn, prompt)?;
+                let action = self.action_for(conn, &key, prompt)?;
+                if !stage::stage_prompt(conn, self.job, &key, action, prompt)? {
+                    return Err(StoreError::Corrupt(format!(
+                        "the derived key '{key}' of line {} is staged twice",
+                        prompt.line
+                    )));
+                }
+                action
+            }
+        };
         self.report.read += 1;
-        let action = match stage::known(conn, self.job, &key)? {
-            None => Action::Add,
-            Some(Known { body_hash, .. }) if body_hash == prompt.body_hash => Action::Keep,
+        match action {
+            Action::Keep => self.report.known += 1,
+            Action::Add | Action::Replace | Action::Invalid | Action::KeptInvalid => {
+                self.report.added += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the publish does with a line under `key`: add it, keep the known request, or replace
+    /// the marker of a line that was invalid before. A known key with another body is refused,
+    /// unless the line repeats a custom_id of this file, which is the error to show.
+    fn action_for(
+        &self,
+        conn: &Connection,
+        key: &str,
+        prompt: &Prompt,
+    ) -> Result<Action, StoreError> {
+        if self.had_requests == Some(false) {
+            return Ok(Action::Add);
+        }
+        match stage::known(conn, self.job, key)? {
+            None => Ok(Action::Add),
+            Some(Known { body_hash, .. }) if body_hash == prompt.body_hash => Ok(Action::Keep),
             // The line was invalid at an earlier submit and is fixed now.
             Some(Known {
                 is_marker: true, ..
-            }) => Action::Replace,
+            }) => Ok(Action::Replace),
             Some(Known { .. }) => {
-                return Err(InputError::ChangedBody {
+                self.refuse_repeat(conn, key, prompt.line)?;
+                Err(InputError::ChangedBody {
                     path: self.reader.path().to_owned(),
-                    custom_id: key,
+                    custom_id: key.to_owned(),
                     line: prompt.line,
                 }
-                .into());
+                .into())
             }
-        };
-        match action {
-            Action::Keep => self.report.known += 1,
-            _ => self.report.added += 1,
         }
-        stage::stage_prompt(conn, self.job, &key, action, prompt)
     }
 
     fn stage_invalid(&mut self, conn: &Connection, e: &InputError) -> Result<(), StoreError> {
@@ -191,13 +245,9 @@ impl Staging {
         stage::stage_invalid(conn, self.job, &key, custom_id.as_deref(), action, e)
     }
 
-    /// The key of a request: its custom_id (read once per file), or one derived from its body
-    /// (numbered past the equal bodies read before it).
-    fn key_of(&self, conn: &Connection, prompt: &Prompt) -> Result<String, StoreError> {
-        if let Some(id) = &prompt.custom_id {
-            self.refuse_repeat(conn, id, prompt.line)?;
-            return Ok(id.clone());
-        }
+    /// The key of a line without custom_id: derived from its body, numbered past the equal
+    /// bodies read before it.
+    fn derived_key(&self, conn: &Connection, prompt: &Prompt) -> Result<String, StoreError> {
         // Ends: every occurrence taken is a line of this file staged before.
         let mut occurrence = 1;
         loop {
@@ -239,7 +289,7 @@ pub fn ingest(
         while !staging.stage_chunk(conn)? {}
         staging.publish(conn)
     })();
-    while stage::discard(conn, job, CHUNK_LINES)? as usize == CHUNK_LINES {}
+    while stage::discard(conn, job, DISCARD_ROWS)? as usize == DISCARD_ROWS {}
     result
 }
 
@@ -324,7 +374,7 @@ fn renewal(
 }
 
 /// Deletes the staged lines an earlier ingest of the job left (a runner that died mid-ingest),
-/// one short transaction per [`CHUNK_LINES`] rows; returns how many. Call it holding the job's
+/// one short transaction per [`DISCARD_ROWS`] rows; returns how many. Call it holding the job's
 /// lease.
 ///
 /// # Errors
@@ -333,10 +383,10 @@ pub async fn discard_unfinished(store: &JobStore, job: JobId) -> Result<u64, Sto
     let mut discarded = 0;
     loop {
         let n = store
-            .call(move |c| stage::discard(c, job, CHUNK_LINES))
+            .call(move |c| stage::discard(c, job, DISCARD_ROWS))
             .await?;
         discarded += n;
-        if (n as usize) < CHUNK_LINES {
+        if (n as usize) < DISCARD_ROWS {
             return Ok(discarded);
         }
     }

@@ -73,22 +73,49 @@ pub(super) fn known(conn: &Connection, job: JobId, key: &str) -> Result<Option<K
         .optional()?)
 }
 
-/// Stages a request read from the file. A kept request needs only its key and line.
+/// Whether the job has any request (or marker) yet.
+pub(super) fn has_requests(conn: &Connection, job: JobId) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM requests WHERE job_id = ?1)")?
+        .query_row([job.0], |r| r.get(0))?)
+}
+
+/// Stages a request read from the file. A kept request needs only its key and line. `false`
+/// when a line of this ingest staged `key` already (nothing is written then).
 pub(super) fn stage_prompt(
     conn: &Connection,
     job: JobId,
     key: &str,
     action: Action,
     prompt: &Prompt,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let line = prompt.line as i64;
-    if action == Action::Keep {
+    let inserted = if action == Action::Keep {
         conn.prepare_cached(
             "INSERT INTO ingest_staging (job_id, key, line, action) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![job.0, key, line, action.as_str()])?;
-        return Ok(());
+        .execute(params![job.0, key, line, action.as_str()])
+    } else {
+        insert_full(conn, job, key, action, prompt)
+    };
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+fn insert_full(
+    conn: &Connection,
+    job: JobId,
+    key: &str,
+    action: Action,
+    prompt: &Prompt,
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO ingest_staging (job_id, key, line, action, custom_id, method, url, body,
                                      body_hash, metadata, headers)
@@ -97,7 +124,7 @@ pub(super) fn stage_prompt(
     .execute(params![
         job.0,
         key,
-        line,
+        prompt.line as i64,
         action.as_str(),
         prompt.custom_id,
         prompt.method,
@@ -106,8 +133,7 @@ pub(super) fn stage_prompt(
         prompt.body_hash,
         prompt.metadata,
         prompt.headers
-    ])?;
-    Ok(())
+    ])
 }
 
 /// Stages a line that cannot become a request (`--skip-invalid`).

@@ -151,3 +151,47 @@ fn lines_left_by_a_dead_ingest_are_discarded_and_the_next_one_counts_right() {
         .expect("keys");
     assert_eq!(distinct, 8);
 }
+
+/// Ingests `text` and checks it is refused because line 4 repeats the custom_id of line 2.
+fn refused_as_repeat_of_line_2_at_line_4(conn: &Connection, job: JobId, text: &str) {
+    let err = ingest(conn, job, reader(text)).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::Input(InputError::DuplicateCustomId {
+                first_line: 2,
+                line: 4,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_repeated_custom_id_is_refused_naming_both_lines_in_a_new_job_and_over_a_changed_body() {
+    // A new job: no request to compare with, the repeat is found by the staging insert alone.
+    let (conn, job) = conn_with_job();
+    refused_as_repeat_of_line_2_at_line_4(&conn, job, &format!("{}{}", lines(0..3), lines([1])));
+    assert_eq!(
+        (staged(&conn), visible(&conn, job)),
+        (0, (Counts::default(), 0, 0))
+    );
+
+    // A known job: a line that both repeats a custom_id of the file and changes the body the
+    // job holds under it is refused as the repeat, as before.
+    ingest(&conn, job, reader(&lines(0..3))).expect("first ingest");
+    let before = visible(&conn, job);
+    let text = format!(
+        "{}{{\"custom_id\":\"r1\",\"prompt\":\"changed\"}}\n",
+        lines(0..3)
+    );
+    refused_as_repeat_of_line_2_at_line_4(&conn, job, &text);
+    assert_eq!(visible(&conn, job), before);
+
+    // Lines without custom_id still take the next free derived key.
+    let (conn, job) = conn_with_job();
+    let same = "{\"prompt\":\"same\"}\n".repeat(3);
+    let report = ingest(&conn, job, reader(&same)).expect("ingest");
+    assert_eq!((report.read, report.added), (3, 3));
+}
