@@ -136,6 +136,7 @@ pub fn runtime_for(command: &Command) -> io::Result<tokio::runtime::Runtime> {
         Command::Submit(_)
         | Command::Resume(_)
         | Command::RetryFailed(_)
+        | Command::Cancel(_)
         | Command::Status(_)
         | Command::Export(_)
         | Command::Jobs(_)
