@@ -187,3 +187,45 @@ async fn runner_cancel_cancels_the_batches_a_signal_left_running_and_resume_fini
     assert_each_succeeded_once(&fx, N as i64);
     fx.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_job_interrupted_midway_finishes_through_batches_with_resume_via_batch() {
+    const N: usize = 400;
+    let fx = Fixture::for_job("tobatch")
+        .mock(MockConfig {
+            latency: Duration::from_millis(50),
+            batch_processing: Duration::from_millis(300),
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    let shutdown = Shutdown::new();
+    let task = fx.spawn_submit(&["--concurrency", "4"], shutdown.clone());
+    wait_until("some direct successes", || {
+        fx.mock.stats().successes() >= 20
+    })
+    .await;
+    shutdown.stop();
+    let exit = within("interrupted submit", task).await.expect("join");
+    assert_eq!(exit.expect("submit"), Exit::Interrupted);
+    let direct = requests_in(&fx.db(), "succeeded");
+    assert!(direct > 0 && direct < N as i64, "{direct} sent directly");
+
+    assert_eq!(fx.resume(&via_batch(&[])).await, Exit::Success);
+    let db = fx.db();
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM attempts WHERE batch_id IS NOT NULL AND error_class = 'succeeded'"
+        ),
+        N as i64 - direct,
+        "the rest went through batches"
+    );
+    assert!(
+        query_text(&db, "SELECT config FROM jobs").is_some_and(|c| c.contains(r#""via":"batch""#)),
+        "the job is stored as a batch job now"
+    );
+    assert_each_succeeded_once(&fx, N as i64);
+    fx.shutdown().await;
+}
