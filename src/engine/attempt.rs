@@ -129,12 +129,15 @@ async fn record(
     let disposition = completion.disposition;
     let status = completion.http_status;
     let code = completion.error_code.clone();
-    ctx.store.record(completion).await?;
-    match disposition {
-        Disposition::Succeeded => ctx.tally.succeeded(),
-        Disposition::Failed => ctx.tally.failed(),
-        Disposition::RetryAt(_) | Disposition::Requeue => ctx.tally.retry_scheduled(),
-    }
+    // Counted once committed: a result a crash could still lose is never shown as done.
+    let tally = Arc::clone(&ctx.tally);
+    ctx.store
+        .record_then(completion, move || match disposition {
+            Disposition::Succeeded => tally.succeeded(),
+            Disposition::Failed => tally.failed(),
+            Disposition::RetryAt(_) | Disposition::Requeue => tally.retry_scheduled(),
+        })
+        .await?;
     if let Some(ids) = streak {
         // The failures were journaled above (same channel, so before this): put them back.
         let count = ids.len();

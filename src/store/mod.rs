@@ -425,9 +425,13 @@ where
     }
 }
 
+/// Run by the owner thread right after the commit of the batch that journaled an attempt.
+type OnCommit = Box<dyn FnOnce() + Send>;
+
 enum Command {
-    /// An attempt to journal; nobody waits for it (see [`JobStore::record`]).
-    Record(Box<Completion>),
+    /// An attempt to journal; nobody waits for it (see [`JobStore::record`]), and what to do
+    /// once it is committed.
+    Record(Box<Completion>, Option<OnCommit>),
     /// Any query or write that wants an answer.
     Call(Box<dyn Call>),
     /// From now on, every batch checks this fence before it commits.
@@ -504,7 +508,27 @@ impl JobStore {
     /// [`StoreError::Closed`] when the owner thread is gone.
     pub async fn record(&self, completion: Completion) -> Result<(), StoreError> {
         self.tx
-            .send(Command::Record(Box::new(completion)))
+            .send(Command::Record(Box::new(completion), None))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// As [`JobStore::record`], and runs `on_commit` on the owner thread once the attempt is
+    /// committed (never, if the commit fails): what counts a result must not count one that a
+    /// crash could still lose. Keep it short: it runs between two batches.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the owner thread is gone.
+    pub async fn record_then(
+        &self,
+        completion: Completion,
+        on_commit: impl FnOnce() + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Record(
+                Box::new(completion),
+                Some(Box::new(on_commit)),
+            ))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -532,71 +556,4 @@ impl JobStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{AttemptOutcome, Disposition, JobId, Usage};
-    use crate::http::classify::Class;
-
-    fn memory_store() -> (JobStore, StoreThread) {
-        let mut conn = Connection::open_in_memory().expect("memory db");
-        migrate::migrate(&mut conn).expect("migrate");
-        JobStore::start(conn).expect("start")
-    }
-
-    #[tokio::test]
-    async fn calls_reply_after_commit_and_see_earlier_writes() {
-        let (store, thread) = memory_store();
-        let job = store
-            .call(|c| db::upsert_job(c, "j", "in.jsonl", "{}", 1))
-            .await
-            .expect("job");
-        let found = store
-            .call(|c| db::find_job(c, "j"))
-            .await
-            .expect("query")
-            .expect("job exists");
-        assert_eq!(found, job);
-        drop(store);
-        thread.join().await;
-    }
-
-    #[tokio::test]
-    async fn a_failed_write_poisons_the_store() {
-        let (store, thread) = memory_store();
-        let err = store
-            .call(|c| {
-                c.execute("INSERT INTO jobs (name) VALUES ('x')", [])?;
-                Ok(())
-            })
-            .await
-            .expect_err("constraint");
-        assert!(err.to_string().contains("NOT NULL"), "{err}");
-        // A failed *call* is the caller's problem, not the store's: the store goes on.
-        store.flush().await.expect("still healthy");
-        // A failed journal write is the store's problem: nothing after it is accepted.
-        store
-            .record(Completion {
-                request: crate::domain::RequestId(999),
-                job: JobId(999),
-                number: 1,
-                started_at: 0,
-                finished_at: 1,
-                outcome: AttemptOutcome::Answered,
-                http_status: Some(200),
-                class: Class::Succeeded,
-                error_code: None,
-                error_message: None,
-                x_request_id: None,
-                key_fingerprint: None,
-                response: None,
-                usage: Usage::default(),
-                disposition: Disposition::Succeeded,
-            })
-            .await
-            .expect("queued");
-        let after = store.flush().await;
-        assert!(after.is_err(), "{after:?}");
-        drop(store);
-        thread.join().await;
-    }
-}
+mod tests;

@@ -84,7 +84,7 @@ fn refuse(batch: &mut Vec<Command>, reason: &WriteFailure) {
         match cmd {
             // Lost like any write after a crash: the request stays in_flight and recovery
             // journals it as interrupted.
-            Command::Record(_) | Command::Fence(_) => {}
+            Command::Record(..) | Command::Fence(_) => {}
             Command::Call(call) => call.refuse(reason),
         }
     }
@@ -98,6 +98,7 @@ fn apply_batch(
     fence: &mut Option<Fence>,
 ) -> Result<(), WriteFailure> {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut committed: Vec<super::OnCommit> = Vec::new();
     let patience = match fence {
         Some(_) => BUSY_PATIENCE,
         None => busy_timeout() * SETUP_TRIES,
@@ -110,10 +111,11 @@ fn apply_batch(
     }
     for cmd in batch.drain(..) {
         match cmd {
-            Command::Record(completion) => {
+            Command::Record(completion, on_commit) => {
                 if result.is_ok() {
                     result = db::record_attempt(conn, &completion).map_err(WriteFailure::from);
                 }
+                committed.extend(on_commit);
             }
             Command::Call(call) => match &result {
                 Ok(()) => replies.push(call.run(conn)),
@@ -135,6 +137,11 @@ fn apply_batch(
         let _ = conn.execute_batch("ROLLBACK");
     }
     let commit_error = result.as_ref().err();
+    if commit_error.is_none() {
+        for on_commit in committed {
+            on_commit();
+        }
+    }
     for reply in replies {
         reply(commit_error);
     }

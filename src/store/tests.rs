@@ -1,0 +1,133 @@
+//! The owner thread: replies after commit, a failed write poisons the store, attempts are
+//! counted once committed.
+use super::*;
+use crate::domain::{AttemptOutcome, Disposition, JobId, Usage};
+use crate::http::classify::Class;
+
+fn memory_store() -> (JobStore, StoreThread) {
+    let mut conn = Connection::open_in_memory().expect("memory db");
+    migrate::migrate(&mut conn).expect("migrate");
+    JobStore::start(conn).expect("start")
+}
+
+#[tokio::test]
+async fn calls_reply_after_commit_and_see_earlier_writes() {
+    let (store, thread) = memory_store();
+    let job = store
+        .call(|c| db::upsert_job(c, "j", "in.jsonl", "{}", 1))
+        .await
+        .expect("job");
+    let found = store
+        .call(|c| db::find_job(c, "j"))
+        .await
+        .expect("query")
+        .expect("job exists");
+    assert_eq!(found, job);
+    drop(store);
+    thread.join().await;
+}
+
+#[tokio::test]
+async fn a_failed_write_poisons_the_store() {
+    let (store, thread) = memory_store();
+    let err = store
+        .call(|c| {
+            c.execute("INSERT INTO jobs (name) VALUES ('x')", [])?;
+            Ok(())
+        })
+        .await
+        .expect_err("constraint");
+    assert!(err.to_string().contains("NOT NULL"), "{err}");
+    // A failed *call* is the caller's problem, not the store's: the store goes on.
+    store.flush().await.expect("still healthy");
+    // A failed journal write is the store's problem: nothing after it is accepted.
+    store
+        .record(Completion {
+            request: crate::domain::RequestId(999),
+            job: JobId(999),
+            number: 1,
+            started_at: 0,
+            finished_at: 1,
+            outcome: AttemptOutcome::Answered,
+            http_status: Some(200),
+            class: Class::Succeeded,
+            error_code: None,
+            error_message: None,
+            x_request_id: None,
+            key_fingerprint: None,
+            response: None,
+            usage: Usage::default(),
+            disposition: Disposition::Succeeded,
+        })
+        .await
+        .expect("queued");
+    let after = store.flush().await;
+    assert!(after.is_err(), "{after:?}");
+    drop(store);
+    thread.join().await;
+}
+
+#[tokio::test]
+async fn an_attempt_is_counted_once_committed_and_never_when_its_commit_fails() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let (store, thread) = memory_store();
+    let job = store
+        .call(|c| {
+            let job = db::upsert_job(c, "j", "in.jsonl", "{}", 1)?;
+            c.execute(
+                "INSERT INTO requests (job_id, key, line, method, url, body, body_hash, state)
+                 VALUES (?1, 'k', 1, 'POST', '/v1/chat/completions', '{}', 'h', 'in_flight')",
+                [job.id.0],
+            )?;
+            Ok(job.id)
+        })
+        .await
+        .expect("a request in flight");
+    let completion = |request: i64| Completion {
+        request: crate::domain::RequestId(request),
+        job,
+        number: 1,
+        started_at: 0,
+        finished_at: 1,
+        outcome: AttemptOutcome::Answered,
+        http_status: Some(200),
+        class: Class::Succeeded,
+        error_code: None,
+        error_message: None,
+        x_request_id: None,
+        key_fingerprint: None,
+        response: Some("{}".to_owned()),
+        usage: Usage::default(),
+        disposition: Disposition::Succeeded,
+    };
+    let counted = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&counted);
+    store
+        .record_then(completion(1), move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .await
+        .expect("queued");
+    store.flush().await.expect("committed");
+    assert_eq!(
+        counted.load(Ordering::SeqCst),
+        1,
+        "counted after its commit"
+    );
+    let count = Arc::clone(&counted);
+    store
+        .record_then(completion(999), move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .await
+        .expect("queued");
+    assert!(store.flush().await.is_err(), "that batch failed");
+    assert_eq!(
+        counted.load(Ordering::SeqCst),
+        1,
+        "a failed commit counts nothing"
+    );
+    drop(store);
+    thread.join().await;
+}
