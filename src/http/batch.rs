@@ -60,6 +60,20 @@ pub enum BatchStatus {
 }
 
 impl BatchStatus {
+    /// The status as the API names it (what serde reads and writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Validating => "validating",
+            BatchStatus::Failed => "failed",
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Finalizing => "finalizing",
+            BatchStatus::Completed => "completed",
+            BatchStatus::Expired => "expired",
+            BatchStatus::Cancelling => "cancelling",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether the batch will not change any more (its files, if any, are final).
     pub fn is_terminal(self) -> bool {
         match self {
@@ -535,6 +549,7 @@ mod tests {
         for (name, terminal) in all {
             let status: BatchStatus = serde_json::from_value(Value::from(name)).unwrap();
             assert_eq!(status.is_terminal(), terminal, "{name}");
+            assert_eq!(status.as_str(), name, "as_str names it as serde does");
         }
     }
 

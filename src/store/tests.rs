@@ -4,6 +4,27 @@ use super::*;
 use crate::domain::{AttemptOutcome, Disposition, JobId, Usage};
 use crate::http::classify::Class;
 
+/// A success of request `request` of `job`, its first attempt.
+fn success(request: i64, job: JobId) -> Completion {
+    Completion {
+        request: crate::domain::RequestId(request),
+        job,
+        number: 1,
+        started_at: 0,
+        finished_at: 1,
+        outcome: AttemptOutcome::Answered,
+        http_status: Some(200),
+        class: Class::Succeeded,
+        error_code: None,
+        error_message: None,
+        x_request_id: None,
+        key_fingerprint: None,
+        response: Some("{}".to_owned()),
+        usage: Usage::default(),
+        disposition: Disposition::Succeeded,
+    }
+}
+
 fn memory_store() -> (JobStore, StoreThread) {
     let mut conn = Connection::open_in_memory().expect("memory db");
     migrate::migrate(&mut conn).expect("migrate");
@@ -42,23 +63,7 @@ async fn a_failed_write_poisons_the_store() {
     store.flush().await.expect("still healthy");
     // A failed journal write is the store's problem: nothing after it is accepted.
     store
-        .record(Completion {
-            request: crate::domain::RequestId(999),
-            job: JobId(999),
-            number: 1,
-            started_at: 0,
-            finished_at: 1,
-            outcome: AttemptOutcome::Answered,
-            http_status: Some(200),
-            class: Class::Succeeded,
-            error_code: None,
-            error_message: None,
-            x_request_id: None,
-            key_fingerprint: None,
-            response: None,
-            usage: Usage::default(),
-            disposition: Disposition::Succeeded,
-        })
+        .record(success(999, JobId(999)))
         .await
         .expect("queued");
     let after = store.flush().await;
@@ -84,27 +89,10 @@ async fn an_attempt_is_counted_once_committed_and_never_when_its_commit_fails() 
         })
         .await
         .expect("a request in flight");
-    let completion = |request: i64| Completion {
-        request: crate::domain::RequestId(request),
-        job,
-        number: 1,
-        started_at: 0,
-        finished_at: 1,
-        outcome: AttemptOutcome::Answered,
-        http_status: Some(200),
-        class: Class::Succeeded,
-        error_code: None,
-        error_message: None,
-        x_request_id: None,
-        key_fingerprint: None,
-        response: Some("{}".to_owned()),
-        usage: Usage::default(),
-        disposition: Disposition::Succeeded,
-    };
     let counted = Arc::new(AtomicU32::new(0));
     let count = Arc::clone(&counted);
     store
-        .record_then(completion(1), move || {
+        .record_then(success(1, job), move || {
             count.fetch_add(1, Ordering::SeqCst);
         })
         .await
@@ -117,7 +105,7 @@ async fn an_attempt_is_counted_once_committed_and_never_when_its_commit_fails() 
     );
     let count = Arc::clone(&counted);
     store
-        .record_then(completion(999), move || {
+        .record_then(success(999, job), move || {
             count.fetch_add(1, Ordering::SeqCst);
         })
         .await

@@ -8,11 +8,14 @@
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::BatchRun;
+use crate::domain::JobId;
 use crate::domain::{AttemptOutcome, Class, Disposition};
+use crate::engine::attempt::Reading;
 use crate::engine::attempt::batched::{FromBatch, judge, read_result, unanswered};
+use crate::engine::retry::RetryPolicy;
 use crate::http::batch::{BatchErrors, BatchResult};
 use crate::store::StoreError;
-use crate::store::batches::{self, ChunkRow};
+use crate::store::batches::{self, ChunkRow, Waiting};
 use crate::util::clock::now_ms;
 
 /// Results journaled per store call.
@@ -151,37 +154,20 @@ impl BatchRun<'_> {
         results: Vec<BatchResult>,
     ) -> Result<(Imported, Option<String>), StoreError> {
         let (job, chunk_id) = (self.job.id, chunk.id);
-        let batch_id = chunk.batch_id.clone().unwrap_or_default();
-        let policy = self.policy;
-        let fingerprint = self.client.key_fingerprint().map(str::to_owned);
-        let (started_at, finished_at) = times(chunk);
+        let mut journal = self.results_of(chunk);
         let (imported, stop) = self
             .store
             .call(move |c| {
-                let mut imported = Imported::default();
-                let mut stop = None;
                 for result in results {
                     let Some(waiting) = batches::waiting(c, job, chunk_id, &result.custom_id)?
                     else {
-                        imported.skipped += 1;
+                        journal.imported.skipped += 1;
                         continue;
                     };
-                    let reading = read_result(result, policy.max_server_wait);
-                    let from = FromBatch {
-                        request: waiting.id,
-                        job,
-                        attempts: waiting.attempts,
-                        spent: waiting.spent,
-                        key_fingerprint: fingerprint.clone(),
-                        started_at,
-                        finished_at,
-                    };
-                    let (completion, stops) = judge(reading, from, &policy);
-                    count(&mut imported, completion.disposition);
-                    batches::record_result(c, &completion, &batch_id)?;
-                    stop = stop.or(stops);
+                    let reading = read_result(result, journal.policy.max_server_wait);
+                    journal.record(c, &waiting, reading)?;
                 }
-                Ok((imported, stop))
+                Ok((journal.imported, journal.stop))
             })
             .await?;
         self.count_progress(imported);
@@ -191,11 +177,8 @@ impl BatchRun<'_> {
     /// Gives every request still waiting in the chunk its attempt (the batch ended without an
     /// answer for it) and marks the chunk imported, in one transaction.
     async fn settle_unanswered(&mut self, chunk: &ChunkRow) -> Result<Imported, StoreError> {
-        let (job, chunk_id) = (self.job.id, chunk.id);
-        let batch_id = chunk.batch_id.clone().unwrap_or_default();
-        let policy = self.policy;
-        let fingerprint = self.client.key_fingerprint().map(str::to_owned);
-        let (started_at, finished_at) = times(chunk);
+        let chunk_id = chunk.id;
+        let mut journal = self.results_of(chunk);
         let status = chunk.batch_status.clone().unwrap_or_default();
         let errors: BatchErrors = chunk
             .errors
@@ -205,8 +188,6 @@ impl BatchRun<'_> {
         let (imported, stop) = self
             .store
             .call(move |c| {
-                let mut imported = Imported::default();
-                let mut stop = None;
                 let waiting = batches::all_waiting(c, chunk_id)?;
                 // Validation errors name input lines (1-based, in file order).
                 let lines = match errors.data.iter().any(|e| e.line.is_some()) {
@@ -231,22 +212,10 @@ impl BatchRun<'_> {
                         ),
                         None => unanswered_reading(&status, &errors),
                     };
-                    let from = FromBatch {
-                        request: w.id,
-                        job,
-                        attempts: w.attempts,
-                        spent: w.spent,
-                        key_fingerprint: fingerprint.clone(),
-                        started_at,
-                        finished_at,
-                    };
-                    let (completion, stops) = judge(reading, from, &policy);
-                    count(&mut imported, completion.disposition);
-                    batches::record_result(c, &completion, &batch_id)?;
-                    stop = stop.or(stops);
+                    journal.record(c, w, reading)?;
                 }
                 batches::imported(c, chunk_id, now_ms())?;
-                Ok((imported, stop))
+                Ok((journal.imported, journal.stop))
             })
             .await?;
         self.count_progress(imported);
@@ -254,6 +223,21 @@ impl BatchRun<'_> {
             self.stop.get_or_insert(stop);
         }
         Ok(imported)
+    }
+
+    /// What journals the results of `chunk`'s batch, on the store thread.
+    fn results_of(&self, chunk: &ChunkRow) -> Results {
+        let (started_at, finished_at) = times(chunk);
+        Results {
+            job: self.job.id,
+            batch_id: chunk.batch_id.clone().unwrap_or_default(),
+            policy: self.policy,
+            key_fingerprint: self.client.key_fingerprint().map(str::to_owned),
+            started_at,
+            finished_at,
+            imported: Imported::default(),
+            stop: None,
+        }
     }
 
     /// A batch whose results all failed the same permanent way (a wrong model name, an
@@ -350,6 +334,46 @@ impl BatchRun<'_> {
     }
 }
 
+/// Journals a batch's results (a line of its files, or none) as attempts of their requests,
+/// counting them and keeping the first job-level stop one of them calls for.
+struct Results {
+    job: JobId,
+    batch_id: String,
+    policy: RetryPolicy,
+    key_fingerprint: Option<String>,
+    started_at: i64,
+    finished_at: i64,
+    imported: Imported,
+    stop: Option<String>,
+}
+
+impl Results {
+    /// Decides `waiting`'s fate from `reading` and journals it, in the caller's transaction.
+    fn record(
+        &mut self,
+        c: &rusqlite::Connection,
+        waiting: &Waiting,
+        reading: Reading,
+    ) -> Result<(), StoreError> {
+        let from = FromBatch {
+            request: waiting.id,
+            job: self.job,
+            attempts: waiting.attempts,
+            spent: waiting.spent,
+            key_fingerprint: self.key_fingerprint.clone(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        };
+        let (completion, stop) = judge(reading, from, &self.policy);
+        count(&mut self.imported, completion.disposition);
+        batches::record_result(c, &completion, &self.batch_id)?;
+        if self.stop.is_none() {
+            self.stop = stop;
+        }
+        Ok(())
+    }
+}
+
 /// When a chunk's batch ran: from its creation to when it was seen ended.
 fn times(chunk: &ChunkRow) -> (i64, i64) {
     let started = chunk.submitted_at.unwrap_or(chunk.cut_at);
@@ -366,7 +390,7 @@ fn count(imported: &mut Imported, disposition: Disposition) {
 }
 
 /// The attempt of a line that a batch ended without answering, by how the batch ended.
-fn unanswered_reading(status: &str, errors: &BatchErrors) -> crate::engine::attempt::Reading {
+fn unanswered_reading(status: &str, errors: &BatchErrors) -> Reading {
     let first = errors.data.first();
     match status {
         "expired" => unanswered(

@@ -143,7 +143,7 @@ impl BatchRun<'_> {
             Ok(batch) => {
                 call.finished_at = now_ms();
                 call.http_status = Some(200);
-                call.result = Some(status_name(batch.status).to_owned());
+                call.result = Some(batch.status.as_str().to_owned());
                 self.record_seen(chunk, &batch, call).await
             }
             Err(e) => {
@@ -155,7 +155,7 @@ impl BatchRun<'_> {
 
     /// Asks for the chunk's batch to be cancelled (once), then polls it until it ends.
     pub(super) async fn cancel_then_poll(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
-        if chunk.batch_status.as_deref() == Some(status_name(BatchStatus::Cancelling)) {
+        if chunk.batch_status.as_deref() == Some(BatchStatus::Cancelling.as_str()) {
             return self.poll(chunk).await;
         }
         let batch_id = batch_id_of(chunk)?;
@@ -164,7 +164,7 @@ impl BatchRun<'_> {
             Ok(batch) => {
                 call.finished_at = now_ms();
                 call.http_status = Some(200);
-                call.result = Some(status_name(batch.status).to_owned());
+                call.result = Some(batch.status.as_str().to_owned());
                 eprintln!(
                     "{}: chunk {}: asked for batch {batch_id} to be cancelled",
                     self.job.name, chunk.seq
@@ -192,7 +192,7 @@ impl BatchRun<'_> {
         let ended = batch.status.is_terminal();
         let delay = self.settings.poll_delay(chunk.polls);
         let next_call_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        let status = status_name(batch.status);
+        let status = batch.status.as_str();
         let errors = batch
             .errors
             .as_ref()
@@ -296,20 +296,6 @@ fn batch_id_of(chunk: &ChunkRow) -> Result<String, StoreError> {
             chunk.seq
         ))
     })
-}
-
-/// A status as the API names it.
-pub(super) fn status_name(status: BatchStatus) -> &'static str {
-    match status {
-        BatchStatus::Validating => "validating",
-        BatchStatus::Failed => "failed",
-        BatchStatus::InProgress => "in_progress",
-        BatchStatus::Finalizing => "finalizing",
-        BatchStatus::Completed => "completed",
-        BatchStatus::Expired => "expired",
-        BatchStatus::Cancelling => "cancelling",
-        BatchStatus::Cancelled => "cancelled",
-    }
 }
 
 /// A job name as part of a file name.
