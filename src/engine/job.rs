@@ -19,9 +19,11 @@ use crate::engine::progress::{Display, Reporter, Tally};
 use crate::engine::rate_limit::RequestLimiter;
 use crate::engine::shutdown::Shutdown;
 use crate::http::client::ApiClient;
-use crate::input::{InputOptions, InputReader};
+use crate::engine::feed::{Feeder, Reading};
+use crate::input::{self, Checked, DEFAULT_MAX_LINE_BYTES, InputOptions, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
+use crate::store::ingest::{IngestReport, direct};
 use crate::store::{Fence, JobStore, StoreError, batches, fault, ingest};
 use crate::util::clock::now_ms;
 
@@ -77,7 +79,11 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             model: settings.model.clone(),
             max_line_bytes: args.max_line_bytes,
         };
-        let reader = InputReader::open(&args.file, options)?.skip_invalid(args.skip_invalid);
+        let open = || -> anyhow::Result<InputReader> {
+            let reader = InputReader::open(&args.file, options.clone())?;
+            Ok(reader.skip_invalid(args.skip_invalid))
+        };
+        let checked = check_if_new(&store, existing.as_ref(), open()?).await?;
         let input_path = absolute(&args.file).display().to_string();
         let me = LeaseOwner::current();
         let (job, created) = take_for_submit(&store, &name, &input_path, &settings, &me).await?;
@@ -88,15 +94,43 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 db::upsert_job(c, &name, &input_path, &config, now_ms()).map(drop)
             }
         };
-        let leased = ingest::Leased {
-            job: &job,
-            owner: &me,
+        let id = job.id;
+        let direct = match checked {
+            Some(checked) if checked.direct => store
+                .call(move |c| direct::takes_direct(c, id))
+                .await?
+                .then_some(checked),
+            Some(_) | None => None,
         };
-        let report = match ingest::ingest_leased(&store, leased, reader, publish_config).await {
-            Ok(report) => report,
-            Err(e) => {
-                give_back(&store, &job, created, &me).await;
-                return Err(e.into());
+        let (report, feeder) = match direct {
+            Some(checked) => {
+                let mut feeder = Feeder::start(job.id, open()?, checked.requests);
+                let all_in = match feeder.first_chunk(&store, publish_config).await {
+                    Ok(all_in) => all_in,
+                    Err(e) => {
+                        give_back(&store, &job, created, &me).await;
+                        return Err(e.into());
+                    }
+                };
+                let report = IngestReport {
+                    read: checked.requests,
+                    added: checked.requests,
+                    ..IngestReport::default()
+                };
+                (report, (!all_in).then_some(feeder))
+            }
+            None => {
+                let leased = ingest::Leased {
+                    job: &job,
+                    owner: &me,
+                };
+                match ingest::ingest_leased(&store, leased, open()?, publish_config).await {
+                    Ok(report) => (report, None),
+                    Err(e) => {
+                        give_back(&store, &job, created, &me).await;
+                        return Err(e.into());
+                    }
+                }
             }
         };
         tell_destination(&job.name, &settings, destination);
@@ -115,10 +149,33 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             );
         }
         Invocation::new(env, &args.run, shutdown)
-            .execute(&store, job, me, &settings)
+            .execute_feeding(&store, job, me, &settings, feeder)
             .await
     })
     .await
+}
+
+/// Checks the whole file first when the job is new or has no request yet: such a job may take
+/// it without staging, while its first requests go out (see [`crate::store::ingest::direct`]).
+/// `None` for a job with requests: its file is read the staged way (known lines kept).
+///
+/// # Errors
+/// The file's first error; store errors.
+async fn check_if_new(
+    store: &JobStore,
+    existing: Option<&Job>,
+    reader: InputReader,
+) -> anyhow::Result<Option<Checked>> {
+    if let Some(job) = existing {
+        let id = job.id;
+        if !store.call(move |c| direct::takes_direct(c, id)).await? {
+            return Ok(None);
+        }
+    }
+    let checked = tokio::task::spawn_blocking(move || input::check(reader))
+        .await
+        .context("the thread checking the input file failed")??;
+    Ok(Some(checked))
 }
 
 /// Finds or creates the job and takes its lease, in one short transaction, and fences every
@@ -214,7 +271,50 @@ async fn take_job(
     settings.check(env)?;
     destination::check_transport(&settings, env, run.allow_insecure_http)?;
     tell_destination(&job.name, &settings, destination);
+    if job.reading_input {
+        read_the_rest(store, &job, &me, &settings).await?;
+    }
     Ok((job, me, settings))
+}
+
+/// Reads the file of a job whose last run stopped while reading it (see
+/// [`crate::store::ingest::direct`]), the staged way: the requests already in the job are kept,
+/// the rest are added, before anything is sent.
+///
+/// # Errors
+/// The file's errors (it may have changed or gone since), store errors.
+async fn read_the_rest(
+    store: &JobStore,
+    job: &Job,
+    me: &LeaseOwner,
+    settings: &JobSettings,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "{}: the last run stopped before it had read the whole of {}: reading it again (the requests already in the job are kept)",
+        job.name, job.input_path
+    );
+    let options = InputOptions {
+        endpoint: settings.endpoint.clone(),
+        model: settings.model.clone(),
+        max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+    };
+    let path = Path::new(&job.input_path);
+    let hint = || {
+        format!(
+            "{}: cannot read the rest of its file: `runner submit {} --job {}` reads it from another path",
+            job.name, job.input_path, job.name
+        )
+    };
+    let reader = InputReader::open(path, options).with_context(hint)?;
+    let leased = ingest::Leased { job, owner: me };
+    let report = ingest::ingest_leased(store, leased, reader, |_| Ok(()))
+        .await
+        .with_context(hint)?;
+    eprintln!(
+        "{}: read {} requests from {}: {} new, {} already in the job",
+        job.name, report.read, job.input_path, report.added, report.known
+    );
+    Ok(())
 }
 
 /// Says on stderr which host the job sends to and why, and when the environment replaced the
@@ -356,6 +456,18 @@ impl<'a> Invocation<'a> {
         me: LeaseOwner,
         settings: &JobSettings,
     ) -> anyhow::Result<Exit> {
+        self.execute_feeding(store, job, me, settings, None).await
+    }
+
+    /// [`Invocation::execute`] while `feeder` reads the rest of the job's file into it.
+    async fn execute_feeding(
+        &self,
+        store: &JobStore,
+        job: Job,
+        me: LeaseOwner,
+        settings: &JobSettings,
+        feeder: Option<Feeder>,
+    ) -> anyhow::Result<Exit> {
         JobRun {
             store,
             job,
@@ -365,6 +477,7 @@ impl<'a> Invocation<'a> {
             run: self.run,
             shutdown: self.shutdown,
             purpose: self.purpose,
+            feeder,
         }
         .execute_leased()
         .await
@@ -389,6 +502,8 @@ pub(crate) struct JobRun<'a> {
     pub(crate) shutdown: &'a Shutdown,
     /// Send, or cancel.
     purpose: Purpose,
+    /// The rest of a new job's file, still to be read into it.
+    feeder: Option<Feeder>,
 }
 
 impl JobRun<'_> {
@@ -398,7 +513,8 @@ impl JobRun<'_> {
     /// the fence then refused its writes) has changed nothing since: it tells so on stderr and
     /// ends with [`Exit::Stopped`] (exit 4), a job-level condition, not a fault: the other
     /// runner carries on with the job.
-    async fn execute_leased(self) -> anyhow::Result<Exit> {
+    async fn execute_leased(mut self) -> anyhow::Result<Exit> {
+        let feeder = self.feeder.take();
         let keeper = LeaseKeeper::start(
             self.store,
             &self.job,
@@ -408,7 +524,7 @@ impl JobRun<'_> {
                 abort: self.shutdown.abort_token(),
             },
         );
-        let result = self.execute().await;
+        let result = self.execute(feeder).await;
         let finished = keeper.finish().await.map_err(anyhow::Error::from);
         let lost = match (&result, &finished) {
             (Err(e), _) | (Ok(_), Err(e)) => lost_lease(e),
@@ -429,8 +545,11 @@ impl JobRun<'_> {
     }
 
     /// Runs the job's pending requests to the end, a job-level stop or a shutdown.
-    async fn execute(&self) -> anyhow::Result<Exit> {
+    async fn execute(&self, feeder: Option<Feeder>) -> anyhow::Result<Exit> {
         let counts = self.recover().await?;
+        let total = feeder
+            .as_ref()
+            .map_or(counts.total, |f| counts.total.max(f.requests()));
         if self.env.api_key.is_none() {
             tracing::warn!(
                 "OPENAI_API_KEY is not set: sending requests without an Authorization header"
@@ -439,11 +558,11 @@ impl JobRun<'_> {
         let tally = Arc::new(Tally::from_counts(&counts));
         let reporter = Reporter::start(
             &self.job.name,
-            counts.total,
+            total,
             Arc::clone(&tally),
             Display::choose(self.run.no_progress),
         );
-        let exit = match self.send(tally).await {
+        let exit = match self.send(tally, feeder).await {
             Ok(exit) => exit,
             Err(e) => {
                 reporter.finish("failed").await;
@@ -476,7 +595,7 @@ impl JobRun<'_> {
     /// A sync run of a job that has batches open (`resume --via sync` of a batch job) first
     /// cancels them, waits for them to end and journals what they finished: nothing is paid for
     /// twice.
-    async fn send(&self, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+    async fn send(&self, tally: Arc<Tally>, feeder: Option<Feeder>) -> anyhow::Result<PoolExit> {
         let id = self.job.id;
         let open = self
             .store
@@ -490,7 +609,17 @@ impl JobRun<'_> {
                 }
                 self.batches(Mode::Settle, tally).await
             }
-            (Purpose::Send, Via::Batch) => self.batches(Mode::Run, tally).await,
+            (Purpose::Send, Via::Batch) => {
+                // Chunks are cut from what is pending: the whole file first.
+                if let Some(feeder) = feeder {
+                    match feeder.rest(self.store, &self.shutdown.stop_token()).await {
+                        Reading::Done => {}
+                        Reading::Going | Reading::Stopped => return Ok(PoolExit::Interrupted),
+                        Reading::Failed(reason) => return Ok(PoolExit::Stopped(reason)),
+                    }
+                }
+                self.batches(Mode::Run, tally).await
+            }
             (Purpose::Send, Via::Sync) => {
                 if open > 0 {
                     eprintln!(
@@ -503,9 +632,36 @@ impl JobRun<'_> {
                         exit @ (PoolExit::Stopped(_) | PoolExit::Interrupted) => return Ok(exit),
                     }
                 }
-                Ok(self.pool(tally)?.run(self.shutdown).await?)
+                let pool = self.pool(tally)?;
+                match feeder {
+                    None => Ok(pool.run(self.shutdown).await?),
+                    Some(feeder) => self.run_feeding(pool, feeder).await,
+                }
             }
         }
+    }
+
+    /// Runs the pool while `feeder` reads the rest of the file into the job; stops the reading
+    /// (at a chunk's end) when the pool ends first.
+    async fn run_feeding(&self, pool: WorkerPool, feeder: Feeder) -> anyhow::Result<PoolExit> {
+        let stop = self.shutdown.stop_token().child_token();
+        let pool = pool.with_feed(feeder.watch());
+        let reading = tokio::spawn({
+            let (store, stop) = (self.store.clone(), stop.clone());
+            async move { feeder.rest(&store, &stop).await }
+        });
+        let exit = pool.run(self.shutdown).await;
+        stop.cancel();
+        let read = reading
+            .await
+            .map_err(|e| StoreError::Failed(format!("the task reading the file failed: {e}")))?;
+        // The pool drains only once the reading has ended; a failed reading stops it.
+        Ok(match (exit?, read) {
+            (PoolExit::Drained, Reading::Done) => PoolExit::Drained,
+            (PoolExit::Drained, Reading::Failed(reason)) => PoolExit::Stopped(reason),
+            (PoolExit::Drained, Reading::Going | Reading::Stopped) => PoolExit::Interrupted,
+            (exit, _) => exit,
+        })
     }
 
     /// Runs (or settles) the job's batches; says what goes on running on the server when a

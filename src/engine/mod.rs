@@ -3,6 +3,7 @@
 //!
 //! - [`job`]: `submit`, `resume` and `retry-failed`: open the store, ingest, take the lease,
 //!   recover what a crash left in flight, run the pool, record how the job ended.
+//! - [`feed`]: a new job's file read into it while the pool sends its first requests.
 //! - [`config`]: the job's checked settings (stored with the job) and the `OPENAI_*` environment.
 //! - [`destination`]: which base URL wins (flag, environment, stored), plain http:// refused
 //!   for a key to another host, the host named on stderr.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod context;
 pub mod destination;
 pub mod ending;
+pub mod feed;
 pub mod job;
 pub mod keys;
 pub mod pool;

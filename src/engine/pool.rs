@@ -18,6 +18,7 @@ use crate::domain::{Claimed, JobId, RequestId};
 use crate::engine::attempt::{attempt, no_keys_reason};
 use crate::engine::breaker::{Admission, BreakerSettings};
 use crate::engine::context::Context;
+use crate::engine::feed::{FeedWatch, Reading};
 use crate::engine::keys::{KeyPool, Pick};
 use crate::engine::progress::Tally;
 use crate::engine::rate_limit::{RequestLimiter, TokenLimiter, TooLarge};
@@ -85,6 +86,8 @@ pub struct WorkerPool {
     limiter: RequestLimiter,
     tokens: Option<TokenLimiter>,
     settings: PoolSettings,
+    /// The job's file, when it is still being read into the job (see [`crate::engine::feed`]).
+    feed: Option<FeedWatch>,
 }
 
 impl WorkerPool {
@@ -110,6 +113,17 @@ impl WorkerPool {
             limiter,
             tokens: settings.tpm.map(TokenLimiter::per_minute),
             settings,
+            feed: None,
+        }
+    }
+
+    /// Runs while the job's file is still being read into it: the pool takes each chunk as it
+    /// comes in, and does not end before the last one.
+    #[must_use]
+    pub fn with_feed(self, feed: FeedWatch) -> WorkerPool {
+        WorkerPool {
+            feed: Some(feed),
+            ..self
         }
     }
 
@@ -147,6 +161,7 @@ impl WorkerPool {
     ) -> Result<(), StoreError> {
         let ctx = &self.context;
         let job = ctx.job;
+        let mut feed = self.feed.clone();
         loop {
             if self.halted(stop) {
                 return Ok(());
@@ -157,21 +172,31 @@ impl WorkerPool {
             let free = self.settings.concurrency.saturating_sub(tasks.len());
             let refill_at = (self.settings.concurrency / REFILL_DIVISOR).max(1);
             if free < refill_at && !tasks.is_empty() {
-                self.wait(tasks, None, stop).await?;
+                self.wait(tasks, None, stop, None).await?;
                 continue;
             }
             let probe = match self.gate().await? {
                 Gate::Open { probe } => probe,
                 Gate::Closed(until) => {
-                    self.wait(tasks, Some(until), stop).await?;
+                    self.wait(tasks, Some(until), stop, None).await?;
                     continue;
                 }
                 Gate::WaitForTask => {
-                    self.wait(tasks, None, stop).await?;
+                    self.wait(tasks, None, stop, None).await?;
                     continue;
                 }
                 Gate::NoKeys => {
                     ctx.stop_job(no_keys_reason(ctx.keys.len()));
+                    return Ok(());
+                }
+            };
+            // Looked at before the claim: a feed that is done had every line in the job when
+            // this claim ran, so an empty claim then means nothing is left.
+            let reading = match feed.as_ref().map(FeedWatch::now) {
+                None | Some(Reading::Done | Reading::Stopped) => false,
+                Some(Reading::Going) => true,
+                Some(Reading::Failed(reason)) => {
+                    ctx.stop_job(reason);
                     return Ok(());
                 }
             };
@@ -186,13 +211,14 @@ impl WorkerPool {
                     lock(&ctx.breaker).probe_withdrawn();
                 }
                 let next = ctx.store.call(move |c| db::next_due(c, job)).await?;
-                if next.is_none() && tasks.is_empty() {
+                if next.is_none() && tasks.is_empty() && !reading {
                     return Ok(());
                 }
                 let deadline = next.map(|at| {
                     Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
                 });
-                self.wait(tasks, deadline, stop).await?;
+                let more = feed.as_mut().filter(|_| reading);
+                self.wait(tasks, deadline, stop, more).await?;
                 continue;
             }
             self.launch(tasks, claimed, probe, stop).await?;
@@ -304,12 +330,13 @@ impl WorkerPool {
         !paused && !lock(&ctx.breaker).is_open()
     }
 
-    /// Waits for a task to end, `deadline`, or a halt.
+    /// Waits for a task to end, `deadline`, a halt, or (with `feed`) more of the file.
     async fn wait(
         &self,
         tasks: &mut JoinSet<Result<(), StoreError>>,
         deadline: Option<Instant>,
         stop: &CancellationToken,
+        feed: Option<&mut FeedWatch>,
     ) -> Result<(), StoreError> {
         let sleep = async {
             match deadline {
@@ -317,9 +344,16 @@ impl WorkerPool {
                 None => std::future::pending().await,
             }
         };
+        let fed = async {
+            match feed {
+                Some(feed) => feed.moved().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => settle(joined)?,
             () = sleep => {}
+            () = fed => {}
             _ = stop.cancelled() => {}
             _ = self.context.halt.cancelled() => {}
         }

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+mod check;
+
+pub use check::{Checked, check};
+
 /// Default for [`InputOptions::max_line_bytes`]: well above any sane request body.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 

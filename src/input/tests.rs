@@ -242,3 +242,40 @@ fn fingerprint_covers_the_whole_file() {
         blake3::hash(text).to_hex().to_string()
     );
 }
+
+fn checked(text: &[u8], skip_invalid: bool) -> Result<Checked, InputError> {
+    let reader = InputReader::new("in.jsonl".into(), Box::new(Cursor::new(text.to_vec())), options())
+        .skip_invalid(skip_invalid);
+    check(reader)
+}
+
+#[rstest]
+#[case::distinct_custom_ids(b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n\n{\"custom_id\":\"b\",\"prompt\":\"x\"}\n", 2, true)]
+#[case::no_custom_ids(b"{\"prompt\":\"x\"}\n{\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\n", 3, true)]
+#[case::repeated_custom_id(b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n{\"custom_id\":\"a\",\"prompt\":\"y\"}\n", 2, false)]
+#[case::some_with_custom_id(b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\n", 2, false)]
+#[case::empty(b"\n\n", 0, false)]
+fn check_tells_which_files_may_go_straight_into_a_job(
+    #[case] text: &[u8],
+    #[case] requests: u64,
+    #[case] direct: bool,
+) {
+    let found = checked(text, false).expect("a valid file");
+    assert_eq!((found.requests, found.direct), (requests, direct));
+    assert_eq!(found.fingerprint, blake3::hash(text).to_hex().to_string());
+}
+
+#[test]
+fn check_stops_at_the_first_bad_line_naming_it() {
+    let text = b"{\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\nnot json\n{\"prompt\":\"z\"}\n";
+    let e = checked(text, false).expect_err("line 3 is not JSON");
+    assert_eq!(e.line(), Some(3));
+    assert!(e.to_string().starts_with("in.jsonl:3:"), "{e}");
+}
+
+#[test]
+fn check_reads_past_invalid_lines_when_told_to_but_sends_the_file_the_staged_way() {
+    let text = b"{\"prompt\":\"x\"}\nnot json\n{\"prompt\":\"z\"}\n";
+    let found = checked(text, true).expect("skipped");
+    assert_eq!((found.requests, found.direct), (2, false));
+}

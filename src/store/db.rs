@@ -34,10 +34,13 @@ pub struct Job {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+    /// Its file is still being read into it (or a runner stopped while reading it): `resume`
+    /// reads the rest first (see `store::ingest::direct`).
+    pub reading_input: bool,
 }
 
-const JOB_COLUMNS: &str =
-    "id, name, input_path, input_fingerprint, config, state, state_reason, created_at, updated_at";
+const JOB_COLUMNS: &str = "id, name, input_path, input_fingerprint, config, state, state_reason, \
+                           created_at, updated_at, reading_input";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -50,6 +53,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         state_reason: row.get(6)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
+        reading_input: row.get(9)?,
     })
 }
 

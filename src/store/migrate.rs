@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_create_batch_chunks",
         include_str!("../../migrations/0008_create_batch_chunks.sql"),
     ),
+    (
+        "0009_add_job_reading_input",
+        include_str!("../../migrations/0009_add_job_reading_input.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

@@ -18,7 +18,11 @@
 //! ([`discard_unfinished`]) before it does anything else. The runner holds the job's lease (and
 //! its fence) through all of it, renewing it at every chunk, so no other runner touches the
 //! job's rows in between.
+//!
+//! A job without any request takes a file that [`crate::input::check`] found good another way,
+//! without staging, while its first requests are sent: see [`direct`].
 
+pub mod direct;
 mod stage;
 #[cfg(test)]
 mod tests;
@@ -146,7 +150,7 @@ impl Staging {
             invalid::publish_markers(conn, self.job, now_ms())?;
             invalid::drop_stale(conn, self.job)?;
             conn.execute(
-                "UPDATE jobs SET input_fingerprint = ?2 WHERE id = ?1",
+                "UPDATE jobs SET input_fingerprint = ?2, reading_input = 0 WHERE id = ?1",
                 rusqlite::params![self.job.0, self.reader.fingerprint()],
             )?;
             Ok(self.report)
