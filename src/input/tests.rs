@@ -244,16 +244,36 @@ fn fingerprint_covers_the_whole_file() {
 }
 
 fn checked(text: &[u8], skip_invalid: bool) -> Result<Checked, InputError> {
-    let reader = InputReader::new("in.jsonl".into(), Box::new(Cursor::new(text.to_vec())), options())
-        .skip_invalid(skip_invalid);
+    let reader = InputReader::new(
+        "in.jsonl".into(),
+        Box::new(Cursor::new(text.to_vec())),
+        options(),
+    )
+    .skip_invalid(skip_invalid);
     check(reader)
 }
 
 #[rstest]
-#[case::distinct_custom_ids(b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n\n{\"custom_id\":\"b\",\"prompt\":\"x\"}\n", 2, true)]
-#[case::no_custom_ids(b"{\"prompt\":\"x\"}\n{\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\n", 3, true)]
-#[case::repeated_custom_id(b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n{\"custom_id\":\"a\",\"prompt\":\"y\"}\n", 2, false)]
-#[case::some_with_custom_id(b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\n", 2, false)]
+#[case::distinct_custom_ids(
+    b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n\n{\"custom_id\":\"b\",\"prompt\":\"x\"}\n",
+    2,
+    true
+)]
+#[case::no_custom_ids(
+    b"{\"prompt\":\"x\"}\n{\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\n",
+    3,
+    true
+)]
+#[case::repeated_custom_id(
+    b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n{\"custom_id\":\"a\",\"prompt\":\"y\"}\n",
+    2,
+    false
+)]
+#[case::some_with_custom_id(
+    b"{\"custom_id\":\"a\",\"prompt\":\"x\"}\n{\"prompt\":\"y\"}\n",
+    2,
+    false
+)]
 #[case::empty(b"\n\n", 0, false)]
 fn check_tells_which_files_may_go_straight_into_a_job(
     #[case] text: &[u8],

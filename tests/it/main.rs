@@ -29,6 +29,7 @@ mod input;
 mod lease;
 mod pacing;
 mod private_db;
+mod reading;
 mod report;
 mod shared_db;
 mod signals;
