@@ -17,7 +17,8 @@
 //!   [`inspect::timeline`] (buckets, spikes, chart), [`inspect::report`] (HTML),
 //!   [`inspect::export`] (CSV, Batch JSONL), [`inspect::doctor`].
 //! - [`engine`]: running a job. [`engine::job`] orchestrates `submit`, `resume` and
-//!   `retry-failed` as a `JobRun`; [`engine::config`] checks settings;
+//!   `retry-failed` as a `JobRun`; [`engine::feed`] reads a new job's file into it while the
+//!   pool sends its first requests; [`engine::config`] checks settings;
 //!   [`engine::destination`] decides which base URL wins and whether a key may go there;
 //!   [`engine::pool`] claims
 //!   due requests and passes each through the gates (429 pause, [`engine::keys`],
@@ -29,7 +30,8 @@
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit). Every SQL statement lives here: [`store::db`] (writes, jobs), [`store::journal`]
 //!   (read-only queries), [`store::batches`] (chunks and Files/Batches calls),
-//!   [`store::ingest`] (a file into a job, all or nothing),
+//!   [`store::ingest`] (a file into a job, all or nothing; [`store::ingest::direct`] for a new
+//!   job's checked file),
 //!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].
 //! - [`cli`]: the raw command-line flags (clap); [`cli::docs`] generates the shell completions
 //!   and man pages from them (`runner completions`, `runner man`).
@@ -40,7 +42,8 @@
 //!   [`http::batch`] calls the hosted Batch API (Files and Batches).
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests),
 //!   with the Files and Batches endpoints.
-//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line.
+//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line;
+//!   [`input::check`] reads a whole file first.
 //! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
 //!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
@@ -50,7 +53,7 @@
 //! # Data flow
 //!
 //! ```text
-//! file ─▶ input ─▶ store::ingest (requests: pending, all or nothing)
+//! file ─▶ input::check (whole file) ─▶ engine::feed ─▶ store::ingest (requests: pending)
 //!                        │
 //!     engine::pool: claim due ─▶ gates (429 pause, key, breaker, rpm/tpm, pacer)
 //!                        │                                   │

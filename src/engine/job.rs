@@ -83,7 +83,16 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             let reader = InputReader::open(&args.file, options.clone())?;
             Ok(reader.skip_invalid(args.skip_invalid))
         };
-        let checked = check_if_new(&store, existing.as_ref(), open()?).await?;
+        let checked = match check_if_new(&store, existing.as_ref(), open()?, shutdown).await? {
+            Checking::Done(checked) => checked,
+            Checking::Stopped => {
+                eprintln!(
+                    "{name}: stopped while checking {}: nothing was written",
+                    args.file.display()
+                );
+                return Ok(Exit::Interrupted);
+            }
+        };
         let input_path = absolute(&args.file).display().to_string();
         let me = LeaseOwner::current();
         let (job, created) = take_for_submit(&store, &name, &input_path, &settings, &me).await?;
@@ -155,9 +164,17 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
     .await
 }
 
+/// How the check of a new job's file ended.
+enum Checking {
+    /// What it found; `None` for a job with requests, whose file is not checked first.
+    Done(Option<Checked>),
+    /// A signal came first.
+    Stopped,
+}
+
 /// Checks the whole file first when the job is new or has no request yet: such a job may take
 /// it without staging, while its first requests go out (see [`crate::store::ingest::direct`]).
-/// `None` for a job with requests: its file is read the staged way (known lines kept).
+/// A job with requests has its file read the staged way (known lines kept), not checked first.
 ///
 /// # Errors
 /// The file's first error; store errors.
@@ -165,17 +182,19 @@ async fn check_if_new(
     store: &JobStore,
     existing: Option<&Job>,
     reader: InputReader,
-) -> anyhow::Result<Option<Checked>> {
+    shutdown: &Shutdown,
+) -> anyhow::Result<Checking> {
     if let Some(job) = existing {
         let id = job.id;
         if !store.call(move |c| direct::takes_direct(c, id)).await? {
-            return Ok(None);
+            return Ok(Checking::Done(None));
         }
     }
-    let checked = tokio::task::spawn_blocking(move || input::check(reader))
+    let stop = shutdown.stop_token();
+    let checked = tokio::task::spawn_blocking(move || input::check(reader, &stop))
         .await
         .context("the thread checking the input file failed")??;
-    Ok(Some(checked))
+    Ok(checked.map_or(Checking::Stopped, |c| Checking::Done(Some(c))))
 }
 
 /// Finds or creates the job and takes its lease, in one short transaction, and fences every

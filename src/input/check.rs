@@ -11,6 +11,8 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{InputError, InputReader};
 
 /// What the check of a whole file found.
@@ -28,17 +30,27 @@ pub struct Checked {
     pub fingerprint: String,
 }
 
-/// Reads the whole of `reader`, parsing every line.
+/// Lines read between two looks at whether the check should stop.
+const LOOK_EVERY: u64 = 10_000;
+
+/// Reads the whole of `reader`, parsing every line; `None` when `stop` was cancelled first
+/// (a signal: the command ends without writing anything).
 ///
 /// # Errors
 /// The first error of the file, as the reader gives it; with
 /// [`InputReader::skip_invalid`], only the errors that end reading (I/O).
-pub fn check(mut reader: InputReader) -> Result<Checked, InputError> {
+pub fn check(
+    mut reader: InputReader,
+    stop: &CancellationToken,
+) -> Result<Option<Checked>, InputError> {
     let hasher = RandomState::new();
     let mut ids: Vec<u64> = Vec::new();
     let (mut requests, mut without_id, mut invalid) = (0u64, 0u64, 0u64);
     let skips_invalid = reader.skips_invalid();
-    for read in reader.by_ref() {
+    for (n, read) in (1u64..).zip(reader.by_ref()) {
+        if n % LOOK_EVERY == 0 && stop.is_cancelled() {
+            return Ok(None);
+        }
         match read {
             Ok(prompt) => {
                 requests += 1;
@@ -53,11 +65,11 @@ pub fn check(mut reader: InputReader) -> Result<Checked, InputError> {
     }
     let consistent_keys = without_id == 0 || without_id == requests;
     let direct = requests > 0 && invalid == 0 && consistent_keys && all_different(&mut ids);
-    Ok(Checked {
+    Ok(Some(Checked {
         requests,
         direct,
         fingerprint: reader.fingerprint(),
-    })
+    }))
 }
 
 /// Whether no hash repeats. Two different custom_ids may share a hash: such a file takes the

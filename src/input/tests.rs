@@ -2,6 +2,7 @@
 use super::*;
 use rstest::rstest;
 use std::io::Cursor;
+use tokio_util::sync::CancellationToken;
 
 fn options() -> InputOptions {
     InputOptions {
@@ -250,7 +251,7 @@ fn checked(text: &[u8], skip_invalid: bool) -> Result<Checked, InputError> {
         options(),
     )
     .skip_invalid(skip_invalid);
-    check(reader)
+    check(reader, &CancellationToken::new()).map(|checked| checked.expect("not stopped"))
 }
 
 #[rstest]
@@ -291,6 +292,21 @@ fn check_stops_at_the_first_bad_line_naming_it() {
     let e = checked(text, false).expect_err("line 3 is not JSON");
     assert_eq!(e.line(), Some(3));
     assert!(e.to_string().starts_with("in.jsonl:3:"), "{e}");
+}
+
+#[test]
+fn a_stopped_check_ends_without_an_answer() {
+    let text: String = (0..25_000)
+        .map(|i| format!("{{\"prompt\":\"{i}\"}}\n"))
+        .collect();
+    let reader = InputReader::new(
+        "in.jsonl".into(),
+        Box::new(Cursor::new(text.into_bytes())),
+        options(),
+    );
+    let stop = CancellationToken::new();
+    stop.cancel();
+    assert_eq!(check(reader, &stop).expect("no error"), None);
 }
 
 #[test]

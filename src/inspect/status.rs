@@ -88,6 +88,7 @@ pub fn summary_json(s: &JobSummary) -> Value {
         "state": s.job.state,
         "state_reason": s.job.state_reason,
         "input_path": s.job.input_path,
+        "reading_input": s.job.reading_input,
         "created_at": rfc3339(s.job.created_at),
         "updated_at": rfc3339(s.job.updated_at),
         "requests": s.counts,
@@ -131,6 +132,14 @@ fn write_job(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "reason    {reason}")?;
     }
     writeln!(out, "input     {}", job.input_path)?;
+    if job.reading_input {
+        let how = if s.runner.as_ref().is_some_and(|r| r.alive) {
+            "being read into the job while its first requests are sent"
+        } else {
+            "not read to its end: `runner resume` reads the rest"
+        };
+        writeln!(out, "          {how}")?;
+    }
     if let Some(RunnerLease {
         owner,
         until,

@@ -98,8 +98,14 @@ async fn a_job_stopped_while_its_file_is_read_is_finished_by_resume_each_line_on
     let read = requests(&db);
     assert!(read > 0 && read < n as i64, "{read} of {n} requests read");
     assert_eq!(fx.requests_in("succeeded"), 0);
-
     let db_arg = fx.db_arg();
+    let status = bin::output(fx.bin(&["status", "--db", &db_arg])).await;
+    let shown = bin::text(&status.stdout);
+    assert!(
+        shown.contains("not read to its end: `runner resume` reads the rest"),
+        "{shown}"
+    );
+
     let exit = within(
         "resume",
         run(&["resume", "--db", &db_arg, "--no-progress"], env()),
