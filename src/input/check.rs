@@ -43,6 +43,7 @@ pub fn check(
     mut reader: InputReader,
     stop: &CancellationToken,
 ) -> Result<Option<Checked>, InputError> {
+    reader.checking = true;
     let hasher = RandomState::new();
     let mut ids: Vec<u64> = Vec::new();
     let (mut requests, mut without_id, mut invalid) = (0u64, 0u64, 0u64);

@@ -201,6 +201,8 @@ pub struct InputReader {
     hasher: blake3::Hasher,
     done: bool,
     skip_invalid: bool,
+    /// Lines are checked, not kept ([`check`]): a prompt's body is left unwritten and unhashed.
+    checking: bool,
 }
 
 impl InputReader {
@@ -231,6 +233,7 @@ impl InputReader {
             hasher: blake3::Hasher::new(),
             done: false,
             skip_invalid: false,
+            checking: false,
         }
     }
 
@@ -421,9 +424,15 @@ impl InputReader {
                 serde_json::json!([{"role": "user", "content": text}]),
             );
         }
-        let body = Value::Object(body).to_string();
         let method = method.as_str().to_owned();
-        let body_hash = content_hash(&method, &url, &body);
+        // Writing the body out and hashing it cannot fail: a check has nothing to learn there.
+        let (body, body_hash) = if self.checking {
+            (String::new(), String::new())
+        } else {
+            let body = Value::Object(body).to_string();
+            let body_hash = content_hash(&method, &url, &body);
+            (body, body_hash)
+        };
         Ok(Prompt {
             line: self.line,
             custom_id,
