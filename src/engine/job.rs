@@ -592,7 +592,7 @@ impl JobRun<'_> {
         };
         let (id, now, purpose) = (self.job.id, now_ms(), self.purpose);
         // Counted and set in one transaction: `completed` only when nothing is left to send.
-        let (ending, counts) = self
+        let (ending, counts, reading) = self
             .store
             .call(move |c| {
                 let counts = db::counts(c, id)?;
@@ -601,11 +601,18 @@ impl JobRun<'_> {
                     Purpose::Send => Ending::of(&exit, &counts),
                 };
                 db::set_job_state(c, id, ending.state, ending.reason.as_deref(), now)?;
-                Ok((ending, counts))
+                Ok((ending, counts, direct::is_reading(c, id)?))
             })
             .await?;
         reporter.finish(ending.label).await;
         ending.tell(&self.job.name, &counts);
+        if reading {
+            let job = &self.job.name;
+            eprintln!(
+                "{job}: {} is not read to its end yet: `runner resume --job {job}` reads the rest first",
+                self.job.input_path
+            );
+        }
         Ok(ending.exit)
     }
 

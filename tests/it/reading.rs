@@ -92,7 +92,17 @@ async fn a_job_stopped_while_its_file_is_read_is_finished_by_resume_each_line_on
         .env(env_with_key(bad))
         .start()
         .await;
-    assert_eq!(fx.submit(&[]).await, Exit::Stopped);
+    let mut submit = fx.bin_submit(&[]);
+    submit.env("OPENAI_API_KEY", bad);
+    let out = bin::output(submit).await;
+    let stderr = bin::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(
+            "is not read to its end yet: `runner resume --job stopped` reads the rest first"
+        ),
+        "{stderr}"
+    );
     let db = fx.db();
     assert_eq!(reading_input(&db), 1, "stopped mid-read");
     let read = requests(&db);

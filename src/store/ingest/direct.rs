@@ -91,6 +91,16 @@ pub fn finish(conn: &Connection, job: JobId, fingerprint: &str) -> Result<(), St
     Ok(())
 }
 
+/// Whether the job is marked as reading its file (see the module docs).
+///
+/// # Errors
+/// Database errors.
+pub fn is_reading(conn: &Connection, job: JobId) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT reading_input FROM jobs WHERE id = ?1")?
+        .query_row([job.0], |r| r.get(0))?)
+}
+
 /// Inserts one pending request; `false` when the job has a request under `key` already.
 fn insert_one(
     conn: &Connection,
