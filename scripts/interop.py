@@ -10,11 +10,15 @@ headers that arrived. The answers are the real server's.
 
 Cases: Batch-format and plain lines in one job, a `"stream": true` line (sent once, assembled),
 a metadata round trip (CSV and JSONL), `--header` reaching the server, export in both formats,
-and `--via batch` against a server without the Files and Batches API (stops with exit 4 and the
-advice, then `resume --via sync` sends each line once).
+`--via batch` against a server without the Files and Batches API (stops with exit 4 and the
+advice, then `resume --via sync` sends each line once), and a Ctrl-C while a new job's 60,000
+lines are still being read into it (the job says so; `resume` reads the rest first; no line is
+sent twice).
 
     scripts/real_servers.sh start          # or let this script start llama.cpp itself
     python3 scripts/interop.py --bin target/debug/runner
+    KEY=sk-runner-real-servers python3 scripts/interop.py --base-url http://127.0.0.1:18082/v1 \
+        --api-key-env KEY --skip-batch      # through LiteLLM's proxy (real_servers.sh's key)
 
 Exits 0 when every check holds, 1 otherwise (each failed check is printed). Only 127.0.0.1.
 """
@@ -26,11 +30,14 @@ import http.server
 import io
 import json
 import os
+import signal
 import socketserver
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,13 +127,77 @@ def lines():
     return batch + plain
 
 
+def mid_read(binary, work, run_env, check):
+    """A new job's file is read into the job while its first requests go out: a Ctrl-C once
+    the server has answered one leaves the file half read (the job says so), and `resume`
+    reads the rest first; no line is sent twice."""
+    n = 60_000
+    src = os.path.join(work, "midread.jsonl")
+    with open(src, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"custom_id": f"mr-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "smollm2", "max_tokens": 2,
+                                         "messages": [{"role": "user", "content": f"Say {i}"}]}}) + "\n")
+    db = os.path.join(work, "midread.db")
+    before = len(Recorder.seen)
+
+    def query(sql):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                return conn.execute(sql).fetchone()
+        except sqlite3.Error:
+            return None
+
+    def succeeded():
+        row = query("SELECT count(*) FROM requests WHERE state = 'succeeded'")
+        return row[0] if row else 0
+
+    def interrupt_once(args, ready):
+        proc = subprocess.Popen([binary, *args, "--db", db, "--concurrency", "2", "--no-progress",
+                                 "--timeout", "120s"],
+                                env=run_env, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+        print(err.strip())
+        return proc.returncode, err
+
+    code, err = interrupt_once(["submit", src], lambda: succeeded() > 0)
+    check(code == 130, f"Ctrl-C mid-read ends the submit with exit 130 (got {code})")
+    check("is not read to its end yet" in err, "and says the file is not read to its end")
+    reading, held = query("SELECT reading_input, (SELECT count(*) FROM requests) FROM jobs")
+    check(reading == 1 and 0 < held < n, f"the job holds part of its file, marked reading ({held} of {n})")
+    first = succeeded()
+    code, err = interrupt_once(["resume"], lambda: succeeded() > first)
+    reading, held = query("SELECT reading_input, (SELECT count(*) FROM requests) FROM jobs")
+    check(f"read {n} requests from" in err and reading == 0 and held == n,
+          f"resume reads the rest of the file first ({held} of {n} in the job)")
+    bodies = [s["body"] for s in Recorder.seen[before:] if s["path"].endswith("/chat/completions")]
+    done = succeeded()
+    check(len(bodies) == len(set(bodies)) == done,
+          f"no line was sent twice ({len(bodies)} sent, {len(set(bodies))} different, {done} succeeded)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.environ.get("RUNNER_BIN",
                                                     os.path.join(ROOT, "target", "release", "runner")))
     ap.add_argument("--base-url", help="an already running server (default: start llama.cpp)")
+    ap.add_argument("--api-key-env", metavar="VAR",
+                    help="the environment variable holding the key the server wants (LiteLLM's "
+                         "proxy: its master key); passed to the runner as OPENAI_API_KEY")
+    ap.add_argument("--skip-batch", action="store_true",
+                    help="leave out the --via batch case (it expects a server without a Batch API "
+                         "that says so with a 404, as llama.cpp's does)")
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_"))}
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            sys.exit(f"interop: {args.api_key_env} is not set")
+        env["OPENAI_API_KEY"] = key
     base = args.base_url or ensure_llama(os.path.join(ROOT, "scripts", "real_servers.sh"), env)
     parsed = urllib.parse.urlparse(base)
     Recorder.upstream = (parsed.hostname, parsed.port, parsed.path)
@@ -190,33 +261,37 @@ def main():
     check(out.get("b-meta", {}).get("metadata") == {"row": "17", "sheet": "q3"},
           "metadata round-trips through the JSONL")
 
-    # --via batch against a server without the Files and Batches API: the job stops on the
-    # first upload (exit 4, nothing lost, the advice printed), then `resume --via sync`
-    # finishes it directly, each line sent once.
-    batch_src = os.path.join(work, "viabatch.jsonl")
-    with open(batch_src, "w") as f:
-        for i in range(3):
-            f.write(json.dumps({"custom_id": f"vb-{i}", "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"model": "smollm2", "max_tokens": 8,
-                                         "messages": [{"role": "user", "content": f"Say hi {i}"}]}}) + "\n")
-    batch_db = os.path.join(work, "viabatch.db")
-    before = len(Recorder.seen)
-    stopped = subprocess.run(
-        [args.bin, "submit", batch_src, "--db", batch_db, "--via", "batch", "--no-progress"],
-        env=run_env, capture_output=True, text=True, timeout=300)
-    print(stopped.stderr.strip())
-    check(stopped.returncode == 4, f"--via batch without a Batch API stops with exit 4 (got {stopped.returncode})")
-    check("does not serve the hosted Batch API" in stopped.stderr
-          and "--via sync" in stopped.stderr, "and says to use --via sync")
-    uploads = [s for s in Recorder.seen[before:] if s["path"].endswith("/files")]
-    check(len(uploads) == 1, f"one upload was tried ({len(uploads)})")
-    finished = subprocess.run(
-        [args.bin, "resume", "--db", batch_db, "--via", "sync", "--no-progress", "--timeout", "120s"],
-        env=run_env, capture_output=True, text=True, timeout=900)
-    print(finished.stderr.strip())
-    check(finished.returncode == 0, f"resume --via sync finishes it (got {finished.returncode})")
-    sent = [s for s in Recorder.seen[before:] if s["path"].endswith("/chat/completions")]
-    check(len(sent) == 3, f"each of its lines was sent once, directly ({len(sent)})")
+    if not args.skip_batch:
+        # --via batch against a server without the Files and Batches API: the job stops on the
+        # first upload (exit 4, nothing lost, the advice printed), then `resume --via sync`
+        # finishes it directly, each line sent once.
+        batch_src = os.path.join(work, "viabatch.jsonl")
+        with open(batch_src, "w") as f:
+            for i in range(3):
+                f.write(json.dumps({"custom_id": f"vb-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                    "body": {"model": "smollm2", "max_tokens": 8,
+                                             "messages": [{"role": "user", "content": f"Say hi {i}"}]}}) + "\n")
+        batch_db = os.path.join(work, "viabatch.db")
+        before = len(Recorder.seen)
+        stopped = subprocess.run(
+            [args.bin, "submit", batch_src, "--db", batch_db, "--via", "batch", "--no-progress"],
+            env=run_env, capture_output=True, text=True, timeout=300)
+        print(stopped.stderr.strip())
+        check(stopped.returncode == 4, f"--via batch without a Batch API stops with exit 4 (got {stopped.returncode})")
+        check("does not serve the hosted Batch API" in stopped.stderr
+              and "--via sync" in stopped.stderr, "and says to use --via sync")
+        uploads = [s for s in Recorder.seen[before:] if s["path"].endswith("/files")]
+        check(len(uploads) == 1, f"one upload was tried ({len(uploads)})")
+        finished = subprocess.run(
+            [args.bin, "resume", "--db", batch_db, "--via", "sync", "--no-progress", "--timeout", "120s"],
+            env=run_env, capture_output=True, text=True, timeout=900)
+        print(finished.stderr.strip())
+        check(finished.returncode == 0, f"resume --via sync finishes it (got {finished.returncode})")
+        sent = [s for s in Recorder.seen[before:] if s["path"].endswith("/chat/completions")]
+        check(len(sent) == 3, f"each of its lines was sent once, directly ({len(sent)})")
+
+
+    mid_read(args.bin, work, run_env, check)
 
     proxy.shutdown()
     if failures:
