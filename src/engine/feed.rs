@@ -15,15 +15,19 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::JobId;
-use crate::input::{InputError, InputReader, Prompt};
+use crate::input::{Checked, InputError, InputReader, Prompt};
 use crate::store::db::atomically;
 use crate::store::ingest::direct;
 use crate::store::{JobStore, StoreError};
 
-/// Lines inserted in one transaction: a few milliseconds of the store's thread, which the
-/// pool's claims and journal writes share meanwhile, and few enough that the first chunk is in
-/// (and its first request out) a moment after the check.
+/// Lines inserted in one transaction at most: a few milliseconds of the store's thread, which
+/// the pool's claims and journal writes share meanwhile, and few enough that the first chunk is
+/// in (and its first request out) a moment after the check.
 pub const FEED_CHUNK_LINES: usize = 2_000;
+
+/// Bytes of requests (bodies, metadata, headers) in one chunk at most: long lines make short
+/// chunks, so the chunks waiting for the store stay small in memory whatever the lines.
+pub const FEED_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Parsed chunks waiting for the store at most: the parser's lead, bounded in memory.
 const CHUNKS_AHEAD: usize = 2;
@@ -73,21 +77,24 @@ enum Parsed {
 pub struct Feeder {
     job: JobId,
     requests: u64,
+    /// The fingerprint of the file the check read: the second read must read the same bytes.
+    fingerprint: String,
     path: PathBuf,
     parsed: mpsc::Receiver<Parsed>,
     status: watch::Sender<Reading>,
 }
 
 impl Feeder {
-    /// Starts parsing `reader` (a file of `requests` requests that [`crate::input::check`]
-    /// found good) on a thread of its own; nothing is written before [`Feeder::first_chunk`].
-    pub fn start(job: JobId, reader: InputReader, requests: u64) -> Feeder {
+    /// Starts parsing `reader` on a thread of its own: the file that [`crate::input::check`]
+    /// found good, with what it found. Nothing is written before [`Feeder::first_chunk`].
+    pub fn start(job: JobId, reader: InputReader, checked: &Checked) -> Feeder {
         let path = reader.path().to_owned();
         let (tx, parsed) = mpsc::channel(CHUNKS_AHEAD);
         tokio::task::spawn_blocking(move || parse(reader, &tx));
         Feeder {
             job,
-            requests,
+            requests: checked.requests,
+            fingerprint: checked.fingerprint.clone(),
             path,
             parsed,
             status: watch::channel(Reading::Going).0,
@@ -160,6 +167,12 @@ impl Feeder {
     async fn recv(&mut self) -> Result<Parsed, StoreError> {
         match self.parsed.recv().await {
             Some(Parsed::Failed(e)) => Err(e.into()),
+            Some(Parsed::End { fingerprint }) if fingerprint != self.fingerprint => {
+                Err(InputError::Changed {
+                    path: self.path.clone(),
+                }
+                .into())
+            }
             Some(parsed) => Ok(parsed),
             None => Err(StoreError::Failed(format!(
                 "{}: the thread reading the file ended early",
@@ -192,17 +205,22 @@ fn write(
     }
 }
 
-/// Parses `reader` into chunks of [`FEED_CHUNK_LINES`] and sends them, then the file's
-/// fingerprint; ends early when the feeder is gone.
+/// Parses `reader` into chunks of [`FEED_CHUNK_LINES`] lines or [`FEED_CHUNK_BYTES`] bytes and
+/// sends them, then the file's fingerprint; ends early when the feeder is gone.
 fn parse(mut reader: InputReader, tx: &mpsc::Sender<Parsed>) {
     let mut chunk = Vec::with_capacity(FEED_CHUNK_LINES);
+    let mut bytes = 0;
     loop {
         match reader.next() {
             Some(Ok(prompt)) => {
+                bytes += prompt.body.len()
+                    + prompt.metadata.as_ref().map_or(0, String::len)
+                    + prompt.headers.as_ref().map_or(0, String::len);
                 chunk.push(prompt);
-                if chunk.len() < FEED_CHUNK_LINES {
+                if chunk.len() < FEED_CHUNK_LINES && bytes < FEED_CHUNK_BYTES {
                     continue;
                 }
+                bytes = 0;
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(FEED_CHUNK_LINES));
                 if tx.blocking_send(Parsed::Lines(full)).is_err() {
                     return;

@@ -83,7 +83,14 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             let reader = InputReader::open(&args.file, options.clone())?;
             Ok(reader.skip_invalid(args.skip_invalid))
         };
-        let checked = match check_if_new(&store, existing.as_ref(), open()?, shutdown).await? {
+        // Only a regular file can be read twice (the check, then the feed): a pipe
+        // (`/dev/stdin`, `<(zcat …)`) is read once, the staged way.
+        let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
+        let checking = match regular {
+            true => check_if_new(&store, existing.as_ref(), open()?, shutdown).await?,
+            false => Checking::Done(None),
+        };
+        let checked = match checking {
             Checking::Done(checked) => checked,
             Checking::Stopped => {
                 eprintln!(
@@ -113,7 +120,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         };
         let (report, feeder) = match direct {
             Some(checked) => {
-                let mut feeder = Feeder::start(job.id, open()?, checked.requests);
+                let mut feeder = Feeder::start(job.id, open()?, &checked);
                 let all_in = match feeder.first_chunk(&store, publish_config).await {
                     Ok(all_in) => all_in,
                     Err(e) => {
@@ -661,33 +668,10 @@ impl JobRun<'_> {
                 let pool = self.pool(tally)?;
                 match feeder {
                     None => Ok(pool.run(self.shutdown).await?),
-                    Some(feeder) => self.run_feeding(pool, feeder).await,
+                    Some(feeder) => Ok(pool.run_feeding(feeder, self.shutdown).await?),
                 }
             }
         }
-    }
-
-    /// Runs the pool while `feeder` reads the rest of the file into the job; stops the reading
-    /// (at a chunk's end) when the pool ends first.
-    async fn run_feeding(&self, pool: WorkerPool, feeder: Feeder) -> anyhow::Result<PoolExit> {
-        let stop = self.shutdown.stop_token().child_token();
-        let pool = pool.with_feed(feeder.watch());
-        let reading = tokio::spawn({
-            let (store, stop) = (self.store.clone(), stop.clone());
-            async move { feeder.rest(&store, &stop).await }
-        });
-        let exit = pool.run(self.shutdown).await;
-        stop.cancel();
-        let read = reading
-            .await
-            .map_err(|e| StoreError::Failed(format!("the task reading the file failed: {e}")))?;
-        // The pool drains only once the reading has ended; a failed reading stops it.
-        Ok(match (exit?, read) {
-            (PoolExit::Drained, Reading::Done) => PoolExit::Drained,
-            (PoolExit::Drained, Reading::Failed(reason)) => PoolExit::Stopped(reason),
-            (PoolExit::Drained, Reading::Going | Reading::Stopped) => PoolExit::Interrupted,
-            (exit, _) => exit,
-        })
     }
 
     /// Runs (or settles) the job's batches; says what goes on running on the server when a

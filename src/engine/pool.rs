@@ -18,7 +18,7 @@ use crate::domain::{Claimed, JobId, RequestId};
 use crate::engine::attempt::{attempt, no_keys_reason};
 use crate::engine::breaker::{Admission, BreakerSettings};
 use crate::engine::context::Context;
-use crate::engine::feed::{FeedWatch, Reading};
+use crate::engine::feed::{FeedWatch, Feeder, Reading};
 use crate::engine::keys::{KeyPool, Pick};
 use crate::engine::progress::Tally;
 use crate::engine::rate_limit::{RequestLimiter, TokenLimiter, TooLarge};
@@ -117,14 +117,35 @@ impl WorkerPool {
         }
     }
 
-    /// Runs while the job's file is still being read into it: the pool takes each chunk as it
-    /// comes in, and does not end before the last one.
-    #[must_use]
-    pub fn with_feed(self, feed: FeedWatch) -> WorkerPool {
-        WorkerPool {
-            feed: Some(feed),
-            ..self
-        }
+    /// [`WorkerPool::run`] while `feeder` reads the rest of the job's file into it: the pool
+    /// takes each chunk as it comes in and does not end before the last one; the reading stops
+    /// (at a chunk's end) when the pool ends first, and is waited for.
+    ///
+    /// # Errors
+    /// As [`WorkerPool::run`]; a reading task that panicked.
+    pub async fn run_feeding(
+        mut self,
+        feeder: Feeder,
+        shutdown: &Shutdown,
+    ) -> Result<PoolExit, StoreError> {
+        let stop = shutdown.stop_token().child_token();
+        self.feed = Some(feeder.watch());
+        let reading = tokio::spawn({
+            let (store, stop) = (self.context.store.clone(), stop.clone());
+            async move { feeder.rest(&store, &stop).await }
+        });
+        let exit = self.run(shutdown).await;
+        stop.cancel();
+        let read = reading
+            .await
+            .map_err(|e| StoreError::Failed(format!("the task reading the file failed: {e}")))?;
+        // The pool drains only once the reading has ended; a failed reading stops it.
+        Ok(match (exit?, read) {
+            (PoolExit::Drained, Reading::Done) => PoolExit::Drained,
+            (PoolExit::Drained, Reading::Failed(reason)) => PoolExit::Stopped(reason),
+            (PoolExit::Drained, Reading::Going | Reading::Stopped) => PoolExit::Interrupted,
+            (exit, _) => exit,
+        })
     }
 
     /// Dispatches until done. Requests in flight at a stop get the grace period; after it (or on

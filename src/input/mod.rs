@@ -144,6 +144,12 @@ pub enum InputError {
         /// The input file.
         path: PathBuf,
     },
+    /// The file read into a new job differs from the file its check read a moment before.
+    #[error("{}: the file changed while it was being read into the job (it is not what its check read): leave it as it is until the job has it all", path.display())]
+    Changed {
+        /// The input file.
+        path: PathBuf,
+    },
 }
 
 impl InputError {
@@ -156,7 +162,7 @@ impl InputError {
             | InputError::Invalid { line, .. }
             | InputError::DuplicateCustomId { line, .. }
             | InputError::ChangedBody { line, .. } => Some(*line),
-            InputError::Io { .. } | InputError::Empty { .. } => None,
+            InputError::Io { .. } | InputError::Empty { .. } | InputError::Changed { .. } => None,
         }
     }
 
@@ -172,7 +178,8 @@ impl InputError {
             InputError::Io { .. }
             | InputError::DuplicateCustomId { .. }
             | InputError::ChangedBody { .. }
-            | InputError::Empty { .. } => false,
+            | InputError::Empty { .. }
+            | InputError::Changed { .. } => false,
         }
     }
 
@@ -187,6 +194,7 @@ impl InputError {
             InputError::DuplicateCustomId { .. } => "duplicate_custom_id",
             InputError::ChangedBody { .. } => "changed_body",
             InputError::Empty { .. } => "empty_input",
+            InputError::Changed { .. } => "changed_input",
         }
     }
 }

@@ -2,14 +2,29 @@
 //! requests are already sent (`store::ingest::direct`, `engine::feed`). The pool does not end
 //! before the last chunk; a run stopped mid-read (a job-level stop, Ctrl-C) leaves the job
 //! marked as reading its file, and `resume` reads the rest: every line is sent, none twice.
+//! Where the order of events matters (a file slow to arrive, a file that changed), the pool and
+//! the feed are run through the library over a pipe this test writes.
 
+use std::io::{BufReader, PipeWriter, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
 use runner::Exit;
-use runner::engine::feed::FEED_CHUNK_LINES;
+use runner::domain::Counts;
+use runner::engine::config::JobSettings;
+use runner::engine::feed::{FEED_CHUNK_LINES, Feeder};
+use runner::engine::keys::KeyPool;
+use runner::engine::pool::{PoolExit, PoolSettings, WorkerPool};
+use runner::engine::progress::Tally;
+use runner::engine::rate_limit::RequestLimiter;
 use runner::engine::shutdown::Shutdown;
+use runner::input::{CHAT_ENDPOINT, Checked, DEFAULT_MAX_LINE_BYTES, InputOptions, InputReader};
 use runner::mock::MockConfig;
+use runner::store::JobStore;
+use runner::store::StoreThread;
+use runner::store::db::{self, Job};
+use runner::util::clock::now_ms;
 
 fn reading_input(db: &std::path::Path) -> i64 {
     query_i64(db, "SELECT reading_input FROM jobs")
@@ -178,140 +193,224 @@ async fn ctrl_c_while_the_file_is_read_then_resume_sends_the_rest_once() {
     fx.shutdown().await;
 }
 
-/// Opens the FIFO at `path` for writing (once a reader has opened it) and writes `lines`;
-/// hands back the open end, so that the reader sees no end of file until it is dropped.
-fn write_fifo(
-    path: std::path::PathBuf,
-    lines: Vec<String>,
-) -> tokio::task::JoinHandle<std::fs::File> {
-    tokio::task::spawn_blocking(move || {
-        let mut fifo = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("the FIFO opens for writing");
-        append(&mut fifo, lines);
-        fifo
-    })
+/// A job `name` made through the library, with the settings a submit to `fx`'s mock stores.
+struct Direct {
+    store: JobStore,
+    thread: StoreThread,
+    job: Job,
+    settings: JobSettings,
 }
 
-fn append(fifo: &mut std::fs::File, lines: Vec<String>) {
-    use std::io::Write;
-    for line in lines {
-        writeln!(fifo, "{line}").expect("write to the FIFO");
+impl Direct {
+    async fn new(fx: &Fixture, name: &str) -> Direct {
+        let (store, thread) = JobStore::open(&fx.db()).expect("store opens");
+        let mut settings = JobSettings::defaults(&env());
+        settings.base_url = fx.url();
+        settings.model = Some("test-model".into());
+        let (name, config) = (name.to_owned(), settings.to_json());
+        let (job, _) = store
+            .call(move |c| db::find_or_create_job(c, &name, "slow.jsonl", &config, now_ms()))
+            .await
+            .expect("job");
+        Direct {
+            store,
+            thread,
+            job,
+            settings,
+        }
     }
+
+    /// The pool a run of this job would make.
+    fn pool(&self) -> WorkerPool {
+        let env = env();
+        let s = &self.settings;
+        let keys =
+            KeyPool::new(s.keys(&env).expect("keys"), s.client_settings(&env)).expect("keys");
+        WorkerPool::new(
+            self.job.id,
+            self.store.clone(),
+            keys,
+            RequestLimiter::per_minute(s.rpm()),
+            PoolSettings {
+                concurrency: s.concurrency().get(),
+                grace: Duration::from_secs(5),
+                policy: s.retry_policy(),
+                breaker: s.breaker(),
+                stop_after_same_error: s.stop_after_same_error,
+                tpm: s.tpm(),
+                default_output_tokens: 100,
+            },
+            Arc::new(Tally::from_counts(&Counts::default())),
+        )
+    }
+
+    /// A feeder reading from a pipe whose writing end the test holds: the check read `checked`.
+    fn feeder(&self, checked: &str) -> (Feeder, PipeWriter) {
+        let (read, write) = std::io::pipe().expect("pipe");
+        let options = InputOptions {
+            endpoint: CHAT_ENDPOINT.into(),
+            model: Some("test-model".into()),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        };
+        let reader = InputReader::new("slow.jsonl".into(), Box::new(BufReader::new(read)), options);
+        let checked = Checked {
+            requests: checked.lines().count() as u64,
+            direct: true,
+            fingerprint: blake3::hash(checked.as_bytes()).to_hex().to_string(),
+        };
+        (Feeder::start(self.job.id, reader, &checked), write)
+    }
+
+    async fn close(self) {
+        drop(self.store);
+        self.thread.join().await;
+    }
+}
+
+/// Writes `text` into the pipe on a thread of its own (a pipe holds 64 KiB); hands the writing
+/// end back, so that the reader sees no end of file until it is dropped.
+async fn write(mut pipe: PipeWriter, text: String) -> PipeWriter {
+    tokio::task::spawn_blocking(move || {
+        pipe.write_all(text.as_bytes()).expect("write to the pipe");
+        pipe
+    })
+    .await
+    .expect("written")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_waits_for_the_rest_of_a_file_that_is_slow_to_read() {
-    // The file is a FIFO this test writes: whole for the check, then only its first chunk for
-    // the second read, until every request of that chunk is answered and journaled.
+    // The file arrives through a pipe: its first chunk, then nothing until every request of
+    // that chunk is answered and journaled, then the rest.
     let n = 2 * FEED_CHUNK_LINES + 3;
     let fx = Fixture::for_job("slow").start().await;
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fx.input)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
     let lines: Vec<String> = (0..n).map(prompt_line).collect();
-    let db = fx.db();
-
-    let submit = fx.spawn_submit(&[], Shutdown::new());
-    let whole = write_fifo(fx.input.clone(), lines.clone());
-    drop(
-        within("the check reads the file", whole)
-            .await
-            .expect("written"),
-    );
-    // The job is made once the check has read to the end: a writer opening the FIFO before
-    // that would be read as more of the same file.
-    wait_until("the check is done", || {
-        try_query_i64(&db, "SELECT count(*) FROM jobs") == Some(1)
-    })
-    .await;
-    let rest = lines[FEED_CHUNK_LINES..].to_vec();
-    let first = lines[..FEED_CHUNK_LINES].to_vec();
-    let mut fifo = within(
-        "the first chunk is read",
-        write_fifo(fx.input.clone(), first),
+    let whole = jsonl(&lines);
+    let direct = Direct::new(&fx, "slow").await;
+    let (mut feeder, pipe) = direct.feeder(&whole);
+    let pipe = tokio::spawn(write(pipe, jsonl(&lines[..FEED_CHUNK_LINES])));
+    let all_in = within(
+        "the first chunk",
+        feeder.first_chunk(&direct.store, |_| Ok(())),
     )
     .await
-    .expect("written");
+    .expect("first chunk");
+    assert!(!all_in);
+    let pipe = pipe.await.expect("written");
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (pool, shutdown) = (direct.pool(), shutdown.clone());
+        async move { pool.run_feeding(feeder, &shutdown).await }
+    });
+    let db = fx.db();
     wait_until("the first chunk is answered and journaled", || {
         try_requests_in(&db, "succeeded") == Some(FEED_CHUNK_LINES as i64)
     })
     .await;
     // Nothing is left to send, but the file is not read to its end: the run goes on.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!submit.is_finished(), "the run ended before the file did");
+    assert!(!run.is_finished(), "the run ended before the file did");
     assert_eq!(reading_input(&db), 1);
 
-    tokio::task::spawn_blocking(move || append(&mut fifo, rest))
-        .await
-        .expect("written");
-    let exit = within("the submit", submit)
-        .await
-        .expect("joined")
-        .expect("submit");
-    assert_eq!(exit, Exit::Success);
+    drop(write(pipe, jsonl(&lines[FEED_CHUNK_LINES..])).await);
+    let exit = within("the run", run).await.expect("joined").expect("run");
+    assert_eq!(exit, PoolExit::Drained);
     assert_eq!(fx.requests_in("succeeded"), n as i64);
     assert_eq!(reading_input(&db), 0);
     assert_succeeded_once(&fx.mock.stats(), 0..n);
+    direct.close().await;
     fx.shutdown().await;
 }
 
+#[rstest::rstest]
+#[case::a_broken_line(Some("{not json"), "slow.jsonl:2002:")]
+#[case::a_line_more(None, "the file changed while it was being read")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_that_changed_after_its_check_stops_the_job_naming_the_line() {
-    // The check reads a good file; the second read finds a broken line after the first chunk.
+async fn a_file_that_changed_after_its_check_stops_the_job_and_says_why(
+    #[case] at_2002: Option<&str>,
+    #[case] said: &str,
+) {
+    // The check read `n` good lines; the second read finds line 2,002 broken, or a line more.
     let n = FEED_CHUNK_LINES + 10;
     let fx = Fixture::for_job("changed").start().await;
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fx.input)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
     let lines: Vec<String> = (0..n).map(prompt_line).collect();
-    let db = fx.db();
-    let submit = fx.spawn_submit(&[], Shutdown::new());
-    let whole = write_fifo(fx.input.clone(), lines.clone());
-    drop(
-        within("the check reads the file", whole)
-            .await
-            .expect("written"),
-    );
-    wait_until("the check is done", || {
-        try_query_i64(&db, "SELECT count(*) FROM jobs") == Some(1)
-    })
-    .await;
-    let mut changed = lines.clone();
-    changed[FEED_CHUNK_LINES + 1] = "{not json".to_owned();
-    let second = write_fifo(fx.input.clone(), changed);
-    drop(within("the second read", second).await.expect("written"));
-
-    let exit = within("the submit", submit)
-        .await
-        .expect("joined")
-        .expect("submit");
-    assert_eq!(exit, Exit::Stopped);
-    let reason = query_text(&db, "SELECT state_reason FROM jobs").unwrap_or_default();
-    let line = format!("changed.jsonl:{}:", FEED_CHUNK_LINES + 2);
-    assert!(reason.contains(&line), "{reason}");
+    let mut read = lines.clone();
+    match at_2002 {
+        Some(broken) => read[FEED_CHUNK_LINES + 1] = broken.to_owned(),
+        None => read.push(prompt_line(n)),
+    }
+    let direct = Direct::new(&fx, "changed").await;
+    let (mut feeder, pipe) = direct.feeder(&jsonl(&lines));
+    let pipe = tokio::spawn(async move { drop(write(pipe, jsonl(&read)).await) });
+    within(
+        "the first chunk",
+        feeder.first_chunk(&direct.store, |_| Ok(())),
+    )
+    .await
+    .expect("first chunk");
+    let exit = within(
+        "the run",
+        direct.pool().run_feeding(feeder, &Shutdown::new()),
+    )
+    .await
+    .expect("run");
+    pipe.await.expect("written");
+    let PoolExit::Stopped(reason) = exit else {
+        panic!("{exit:?}")
+    };
+    assert!(reason.contains(said), "{reason}");
     assert!(
         reason.contains("`runner resume` reads the rest"),
         "{reason}"
     );
+    let db = fx.db();
     assert_eq!(reading_input(&db), 1);
-    assert_eq!(
-        requests(&db),
-        FEED_CHUNK_LINES as i64,
-        "the first chunk is in"
-    );
     // The stop halts dispatch: what was answered is journaled, the rest waits for a resume.
     let stats = fx.mock.stats();
-    let answered: u64 = (0..FEED_CHUNK_LINES)
+    let answered: u64 = (0..n)
         .map(|i| stats.successes_for(&sent_body(i)))
         .inspect(|&n| assert!(n <= 1))
         .sum();
     assert_eq!(fx.requests_in("succeeded"), answered as i64);
     assert_eq!(integrity(&db), "ok");
+    direct.close().await;
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_a_pipe_is_read_once_and_sent_whole() {
+    // `cat FILE | runner submit /dev/stdin`: a pipe cannot be read twice, so it is read the
+    // staged way.
+    let n = FEED_CHUNK_LINES + 5;
+    let fx = Fixture::for_job("piped").prompts(0..n).start().await;
+    let url = fx.url();
+    let mut submit = fx.bin(&[
+        "submit",
+        "/dev/stdin",
+        "--job",
+        "piped",
+        "--base-url",
+        &url,
+        "--model",
+        "test-model",
+        "--no-progress",
+    ]);
+    let mut cat = std::process::Command::new("cat")
+        .arg(&fx.input)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cat runs");
+    submit.stdin(cat.stdout.take().expect("cat's output"));
+    submit.env("OPENAI_API_KEY", "sk-test-0123456789abcdef");
+    let out = bin::output(submit).await;
+    let stderr = bin::text(&out.stderr);
+    assert!(cat.wait().expect("cat ends").success());
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("read {n} requests from /dev/stdin: {n} new")),
+        "{stderr}"
+    );
+    assert_eq!(fx.requests_in("succeeded"), n as i64);
+    assert_succeeded_once(&fx.mock.stats(), 0..n);
     fx.shutdown().await;
 }
