@@ -110,43 +110,16 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 db::upsert_job(c, &name, &input_path, &config, now_ms()).map(drop)
             }
         };
-        let id = job.id;
-        let direct = match checked {
-            Some(checked) if checked.direct => store
-                .call(move |c| direct::takes_direct(c, id))
-                .await?
-                .then_some(checked),
-            Some(_) | None => None,
+        let leased = ingest::Leased {
+            job: &job,
+            owner: &me,
         };
-        let (report, feeder) = match direct {
-            Some(checked) => {
-                let mut feeder = Feeder::start(job.id, open()?, &checked);
-                let all_in = match feeder.first_chunk(&store, publish_config).await {
-                    Ok(all_in) => all_in,
-                    Err(e) => {
-                        give_back(&store, &job, created, &me).await;
-                        return Err(e.into());
-                    }
-                };
-                let report = IngestReport {
-                    read: checked.requests,
-                    added: checked.requests,
-                    ..IngestReport::default()
-                };
-                (report, (!all_in).then_some(feeder))
-            }
-            None => {
-                let leased = ingest::Leased {
-                    job: &job,
-                    owner: &me,
-                };
-                match ingest::ingest_leased(&store, leased, open()?, publish_config).await {
-                    Ok(report) => (report, None),
-                    Err(e) => {
-                        give_back(&store, &job, created, &me).await;
-                        return Err(e.into());
-                    }
-                }
+        let (report, feeder) = match take_file(&store, leased, checked, open, publish_config).await
+        {
+            Ok(read) => read,
+            Err(e) => {
+                give_back(&store, &job, created, &me).await;
+                return Err(e);
             }
         };
         tell_destination(&job.name, &settings, destination);
@@ -169,6 +142,42 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             .await
     })
     .await
+}
+
+/// Reads the file into the job whose lease the submit holds, with `publish` (the job's
+/// settings) in the transaction that first makes any of it visible. A checked file that may go
+/// straight into the job has its first chunk in when this returns, and the [`Feeder`] that
+/// reads the rest while the job runs; any other file is read whole the staged way.
+///
+/// # Errors
+/// Bad input, store errors; nothing of the file is in the job then.
+async fn take_file(
+    store: &JobStore,
+    leased: ingest::Leased<'_>,
+    checked: Option<Checked>,
+    open: impl Fn() -> anyhow::Result<InputReader>,
+    publish: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError> + Send + 'static,
+) -> anyhow::Result<(IngestReport, Option<Feeder>)> {
+    let id = leased.job.id;
+    let direct = match checked {
+        Some(checked) if checked.direct => store
+            .call(move |c| direct::takes_direct(c, id))
+            .await?
+            .then_some(checked),
+        Some(_) | None => None,
+    };
+    let Some(checked) = direct else {
+        let report = ingest::ingest_leased(store, leased, open()?, publish).await?;
+        return Ok((report, None));
+    };
+    let mut feeder = Feeder::start(id, open()?, &checked);
+    let all_in = feeder.first_chunk(store, publish).await?;
+    let report = IngestReport {
+        read: checked.requests,
+        added: checked.requests,
+        ..IngestReport::default()
+    };
+    Ok((report, (!all_in).then_some(feeder)))
 }
 
 /// How the check of a new job's file ended.
