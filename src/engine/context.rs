@@ -21,6 +21,7 @@ use crate::engine::retry::RetryPolicy;
 use crate::store::{JobStore, StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
+use crate::util::text::printable;
 
 /// The same permanent error on consecutive requests, with no success between them.
 #[derive(Debug, Default)]
@@ -89,7 +90,7 @@ impl Context {
     pub(crate) fn stop_job(&self, reason: String) {
         let mut slot = lock(&self.stop_reason);
         if slot.is_none() {
-            tracing::warn!(%reason, "stopping the job");
+            tracing::warn!(reason = %printable(&reason), "stopping the job");
             *slot = Some(reason);
         }
         drop(slot);
@@ -127,7 +128,7 @@ impl Context {
     }
 
     pub(crate) async fn journal(&self, kind: EventKind, detail: String) -> Result<(), StoreError> {
-        tracing::info!(event = kind.as_str(), %detail);
+        tracing::info!(event = kind.as_str(), detail = %printable(&detail));
         let (job, now) = (self.job, now_ms());
         self.store
             .call(move |c| db::record_event(c, job, kind, Some(&detail), now))

@@ -2,6 +2,7 @@
 
 use crate::domain::{Counts, Exit, JobState};
 use crate::engine::pool::PoolExit;
+use crate::util::text::printable;
 
 /// How a run ended: the job's new state, the exit code, and what to tell the user.
 pub(crate) struct Ending {
@@ -80,14 +81,15 @@ impl Ending {
                 counts.failed
             ),
             (Exit::Stopped, Some(reason)) => eprintln!(
-                "{job}: stopped with {} requests pending: {reason}",
-                counts.open()
+                "{job}: stopped with {} requests pending: {}",
+                counts.open(),
+                printable(reason)
             ),
             (Exit::Interrupted, _) => eprintln!(
                 "{job}: interrupted with {} requests pending: `runner resume --job {job}` continues",
                 counts.open()
             ),
-            (Exit::Success, Some(reason)) => eprintln!("{job}: {reason}"),
+            (Exit::Success, Some(reason)) => eprintln!("{job}: {}", printable(reason)),
             (Exit::Success | Exit::Stopped, None) => {}
         }
     }

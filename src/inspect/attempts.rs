@@ -6,8 +6,6 @@
 
 use std::io::{self, Write};
 
-use std::borrow::Cow;
-
 use crate::cli::{AttemptsArgs, AttemptsFormat};
 use crate::inspect::export::neutralise;
 use crate::store::journal::{self, AttemptFilter, AttemptRecord};
@@ -15,6 +13,7 @@ use crate::store::{self, StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::clock::rfc3339;
 use crate::util::clock::utc;
+use crate::util::text::printable;
 
 /// The CSV header and the JSONL keys, in order: a contract; add columns only at the end.
 pub const ATTEMPT_COLUMNS: [&str; 13] = [
@@ -203,30 +202,6 @@ fn table_row(a: &AttemptRecord) -> String {
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms")),
         printable(a.x_request_id.as_deref().unwrap_or("-")),
         shorten(&printable(&error.replace('\n', " ")), TABLE_MESSAGE),
-    )
-}
-
-/// `text` safe to print on a terminal: control characters (escape sequences that could move
-/// the cursor, retitle the window or hide text) and bidirectional overrides are shown escaped,
-/// e.g. `\u{1b}`, never sent to the terminal. Servers choose error messages and request ids.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(unsafe_char) {
-        return Cow::Borrowed(text);
-    }
-    Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if unsafe_char(c) {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
     )
 }
 

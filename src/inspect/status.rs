@@ -12,6 +12,7 @@ use crate::inspect::timeline::{self, human_ms, pairs, status_label};
 use crate::store::batches::ChunkRow;
 use crate::store::{self, db};
 use crate::util::clock::rfc3339;
+use crate::util::text::printable;
 
 /// Prints one job's state, requests by state, attempts by class and by HTTP status, tokens and
 /// their estimated cost, throughput and recent events; with `--timeline`, the timeline too.
@@ -129,7 +130,7 @@ fn write_job(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
     let job = &s.job;
     writeln!(out, "job       {} ({})", job.name, job.state)?;
     if let Some(reason) = &job.state_reason {
-        writeln!(out, "reason    {reason}")?;
+        writeln!(out, "reason    {}", printable(reason))?;
     }
     writeln!(out, "input     {}", job.input_path)?;
     if job.reading_input {
@@ -234,10 +235,10 @@ fn write_batches(batches: &[ChunkRow], out: &mut impl Write) -> std::io::Result<
             out,
             "          #{} {} {} · {} lines · {} · {}/{} done, {} failed{}{}",
             c.seq,
-            c.batch_id.as_deref().unwrap_or("(no batch yet)"),
+            printable(c.batch_id.as_deref().unwrap_or("(no batch yet)")),
             c.state,
             c.lines,
-            c.batch_status.as_deref().unwrap_or("-"),
+            printable(c.batch_status.as_deref().unwrap_or("-")),
             c.completed.unwrap_or(0) + c.failed.unwrap_or(0),
             c.total.unwrap_or(c.lines),
             c.failed.unwrap_or(0),
@@ -259,7 +260,7 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,
             "          {}{}: {} prompt · {} completion ({} requests)",
-            m.model.as_deref().unwrap_or("(unnamed)"),
+            printable(m.model.as_deref().unwrap_or("(unnamed)")),
             if m.batch { " (batch)" } else { "" },
             m.prompt,
             m.completion,
@@ -272,7 +273,7 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         .iter()
         .map(|m| {
             let via = if m.batch { " (batch, half price)" } else { "" };
-            format!("{}{via} {}", m.model, Usd(m.usd))
+            format!("{}{via} {}", printable(&m.model), Usd(m.usd))
         })
         .collect();
     let mut cost = format!("≈ {} estimated ({}", Usd(s.cost.usd), s.cost.source);
@@ -320,7 +321,7 @@ fn write_activity(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
             "          {} {:<18} {}",
             rfc3339(event.at),
             event.kind,
-            event.detail.as_deref().unwrap_or("")
+            printable(event.detail.as_deref().unwrap_or(""))
         )?;
     }
     Ok(())

@@ -62,6 +62,18 @@ impl Answer {
         }
     }
 
+    /// Puts `message` in place of a JSON error body's `error.message` (`"mock_message"`: what
+    /// a hostile server could say); any other body stays as it is.
+    pub(crate) fn replace_error_message(&mut self, message: &str) {
+        if let Body::Json(text) = &mut self.body
+            && let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text)
+            && let Some(error) = value.get_mut("error").and_then(|e| e.as_object_mut())
+        {
+            error.insert("message".into(), message.into());
+            *text = value.to_string();
+        }
+    }
+
     /// A non-JSON answer with the given content type.
     pub(crate) fn text(status: StatusCode, content_type: &'static str, text: String) -> Self {
         Self {

@@ -27,7 +27,8 @@
 //!
 //! # Forcing a status
 //! A request body with `"mock_status": N` gets status `N` on every attempt (see
-//! `faults::forced` for the bodies). This is how tests make one request fail permanently.
+//! `faults::forced` for the bodies), with `"mock_message": "…"` as its error message if given.
+//! This is how tests make one request fail permanently.
 //!
 //! # Hostile answers
 //! A request body can also ask for what a hostile or broken server sends:

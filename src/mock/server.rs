@@ -350,8 +350,11 @@ fn decide(
     }
     let model = echo::model_of(body);
     if let Some(raw) = body.get("mock_status")
-        && let Some(answer) = faults::forced(raw, model)
+        && let Some(mut answer) = faults::forced(raw, model)
     {
+        if let Some(message) = body.get("mock_message").and_then(Value::as_str) {
+            answer.replace_error_message(message);
+        }
         return Plan::now(answer);
     }
     if let Some(first) = body.get("mock_rate_limited_first").and_then(Value::as_u64)

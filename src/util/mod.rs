@@ -1,6 +1,7 @@
-//! Small leaf helpers every layer may use: the clock, private files, locks. Nothing here imports
+//! Small leaf helpers every layer may use: the clock, private files, locks, printable text. Nothing here imports
 //! another module of the crate.
 
 pub mod clock;
 pub mod fs;
 pub mod sync;
+pub mod text;

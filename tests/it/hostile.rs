@@ -228,3 +228,36 @@ async fn attempts_csv_neutralises_server_text_like_the_export() {
         assert_eq!(cell, expected, "{format}");
     }
 }
+
+/// Server text shown on a terminal (the stop line on stderr, `status`) carries no escape
+/// sequence: a control character arrives as `\u{1b}`, never as the byte that would act on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_text_reaches_the_terminal_escaped() {
+    let evil = "\u{1b}]0;owned\u{7}\u{1b}[2Jgone";
+    let fx = Fixture::for_job("esc")
+        .input(jsonl([line(
+            "e",
+            json!({"mock_status": 403, "mock_message": evil}),
+        )]))
+        .start()
+        .await;
+    let mut submit = fx.bin_submit(&[]);
+    submit.env("OPENAI_API_KEY", "sk-test-0123456789abcdef");
+    let out = output(submit).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("\\u{1b}[2Jgone"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+    let db = fx.db_arg();
+    let status = output(fx.bin(&["status", "--db", &db])).await;
+    let shown = text(&status.stdout);
+    assert!(shown.contains("\\u{1b}[2Jgone"), "{shown}");
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    fx.shutdown().await;
+}

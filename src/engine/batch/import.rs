@@ -17,6 +17,7 @@ use crate::http::batch::{BatchErrors, BatchResult};
 use crate::store::StoreError;
 use crate::store::batches::{self, ChunkRow, Waiting};
 use crate::util::clock::now_ms;
+use crate::util::text::printable;
 
 /// Results journaled per store call.
 const GROUP: usize = 500;
@@ -127,7 +128,8 @@ impl BatchRun<'_> {
             match parsed {
                 Some(Ok(result)) => group.push(result),
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "skipping a batch result line");
+                    let error = e.to_string();
+                    tracing::warn!(error = %printable(&error), "skipping a batch result line");
                     total.unreadable += 1;
                 }
                 None if whole => {}

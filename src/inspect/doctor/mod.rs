@@ -12,6 +12,7 @@
 //! key, project mismatch, 403, quota), 1 when the API cannot be used at all (no key for OpenAI,
 //! bad URL, unreachable, unreadable keys file).
 
+use crate::util::text::printable;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -108,10 +109,11 @@ impl Diagnosis {
                 "{:<5} {:<12} {}",
                 check.verdict.label(),
                 check.name,
-                check.finding
+                printable(&check.finding)
             );
+            // Findings and advice quote what the server said.
             for line in &check.advice {
-                let _ = writeln!(text, "{:<18} {line}", "");
+                let _ = writeln!(text, "{:<18} {}", "", printable(line));
             }
         }
         let _ = writeln!(

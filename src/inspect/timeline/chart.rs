@@ -5,6 +5,8 @@
 
 use std::io::{self, Write};
 
+use crate::util::text::printable;
+
 use serde_json::{Value, json};
 
 use super::human_ms;
@@ -158,13 +160,16 @@ fn render_spikes(t: &Timeline, out: &mut dyn Write) -> io::Result<()> {
                 writeln!(out, "      {label:<13}{}", joined(tally))?;
             }
         }
-        for (i, line) in wrap(&spike.verdict(), 100 - 19).iter().enumerate() {
+        for (i, line) in wrap(&printable(&spike.verdict()), 100 - 19)
+            .iter()
+            .enumerate()
+        {
             let label = if i == 0 { "verdict" } else { "" };
             writeln!(out, "      {label:<13}{line}")?;
         }
         for (i, pair) in spike.request_ids.chunks(2).enumerate() {
             let label = if i == 0 { "request ids" } else { "" };
-            writeln!(out, "      {label:<13}{}", pair.join("  "))?;
+            writeln!(out, "      {label:<13}{}", printable(&pair.join("  ")))?;
         }
     }
     if t.spikes.iter().any(|s| !s.request_ids.is_empty()) {
@@ -199,7 +204,7 @@ fn joined(tally: &[(String, u64)]) -> String {
     let mut parts: Vec<String> = tally
         .iter()
         .take(6)
-        .map(|(k, n)| format!("{k} {n}"))
+        .map(|(k, n)| format!("{} {n}", printable(k)))
         .collect();
     if tally.len() > 6 {
         parts.push(format!("… {} more", tally.len() - 6));
