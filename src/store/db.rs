@@ -247,6 +247,12 @@ pub fn recover_in_flight(conn: &Connection, job: JobId, now: i64) -> Result<u64,
 
 /// Claims up to `limit` requests that are due at `now`: they become `in_flight`.
 ///
+/// Read first, then each row moved by its id, in the caller's transaction (the store's batch):
+/// nothing else writes in between, so this is the single `UPDATE … WHERE id IN (SELECT …)
+/// RETURNING …` it replaces, row for row. That statement could not update in one pass (its
+/// subquery reads the table it changes): SQLite copied every claimed row into a temporary
+/// table, then again into another for RETURNING, ~5k instructions more per request.
+///
 /// # Errors
 /// Database errors.
 pub fn claim_due(
@@ -255,15 +261,14 @@ pub fn claim_due(
     now: i64,
     limit: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE requests SET state = 'in_flight', in_flight_since = ?2
-         WHERE id IN (SELECT id FROM requests
-                      WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
-                      ORDER BY next_attempt_at, id LIMIT ?3)
-         RETURNING id, key, method, url, body, attempts, transient_attempts, auth_attempts,
-                   rate_limited_attempts, invalid_attempts, headers",
-    )?;
-    let mut claimed = stmt
+    let mut claimed = conn
+        .prepare_cached(
+            "SELECT id, key, method, url, body, attempts, transient_attempts, auth_attempts,
+                    rate_limited_attempts, invalid_attempts, headers
+             FROM requests
+             WHERE job_id = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+             ORDER BY next_attempt_at, id LIMIT ?3",
+        )?
         .query_map(params![job.0, now, limit as i64], |r| {
             Ok(Claimed {
                 id: RequestId(r.get(0)?),
@@ -282,6 +287,20 @@ pub fn claim_due(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    // Every row was read before the first is changed: the scan above walks the index these
+    // updates change.
+    let mut mark = conn.prepare_cached(
+        "UPDATE requests SET state = 'in_flight', in_flight_since = ?2
+         WHERE id = ?1 AND state = 'pending'",
+    )?;
+    for request in &claimed {
+        if mark.execute(params![request.id.0, now])? != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "request {} was read as pending and could not be claimed",
+                request.id.0
+            )));
+        }
+    }
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)
 }
