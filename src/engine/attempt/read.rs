@@ -188,7 +188,16 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         outcome: AttemptOutcome::Answered,
         http_status: Some(status),
         class,
-        wait: hints::server_wait(&headers, content.error.message.as_deref(), now, max_wait),
+        wait: match class {
+            // Only a retry waits: a success (most answers) skips reading the reset headers.
+            Class::Transient
+            | Class::AuthTransient
+            | Class::RateLimited
+            | Class::InvalidResponse => {
+                hints::server_wait(&headers, content.error.message.as_deref(), now, max_wait)
+            }
+            Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => None,
+        },
         error_code,
         error_message,
         x_request_id,
