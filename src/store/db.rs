@@ -288,19 +288,22 @@ pub fn claim_due(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     // Every row was read before the first is changed: the scan above walks the index these
-    // updates change.
-    let mut mark = conn.prepare_cached(
-        "UPDATE requests SET state = 'in_flight', in_flight_since = ?2
-         WHERE id = ?1 AND state = 'pending'",
-    )?;
-    for request in &claimed {
-        if mark.execute(params![request.id.0, now])? != 1 {
-            return Err(StoreError::Corrupt(format!(
-                "request {} was read as pending and could not be claimed",
-                request.id.0
-            )));
+    // updates change. All of them or none: a request is never left in flight unclaimed.
+    atomically(conn, |conn| {
+        let mut mark = conn.prepare_cached(
+            "UPDATE requests SET state = 'in_flight', in_flight_since = ?2
+             WHERE id = ?1 AND state = 'pending'",
+        )?;
+        for request in &claimed {
+            if mark.execute(params![request.id.0, now])? != 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "request {} was read as pending and could not be claimed",
+                    request.id.0
+                )));
+            }
         }
-    }
+        Ok(())
+    })?;
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)
 }
