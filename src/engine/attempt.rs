@@ -177,7 +177,8 @@ pub(crate) struct Reading {
     response: Option<String>,
     /// Usage, for successes.
     usage: Usage,
-    /// The wait the server asked for.
+    /// The wait the server asked for, when the class is one that is retried (the others never
+    /// wait, so their answers' headers are not read for it).
     wait: Option<Duration>,
     /// `x-ratelimit-limit-requests`, when sent.
     limit_per_minute: Option<f64>,

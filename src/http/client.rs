@@ -362,7 +362,8 @@ impl ApiClient {
                     .and_then(|value| value.to_str().ok()),
             );
         if streamed {
-            let headers = response.headers().clone();
+            let mut response = response;
+            let headers = std::mem::take(response.headers_mut());
             let (head, stream) = read_stream(response).await;
             return Sent::Answer(Answer {
                 status,
@@ -375,9 +376,11 @@ impl ApiClient {
     }
 
     /// Reads a plain (not streamed) answer, at most `max_body_bytes` of it.
-    async fn read_whole(&self, response: reqwest::Response) -> Sent {
+    async fn read_whole(&self, mut response: reqwest::Response) -> Sent {
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        // Taken, not cloned: reading the body needs none of them (its length comes from the
+        // framing), and a clone of every header per answer showed in profiles.
+        let headers = std::mem::take(response.headers_mut());
         match body::read_capped(response, self.max_body_bytes).await {
             Ok(body) => Sent::Answer(Answer {
                 status,

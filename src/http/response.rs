@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::Usage;
+use crate::http::classify::ApiError;
 
 #[derive(Deserialize)]
 struct Probe {
@@ -24,9 +25,13 @@ struct RawUsage {
 /// Parses a 2xx body. `None` when it is not a JSON object: the taxonomy calls that transient.
 pub fn parse_success(body: &[u8]) -> Option<Usage> {
     let probe: Probe = serde_json::from_slice(body).ok()?;
-    let usage = probe.usage;
-    Some(Usage {
-        model: probe.model,
+    Some(usage_of(probe.model, probe.usage))
+}
+
+/// The journal's usage from a body's `model` and `usage`, in either API's names.
+fn usage_of(model: Option<String>, usage: Option<RawUsage>) -> Usage {
+    Usage {
+        model,
         prompt_tokens: usage
             .as_ref()
             .and_then(|u| u.prompt_tokens.or(u.input_tokens)),
@@ -34,7 +39,43 @@ pub fn parse_success(body: &[u8]) -> Option<Usage> {
             .as_ref()
             .and_then(|u| u.completion_tokens.or(u.output_tokens)),
         total_tokens: usage.as_ref().and_then(|u| u.total_tokens),
-    })
+    }
+}
+
+/// What a plain (not streamed) 2xx body turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SuccessBody {
+    /// A JSON object with a top-level `error` object: that error (see [`ApiError::in_success`]).
+    Error(ApiError),
+    /// A JSON object without one: the answer, with its usage (see [`parse_success`]).
+    Answer(Usage),
+    /// Not a JSON object.
+    Invalid,
+}
+
+/// Reads a plain 2xx body: [`ApiError::in_success`] and then [`parse_success`], with the same
+/// verdicts, in one pass over the body for the usual answer. This runs on every answer, and
+/// the body (around a kilobyte for a chat completion) was scanned twice.
+pub fn read_success(body: &[u8]) -> SuccessBody {
+    #[derive(Deserialize)]
+    struct Both {
+        error: Option<Value>,
+        model: Option<String>,
+        usage: Option<RawUsage>,
+    }
+    // Reading the three fields at once succeeds exactly when both separate reads would: each
+    // needs a JSON object, and each field's own shape. When it fails, one of them may still
+    // succeed (an error object beside a `model` that is not a string): the separate reads decide.
+    match serde_json::from_slice::<Both>(body) {
+        Ok(Both { error, .. }) if error.as_ref().is_some_and(Value::is_object) => {
+            SuccessBody::Error(ApiError::parse(body))
+        }
+        Ok(Both { model, usage, .. }) => SuccessBody::Answer(usage_of(model, usage)),
+        Err(_) => match ApiError::in_success(body) {
+            Some(error) => SuccessBody::Error(error),
+            None => parse_success(body).map_or(SuccessBody::Invalid, SuccessBody::Answer),
+        },
+    }
 }
 
 /// The generated text of a success body, or `None` (embeddings, moderations, unknown shapes).
@@ -123,6 +164,34 @@ mod tests {
             output_text(&json!({"choices":[{"text":"t"}]})).as_deref(),
             Some("t")
         );
+    }
+
+    /// One pass gives what the two separate reads give, for every kind of body, including those
+    /// where only one of them succeeds.
+    #[rstest::rstest]
+    #[case::answer(
+        r#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
+    )]
+    #[case::answer_without_usage(r#"{"choices":[]}"#)]
+    #[case::error_object(r#"{"error":{"code":"x","message":"m"}}"#)]
+    #[case::null_error(r#"{"error":null,"model":"m"}"#)]
+    #[case::string_error(r#"{"error":"x","model":"m"}"#)]
+    #[case::error_beside_a_numeric_model(r#"{"error":{"code":"x"},"model":7}"#)]
+    #[case::string_error_beside_a_numeric_model(r#"{"error":"x","model":7}"#)]
+    #[case::duplicate_model(r#"{"model":"a","model":"b"}"#)]
+    #[case::duplicate_error(r#"{"error":{"code":"x"},"error":{"code":"y"}}"#)]
+    #[case::array("[1]")]
+    #[case::html("<html>")]
+    #[case::cut(r#"{"choices": ["#)]
+    #[case::empty("")]
+    fn reading_in_one_pass_agrees_with_the_two_reads(#[case] body: &str) {
+        let two_reads = match ApiError::in_success(body.as_bytes()) {
+            Some(error) => SuccessBody::Error(error),
+            None => {
+                parse_success(body.as_bytes()).map_or(SuccessBody::Invalid, SuccessBody::Answer)
+            }
+        };
+        assert_eq!(read_success(body.as_bytes()), two_reads, "{body}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The owner thread: replies after commit, a failed write poisons the store, attempts are
-//! counted once committed.
+//! counted once committed. What a claim takes and marks.
 use super::*;
 use crate::domain::{AttemptOutcome, Disposition, JobId, Usage};
 use crate::http::classify::Class;
@@ -118,4 +118,80 @@ async fn an_attempt_is_counted_once_committed_and_never_when_its_commit_fails() 
     );
     drop(store);
     thread.join().await;
+}
+
+/// A claim takes the due pending requests, oldest deadline first, at most `limit` of them, and
+/// marks exactly those in flight (since `now`); the rest are left as they were.
+#[test]
+fn a_claim_takes_the_due_requests_oldest_deadline_first_and_marks_only_them() {
+    let mut conn = Connection::open_in_memory().expect("memory db");
+    migrate::migrate(&mut conn).expect("migrate");
+    let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1)
+        .expect("job")
+        .id;
+    // (id, state, next_attempt_at)
+    let rows = [
+        (1, "pending", 0),
+        (2, "succeeded", 0),
+        (3, "pending", 50),
+        (4, "pending", 10),
+        (5, "pending", 500),
+        (6, "in_flight", 0),
+        (7, "pending", 10),
+    ];
+    for (id, state, next) in rows {
+        conn.execute(
+            "INSERT INTO requests (id, job_id, key, line, method, url, body, body_hash, state,
+                                   next_attempt_at, attempts, transient_attempts, headers)
+             VALUES (?1, ?2, 'k' || ?1, ?1, 'POST', '/v1/chat/completions', '{\"n\":' || ?1 || '}',
+                     'h', ?3, ?4, 2, 1, '{\"x-a\":\"b\"}')",
+            rusqlite::params![id, job.0, state, next],
+        )
+        .expect("request");
+    }
+    let claimed = db::claim_due(&conn, job, 100, 3).expect("claim");
+    // Due at 100: 1 (0), 4 and 7 (10), 3 (50); the limit keeps the three oldest deadlines.
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id.0).collect();
+    assert_eq!(ids, [1, 4, 7]);
+    let first = &claimed[0];
+    assert_eq!(
+        (
+            first.key.as_str(),
+            first.method.as_str(),
+            first.url.as_str()
+        ),
+        ("k1", "POST", "/v1/chat/completions")
+    );
+    assert_eq!(first.body, r#"{"n":1}"#);
+    assert_eq!(first.headers.as_deref(), Some(r#"{"x-a":"b"}"#));
+    assert_eq!((first.attempts, first.spent.transient), (2, 1));
+    let states: Vec<(i64, String, Option<i64>)> = conn
+        .prepare("SELECT id, state, in_flight_since FROM requests ORDER BY id")
+        .expect("select")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("read");
+    let expected = [
+        (1, "in_flight", Some(100)),
+        (2, "succeeded", None),
+        (3, "pending", None),
+        (4, "in_flight", Some(100)),
+        (5, "pending", None),
+        (6, "in_flight", None),
+        (7, "in_flight", Some(100)),
+    ];
+    let expected: Vec<(i64, String, Option<i64>)> = expected
+        .iter()
+        .map(|(id, state, since)| (*id, (*state).to_owned(), *since))
+        .collect();
+    assert_eq!(states, expected);
+    assert!(
+        db::claim_due(&conn, job, 100, 10)
+            .expect("claim")
+            .iter()
+            .map(|c| c.id.0)
+            .eq([3]),
+        "what is left and due"
+    );
 }

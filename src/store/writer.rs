@@ -7,6 +7,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
+use crate::domain::Completion;
+
 use super::{
     BUSY_PATIENCE, Command, Fence, MAX_BATCH, Reply, SETUP_TRIES, WriteFailure, busy_timeout, db,
 };
@@ -31,6 +33,8 @@ pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) 
     let mut failed: Option<WriteFailure> = None;
     let mut fence: Option<Fence> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Prepared at the first attempt to journal (a store may serve no run at all), then kept.
+    let mut journal: Option<db::Journal<'_>> = None;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         drain(&mut rx, &mut batch);
@@ -39,7 +43,7 @@ pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) 
             refuse(&mut batch, reason);
             continue;
         }
-        if let Err(reason) = apply_batch(&conn, &mut batch, &mut fence) {
+        if let Err(reason) = apply_batch(&conn, &mut journal, &mut batch, &mut fence) {
             match &reason.taken_over {
                 Some((_, holder)) => tracing::error!(
                     %holder,
@@ -92,8 +96,9 @@ fn refuse(batch: &mut Vec<Command>, reason: &WriteFailure) {
 
 /// Runs one batch in one transaction. On failure everything in it is rolled back and every
 /// caller in it is told; the error is returned so the store stops accepting writes.
-fn apply_batch(
-    conn: &Connection,
+fn apply_batch<'conn>(
+    conn: &'conn Connection,
+    journal: &mut Option<db::Journal<'conn>>,
     batch: &mut Vec<Command>,
     fence: &mut Option<Fence>,
 ) -> Result<(), WriteFailure> {
@@ -113,7 +118,7 @@ fn apply_batch(
         match cmd {
             Command::Record(completion, on_commit) => {
                 if result.is_ok() {
-                    result = db::record_attempt(conn, &completion).map_err(WriteFailure::from);
+                    result = record(conn, journal, &completion);
                 }
                 committed.extend(on_commit);
             }
@@ -146,6 +151,19 @@ fn apply_batch(
         reply(commit_error);
     }
     result
+}
+
+/// Journals an attempt with the thread's own prepared statements, preparing them first if need be.
+fn record<'conn>(
+    conn: &'conn Connection,
+    journal: &mut Option<db::Journal<'conn>>,
+    completion: &Completion,
+) -> Result<(), WriteFailure> {
+    let journal = match journal {
+        Some(journal) => journal,
+        None => journal.insert(db::Journal::new(conn)?),
+    };
+    Ok(journal.record(completion)?)
 }
 
 /// Starts a batch's write transaction. A batch that finds the write lock held past the busy

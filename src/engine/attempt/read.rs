@@ -10,7 +10,7 @@ use crate::domain::{AttemptOutcome, Class, Usage};
 use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
 use crate::http::client::{Answer, Sent, Streamed};
 use crate::http::hints;
-use crate::http::response::parse_success;
+use crate::http::response::{SuccessBody, parse_success, read_success};
 use crate::http::sse::{Assembled, StreamEnd};
 
 /// Longest part of an unreadable 2xx body kept in the journal's `error_message`.
@@ -122,50 +122,48 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         Some(Streamed::Unreadable { message }) => Content {
             payload: Payload::Invalid,
             error: ApiError::default(),
-            response: Some(String::from_utf8_lossy(&body).into_owned()),
             unreadable: Some((
                 "invalid_stream",
                 format!("{message}; the stream began: {}", head(&body)),
             )),
+            response: Some(into_text(body)),
             usage: None,
         },
         Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
         None if !success => Content {
             payload: Payload::Whole,
             error: ApiError::parse(&body),
-            response: Some(String::from_utf8_lossy(&body).into_owned()),
+            response: Some(into_text(body)),
             unreadable: None,
             usage: None,
         },
-        None => match ApiError::in_success(&body) {
-            Some(error) => Content {
+        None => match read_success(&body) {
+            SuccessBody::Error(error) => Content {
                 payload: Payload::Error,
                 error,
-                response: Some(String::from_utf8_lossy(&body).into_owned()),
+                response: Some(into_text(body)),
                 unreadable: None,
                 usage: None,
             },
-            None => match parse_success(&body) {
-                Some(usage) => Content {
-                    payload: Payload::Whole,
-                    error: ApiError::default(),
-                    response: Some(String::from_utf8_lossy(&body).into_owned()),
-                    unreadable: None,
-                    usage: Some(usage),
-                },
-                None => Content {
-                    payload: Payload::Invalid,
-                    error: ApiError::default(),
-                    response: Some(String::from_utf8_lossy(&body).into_owned()),
-                    unreadable: Some((
-                        "invalid_json",
-                        format!(
-                            "the answer's body is not a JSON object; it began: {}",
-                            head(&body)
-                        ),
-                    )),
-                    usage: None,
-                },
+            SuccessBody::Answer(usage) => Content {
+                payload: Payload::Whole,
+                error: ApiError::default(),
+                response: Some(into_text(body)),
+                unreadable: None,
+                usage: Some(usage),
+            },
+            SuccessBody::Invalid => Content {
+                payload: Payload::Invalid,
+                error: ApiError::default(),
+                unreadable: Some((
+                    "invalid_json",
+                    format!(
+                        "the answer's body is not a JSON object; it began: {}",
+                        head(&body)
+                    ),
+                )),
+                response: Some(into_text(body)),
+                usage: None,
             },
         },
     };
@@ -178,7 +176,6 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
     let usage = match (success, content.payload, &content.response) {
         (true, Payload::Whole, Some(text)) => content
             .usage
-            .clone()
             .or_else(|| parse_success(text.as_bytes()))
             .unwrap_or_default(),
         _ => Usage::default(),
@@ -191,7 +188,16 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         outcome: AttemptOutcome::Answered,
         http_status: Some(status),
         class,
-        wait: hints::server_wait(&headers, content.error.message.as_deref(), now, max_wait),
+        wait: match class {
+            // Only a retry waits: a success (most answers) skips reading the reset headers.
+            Class::Transient
+            | Class::AuthTransient
+            | Class::RateLimited
+            | Class::InvalidResponse => {
+                hints::server_wait(&headers, content.error.message.as_deref(), now, max_wait)
+            }
+            Class::Succeeded | Class::RequestFailed | Class::JobStop(_) => None,
+        },
         error_code,
         error_message,
         x_request_id,
@@ -296,6 +302,13 @@ fn assembled_content(assembled: Assembled) -> Content {
             usage: None,
         },
     }
+}
+
+/// A body as the journal's text: moved, not copied, when it is UTF-8 (every JSON answer is);
+/// otherwise with each invalid sequence replaced, as `String::from_utf8_lossy` does.
+fn into_text(body: Vec<u8>) -> String {
+    String::from_utf8(body)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 /// The first bytes of a body, as text for a message.

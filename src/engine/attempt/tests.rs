@@ -185,6 +185,32 @@ fn an_unreadable_success_body_keeps_its_first_bytes() {
 }
 
 #[test]
+fn a_success_is_journaled_as_sent_with_its_usage_and_a_body_not_utf8_as_far_as_it_reads() {
+    let body = r#"{"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+    let reading = answer(200, body, None);
+    assert_eq!(reading.class, Class::Succeeded);
+    assert_eq!(reading.response.as_deref(), Some(body));
+    assert_eq!(reading.usage.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(reading.usage.total_tokens, Some(4));
+
+    let mut bytes = br#"{"model":"m","note":""#.to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(br#""}"#);
+    let reading = read(
+        Sent::Answer(Answer {
+            status: 200,
+            headers: reqwest::header::HeaderMap::new(),
+            body: bytes.clone(),
+            stream: None,
+        }),
+        SystemTime::now(),
+        Duration::from_secs(120),
+    );
+    let lossy = String::from_utf8_lossy(&bytes).into_owned();
+    assert_eq!(reading.response.as_deref(), Some(lossy.as_str()));
+}
+
+#[test]
 fn a_stream_that_ends_with_an_error_event_reads_as_that_error() {
     let assembled = Assembled {
         body: serde_json::json!({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"par"}}]}),
