@@ -7,6 +7,15 @@ use runner::cli::Cli;
 use runner::engine::config::ApiEnv;
 use runner::engine::shutdown::{Shutdown, forward_signals};
 
+/// mimalloc instead of the system's malloc: a run allocates and frees a few dozen small
+/// objects per request (lines, bodies, answers, statements' values), often on another thread
+/// than the one that made them. On the nginx benchmark it takes ~7 µs of CPU off each request
+/// (47 → 40 µs). Built without transparent huge pages (`no_thp`): with them, every thread's
+/// heap rounded the process up by megabytes (peak RSS before the first request of a 1M-line
+/// file 39 MiB instead of 29).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     runner::init_logging();

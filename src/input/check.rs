@@ -126,6 +126,10 @@ impl Repeats {
             self.run = Vec::new();
             return;
         }
+        if self.run.capacity() == 0 {
+            // Reserved once (pages are taken as the run fills), never grown by copying.
+            self.run.reserve_exact(self.run_len);
+        }
         self.run.push(hash);
     }
 
