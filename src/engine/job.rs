@@ -13,7 +13,7 @@ use crate::engine::batch::{BatchExit, BatchRun, Mode};
 use crate::engine::config::{ApiEnv, JobSettings, Via};
 use crate::engine::destination;
 use crate::engine::ending::Ending;
-use crate::engine::feed::{Feeder, Reading};
+use crate::engine::feed::Feeder;
 use crate::engine::keys::KeyPool;
 use crate::engine::pool::{PoolExit, PoolSettings, WorkerPool};
 use crate::engine::progress::{Display, Reporter, Tally};
@@ -123,20 +123,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             }
         };
         tell_destination(&job.name, &settings, destination);
-        eprintln!(
-            "{}: read {} requests from {}: {} new, {} already in the job",
-            job.name,
-            report.read,
-            args.file.display(),
-            report.added,
-            report.known
-        );
-        if report.invalid > 0 {
-            eprintln!(
-                "{}: {} invalid lines recorded as failed requests (--skip-invalid): `runner export --job {}` shows why",
-                job.name, report.invalid, job.name
-            );
-        }
+        tell_read(&job.name, &args.file.display(), &report);
         Invocation::new(env, &args.run, shutdown)
             .execute_feeding(&store, job, me, &settings, feeder)
             .await
@@ -345,11 +332,22 @@ async fn read_the_rest(
     let report = ingest::ingest_leased(store, leased, reader, |_| Ok(()))
         .await
         .with_context(hint)?;
-    eprintln!(
-        "{}: read {} requests from {}: {} new, {} already in the job",
-        job.name, report.read, job.input_path, report.added, report.known
-    );
+    tell_read(&job.name, &job.input_path, &report);
     Ok(())
+}
+
+/// Says on stderr what reading `file` into the job found.
+fn tell_read(job: &str, file: &dyn std::fmt::Display, report: &IngestReport) {
+    eprintln!(
+        "{job}: read {} requests from {file}: {} new, {} already in the job",
+        report.read, report.added, report.known
+    );
+    if report.invalid > 0 {
+        eprintln!(
+            "{job}: {} invalid lines recorded as failed requests (--skip-invalid): `runner export --job {job}` shows why",
+            report.invalid
+        );
+    }
 }
 
 /// Says on stderr which host the job sends to and why, and when the environment replaced the
@@ -654,10 +652,10 @@ impl JobRun<'_> {
             (Purpose::Send, Via::Batch) => {
                 // Chunks are cut from what is pending: the whole file first.
                 if let Some(feeder) = feeder {
-                    match feeder.rest(self.store, &self.shutdown.stop_token()).await {
-                        Reading::Done => {}
-                        Reading::Going | Reading::Stopped => return Ok(PoolExit::Interrupted),
-                        Reading::Failed(reason) => return Ok(PoolExit::Stopped(reason)),
+                    let read = feeder.rest(self.store, &self.shutdown.stop_token()).await;
+                    match PoolExit::after_reading(read) {
+                        PoolExit::Drained => {}
+                        cut_short => return Ok(cut_short),
                     }
                 }
                 self.batches(Mode::Run, tally).await

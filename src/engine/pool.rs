@@ -49,6 +49,18 @@ pub enum PoolExit {
     Interrupted,
 }
 
+impl PoolExit {
+    /// How a run ends for the reading of its file alone: drained once the whole file is in,
+    /// stopped by a failed reading, interrupted by one cut short.
+    pub fn after_reading(read: Reading) -> PoolExit {
+        match read {
+            Reading::Done => PoolExit::Drained,
+            Reading::Failed(reason) => PoolExit::Stopped(reason),
+            Reading::Going | Reading::Stopped => PoolExit::Interrupted,
+        }
+    }
+}
+
 /// Settings of the pool.
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
@@ -140,11 +152,9 @@ impl WorkerPool {
             .await
             .map_err(|e| StoreError::Failed(format!("the task reading the file failed: {e}")))?;
         // The pool drains only once the reading has ended; a failed reading stops it.
-        Ok(match (exit?, read) {
-            (PoolExit::Drained, Reading::Done) => PoolExit::Drained,
-            (PoolExit::Drained, Reading::Failed(reason)) => PoolExit::Stopped(reason),
-            (PoolExit::Drained, Reading::Going | Reading::Stopped) => PoolExit::Interrupted,
-            (exit, _) => exit,
+        Ok(match exit? {
+            PoolExit::Drained => PoolExit::after_reading(read),
+            exit => exit,
         })
     }
 

@@ -126,15 +126,7 @@ fn insert_one(
             prompt.metadata,
             prompt.headers
         ]);
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
+    super::inserted(inserted)
 }
 
 /// The error for a custom_id that an earlier line of the file (now in the job) has too.

@@ -297,6 +297,20 @@ pub fn ingest(
     result
 }
 
+/// Whether an insert added its row: `false` when a row under the same unique key (a job's
+/// request or staged line under a key) is there already, which is the caller's to report.
+fn inserted(result: rusqlite::Result<usize>) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The job whose lease this runner holds while it ingests.
 pub struct Leased<'a> {
     /// The job.

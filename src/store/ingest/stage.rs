@@ -98,15 +98,7 @@ pub(super) fn stage_prompt(
     } else {
         insert_full(conn, job, key, action, prompt)
     };
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
+    super::inserted(inserted)
 }
 
 fn insert_full(
