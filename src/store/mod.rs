@@ -30,6 +30,7 @@
 //! [`BUSY_PATIENCE`]): another process writing to the same file never fails this one.
 
 pub mod batches;
+mod checkpoint;
 pub mod db;
 pub mod fault;
 pub mod ingest;
@@ -466,7 +467,7 @@ impl JobStore {
     /// As [`open_writer`], and when the thread cannot be spawned.
     pub fn open(path: &Path) -> Result<(JobStore, StoreThread), StoreError> {
         let conn = open_writer(path)?;
-        Self::start(conn)
+        Self::start_with(conn, checkpoint::Checkpointer::start(path))
     }
 
     /// Starts the owner thread over an open, migrated connection (tests use in-memory ones).
@@ -474,10 +475,17 @@ impl JobStore {
     /// # Errors
     /// When the thread cannot be spawned.
     pub fn start(conn: Connection) -> Result<(JobStore, StoreThread), StoreError> {
+        Self::start_with(conn, None)
+    }
+
+    fn start_with(
+        conn: Connection,
+        checkpointer: Option<checkpoint::Checkpointer>,
+    ) -> Result<(JobStore, StoreThread), StoreError> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let handle = thread::Builder::new()
             .name("runner-store".into())
-            .spawn(move || own_connection(conn, rx))
+            .spawn(move || own_connection(conn, rx, checkpointer))
             .map_err(|e| StoreError::Failed(format!("cannot start the database thread: {e}")))?;
         Ok((JobStore { tx }, StoreThread { handle }))
     }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::Completion;
 
+use super::checkpoint::Checkpointer;
 use super::{
     BUSY_PATIENCE, Command, Fence, MAX_BATCH, Reply, SETUP_TRIES, WriteFailure, busy_timeout, db,
 };
@@ -29,7 +30,12 @@ const LINGER_BELOW: usize = 64;
 const BUSY_BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 /// The owner thread's loop: batch, apply in one transaction, commit, reply.
-pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) {
+/// With a [`Checkpointer`], each commit tells it so; it is stopped before the connection closes.
+pub(super) fn own_connection(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    checkpointer: Option<Checkpointer>,
+) {
     let mut failed: Option<WriteFailure> = None;
     let mut fence: Option<Fence> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -43,7 +49,11 @@ pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) 
             refuse(&mut batch, reason);
             continue;
         }
-        if let Err(reason) = apply_batch(&conn, &mut journal, &mut batch, &mut fence) {
+        let applied = apply_batch(&conn, &mut journal, &mut batch, &mut fence);
+        if let (Ok(()), Some(checkpointer)) = (&applied, &checkpointer) {
+            checkpointer.committed();
+        }
+        if let Err(reason) = applied {
             match &reason.taken_over {
                 Some((_, holder)) => tracing::error!(
                     %holder,
@@ -56,6 +66,8 @@ pub(super) fn own_connection(conn: Connection, mut rx: mpsc::Receiver<Command>) 
             failed = Some(reason);
         }
     }
+    // Stopped (and its last checkpoint done) before the connection closes.
+    drop(checkpointer);
 }
 
 /// Lets a small batch of journal writes nobody waits for gather more, for up to [`LINGER`] in
