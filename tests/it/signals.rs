@@ -132,3 +132,41 @@ async fn a_second_sigint_aborts_requests_in_flight_and_resume_finishes() {
     assert_eq!(integrity(&s.db()), "ok");
     fast.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_gives_back_unsent_the_requests_claimed_ahead() {
+    // A server that answers at once: the pool claims ahead of its free slots, so at the signal
+    // some requests are marked in flight in the store without having been sent. They must go
+    // back to the queue unsent: no attempt journaled for them, nothing left in flight.
+    const MANY: usize = 20_000;
+    let fx = Fixture::for_job("ahead")
+        .mock(MockConfig::default())
+        .prompts(0..MANY)
+        .start()
+        .await;
+    let run = Running::spawn(fx.bin_submit(&["--concurrency", "16", "--grace", "10m"]));
+    wait_until("many answers", || fx.mock.stats().successes() >= 2_000).await;
+    run.signal("INT");
+    let (status, stderr) = run.wait().await;
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let db = fx.db();
+    assert_eq!(
+        requests_in(&db, "in_flight"),
+        0,
+        "nothing is left in flight"
+    );
+    let answered = fx.mock.stats().successes();
+    assert!(answered < MANY as u64, "stopped before the end");
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM attempts"),
+        answered as i64,
+        "one attempt per request the server answered, none for the requests given back"
+    );
+    assert_eq!(requests_in(&db, "succeeded"), answered as i64);
+    assert_eq!(
+        requests_in(&db, "pending"),
+        (MANY as u64 - answered) as i64,
+        "the rest wait for resume"
+    );
+    fx.shutdown().await;
+}
