@@ -6,6 +6,11 @@
 //! The queue is the database: retries are rows whose `next_attempt_at` lies ahead, so the
 //! dispatcher sleeps until the earliest deadline (or until a task ends), never in a polling loop,
 //! and a restart picks up exactly where the journal says.
+//!
+//! Every claim is committed before any of its requests is sent. Against a fast server the
+//! dispatcher claims ahead of its free slots while the last claim is on its way (see
+//! `WorkerPool::claim_ahead`); whatever it claimed and did not send goes back unsent when it
+//! stops.
 
 use std::collections::VecDeque;
 use std::future::Future;

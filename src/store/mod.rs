@@ -7,7 +7,9 @@
 //! after the commit, so a caller that got `Ok` knows its write is in the WAL.
 //!
 //! Read-only commands (`status`, `export`, `jobs`) open their own connection with
-//! [`open_read_only`]; WAL lets them read while a job runs.
+//! [`open_read_only`]; WAL lets them read while a job runs. A store opened on a file also runs a
+//! checkpointer (`checkpoint`): a thread with its own connection that copies the WAL into the
+//! database file soon after each commit, so the owner thread rarely has to.
 //!
 //! # Fencing
 //!
