@@ -293,7 +293,7 @@ impl WorkerPool {
         let ctx = &self.context;
         let job = ctx.job;
         let concurrency = self.settings.concurrency;
-        let refill_at = (concurrency / REFILL_DIVISOR).max(1);
+        let refill_at = self.refill_at();
         let mut feed = self.feed.clone();
         loop {
             if self.halted(stop) {
@@ -376,6 +376,11 @@ impl WorkerPool {
         }
     }
 
+    /// The fewest requests a claim is made for while requests are in flight ([`REFILL_DIVISOR`]).
+    fn refill_at(&self) -> usize {
+        (self.settings.concurrency / REFILL_DIVISOR).max(1)
+    }
+
     /// Starts claiming the next requests while those in flight are sent and answered, so that
     /// a slot that frees finds one ready instead of waiting for a store round trip. A claim is
     /// committed with the journal writes queued before it: about a millisecond against a fast
@@ -392,8 +397,11 @@ impl WorkerPool {
         let concurrency = self.settings.concurrency;
         let held = tasks.len() + ahead.ready.len();
         let room = (concurrency + ahead.depth.min(concurrency)).saturating_sub(held);
-        let refill_at = (concurrency / REFILL_DIVISOR).max(1);
-        if ahead.claiming.is_some() || ahead.dry || room < refill_at || !self.gates_still_open() {
+        if ahead.claiming.is_some()
+            || ahead.dry
+            || room < self.refill_at()
+            || !self.gates_still_open()
+        {
             return;
         }
         let (store, job) = (self.context.store.clone(), self.context.job);
