@@ -136,6 +136,10 @@ pub struct JobSettings {
     /// Longest answer body read, in bytes (`--max-response-bytes`).
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Longest input line accepted, in bytes (`--max-line-bytes` of the last submit): a resume
+    /// that reads the rest of the job's file reads it with the same limit.
+    #[serde(default = "defaults::max_line_bytes")]
+    pub max_line_bytes: usize,
     /// Extra headers (`--header`), checked, lower-case names.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
@@ -235,6 +239,9 @@ mod defaults {
     pub fn max_response_bytes() -> u64 {
         crate::http::body::DEFAULT_MAX_BODY_BYTES as u64
     }
+    pub fn max_line_bytes() -> usize {
+        crate::input::DEFAULT_MAX_LINE_BYTES
+    }
 }
 
 impl JobSettings {
@@ -267,6 +274,7 @@ impl JobSettings {
             tpm: None,
             default_output_tokens: defaults::default_output_tokens(),
             max_response_bytes: defaults::max_response_bytes(),
+            max_line_bytes: defaults::max_line_bytes(),
             headers: Vec::new(),
             auth: None,
             api_version: None,

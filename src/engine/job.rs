@@ -20,7 +20,7 @@ use crate::engine::progress::{Display, Reporter, Tally};
 use crate::engine::rate_limit::RequestLimiter;
 use crate::engine::shutdown::Shutdown;
 use crate::http::client::ApiClient;
-use crate::input::{self, Checked, DEFAULT_MAX_LINE_BYTES, InputOptions, InputReader};
+use crate::input::{self, Checked, InputOptions, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::ingest::{IngestReport, direct};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
@@ -70,6 +70,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             settings.model = Some(model.clone());
         }
         settings.apply(&args.run);
+        settings.max_line_bytes = args.max_line_bytes;
         let destination = destination::settle(&mut settings, existing.is_some(), &args.run, env);
         settings.check(env)?;
         destination::check_transport(&settings, env, args.run.allow_insecure_http)?;
@@ -77,7 +78,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         let options = InputOptions {
             endpoint: settings.endpoint.clone(),
             model: settings.model.clone(),
-            max_line_bytes: args.max_line_bytes,
+            max_line_bytes: settings.max_line_bytes,
         };
         let open = || -> anyhow::Result<InputReader> {
             let reader = InputReader::open(&args.file, options.clone())?;
@@ -318,7 +319,7 @@ async fn read_the_rest(
     let options = InputOptions {
         endpoint: settings.endpoint.clone(),
         model: settings.model.clone(),
-        max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        max_line_bytes: settings.max_line_bytes,
     };
     let path = Path::new(&job.input_path);
     let hint = || {

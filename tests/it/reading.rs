@@ -150,6 +150,52 @@ async fn a_job_stopped_while_its_file_is_read_is_finished_by_resume_each_line_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_reads_the_rest_of_a_file_with_the_limit_on_line_length_the_submit_had() {
+    // The last line is longer than the default limit, which the submit raised; the job stops at
+    // its first answer (an invalid key), long before that line is read in. Resume must read it
+    // with the submit's limit, not refuse the file.
+    let n = 10 * FEED_CHUNK_LINES;
+    let bad = "sk-revoked-0000000000000000";
+    let mut text: String = (0..n).map(|i| format!("{}\n", prompt_line(i))).collect();
+    let long = "x".repeat(DEFAULT_MAX_LINE_BYTES);
+    text.push_str(&serde_json::json!({"custom_id": "long", "prompt": long}).to_string());
+    text.push('\n');
+    let fx = Fixture::for_job("long")
+        .mock(MockConfig {
+            invalid_keys: vec![bad.to_owned()],
+            ..MockConfig::default()
+        })
+        .input(text)
+        .env(env_with_key(bad))
+        .start()
+        .await;
+    let limit = (2 * DEFAULT_MAX_LINE_BYTES).to_string();
+    let mut submit = fx.bin_submit(&["--max-line-bytes", &limit]);
+    submit.env("OPENAI_API_KEY", bad);
+    let out = bin::output(submit).await;
+    assert_eq!(out.status.code(), Some(4), "{}", bin::text(&out.stderr));
+    let db = fx.db();
+    assert_eq!(reading_input(&db), 1, "stopped mid-read");
+    assert!(requests(&db) < n as i64 + 1);
+
+    let db_arg = fx.db_arg();
+    let resumed = within(
+        "resume",
+        run(&["resume", "--db", &db_arg, "--no-progress"], env()),
+    )
+    .await;
+    assert!(resumed.is_ok(), "resume read the whole file: {resumed:?}");
+    assert_eq!(reading_input(&db), 0);
+    assert_eq!(requests(&db), n as i64 + 1, "every line is in the job");
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM requests WHERE key = 'long'"),
+        1
+    );
+    assert_eq!(fx.requests_in("succeeded"), n as i64);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_while_the_file_is_read_then_resume_sends_the_rest_once() {
     let n = 10 * FEED_CHUNK_LINES;
     let fx = Fixture::for_job("signal")
