@@ -120,8 +120,8 @@ pub struct ClientSettings {
     pub organization: Option<String>,
     /// `OpenAI-Project` header.
     pub project: Option<String>,
-    /// The longest answer body read (`--max-response-bytes`); a longer one is
-    /// [`Sent::TooLarge`].
+    /// The longest answer body read (`--max-response-bytes`; the bytes of an event stream,
+    /// counted as they arrive); a longer one is [`Sent::TooLarge`].
     pub max_body_bytes: usize,
     /// How the key is sent.
     pub auth: AuthStyle,
@@ -364,13 +364,20 @@ impl ApiClient {
         if streamed {
             let mut response = response;
             let headers = std::mem::take(response.headers_mut());
-            let (head, stream) = read_stream(response).await;
-            return Sent::Answer(Answer {
-                status,
-                headers,
-                body: head,
-                stream: Some(stream),
-            });
+            return match read_stream(response, self.max_body_bytes).await {
+                Ok((head, stream)) => Sent::Answer(Answer {
+                    status,
+                    headers,
+                    body: head,
+                    stream: Some(stream),
+                }),
+                Err(at_least) => Sent::TooLarge {
+                    status,
+                    headers,
+                    cap: self.max_body_bytes,
+                    at_least,
+                },
+            };
         }
         self.read_whole(response).await
     }
@@ -437,19 +444,32 @@ impl ApiClient {
 
 /// Reads an event stream chunk by chunk into a [`StreamAssembler`]: memory holds the answer being
 /// built, never the raw stream. Returns the stream's first bytes and how it ended.
-async fn read_stream(mut response: reqwest::Response) -> (Vec<u8>, Streamed) {
+///
+/// # Errors
+/// The bytes received when the stream outgrew `cap` (`--max-response-bytes`, counted on the
+/// stream as it arrives, as for a plain body): reading stops there and the connection is
+/// dropped, so a stream that never ends cannot grow the answer without bound.
+async fn read_stream(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, Streamed), u64> {
     let mut assembler = StreamAssembler::new();
     let mut head: Vec<u8> = Vec::new();
+    let mut received: u64 = 0;
     let broken = loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
+                received += chunk.len() as u64;
+                if received > cap as u64 {
+                    return Err(received);
+                }
                 if head.len() < STREAM_HEAD_BYTES {
                     let take = chunk.len().min(STREAM_HEAD_BYTES - head.len());
                     head.extend_from_slice(&chunk[..take]);
                 }
                 if let Err(e) = assembler.push(&chunk) {
                     let message = e.to_string();
-                    return (head, Streamed::Unreadable { message });
+                    return Ok((head, Streamed::Unreadable { message }));
                 }
             }
             Ok(None) => break None,
@@ -473,7 +493,7 @@ async fn read_stream(mut response: reqwest::Response) -> (Vec<u8>, Streamed) {
             message: e.to_string(),
         },
     };
-    (head, streamed)
+    Ok((head, streamed))
 }
 
 fn failed(e: &reqwest::Error) -> Sent {

@@ -168,6 +168,49 @@ async fn an_answer_over_max_response_bytes_fails_its_request_once_and_stores_no_
     assert_eq!(fx.mock.stats().answers, 3);
 }
 
+/// A streamed answer counts against `--max-response-bytes` as its events arrive: one whose
+/// stream outgrows the limit stops being read there and fails like a plain answer over it; one
+/// under it is assembled and succeeds.
+#[tokio::test]
+async fn a_streamed_answer_over_max_response_bytes_fails_its_request_once() {
+    // The mock echoes the prompt word by word, one event of ~230 bytes a word: ~4.6 MB.
+    let long_prompt = "w ".repeat(20_000);
+    let fx = Fixture::for_job("bigstream")
+        .input(jsonl([
+            line("long", json!({"prompt": long_prompt, "stream": true})),
+            line("short", json!({"stream": true})),
+        ]))
+        .start()
+        .await;
+    let exit = fx.submit(&["--max-response-bytes", "1000000"]).await;
+    assert_eq!(exit, Exit::SomeFailed);
+    let q = |sql: &str| query_text(&fx.db(), sql);
+    assert_eq!(
+        q("SELECT state || ' ' || error_class || ' ' || error_code FROM requests WHERE key = 'long'")
+            .as_deref(),
+        Some("failed request_failed response_too_large")
+    );
+    assert_eq!(
+        query_i64(
+            &fx.db(),
+            "SELECT coalesce(length(response), 0) FROM requests WHERE key = 'long'"
+        ),
+        0,
+        "nothing of the stream is journaled"
+    );
+    assert_eq!(
+        query_i64(&fx.db(), "SELECT attempts FROM requests WHERE key = 'long'"),
+        1,
+        "never retried"
+    );
+    assert_eq!(
+        q("SELECT state FROM requests WHERE key = 'short'").as_deref(),
+        Some("succeeded")
+    );
+    let short = q("SELECT response FROM requests WHERE key = 'short'").unwrap_or_default();
+    assert!(short.contains("echo: prompt short"), "{short}");
+}
+
 /// The flag is checked: more than the journal can hold is refused before anything is sent.
 #[tokio::test]
 async fn max_response_bytes_over_what_the_journal_holds_is_refused() {
