@@ -3,10 +3,10 @@
 //! SQLite checkpoints on the connection that commits: once the WAL holds 1,000 pages, one of
 //! the owner thread's commits also copies them into the database file and syncs it. That takes
 //! milliseconds, in which no claim is answered and the pool runs dry (measured on the README's
-//! nginx workload: half of the owner thread's time in batches went to the one in fifteen that
-//! took over 3 ms, most of them checkpoints). The checkpointer is a thread with a connection of its own that copies
-//! what has been committed soon after each commit, at most every [`GATHER`], so the owner's
-//! automatic checkpoint finds little or nothing left to copy.
+//! nginx workload: half of the owner thread's time in batches went to the one batch in fifteen
+//! that took over 3 ms, most of them checkpoints). The checkpointer is a thread with a
+//! connection of its own that copies what has been committed soon after each commit, at most
+//! every [`GATHER`], so the owner's automatic checkpoint finds little or nothing left to copy.
 //!
 //! It is only a speed-up, and never the only checkpoint: when it lags or fails, the owner's
 //! automatic checkpoint still bounds the WAL, and a failed checkpoint loses nothing (the WAL
@@ -123,7 +123,13 @@ fn checkpoint_while_running(conn: &Connection, shared: &Shared) {
         if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(%error, "checkpoint failed; the next commit tries again");
         }
-        thread::sleep(GATHER);
+        // A stop ends the pause at once: the store's owner waits for this thread as it closes.
+        let state = lock(&shared.state);
+        drop(
+            shared
+                .wake
+                .wait_timeout_while(state, GATHER, |state| !state.stop),
+        );
     }
 }
 
