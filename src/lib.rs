@@ -28,8 +28,9 @@
 //!   [`engine::batch`] runs a `--via batch` job through the hosted Batch API (chunks, their
 //!   steps on the server, results imported as attempts); [`engine::ending`] says how a run ended.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
-//!   commit; a second thread checkpoints the WAL). Every SQL statement lives here: [`store::db`] (writes, jobs), [`store::journal`]
-//!   (read-only queries), [`store::batches`] (chunks and Files/Batches calls),
+//!   commit; a second thread checkpoints the WAL). Every SQL statement lives here:
+//!   [`store::db`] (writes, jobs), [`store::journal`] (read-only queries), [`store::batches`]
+//!   (chunks and Files/Batches calls),
 //!   [`store::ingest`] (a file into a job, all or nothing; [`store::ingest::direct`] for a new
 //!   job's checked file),
 //!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].

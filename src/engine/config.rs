@@ -13,7 +13,7 @@ use crate::engine::breaker::BreakerSettings;
 use crate::engine::keys::{KeysError, read_keys_file};
 use crate::engine::retry::{Budgets, RetryPolicy};
 use crate::http::client::{ApiKey, AuthStyle, ClientSettings};
-use crate::input::CHAT_ENDPOINT;
+use crate::input::{CHAT_ENDPOINT, InputOptions};
 
 /// The OpenAI SDKs' default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -279,6 +279,15 @@ impl JobSettings {
             auth: None,
             api_version: None,
             batch: BatchSettings::default(),
+        }
+    }
+
+    /// How the job's file is read: its endpoint and model for plain lines, its line limit.
+    pub fn input_options(&self) -> InputOptions {
+        InputOptions {
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            max_line_bytes: self.max_line_bytes,
         }
     }
 

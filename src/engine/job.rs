@@ -20,7 +20,7 @@ use crate::engine::progress::{Display, Reporter, Tally};
 use crate::engine::rate_limit::RequestLimiter;
 use crate::engine::shutdown::Shutdown;
 use crate::http::client::ApiClient;
-use crate::input::{self, Checked, InputOptions, InputReader};
+use crate::input::{self, Checked, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::ingest::{IngestReport, direct};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
@@ -75,11 +75,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         settings.check(env)?;
         destination::check_transport(&settings, env, args.run.allow_insecure_http)?;
 
-        let options = InputOptions {
-            endpoint: settings.endpoint.clone(),
-            model: settings.model.clone(),
-            max_line_bytes: settings.max_line_bytes,
-        };
+        let options = settings.input_options();
         let open = || -> anyhow::Result<InputReader> {
             let reader = InputReader::open(&args.file, options.clone())?;
             Ok(reader.skip_invalid(args.skip_invalid))
@@ -316,11 +312,6 @@ async fn read_the_rest(
         "{}: the last run stopped before it had read the whole of {}: reading it again (the requests already in the job are kept)",
         job.name, job.input_path
     );
-    let options = InputOptions {
-        endpoint: settings.endpoint.clone(),
-        model: settings.model.clone(),
-        max_line_bytes: settings.max_line_bytes,
-    };
     let path = Path::new(&job.input_path);
     let hint = || {
         format!(
@@ -328,7 +319,7 @@ async fn read_the_rest(
             job.name, job.input_path, job.name
         )
     };
-    let reader = InputReader::open(path, options).with_context(hint)?;
+    let reader = InputReader::open(path, settings.input_options()).with_context(hint)?;
     let leased = ingest::Leased { job, owner: me };
     let report = ingest::ingest_leased(store, leased, reader, |_| Ok(()))
         .await

@@ -337,13 +337,9 @@ impl WorkerPool {
                 }
             };
             if ahead.ready.is_empty() {
-                let now = now_ms();
                 let limit = if probe { 1 } else { free.min(CLAIM_BATCH) };
                 let began = ahead.finished;
-                let claimed = ctx
-                    .store
-                    .call(move |c| db::claim_due(c, job, now, limit))
-                    .await?;
+                let claimed = claim(ctx.store.clone(), job, limit).await?;
                 ahead.join_finished(tasks)?;
                 ahead.measured(began);
                 if claimed.is_empty() {
@@ -404,13 +400,9 @@ impl WorkerPool {
         {
             return;
         }
-        let (store, job) = (self.context.store.clone(), self.context.job);
-        let limit = room.min(CLAIM_BATCH);
-        let claim: Claim = Box::pin(async move {
-            let now = now_ms();
-            store.call(move |c| db::claim_due(c, job, now, limit)).await
-        });
-        ahead.claiming = Some((claim, ahead.finished));
+        let store = self.context.store.clone();
+        let claiming: Claim = Box::pin(claim(store, self.context.job, room.min(CLAIM_BATCH)));
+        ahead.claiming = Some((claiming, ahead.finished));
     }
 
     /// Sends up to `n` of the requests claimed, each after the gates and the limiter allow it;
@@ -598,6 +590,13 @@ impl WorkerPool {
             .await?;
         result
     }
+}
+
+/// Claims up to `limit` of `job`'s requests due when it runs: they are in flight, committed,
+/// when it completes.
+async fn claim(store: JobStore, job: JobId, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    let now = now_ms();
+    store.call(move |c| db::claim_due(c, job, now, limit)).await
 }
 
 /// A finished task: its store error, or its panic, is the pool's.

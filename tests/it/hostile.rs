@@ -130,34 +130,7 @@ async fn an_answer_over_max_response_bytes_fails_its_request_once_and_stores_no_
         .await;
     let exit = fx.submit(&["--max-response-bytes", "1000000"]).await;
     assert_eq!(exit, Exit::SomeFailed);
-    let q = |sql: &str| query_text(&fx.db(), sql);
-    assert_eq!(
-        q("SELECT state FROM requests WHERE key = 'huge'").as_deref(),
-        Some("failed")
-    );
-    assert_eq!(
-        q("SELECT error_code FROM requests WHERE key = 'huge'").as_deref(),
-        Some("response_too_large")
-    );
-    assert_eq!(
-        q("SELECT error_class FROM requests WHERE key = 'huge'").as_deref(),
-        Some("request_failed")
-    );
-    let message = q("SELECT error_message FROM requests WHERE key = 'huge'").unwrap_or_default();
-    assert!(message.contains("raise --max-response-bytes"), "{message}");
-    assert_eq!(
-        query_i64(
-            &fx.db(),
-            "SELECT coalesce(length(response), 0) FROM requests WHERE key = 'huge'"
-        ),
-        0,
-        "no body over the limit is journaled"
-    );
-    assert_eq!(
-        query_i64(&fx.db(), "SELECT attempts FROM requests WHERE key = 'huge'"),
-        1,
-        "never retried"
-    );
+    assert_too_large_once(&fx.db(), "huge");
     assert_eq!(fx.requests_in("succeeded"), 2);
     assert!(
         query_i64(
@@ -166,6 +139,29 @@ async fn an_answer_over_max_response_bytes_fails_its_request_once_and_stores_no_
         ) >= 64 * 1024
     );
     assert_eq!(fx.mock.stats().answers, 3);
+}
+
+/// Request `key` failed as `response_too_large` (`request_failed`, telling to raise the flag)
+/// after one attempt, never retried, with nothing of its answer journaled.
+fn assert_too_large_once(db: &std::path::Path, key: &str) {
+    let sql = |column: &str| format!("SELECT {column} FROM requests WHERE key = '{key}'");
+    let text = |column: &str| query_text(db, &sql(column)).unwrap_or_default();
+    assert_eq!(
+        text("state || ' ' || error_class || ' ' || error_code"),
+        "failed request_failed response_too_large",
+        "{key}"
+    );
+    let message = text("error_message");
+    assert!(
+        message.contains("raise --max-response-bytes"),
+        "{key}: {message}"
+    );
+    assert_eq!(
+        query_i64(db, &sql("coalesce(length(response), 0)")),
+        0,
+        "{key}: nothing of an answer over the limit is journaled"
+    );
+    assert_eq!(query_i64(db, &sql("attempts")), 1, "{key}: never retried");
 }
 
 /// A streamed answer counts against `--max-response-bytes` as its events arrive: one whose
@@ -184,25 +180,8 @@ async fn a_streamed_answer_over_max_response_bytes_fails_its_request_once() {
         .await;
     let exit = fx.submit(&["--max-response-bytes", "1000000"]).await;
     assert_eq!(exit, Exit::SomeFailed);
+    assert_too_large_once(&fx.db(), "long");
     let q = |sql: &str| query_text(&fx.db(), sql);
-    assert_eq!(
-        q("SELECT state || ' ' || error_class || ' ' || error_code FROM requests WHERE key = 'long'")
-            .as_deref(),
-        Some("failed request_failed response_too_large")
-    );
-    assert_eq!(
-        query_i64(
-            &fx.db(),
-            "SELECT coalesce(length(response), 0) FROM requests WHERE key = 'long'"
-        ),
-        0,
-        "nothing of the stream is journaled"
-    );
-    assert_eq!(
-        query_i64(&fx.db(), "SELECT attempts FROM requests WHERE key = 'long'"),
-        1,
-        "never retried"
-    );
     assert_eq!(
         q("SELECT state FROM requests WHERE key = 'short'").as_deref(),
         Some("succeeded")

@@ -19,7 +19,7 @@ use runner::engine::pool::{PoolExit, PoolSettings, WorkerPool};
 use runner::engine::progress::Tally;
 use runner::engine::rate_limit::RequestLimiter;
 use runner::engine::shutdown::Shutdown;
-use runner::input::{CHAT_ENDPOINT, Checked, DEFAULT_MAX_LINE_BYTES, InputOptions, InputReader};
+use runner::input::{Checked, DEFAULT_MAX_LINE_BYTES, InputReader};
 use runner::mock::MockConfig;
 use runner::store::JobStore;
 use runner::store::StoreThread;
@@ -293,12 +293,11 @@ impl Direct {
     /// A feeder reading from a pipe whose writing end the test holds: the check read `checked`.
     fn feeder(&self, checked: &str) -> (Feeder, PipeWriter) {
         let (read, write) = std::io::pipe().expect("pipe");
-        let options = InputOptions {
-            endpoint: CHAT_ENDPOINT.into(),
-            model: Some("test-model".into()),
-            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
-        };
-        let reader = InputReader::new("slow.jsonl".into(), Box::new(BufReader::new(read)), options);
+        let reader = InputReader::new(
+            "slow.jsonl".into(),
+            Box::new(BufReader::new(read)),
+            self.settings.input_options(),
+        );
         let checked = Checked {
             requests: checked.lines().count() as u64,
             direct: true,
