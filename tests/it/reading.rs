@@ -178,20 +178,28 @@ async fn resume_reads_the_rest_of_a_file_with_the_limit_on_line_length_the_submi
     assert_eq!(reading_input(&db), 1, "stopped mid-read");
     assert!(requests(&db) < n as i64 + 1);
 
+    // The resume reads the rest before it sends anything; with the same revoked key it then
+    // stops at its first answer again, so what this test costs is the reading, not 20,000 sends
+    // (other tests here send a resumed job to its end).
     let db_arg = fx.db_arg();
     let resumed = within(
         "resume",
-        run(&["resume", "--db", &db_arg, "--no-progress"], env()),
+        run(
+            &["resume", "--db", &db_arg, "--no-progress"],
+            env_with_key(bad),
+        ),
     )
     .await;
-    assert!(resumed.is_ok(), "resume read the whole file: {resumed:?}");
+    assert!(
+        matches!(resumed, Ok(Exit::Stopped)),
+        "resume read the whole file, then met the revoked key: {resumed:?}"
+    );
     assert_eq!(reading_input(&db), 0);
     assert_eq!(requests(&db), n as i64 + 1, "every line is in the job");
     assert_eq!(
         query_i64(&db, "SELECT count(*) FROM requests WHERE key = 'long'"),
         1
     );
-    assert_eq!(fx.requests_in("succeeded"), n as i64);
     fx.shutdown().await;
 }
 
