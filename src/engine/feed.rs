@@ -20,10 +20,11 @@ use crate::store::db::atomically;
 use crate::store::ingest::direct;
 use crate::store::{JobStore, StoreError};
 
-/// Lines inserted in one transaction at most: a few milliseconds of the store's thread, which
-/// the pool's claims and journal writes share meanwhile, and few enough that the first chunk is
+/// Lines inserted in one transaction at most: a couple of milliseconds of the store's thread,
+/// which the pool's claims and journal writes wait out meanwhile (2,000 lines held claims up
+/// long enough to empty the pool against a fast server), and few enough that the first chunk is
 /// in (and its first request out) a moment after the check.
-pub const FEED_CHUNK_LINES: usize = 2_000;
+pub const FEED_CHUNK_LINES: usize = 500;
 
 /// Bytes of requests (bodies, metadata, headers) in one chunk at most: long lines make short
 /// chunks, so the chunks waiting for the store stay small in memory whatever the lines.

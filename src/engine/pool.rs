@@ -39,7 +39,7 @@ use crate::util::clock::now_ms;
 use crate::util::sync::lock;
 
 /// Most requests claimed in one store round trip.
-const CLAIM_BATCH: usize = 256;
+const CLAIM_BATCH: usize = 512;
 
 /// The share of `--concurrency` a claim is made for at least (while requests are in flight):
 /// claiming one request per finished task costs a store round trip and a commit each; claiming
@@ -47,6 +47,16 @@ const CLAIM_BATCH: usize = 256;
 /// quarters while work is due (see [`WorkerPool::claim_ahead`] for claims made before slots
 /// are free).
 const REFILL_DIVISOR: usize = 4;
+
+/// Requests claimed ahead at most, per slot of the pool. Against a fast server a claim can wait
+/// several milliseconds behind a batch of journal writes or a chunk of the file going in, while
+/// hundreds of answers arrive: with no more than one pool's worth claimed ahead, the pool ran
+/// empty a few times a second (measured on the README's nginx workload).
+const AHEAD_PER_SLOT: usize = 16;
+
+/// Bytes of requests (bodies, headers, URLs) claimed ahead at most, whatever their number:
+/// large prompts are claimed ahead a few at a time.
+const AHEAD_BYTES: usize = 8 * 1024 * 1024;
 
 /// A claim on its way to the store.
 type Claim = Pin<Box<dyn Future<Output = Result<Vec<Claimed>, StoreError>> + Send>>;
@@ -62,11 +72,13 @@ struct Ahead {
     dry: bool,
     /// Attempts finished so far in this run.
     finished: u64,
-    /// How many to claim beyond the pool's size (at most `--concurrency` is used): four times
-    /// as many as finished during the last claim's round trip, or an eighth less than before
-    /// if that is more. Round trips vary several-fold from one to the next; a depth that
-    /// followed each would leave the pool short after every quick one.
+    /// How many to claim beyond the pool's size (see [`Ahead::allowance`] for how much of it
+    /// is used): four times as many as finished during the last claim's round trip, or an
+    /// eighth less than before if that is more. Round trips vary several-fold from one to the
+    /// next; a depth that followed each would leave the pool short after every quick one.
     depth: usize,
+    /// The mean size in bytes of the requests the last claim brought back (0 before any).
+    bytes_each: usize,
 }
 
 impl Ahead {
@@ -101,13 +113,29 @@ impl Ahead {
         self.depth = needed.max(self.depth * 7 / 8);
     }
 
+    /// How many may be claimed beyond the pool's size now: [`Ahead::depth`], at most
+    /// [`AHEAD_PER_SLOT`] per slot and [`AHEAD_BYTES`] of requests the size of the last ones.
+    fn allowance(&self, concurrency: usize) -> usize {
+        self.depth
+            .min(AHEAD_PER_SLOT * concurrency)
+            .min(AHEAD_BYTES / self.bytes_each.max(1))
+    }
+
+    /// Takes in what a claim brought back.
+    fn extend(&mut self, claimed: Vec<Claimed>) {
+        if !claimed.is_empty() {
+            let bytes: usize = claimed.iter().map(size_of_request).sum();
+            self.bytes_each = bytes / claimed.len();
+        }
+        self.dry = claimed.is_empty();
+        self.ready.extend(claimed);
+    }
+
     fn came_back(&mut self, claimed: Result<Vec<Claimed>, StoreError>) -> Result<(), StoreError> {
         if let Some((_, began)) = self.claiming.take() {
             self.measured(began);
         }
-        let claimed = claimed?;
-        self.dry = claimed.is_empty();
-        self.ready.extend(claimed);
+        self.extend(claimed?);
         Ok(())
     }
 
@@ -357,8 +385,7 @@ impl WorkerPool {
                     self.wait(tasks, deadline, stop, more, ahead).await?;
                     continue;
                 }
-                ahead.ready.extend(claimed);
-                ahead.dry = false;
+                ahead.extend(claimed);
             }
             self.launch(tasks, ahead, if probe { 1 } else { free }, probe, stop)
                 .await?;
@@ -379,20 +406,21 @@ impl WorkerPool {
 
     /// Starts claiming the next requests while those in flight are sent and answered, so that
     /// a slot that frees finds one ready instead of waiting for a store round trip. A claim is
-    /// committed with the journal writes queued before it: about a millisecond against a fast
-    /// server, in which the pool would otherwise run dry (measured on the README's nginx
+    /// committed with the journal writes queued before it: one to several milliseconds against
+    /// a fast server, in which the pool would otherwise run dry (measured on the README's nginx
     /// workload: the dispatcher waited for claims most of the run).
     ///
     /// Claimed requests are in flight in the store until sent or given back, and a crash
     /// journals each as interrupted, so no more are claimed ahead than the pace needs: a few
-    /// times as many as finish during a round trip (see [`Ahead::depth`]). Against a
+    /// times as many as finish during a round trip (see [`Ahead::depth`]), within
+    /// [`Ahead::allowance`]'s bounds on their number and bytes. Against a
     /// server that takes seconds to answer that is none: claims then wait for free slots, a
     /// quarter of the pool at a time, as they always have. No claim is made ahead while the
     /// pool is paused or its breaker open, nor after one found nothing, until one finds some.
     fn claim_ahead(&self, tasks: &JoinSet<Result<(), StoreError>>, ahead: &mut Ahead) {
         let concurrency = self.settings.concurrency;
         let held = tasks.len() + ahead.ready.len();
-        let room = (concurrency + ahead.depth.min(concurrency)).saturating_sub(held);
+        let room = (concurrency + ahead.allowance(concurrency)).saturating_sub(held);
         if ahead.claiming.is_some()
             || ahead.dry
             || room < self.refill_at()
@@ -599,6 +627,14 @@ async fn claim(store: JobStore, job: JobId, limit: usize) -> Result<Vec<Claimed>
     store.call(move |c| db::claim_due(c, job, now, limit)).await
 }
 
+/// The bytes a claimed request holds while it waits to be sent.
+fn size_of_request(request: &Claimed) -> usize {
+    request.body.len()
+        + request.url.len()
+        + request.key.len()
+        + request.headers.as_ref().map_or(0, String::len)
+}
+
 /// A finished task: its store error, or its panic, is the pool's.
 fn settle(
     joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
@@ -635,5 +671,45 @@ mod tests {
             ahead.measured(ahead.finished);
         }
         assert_eq!(ahead.depth, 0, "nothing finishing, nothing claimed ahead");
+    }
+
+    fn claimed(id: i64, body_bytes: usize) -> Claimed {
+        Claimed {
+            id: RequestId(id),
+            key: format!("k{id}"),
+            method: "POST".to_owned(),
+            url: "/v1/chat/completions".to_owned(),
+            body: "x".repeat(body_bytes),
+            headers: None,
+            attempts: 0,
+            spent: crate::domain::Spent::default(),
+        }
+    }
+
+    #[test]
+    fn what_is_claimed_ahead_is_bounded_per_slot_and_in_bytes() {
+        let mut ahead = Ahead {
+            depth: 100_000,
+            ..Ahead::default()
+        };
+        assert_eq!(
+            ahead.allowance(64),
+            AHEAD_PER_SLOT * 64,
+            "small requests: the bound per slot"
+        );
+        ahead.extend((0..4).map(|i| claimed(i, 1024 * 1024)).collect());
+        let each = 1024 * 1024 + "/v1/chat/completions".len() + 2;
+        assert_eq!(ahead.bytes_each, each);
+        assert_eq!(
+            ahead.allowance(64),
+            AHEAD_BYTES / each,
+            "1 MiB prompts: a few, by their bytes"
+        );
+        assert!(!ahead.dry);
+        ahead.extend(Vec::new());
+        assert!(ahead.dry, "a claim that found nothing");
+        assert_eq!(ahead.bytes_each, each, "and no size to learn from it");
+        ahead.depth = 3;
+        assert_eq!(ahead.allowance(64), 3, "the pace's depth when it is less");
     }
 }

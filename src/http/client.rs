@@ -268,6 +268,10 @@ impl ApiClient {
             }
         }
         let http = reqwest::Client::builder()
+            // reqwest would send a request again after some protocol refusals, unseen by the
+            // journal; every attempt is the runner's to make and record. It also spares a copy
+            // of every request made in case of such a retry.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .default_headers(headers)
             .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.timeout)
