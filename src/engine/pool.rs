@@ -52,7 +52,7 @@ const REFILL_DIVISOR: usize = 4;
 /// several milliseconds behind a batch of journal writes or a chunk of the file going in, while
 /// hundreds of answers arrive: with no more than one pool's worth claimed ahead, the pool ran
 /// empty a few times a second (measured on the README's nginx workload).
-const AHEAD_PER_SLOT: usize = 16;
+const AHEAD_PER_SLOT: usize = 8;
 
 /// Bytes of requests (bodies, headers, URLs) claimed ahead at most, whatever their number:
 /// large prompts are claimed ahead a few at a time.
