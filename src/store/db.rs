@@ -236,7 +236,7 @@ pub fn recover_in_flight(conn: &Connection, job: JobId, now: i64) -> Result<u64,
     conn.execute(
         "INSERT INTO attempts (request_id, job_id, number, started_at, finished_at, outcome, error_message)
          SELECT id, job_id, attempts + 1, coalesce(in_flight_since, ?2), ?2, ?3,
-                'the runner stopped while this attempt was in flight: the server may or may not have processed it'
+                'the runner stopped while this request was in flight (sent, or claimed to be sent next): the server may or may not have processed it'
          FROM requests WHERE job_id = ?1 AND state = 'in_flight'",
         params![job.0, now, AttemptOutcome::Interrupted.as_str()],
     )?;
