@@ -39,15 +39,20 @@ pub enum BatchFate {
     FailValidation,
     /// Expires half-way: only the lines answered by then are in the output and error files.
     Expire,
+    /// Completes, but its output file is gone by the time it is downloaded (404), as after a
+    /// delete or past the file's expiry; its error file, if any, is there.
+    OutputGone,
 }
 
 impl BatchFate {
-    /// Parses `complete`, `fail-validation` or `expire` (the `--batch-fates` names).
+    /// Parses `complete`, `fail-validation`, `expire` or `output-gone` (the `--batch-fates`
+    /// names).
     pub fn from_name(name: &str) -> Option<BatchFate> {
         match name.trim().to_ascii_lowercase().replace('_', "-").as_str() {
             "complete" => Some(BatchFate::Complete),
             "fail-validation" => Some(BatchFate::FailValidation),
             "expire" => Some(BatchFate::Expire),
+            "output-gone" => Some(BatchFate::OutputGone),
             _ => None,
         }
     }
@@ -299,12 +304,16 @@ fn check(batch: &mut MockBatch, content: Option<Arc<Vec<u8>>>) {
             "This line was refused (the mock was told to fail this batch's validation).",
             1,
         )]),
-        (BatchFate::Complete | BatchFate::Expire, Some(content)) => validate(&content, &endpoint),
-        (BatchFate::Complete | BatchFate::Expire, None) => Err(vec![line_error(
-            "file_not_found",
-            "The input file was deleted before validation.",
-            0,
-        )]),
+        (BatchFate::Complete | BatchFate::Expire | BatchFate::OutputGone, Some(content)) => {
+            validate(&content, &endpoint)
+        }
+        (BatchFate::Complete | BatchFate::Expire | BatchFate::OutputGone, None) => {
+            Err(vec![line_error(
+                "file_not_found",
+                "The input file was deleted before validation.",
+                0,
+            )])
+        }
     };
     match checked {
         Ok(lines) => {
@@ -346,6 +355,9 @@ fn finish(files: &mut BTreeMap<String, StoredFile>, batch: &mut MockBatch) {
         );
         let id = file.object["id"].as_str().unwrap_or_default().to_owned();
         batch.object.insert(field.into(), json!(id));
+        if success && batch.fate == BatchFate::OutputGone {
+            continue;
+        }
         files.insert(id, file);
     }
     batch.results = results;
@@ -518,6 +530,10 @@ mod tests {
         assert_eq!(
             BatchFate::from_name("fail_validation"),
             Some(BatchFate::FailValidation)
+        );
+        assert_eq!(
+            BatchFate::from_name("output-gone"),
+            Some(BatchFate::OutputGone)
         );
         assert_eq!(BatchFate::from_name("explode"), None);
     }

@@ -141,6 +141,82 @@ async fn an_expired_batch_sends_its_missing_lines_in_a_later_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_output_file_is_gone_sends_its_lines_again_and_says_so() {
+    // The first batch completes, but its output file answers 404 (deleted, or past its
+    // expiry): its answers can never be read, so its lines go into a second batch.
+    const N: usize = 60;
+    let fx = Fixture::for_job("gone")
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(300),
+            batch_fates: vec![BatchFate::OutputGone],
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await;
+    let out = output(fx.bin_submit(&via_batch(&[]))).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("is gone from the server (HTTP 404, 10 times)")
+            && stderr.contains("billed twice"),
+        "{stderr}"
+    );
+    let db = fx.db();
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM attempts WHERE error_code = 'batch_file_gone' \
+             AND outcome = 'outcome_unknown' AND error_class = 'transient'"
+        ),
+        N as i64,
+        "every line of the first batch has an attempt saying its answer is lost"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM batch_calls WHERE operation = 'download' AND http_status = 404"
+        ),
+        10,
+        "the download is tried again within the transient budget (10 attempts), each journaled"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM batch_calls WHERE operation = 'download' AND result LIKE '%: gone'"
+        ),
+        1,
+        "then the file is taken as gone"
+    );
+    assert_eq!(
+        query_text(
+            &db,
+            "SELECT group_concat(lines) FROM (SELECT lines FROM batch_chunks ORDER BY seq)"
+        )
+        .as_deref(),
+        Some("60,60"),
+        "the lines went again in a second chunk"
+    );
+    assert_eq!(requests_in(&db, "succeeded"), N as i64);
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM (SELECT request_id FROM attempts WHERE http_status = 200 \
+             GROUP BY request_id HAVING count(*) = 1)"
+        ),
+        N as i64,
+        "one journaled success each"
+    );
+    // The price of a lost file: the server answered every line twice, once in each batch.
+    let stats = fx.mock.stats();
+    for i in 0..N {
+        assert_eq!(stats.successes_for(&sent_body(i)), 2, "request {i}");
+    }
+    assert_eq!(integrity(&db), "ok");
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_by_validation_fails_the_line_it_names_and_sends_the_others_again() {
     const N: usize = 50;
     let fx = Fixture::for_job("refused")

@@ -4,6 +4,12 @@
 //! (expired, cancelled, refused by validation, or missing) and goes back to pending within its
 //! budget. Importing again after a crash skips what was journaled: a request leaves `batched`
 //! in the same transaction as its attempt.
+//!
+//! A file the server does not serve (404) is asked for again, with backoff, within the chunk's
+//! budget for transient failures: a server may serve a file a moment after its batch ended.
+//! Past the budget it is gone (deleted, or past its expiry) and can never be read: the lines it
+//! answered are settled as unanswered with an unknown outcome and sent again. They ran and may
+//! be billed twice, as a request in flight at a crash may; waiting would wait forever.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -13,7 +19,7 @@ use crate::domain::{AttemptOutcome, Class, Disposition};
 use crate::engine::attempt::Reading;
 use crate::engine::attempt::batched::{FromBatch, judge, read_result, unanswered};
 use crate::engine::retry::RetryPolicy;
-use crate::http::batch::{BatchErrors, BatchResult};
+use crate::http::batch::{BatchApiError, BatchErrors, BatchResult};
 use crate::store::StoreError;
 use crate::store::batches::{self, ChunkRow, Waiting};
 use crate::util::clock::now_ms;
@@ -52,6 +58,7 @@ impl BatchRun<'_> {
     /// Journals an ended batch's results and settles the lines it did not answer.
     pub(super) async fn import(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
         let mut total = Imported::default();
+        let mut gone: Option<String> = None;
         let files = [
             ("output", chunk.output_file_id.clone()),
             ("error", chunk.error_file_id.clone()),
@@ -80,13 +87,45 @@ impl BatchRun<'_> {
                         .call(move |c| batches::record_call(c, &call))
                         .await?;
                 }
+                Err(e) if not_served(&e) => {
+                    let spent = chunk.spent.of(Class::Transient) + 1;
+                    let again = self
+                        .policy
+                        .retry_delay(Class::Transient, spent, None, 0.0)
+                        .is_some();
+                    if again {
+                        let transient = Some(Class::Transient);
+                        return self.call_failed_as(chunk, call, &e, transient).await;
+                    }
+                    let (status, code, message) = super::describe(&e);
+                    let what = format!(
+                        "the {which} file {file} of batch {} is gone from the server (HTTP {}, \
+                         {spent} times)",
+                        chunk.batch_id.as_deref().unwrap_or("-"),
+                        status.unwrap_or_default(),
+                    );
+                    eprintln!(
+                        "{}: chunk {}: {what}: the lines it answered are sent again, and may be \
+                         billed twice",
+                        self.job.name, chunk.seq
+                    );
+                    call.http_status = status;
+                    call.class = Some(Class::RequestFailed.journaled());
+                    call.error_code = code;
+                    call.error_message = Some(message);
+                    call.result = Some(format!("{which} file {file}: gone"));
+                    self.store
+                        .call(move |c| batches::record_call(c, &call))
+                        .await?;
+                    gone.get_or_insert(what);
+                }
                 Err(e) => {
                     // What was read is journaled; the rest comes with the next download.
                     return self.call_failed(chunk, call, &e).await;
                 }
             }
         }
-        let rest = self.settle_unanswered(chunk).await?;
+        let rest = self.settle_unanswered(chunk, gone).await?;
         total.add(rest);
         self.tell_imported(chunk, total);
         self.stop_on_configuration_error(chunk).await?;
@@ -178,7 +217,13 @@ impl BatchRun<'_> {
 
     /// Gives every request still waiting in the chunk its attempt (the batch ended without an
     /// answer for it) and marks the chunk imported, in one transaction.
-    async fn settle_unanswered(&mut self, chunk: &ChunkRow) -> Result<Imported, StoreError> {
+    /// `gone` names a file of the batch the server no longer has: the lines it did not
+    /// answer are then sent again, whatever the batch's status.
+    async fn settle_unanswered(
+        &mut self,
+        chunk: &ChunkRow,
+        gone: Option<String>,
+    ) -> Result<Imported, StoreError> {
         let chunk_id = chunk.id;
         let mut journal = self.results_of(chunk);
         let status = chunk.batch_status.clone().unwrap_or_default();
@@ -212,7 +257,10 @@ impl BatchRun<'_> {
                                 e.message.as_deref().unwrap_or("no message")
                             ),
                         ),
-                        None => unanswered_reading(&status, &errors),
+                        None => match &gone {
+                            Some(what) => file_gone(what),
+                            None => unanswered_reading(&status, &errors),
+                        },
                     };
                     journal.record(c, w, reading)?;
                 }
@@ -441,6 +489,27 @@ fn unanswered_reading(status: &str, errors: &BatchErrors) -> Reading {
             format!("the batch ended {status} without a result for this line"),
         ),
     }
+}
+
+/// A line of a file the server no longer has: it ran, its answer cannot be read.
+fn file_gone(what: &str) -> Reading {
+    unanswered(
+        AttemptOutcome::OutcomeUnknown,
+        Class::Transient,
+        "batch_file_gone",
+        format!("{what}: this line's answer cannot be read, so it is sent again"),
+    )
+}
+
+/// A download refused because the server does not have the file (yet, or any more).
+fn not_served(error: &BatchApiError) -> bool {
+    matches!(
+        error,
+        BatchApiError::Api {
+            status: 404 | 410,
+            ..
+        }
+    )
 }
 
 /// Reads one line (without its `\n`) into `line`, keeping at most `cap` bytes: `Some(true)` for

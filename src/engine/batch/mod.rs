@@ -226,10 +226,20 @@ impl BatchRun<'_> {
     async fn call_failed(
         &mut self,
         chunk: &ChunkRow,
-        mut call: CallRecord,
+        call: CallRecord,
         error: &BatchApiError,
     ) -> Result<(), StoreError> {
-        let mut class = error.class();
+        self.call_failed_as(chunk, call, error, error.class()).await
+    }
+
+    /// [`BatchRun::call_failed`], with the failure taken as `class` (`None`: a local fault).
+    async fn call_failed_as(
+        &mut self,
+        chunk: &ChunkRow,
+        mut call: CallRecord,
+        error: &BatchApiError,
+        mut class: Option<Class>,
+    ) -> Result<(), StoreError> {
         // Over the project's enqueued-token limit a create is refused until earlier batches
         // end: the chunk waits for them (not a fault of the chunk, no budget spent) while this
         // job has batches of its own running; otherwise it is paced like a 429.
