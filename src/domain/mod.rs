@@ -45,6 +45,16 @@ pub struct Claimed {
     pub spent: Spent,
 }
 
+impl Claimed {
+    /// The bytes it holds while it waits to be sent: body, headers, URL and key.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+            + self.url.len()
+            + self.key.len()
+            + self.headers.as_ref().map_or(0, String::len)
+    }
+}
+
 /// Attempts a request spent per retried class: what its retry budgets are measured against.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Spent {

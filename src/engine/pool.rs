@@ -54,9 +54,13 @@ const REFILL_DIVISOR: usize = 4;
 /// empty a few times a second (measured on the README's nginx workload).
 const AHEAD_PER_SLOT: usize = 8;
 
-/// Bytes of requests (bodies, headers, URLs) claimed ahead at most, whatever their number:
-/// large prompts are claimed ahead a few at a time.
+/// Bytes of requests ([`Claimed::bytes`]) claimed ahead at most, whatever their number: large
+/// prompts are claimed ahead a few at a time.
 const AHEAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes of requests one claim brings back at most (and at least one request): the number
+/// alone would let a claim of large prompts fill memory before their size is known.
+const CLAIM_BYTES: usize = 4 * 1024 * 1024;
 
 /// A claim on its way to the store.
 type Claim = Pin<Box<dyn Future<Output = Result<Vec<Claimed>, StoreError>> + Send>>;
@@ -124,7 +128,7 @@ impl Ahead {
     /// Takes in what a claim brought back.
     fn extend(&mut self, claimed: Vec<Claimed>) {
         if !claimed.is_empty() {
-            let bytes: usize = claimed.iter().map(size_of_request).sum();
+            let bytes: usize = claimed.iter().map(Claimed::bytes).sum();
             self.bytes_each = bytes / claimed.len();
         }
         self.dry = claimed.is_empty();
@@ -620,19 +624,13 @@ impl WorkerPool {
     }
 }
 
-/// Claims up to `limit` of `job`'s requests due when it runs: they are in flight, committed,
-/// when it completes.
+/// Claims up to `limit` of `job`'s requests due when it runs, at most [`CLAIM_BYTES`] of them
+/// (and at least one): they are in flight, committed, when it completes.
 async fn claim(store: JobStore, job: JobId, limit: usize) -> Result<Vec<Claimed>, StoreError> {
     let now = now_ms();
-    store.call(move |c| db::claim_due(c, job, now, limit)).await
-}
-
-/// The bytes a claimed request holds while it waits to be sent.
-fn size_of_request(request: &Claimed) -> usize {
-    request.body.len()
-        + request.url.len()
-        + request.key.len()
-        + request.headers.as_ref().map_or(0, String::len)
+    store
+        .call(move |c| db::claim_due_within(c, job, now, limit, CLAIM_BYTES))
+        .await
 }
 
 /// A finished task: its store error, or its panic, is the pool's.

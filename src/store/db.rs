@@ -265,6 +265,23 @@ pub fn claim_due(
     now: i64,
     limit: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
+    claim_due_within(conn, job, now, limit, usize::MAX)
+}
+
+/// [`claim_due`], stopping once the requests claimed hold `max_bytes` ([`Claimed::bytes`]) or
+/// more, so that a claim of large prompts stays small in memory; at least one is claimed when
+/// one is due.
+///
+/// # Errors
+/// Database errors.
+pub fn claim_due_within(
+    conn: &Connection,
+    job: JobId,
+    now: i64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut bytes = 0usize;
     let mut claimed = conn
         .prepare_cached(
             "SELECT id, key, method, url, body, attempts, transient_attempts, auth_attempts,
@@ -290,6 +307,13 @@ pub fn claim_due(
                 headers: r.get(10)?,
             })
         })?
+        .take_while(|row| {
+            let more = bytes < max_bytes;
+            if let Ok(request) = row {
+                bytes = bytes.saturating_add(request.bytes());
+            }
+            more
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // Every row was read before the first is changed: the scan above walks the index these
     // updates change. All of them or none: a request is never left in flight unclaimed.

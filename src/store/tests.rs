@@ -195,3 +195,45 @@ fn a_claim_takes_the_due_requests_oldest_deadline_first_and_marks_only_them() {
         "what is left and due"
     );
 }
+
+/// A claim bounded in bytes stops once what it took holds that many, and always takes one.
+#[test]
+fn a_claim_bounded_in_bytes_takes_as_many_as_fit_and_at_least_one() {
+    let mut conn = Connection::open_in_memory().expect("memory db");
+    migrate::migrate(&mut conn).expect("migrate");
+    let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1)
+        .expect("job")
+        .id;
+    let body = "x".repeat(1000);
+    for id in 1..=6 {
+        conn.execute(
+            "INSERT INTO requests (id, job_id, key, line, method, url, body, body_hash, state)
+             VALUES (?1, ?2, 'k' || ?1, ?1, 'POST', '/v1/chat/completions', ?3, 'h', 'pending')",
+            rusqlite::params![id, job.0, body],
+        )
+        .expect("request");
+    }
+    let each = 1000 + "/v1/chat/completions".len() + 2;
+    let ids = |claimed: Vec<crate::domain::Claimed>| -> Vec<i64> {
+        assert!(claimed.iter().all(|c| c.bytes() == each));
+        claimed.iter().map(|c| c.id.0).collect()
+    };
+    let claimed = db::claim_due_within(&conn, job, 0, 10, 2 * each + 1).expect("claim");
+    assert_eq!(
+        ids(claimed),
+        [1, 2, 3],
+        "two hold less than the bound, the third reaches it"
+    );
+    let claimed = db::claim_due_within(&conn, job, 0, 10, 1).expect("claim");
+    assert_eq!(ids(claimed), [4], "one, whatever its size");
+    let claimed = db::claim_due_within(&conn, job, 0, 1, usize::MAX).expect("claim");
+    assert_eq!(ids(claimed), [5], "the count still bounds it");
+    let pending: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM requests WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(pending, 1, "only what was claimed is in flight");
+}
