@@ -306,6 +306,55 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmit_takes_the_files_metadata_and_headers_for_the_requests_it_keeps() {
+    // Same requests (method, url, body), new metadata and headers: nothing is sent again, and
+    // the job keeps what the file says now (headers go with any send still to come).
+    let line = |id: &str, prompt: &str, team: &str, tag: &str| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+               "metadata": {"team": team}, "headers": {"x-tag": tag},
+               "body": {"model": "test-model", "messages": [{"role": "user", "content": prompt}]}})
+    };
+    let fx = Fixture::for_job("refile")
+        .input(jsonl([
+            line("a", "pa", "old", "t1"),
+            line("b", "pb", "old", "t1"),
+        ]))
+        .start()
+        .await;
+    assert_eq!(fx.submit(&[]).await, Exit::Success, "first submit");
+    fx.rewrite_input(&jsonl([
+        line("a", "pa", "new", "t2"),
+        line("b", "pb", "new", "t2"),
+        json!({"custom_id": "c", "prompt": "pc"}),
+    ]));
+    assert_eq!(fx.submit(&[]).await, Exit::Success, "resubmit");
+    let stats = fx.mock.stats();
+    for prompt in ["pa", "pb", "pc"] {
+        let sent =
+            json!({"model": "test-model", "messages": [{"role": "user", "content": prompt}]});
+        assert_eq!(stats.successes_for(&sent), 1, "{prompt} answered once");
+    }
+    let lines = fx.export_jsonl();
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["custom_id"] == id)
+            .unwrap_or_else(|| panic!("{id} exported"))
+            .clone()
+    };
+    assert_eq!(by_id("a")["metadata"], json!({"team": "new"}));
+    assert_eq!(by_id("b")["metadata"], json!({"team": "new"}));
+    assert!(by_id("c").get("metadata").is_none());
+    let db = fx.db();
+    assert_eq!(
+        query_text(&db, "SELECT group_concat(headers, '|') FROM (SELECT headers FROM requests WHERE key IN ('a', 'b') ORDER BY key)").as_deref(),
+        Some(r#"{"x-tag":"t2"}|{"x-tag":"t2"}"#),
+        "the stored headers are the file's"
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_and_line_headers_are_sent_and_assistants_paths_get_their_beta_header() {
     let fx = Fixture::for_job("headers")
         .input(jsonl([

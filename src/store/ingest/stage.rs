@@ -91,10 +91,19 @@ pub(super) fn stage_prompt(
 ) -> Result<bool, StoreError> {
     let line = prompt.line as i64;
     let inserted = if action == Action::Keep {
+        // A known request keeps its body; it takes the line's place, metadata and headers.
         conn.prepare_cached(
-            "INSERT INTO ingest_staging (job_id, key, line, action) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO ingest_staging (job_id, key, line, action, metadata, headers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![job.0, key, line, action.as_str()])
+        .execute(params![
+            job.0,
+            key,
+            line,
+            action.as_str(),
+            prompt.metadata,
+            prompt.headers
+        ])
     } else {
         insert_full(conn, job, key, action, prompt)
     };
@@ -166,13 +175,16 @@ pub(super) fn publish_new(conn: &Connection, job: JobId) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Moves known requests to the line they have in this file.
+/// Moves known requests to the line they have in this file, with the metadata and headers it
+/// gives them now: metadata is only exported, and headers go with the sends still to come.
 pub(super) fn publish_moves(conn: &Connection, job: JobId) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE requests SET line = s.line
+        "UPDATE requests SET line = s.line, metadata = s.metadata, headers = s.headers
          FROM ingest_staging AS s
          WHERE s.job_id = ?1 AND s.action = 'keep'
-               AND requests.job_id = ?1 AND requests.key = s.key AND requests.line != s.line",
+               AND requests.job_id = ?1 AND requests.key = s.key
+               AND (requests.line != s.line OR requests.metadata IS NOT s.metadata
+                    OR requests.headers IS NOT s.headers)",
         [job.0],
     )?;
     Ok(())
