@@ -120,15 +120,19 @@ async fn an_attempt_is_counted_once_committed_and_never_when_its_commit_fails() 
     thread.join().await;
 }
 
+/// A database in memory with one job.
+fn conn_with_job() -> (Connection, JobId) {
+    let mut conn = Connection::open_in_memory().expect("memory db");
+    migrate::migrate(&mut conn).expect("migrate");
+    let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1).expect("job");
+    (conn, job.id)
+}
+
 /// A claim takes the due pending requests, oldest deadline first, at most `limit` of them, and
 /// marks exactly those in flight (since `now`); the rest are left as they were.
 #[test]
 fn a_claim_takes_the_due_requests_oldest_deadline_first_and_marks_only_them() {
-    let mut conn = Connection::open_in_memory().expect("memory db");
-    migrate::migrate(&mut conn).expect("migrate");
-    let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1)
-        .expect("job")
-        .id;
+    let (conn, job) = conn_with_job();
     // (id, state, next_attempt_at)
     let rows = [
         (1, "pending", 0),
@@ -199,11 +203,7 @@ fn a_claim_takes_the_due_requests_oldest_deadline_first_and_marks_only_them() {
 /// A claim bounded in bytes stops once what it took holds that many, and always takes one.
 #[test]
 fn a_claim_bounded_in_bytes_takes_as_many_as_fit_and_at_least_one() {
-    let mut conn = Connection::open_in_memory().expect("memory db");
-    migrate::migrate(&mut conn).expect("migrate");
-    let job = db::upsert_job(&conn, "j", "in.jsonl", "{}", 1)
-        .expect("job")
-        .id;
+    let (conn, job) = conn_with_job();
     let body = "x".repeat(1000);
     for id in 1..=6 {
         conn.execute(

@@ -35,6 +35,14 @@ pub(crate) fn batch_mock(processing: Duration) -> MockConfig {
     }
 }
 
+/// [`batch_mock`] whose first batch meets `fate`; the later ones complete.
+fn first_batch(fate: BatchFate, processing: Duration) -> MockConfig {
+    MockConfig {
+        batch_fates: vec![fate],
+        ..batch_mock(processing)
+    }
+}
+
 /// Every request succeeded, once: one succeeded attempt each, and as many requests as `n`.
 pub(crate) fn assert_each_succeeded_once(fx: &Fixture, n: i64) {
     let db = fx.db();
@@ -112,11 +120,7 @@ async fn a_120000_line_job_runs_in_three_chunks_with_one_success_per_line() {
 async fn an_expired_batch_sends_its_missing_lines_in_a_later_chunk() {
     const N: usize = 200;
     let fx = Fixture::for_job("expiry")
-        .mock(MockConfig {
-            batch_processing: Duration::from_millis(400),
-            batch_fates: vec![BatchFate::Expire],
-            ..MockConfig::default()
-        })
+        .mock(first_batch(BatchFate::Expire, Duration::from_millis(400)))
         .prompts(0..N)
         .start()
         .await;
@@ -146,11 +150,10 @@ async fn a_batch_whose_output_file_is_gone_sends_its_lines_again_and_says_so() {
     // expiry): its answers can never be read, so its lines go into a second batch.
     const N: usize = 60;
     let fx = Fixture::for_job("gone")
-        .mock(MockConfig {
-            batch_processing: Duration::from_millis(300),
-            batch_fates: vec![BatchFate::OutputGone],
-            ..MockConfig::default()
-        })
+        .mock(first_batch(
+            BatchFate::OutputGone,
+            Duration::from_millis(300),
+        ))
         .prompts(0..N)
         .start()
         .await;
@@ -220,11 +223,10 @@ async fn a_batch_whose_output_file_is_gone_sends_its_lines_again_and_says_so() {
 async fn a_batch_refused_by_validation_fails_the_line_it_names_and_sends_the_others_again() {
     const N: usize = 50;
     let fx = Fixture::for_job("refused")
-        .mock(MockConfig {
-            batch_processing: Duration::from_millis(300),
-            batch_fates: vec![BatchFate::FailValidation],
-            ..MockConfig::default()
-        })
+        .mock(first_batch(
+            BatchFate::FailValidation,
+            Duration::from_millis(300),
+        ))
         .prompts(0..N)
         .start()
         .await;

@@ -97,22 +97,18 @@ impl BatchRun<'_> {
                         let transient = Some(Class::Transient);
                         return self.call_failed_as(chunk, call, &e, transient).await;
                     }
-                    let (status, code, message) = super::describe(&e);
+                    super::note_failure(&mut call, &e, Some(Class::RequestFailed));
                     let what = format!(
                         "the {which} file {file} of batch {} is gone from the server (HTTP {}, \
                          {spent} times)",
                         chunk.batch_id.as_deref().unwrap_or("-"),
-                        status.unwrap_or_default(),
+                        call.http_status.unwrap_or_default(),
                     );
                     eprintln!(
                         "{}: chunk {}: {what}: the lines it answered are sent again, and may be \
                          billed twice",
                         self.job.name, chunk.seq
                     );
-                    call.http_status = status;
-                    call.class = Some(Class::RequestFailed.journaled());
-                    call.error_code = code;
-                    call.error_message = Some(message);
                     call.result = Some(format!("{which} file {file}: gone"));
                     self.store
                         .call(move |c| batches::record_call(c, &call))
@@ -335,11 +331,7 @@ impl BatchRun<'_> {
             call.finished_at = now_ms();
             call.result = Some(file.clone());
             if let Err(e) = &result {
-                let (status, code, message) = super::describe(e);
-                call.http_status = status;
-                call.error_code = code;
-                call.error_message = Some(message);
-                call.class = e.class().map(|c| c.journaled());
+                super::note_failure(&mut call, e, e.class());
                 eprintln!("{}: cannot delete file {file}: {e}", self.job.name);
             } else {
                 call.http_status = Some(200);

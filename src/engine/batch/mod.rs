@@ -258,11 +258,8 @@ impl BatchRun<'_> {
             }
             class = Some(Class::RateLimited);
         }
-        call.class = class.map(|c| c.journaled());
-        let (status, code, message) = describe(error);
-        call.http_status = status;
-        call.error_code = code;
-        call.error_message = Some(message);
+        note_failure(&mut call, error, class);
+        let status = call.http_status;
         let now = now_ms();
         let (next_call_at, stop) = match class {
             Some(
@@ -343,11 +340,7 @@ impl BatchRun<'_> {
         error: &BatchApiError,
         running: usize,
     ) -> Result<(), StoreError> {
-        let (status, code, message) = describe(error);
-        call.http_status = status;
-        call.error_code = code;
-        call.error_message = Some(message);
-        call.class = Some(Class::RateLimited.journaled());
+        note_failure(&mut call, error, Some(Class::RateLimited));
         let wait = Duration::from_millis(self.settings.poll_interval_ms);
         let next_call_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         eprintln!(
@@ -397,24 +390,23 @@ fn is_enqueued_limit(error: &BatchApiError) -> bool {
     }
 }
 
-/// The journal's status, code and message of a failed call.
-fn describe(error: &BatchApiError) -> (Option<u16>, Option<String>, String) {
-    match error {
+/// Journals in `call` how it failed: its status, code and message, and `class` (`None`: a
+/// local fault).
+fn note_failure(call: &mut CallRecord, error: &BatchApiError, class: Option<Class>) {
+    let (status, code) = match error {
         BatchApiError::Api {
             status, error: e, ..
-        } => (Some(*status), e.code.clone(), error.to_string()),
-        BatchApiError::Transport { failure, .. } => (
-            None,
-            Some(format!("{failure:?}").to_ascii_lowercase()),
-            error.to_string(),
-        ),
-        BatchApiError::Decode { status, .. } => (
-            Some(*status),
-            Some("invalid_json".to_owned()),
-            error.to_string(),
-        ),
-        BatchApiError::Sink { .. } => (None, Some("write_error".to_owned()), error.to_string()),
-    }
+        } => (Some(*status), e.code.clone()),
+        BatchApiError::Transport { failure, .. } => {
+            (None, Some(format!("{failure:?}").to_ascii_lowercase()))
+        }
+        BatchApiError::Decode { status, .. } => (Some(*status), Some("invalid_json".to_owned())),
+        BatchApiError::Sink { .. } => (None, Some("write_error".to_owned())),
+    };
+    call.http_status = status;
+    call.error_code = code;
+    call.error_message = Some(error.to_string());
+    call.class = class.map(|c| c.journaled());
 }
 
 /// What to tell the user when a Files or Batches call stops the job.
