@@ -5,7 +5,9 @@ Scenarios: throughput (every attempt journaled), memory at 10k and 1M lines, rat
 (--rpm at the server's limit, and no limit at all), and resume of a 1M-line job with 1,000 left.
 The nginx scenario puts the runner next to wrk against Debian's nginx answering every POST with
 a fixed, full chat.completion (Batch lines of ~200-character prompts, --concurrency 64 and
-wrk -t2 -c64 in the same run), and times the first request of a 1M-line file of those lines.
+wrk -t2 -c64 in the same run), and next to the HTTP client alone (examples/http_ceiling: the same
+POSTs through reqwest, and through hyper under it, with nothing journaled: the ceiling of any
+runner built on them), and times the first request of a 1M-line file of those lines.
 Prints one Markdown table. Standard library only; run from the repository root:
 
     cargo build --release && python3 scripts/bench.py            # full run, ~4 minutes
@@ -472,6 +474,37 @@ def wrk_rate(nginx, workdir, seconds, sample_line):
     raise RuntimeError(f"wrk printed no rate: {out.stdout}{out.stderr}")
 
 
+CEILING = os.path.join("target", "release", "examples", "http_ceiling")
+
+
+def ceiling_available():
+    """True when examples/http_ceiling is built, building it first when cargo is at hand."""
+    if not os.path.exists(CEILING) and shutil.which("cargo") and os.path.exists("Cargo.toml"):
+        subprocess.run(["cargo", "build", "--release", "--example", "http_ceiling"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not os.path.exists(CEILING):
+        print(f"{CEILING} is missing (cargo build --release --example http_ceiling): "
+              "the HTTP client's ceiling is left out", file=sys.stderr)
+        return False
+    return True
+
+
+def ceiling_rate(client, nginx, workdir, lines, sample_line):
+    """examples/http_ceiling: `lines` POSTs of a Batch line's body with the HTTP client alone
+    (`reqwest` as the runner builds it, or `hyper` under it), 64 at a time on one thread,
+    nothing journaled: its requests/s and CPU µs per request."""
+    body = os.path.join(workdir, "body.json")
+    with open(body, "w") as f:
+        f.write(json.dumps(json.loads(sample_line)["body"], separators=(",", ":")))
+    proc = subprocess.Popen([CEILING, client, f"{nginx.url}/chat/completions", body, str(lines), "64"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not out.strip():
+        raise RuntimeError(f"http_ceiling {client} failed: {out}")
+    return float(out.split()[0]), (usage.ru_utime + usage.ru_stime) / lines * 1e6
+
+
 def runner_env(nginx):
     return dict(os.environ, OPENAI_BASE_URL=nginx.url, OPENAI_API_KEY="sk-bench-0000000000000000")
 
@@ -492,6 +525,10 @@ def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
             env=runner_env(nginx),
         )
         server_cpu = nginx.cpu_seconds() - served
+        ceilings = []
+        if ceiling_available():
+            for client in ("reqwest", "hyper"):
+                ceilings.append((client, *ceiling_rate(client, nginx, workdir, lines, sample)))
     finally:
         nginx.stop()
     summary = next((l for l in reversed(err.splitlines()) if " req/s" in l), err.strip())
@@ -511,6 +548,13 @@ def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
                  f"{server_cpu / lines * 1e6:.0f} µs", ""))
     rows.append((f"{label}: context switches per request (voluntary + involuntary)",
                  f"{switches / lines:.2f} ({usage.ru_nvcsw:,} + {usage.ru_nivcsw:,})", ""))
+    what = {
+        "reqwest": "the HTTP client alone (reqwest, built as the runner builds it; one thread, nothing journaled)",
+        "hyper": "hyper alone (the HTTP/1.1 client under reqwest, without its layers; one thread)",
+    }
+    for client, ceiling, ceiling_cpu in ceilings:
+        rows.append((f"{label}: {what[client]}",
+                     f"{ceiling:,.0f} requests/s, {ceiling / wrk:.2f} of wrk, {ceiling_cpu:.0f} µs", ""))
 
     # First request of a big file of the same lines: nginx logs each request, only here.
     big = input_path("batch", first_lines, write_batch_input)
