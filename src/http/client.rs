@@ -272,6 +272,14 @@ impl ApiClient {
             // journal; every attempt is the runner's to make and record. It also spares a copy
             // of every request made in case of such a retry.
             .retry(reqwest::retry::never().max_retries_per_request(0))
+            // A redirect is an answer, never followed: following it would send the body, the
+            // job's headers and (with `--auth azure`) the key to wherever the server points, as
+            // an attempt the journal never sees. A 3xx fails the request (the taxonomy's row
+            // 22), with its status and `Location` in the journal.
+            .redirect(reqwest::redirect::Policy::none())
+            // A header line the HTTP parser refuses (a control character in a value) is left
+            // out of the answer instead of failing it: the answer was given, and may be billed.
+            .http1_ignore_invalid_headers_in_responses(true)
             .default_headers(headers)
             .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.timeout)

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
+use crate::util::text::printable;
+
 /// The longest duration [`parse_go_duration`] returns: Go's own `time.Duration` maximum
 /// (`i64::MAX` nanoseconds, about 292 years). Go refuses longer durations; here they saturate,
 /// because "longer than anyone would wait" is all a caller needs to know, and callers cap the
@@ -139,17 +141,27 @@ pub fn limit_per_minute(headers: &HeaderMap) -> Option<f64> {
     (limit > 0.0).then(|| limit.clamp(MIN_LIMIT_PER_MINUTE, MAX_LIMIT_PER_MINUTE))
 }
 
-/// Longest request id kept: ids are short tokens; a longer value is not one.
+/// Longest request id kept, in characters: ids are short tokens; a longer value is cut there,
+/// with `…`.
 const MAX_REQUEST_ID: usize = 200;
 
 /// The answer's request id, what support asks for: `x-request-id` (OpenAI, most compatible
-/// servers), else `request-id` (LiteLLM's proxy, which sends no `x-request-id`). A value that is
-/// not short visible ASCII is ignored: it goes into the journal and onto terminals.
+/// servers), else `request-id` (LiteLLM's proxy, which sends no `x-request-id`). It goes into
+/// the journal and onto terminals, so a value that is not plain text is kept as a copy that is:
+/// bytes that are not UTF-8 become U+FFFD, control characters and bidirectional overrides are
+/// escaped ([`printable`]), and a value over [`MAX_REQUEST_ID`] characters is cut. `None` only
+/// when neither header is there or the value is blank.
 pub fn request_id(headers: &HeaderMap) -> Option<String> {
     ["x-request-id", "request-id"].into_iter().find_map(|name| {
-        let value = headers.get(name)?.to_str().ok()?.trim();
-        let printable = value.bytes().all(|b| b.is_ascii_graphic());
-        (!value.is_empty() && value.len() <= MAX_REQUEST_ID && printable).then(|| value.to_owned())
+        let raw = String::from_utf8_lossy(headers.get(name)?.as_bytes());
+        let value = printable(raw.trim());
+        if value.is_empty() {
+            return None;
+        }
+        Some(match value.char_indices().nth(MAX_REQUEST_ID) {
+            Some((cut, _)) => format!("{}…", &value[..cut]),
+            None => value.into_owned(),
+        })
     })
 }
 

@@ -2,7 +2,13 @@
 //! large to hold. The runner must neither panic nor lose a result, and its waits stay within
 //! `--max-wait`.
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::bin::{output, text};
 use crate::support::*;
@@ -282,4 +288,150 @@ async fn server_text_reaches_the_terminal_escaped() {
         "{shown:?}"
     );
     fx.shutdown().await;
+}
+
+/// A server that answers every request, on every connection, with `answer` as raw bytes (what
+/// neither axum nor the mock will send: header values the HTTP parser refuses, redirects to
+/// elsewhere); returns its base URL and how many requests it has read.
+async fn raw_server(answer: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(answer_each(stream, answer.clone(), Arc::clone(&counter)));
+        }
+    });
+    (format!("http://{addr}/v1"), seen)
+}
+
+/// Reads request after request (head, then `Content-Length` bytes of body) and writes `answer`
+/// to each, until the client closes.
+async fn answer_each(mut stream: TcpStream, answer: Vec<u8>, seen: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !read_more(&mut stream, &mut buf).await {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            if !read_more(&mut stream, &mut buf).await {
+                return;
+            }
+        }
+        buf.drain(..head_end + length);
+        seen.fetch_add(1, Ordering::SeqCst);
+        if stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"test-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+/// A redirect is an answer, never followed: the body, the job's headers and the key (here an
+/// Azure `api-key`, which reqwest would have carried along) go only to `--base-url`, and each
+/// HTTP attempt is one journal row. A 3xx fails the request, saying where it pointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_an_answer_never_followed() {
+    let (elsewhere, elsewhere_seen) = raw_server(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
+            COMPLETION.len()
+        )
+        .into_bytes(),
+    )
+    .await;
+    let (url, seen) = raw_server(
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: {elsewhere}/chat/completions\r\ncontent-length: 0\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+    .await;
+    let s = Scratch::new();
+    let input = s.prompts("in.jsonl", 0..3);
+    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
+    let args = submit_args(
+        &input,
+        &db,
+        &url,
+        &["--auth", "azure", "--header", "X-Custom: secret"],
+    );
+    let exit = within("submit", run(&args, env())).await.expect("runs");
+    assert_eq!(exit, Exit::SomeFailed, "a 3xx fails its request");
+    assert_eq!(
+        elsewhere_seen.load(Ordering::SeqCst),
+        0,
+        "nothing followed the redirect"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "one request per line");
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM attempts WHERE http_status = 307 AND error_class = 'request_failed'
+                 AND error_code = 'redirect' AND error_message LIKE '%redirected to%not followed%'"
+        ),
+        3,
+        "each attempt journaled once, with where it pointed"
+    );
+    assert_eq!(query_i64(&s.db(), "SELECT count(*) FROM attempts"), 3);
+    assert_eq!(integrity(&s.db()), "ok");
+}
+
+/// A header line the HTTP parser refuses (control characters in a value) is left out of the
+/// answer; the answer is kept. Before, each such 200 was a network error, sent again (and
+/// billed again) until its budget ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_the_parser_refuses_does_not_lose_the_answer() {
+    let (url, seen) = raw_server(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: req_\x1b[31mRED\r\nx-foo: a\x07b\r\nx-ok: fine\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
+            COMPLETION.len()
+        )
+        .into_bytes(),
+    )
+    .await;
+    let s = Scratch::new();
+    let input = s.prompts("in.jsonl", 0..3);
+    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
+    let exit = within("submit", run(&submit_args(&input, &db, &url, &[]), env()))
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "each request sent once");
+    assert_eq!(requests_in(&s.db(), "succeeded"), 3);
+    assert_eq!(query_i64(&s.db(), "SELECT count(*) FROM attempts"), 3);
+    assert_eq!(
+        query_i64(
+            &s.db(),
+            "SELECT count(*) FROM attempts WHERE x_request_id IS NULL"
+        ),
+        3,
+        "the refused header is left out"
+    );
 }

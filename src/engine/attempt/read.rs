@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::{HeaderMap, LOCATION};
 use serde_json::Value;
 
 use super::Reading;
@@ -132,7 +133,7 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
         None if !success => Content {
             payload: Payload::Whole,
-            error: ApiError::parse(&body),
+            error: error_of(status, &headers, &body),
             response: Some(into_text(body)),
             unreadable: None,
             usage: None,
@@ -206,6 +207,24 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         limit_per_minute,
         error: content.error,
     }
+}
+
+/// The error a non-2xx answer gives. A redirect is never followed (see `http::client`): its
+/// journal row says where it pointed, since its body rarely says anything.
+fn error_of(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
+    let mut error = ApiError::parse(body);
+    if (300..400).contains(&status) {
+        let location = match headers.get(LOCATION) {
+            Some(value) => head(value.as_bytes()),
+            None => "nowhere (no Location header)".to_owned(),
+        };
+        error.code.get_or_insert_with(|| "redirect".to_owned());
+        error.message = Some(format!(
+            "the server redirected to {location}; redirects are not followed (the request, its \
+             headers and key go only to --base-url): point --base-url where it redirects"
+        ));
+    }
+    error
 }
 
 /// The reading of a stream that stopped before its end: answered, but its outcome is unknown
