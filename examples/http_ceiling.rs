@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("http_ceiling: {e:#}");
+            runner::say!("http_ceiling: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -67,11 +67,11 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         .await
         .context("cannot start the mock server")?;
     match batch {
-        true => eprintln!(
+        true => crate::say!(
             "demo: mock OpenAI API on {} with the Files and Batches API (batches take 3 s; the first create is refused 401 missing_scope; the second batch expires half-way; 5% of lines answered 401 missing_scope)",
             mock.base_url()
         ),
-        false => eprintln!(
+        false => crate::say!(
             "demo: mock OpenAI API on {} (5% random 401 missing_scope, a 401 spike from 1.5 s to 4 s, some 429/500/bad bodies)",
             mock.base_url()
         ),
@@ -140,12 +140,12 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         .filter(|(status, _)| **status != 200)
         .map(|(_, n)| n)
         .sum();
-    eprintln!(
+    crate::say!(
         "demo: the mock answered {} times, {errors} of them with an error; {rows} rows written to {}",
         stats.answers,
         args.output.display()
     );
-    eprintln!(
+    crate::say!(
         "demo: next: `runner status --db {0}` · `runner export --db {0} --format jsonl`",
         args.db.display()
     );
@@ -161,7 +161,7 @@ pub async fn mock_server(args: &crate::mock::MockArgs, shutdown: &Shutdown) -> a
     let mock = MockServer::start(args.addr(), config)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr()))?;
-    eprintln!(
+    crate::say!(
         "mock OpenAI API listening on {} (stats at http://{}/mock/stats); Ctrl-C stops it",
         mock.base_url(),
         mock.addr()

@@ -161,7 +161,7 @@ pub fn exit_code(result: anyhow::Result<Exit>) -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("runner: {e:#}");
+            crate::say!("runner: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let runtime = match runner::runtime_for(&cli.command) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("runner: cannot start the async runtime: {e}");
+            runner::say!("runner: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };

@@ -67,7 +67,7 @@ pub fn print_man(dir: Option<&Path>) -> io::Result<()> {
         None => write_stdout(&man_page()?),
         Some(dir) => {
             let pages = write_man_pages(dir)?;
-            eprintln!("runner: wrote {pages} man pages to {}", dir.display());
+            crate::say!("runner: wrote {pages} man pages to {}", dir.display());
             Ok(())
         }
     }

@@ -76,20 +76,20 @@ impl Ending {
     /// The closing line on stderr, when there is something to say.
     pub(crate) fn tell(&self, job: &str, counts: &Counts) {
         match (self.exit, &self.reason) {
-            (Exit::SomeFailed, _) => eprintln!(
+            (Exit::SomeFailed, _) => crate::say!(
                 "{job}: {} requests failed for good: `runner export --job {job}` shows why; `runner status` sums it up",
                 counts.failed
             ),
-            (Exit::Stopped, Some(reason)) => eprintln!(
+            (Exit::Stopped, Some(reason)) => crate::say!(
                 "{job}: stopped with {} requests pending: {}",
                 counts.open(),
                 printable(reason)
             ),
-            (Exit::Interrupted, _) => eprintln!(
+            (Exit::Interrupted, _) => crate::say!(
                 "{job}: interrupted with {} requests pending: `runner resume --job {job}` continues",
                 counts.open()
             ),
-            (Exit::Success, Some(reason)) => eprintln!("{job}: {}", printable(reason)),
+            (Exit::Success, Some(reason)) => crate::say!("{job}: {}", printable(reason)),
             (Exit::Success | Exit::Stopped, None) => {}
         }
     }

@@ -90,7 +90,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         let checked = match checking {
             Checking::Done(checked) => checked,
             Checking::Stopped => {
-                eprintln!(
+                crate::say!(
                     "{name}: stopped while checking {}: nothing was written",
                     args.file.display()
                 );
@@ -279,7 +279,7 @@ async fn take_job(
     fence(store, &job, &taken).await?;
     let discarded = ingest::discard_unfinished(store, job.id).await?;
     if discarded > 0 {
-        eprintln!(
+        crate::say!(
             "{}: discarded {discarded} lines of a submit that stopped while reading its file: `runner submit` reads it again",
             job.name
         );
@@ -308,9 +308,10 @@ async fn read_the_rest(
     me: &LeaseOwner,
     settings: &JobSettings,
 ) -> anyhow::Result<()> {
-    eprintln!(
+    crate::say!(
         "{}: the last run stopped before it had read the whole of {}: reading it again (the requests already in the job are kept)",
-        job.name, job.input_path
+        job.name,
+        job.input_path
     );
     let path = Path::new(&job.input_path);
     let hint = || {
@@ -330,12 +331,14 @@ async fn read_the_rest(
 
 /// Says on stderr what reading `file` into the job found.
 fn tell_read(job: &str, file: &dyn std::fmt::Display, report: &IngestReport) {
-    eprintln!(
+    crate::say!(
         "{job}: read {} requests from {file}: {} new, {} already in the job",
-        report.read, report.added, report.known
+        report.read,
+        report.added,
+        report.known
     );
     if report.invalid > 0 {
-        eprintln!(
+        crate::say!(
             "{job}: {} invalid lines recorded as failed requests (--skip-invalid): `runner export --job {job}` shows why",
             report.invalid
         );
@@ -350,9 +353,9 @@ fn tell_destination(
     (source, note): (destination::Source, Option<String>),
 ) {
     if let Some(note) = note {
-        eprintln!("{job}: {note}");
+        crate::say!("{job}: {note}");
     }
-    eprintln!(
+    crate::say!(
         "{job}: sending to {} ({}: {})",
         destination::host_of(&settings.base_url),
         source.describe(),
@@ -378,7 +381,7 @@ pub async fn retry_failed(
                 db::requeue_failed(c, id, class)
             })
             .await?;
-        eprintln!(
+        crate::say!(
             "{}: requeued {requeued} failed requests{}",
             job.name,
             class.map(|c| format!(" of class {c}")).unwrap_or_default()
@@ -434,10 +437,12 @@ fn report_takeover(job: &str, acquired: &Acquired) {
     match acquired {
         Acquired::Free => {}
         Acquired::Expired { previous } => {
-            eprintln!("{job}: took over the job from {previous}, which stopped renewing its lease")
+            crate::say!(
+                "{job}: took over the job from {previous}, which stopped renewing its lease"
+            )
         }
         Acquired::HolderGone { previous } => {
-            eprintln!("{job}: took over the job from {previous}, which is no longer running")
+            crate::say!("{job}: took over the job from {previous}, which is no longer running")
         }
     }
 }
@@ -556,7 +561,7 @@ impl JobRun<'_> {
             (Ok(_), Ok(())) => None,
         };
         if let Some(lost) = lost {
-            eprintln!("runner: {lost}");
+            crate::say!("runner: {lost}");
             return Ok(Exit::Stopped);
         }
         match (result, finished) {
@@ -614,7 +619,7 @@ impl JobRun<'_> {
         ending.tell(&self.job.name, &counts);
         if reading {
             let job = &self.job.name;
-            eprintln!(
+            crate::say!(
                 "{job}: {} is not read to its end yet: `runner resume --job {job}` reads the rest first",
                 self.job.input_path
             );
@@ -637,7 +642,7 @@ impl JobRun<'_> {
         match (self.purpose, self.settings.batch.via) {
             (Purpose::Cancel, _) => {
                 if open == 0 {
-                    eprintln!("{}: the job has no batch open on the server", self.job.name);
+                    crate::say!("{}: the job has no batch open on the server", self.job.name);
                 }
                 self.batches(Mode::Settle, tally).await
             }
@@ -654,7 +659,7 @@ impl JobRun<'_> {
             }
             (Purpose::Send, Via::Sync) => {
                 if open > 0 {
-                    eprintln!(
+                    crate::say!(
                         "{}: --via sync: cancelling the job's {open} open batch chunks first; \
                          what their batches finished is kept",
                         self.job.name
@@ -678,7 +683,7 @@ impl JobRun<'_> {
     async fn batches(&self, mode: Mode, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
         let keys = self.settings.keys(self.env)?;
         if keys.len() > 1 {
-            eprintln!(
+            crate::say!(
                 "{}: batches are created with the first key of the keys file",
                 self.job.name
             );
@@ -708,7 +713,7 @@ impl JobRun<'_> {
         };
         if running > 0 {
             let job = &self.job.name;
-            eprintln!(
+            crate::say!(
                 "{job}: {running} batches go on running on the server: `runner resume --job {job}` \
                  picks up their results, `runner cancel --job {job}` cancels them"
             );
@@ -729,7 +734,7 @@ impl JobRun<'_> {
             })
             .await?;
         if recovered > 0 {
-            eprintln!(
+            crate::say!(
                 "{}: {recovered} requests were in flight when the last run ended: journaled as interrupted and queued again",
                 self.job.name
             );

@@ -121,7 +121,7 @@ fn warn_if_shared(path: &Path) {
             path.display(),
             path.display()
         );
-        eprintln!(
+        crate::say!(
             "warning: {} is readable by other users: run `chmod 600 {}`",
             path.display(),
             path.display()

@@ -227,7 +227,7 @@ impl Reporter {
             bar.set_position(s.done());
             bar.finish_and_clear();
         }
-        eprintln!(
+        crate::say!(
             "{}: {outcome} · {}/{} done · {} · {} attempts in {}",
             self.view.job,
             s.done(),
@@ -255,7 +255,7 @@ async fn report(view: View, bar: Option<ProgressBar>, cancel: CancellationToken)
                 bar.set_message(view.line(&s));
             }
             None if view.started.elapsed() >= every => {
-                eprintln!(
+                crate::say!(
                     "{}: {}/{} done · {}",
                     view.job,
                     s.done(),

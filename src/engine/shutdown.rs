@@ -86,7 +86,7 @@ pub async fn forward_signals(shutdown: Shutdown) {
             );
             shutdown.abort();
         } else {
-            eprintln!(
+            crate::say!(
                 "runner: exiting at once; the next run journals requests in flight as interrupted and resumes"
             );
             // The one exit outside `main`, on purpose: the user asked three times and the

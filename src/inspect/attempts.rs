@@ -76,7 +76,7 @@ pub fn attempts(args: &AttemptsArgs, out: impl Write) -> anyhow::Result<u64> {
     };
     let rows = write_attempts(&conn, &job, &filter, args.format, io::BufWriter::new(out))?;
     if rows == 0 {
-        eprintln!("{}: no attempts match", job.name);
+        crate::say!("{}: no attempts match", job.name);
     }
     Ok(rows)
 }

@@ -380,7 +380,7 @@ fn make_private(path: &Path) {
             std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700))
         {
             tracing::warn!(path = %file.display(), error = %e, "cannot make the database private");
-            eprintln!(
+            crate::say!(
                 "warning: {} is readable by other users and cannot be changed ({e}): run `chmod 600 {}`",
                 file.display(),
                 file.display()

@@ -269,6 +269,44 @@ async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
     fx.shutdown().await;
 }
 
+/// `runner submit … 2>&1 | head -1`: once stderr is closed, the run still ends as it would
+/// (exit 0, the lease released, every request journaled) instead of panicking (101) at its
+/// next line on stderr and skipping the release of its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_stderr_is_closed_still_ends_cleanly() {
+    let fx = Fixture::for_job("quiet").prompts(0..50).start().await;
+    let mut cmd = fx.bin_submit(&["--concurrency", "8"]);
+    cmd.env("OPENAI_API_KEY", "sk-test-closed-stderr-0000");
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let status = within(
+        "a submit with its stderr closed",
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("spawn");
+            // Closed before the binary's first line (its destination) or, at worst, after a
+            // few lines went into the pipe's buffer: every later line meets a closed pipe.
+            drop(child.stderr.take());
+            child.wait().expect("wait")
+        }),
+    )
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(fx.requests_in("succeeded"), 50);
+    assert_eq!(
+        query_text(
+            &fx.db(),
+            "SELECT coalesce(lease_owner, 'released') FROM jobs"
+        )
+        .as_deref(),
+        Some("released")
+    );
+    assert_eq!(
+        query_text(&fx.db(), "SELECT state FROM jobs").as_deref(),
+        Some("completed")
+    );
+    fx.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_into_a_closed_pipe_ends_quietly() {
     let fx = Fixture::for_job("pipe").prompts(0..3000).start().await;

@@ -5,8 +5,14 @@
 //! Helpers shared by the modules (the mock server, scratch directories, in-process runs, the real
 //! binary) live in [`support`]; data files in `tests/fixtures/`.
 
-// A test crate: the `[lints]` table's ban on unwrap, expect and panic is for shipped code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test crate: the `[lints]` table's ban on unwrap, expect, panic and `eprintln!` is for
+// shipped code (a test's stderr is captured).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod support;
 

@@ -39,16 +39,16 @@ impl Cut {
     /// Says on stderr what was cut, and (once per run) what could not be.
     pub(super) fn tell(&self, job: &str, told_unbatchable: &mut bool) {
         for (seq, lines, endpoint, model) in &self.chunks {
-            eprintln!("{job}: chunk {seq}: {lines} requests for {endpoint} ({model})");
+            crate::say!("{job}: chunk {seq}: {lines} requests for {endpoint} ({model})");
         }
         if self.headers_dropped > 0 {
-            eprintln!(
+            crate::say!(
                 "{job}: {} requests carry their own headers, which a batch does not send",
                 self.headers_dropped
             );
         }
         if let (Some((n, reason)), false) = (&self.unbatchable, *told_unbatchable) {
-            eprintln!("{job}: {n} requests cannot go through the Batch API: {reason}");
+            crate::say!("{job}: {n} requests cannot go through the Batch API: {reason}");
             *told_unbatchable = true;
         }
     }

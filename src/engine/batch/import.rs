@@ -104,10 +104,11 @@ impl BatchRun<'_> {
                         chunk.batch_id.as_deref().unwrap_or("-"),
                         call.http_status.unwrap_or_default(),
                     );
-                    eprintln!(
+                    crate::say!(
                         "{}: chunk {}: {what}: the lines it answered are sent again, and may be \
                          billed twice",
-                        self.job.name, chunk.seq
+                        self.job.name,
+                        chunk.seq
                     );
                     call.result = Some(format!("{which} file {file}: gone"));
                     self.store
@@ -332,7 +333,7 @@ impl BatchRun<'_> {
             call.result = Some(file.clone());
             if let Err(e) = &result {
                 super::note_failure(&mut call, e, e.class());
-                eprintln!("{}: cannot delete file {file}: {e}", self.job.name);
+                crate::say!("{}: cannot delete file {file}: {e}", self.job.name);
             } else {
                 call.http_status = Some(200);
             }
@@ -372,7 +373,7 @@ impl BatchRun<'_> {
         if total.unreadable > 0 {
             line.push_str(&format!(", {} unreadable lines", total.unreadable));
         }
-        eprintln!("{line}");
+        crate::say!("{line}");
     }
 }
 

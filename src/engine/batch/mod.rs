@@ -204,9 +204,10 @@ impl BatchRun<'_> {
     async fn give_back(&mut self, chunk: &ChunkRow) -> Result<(), StoreError> {
         let id = chunk.id;
         let moved = self.store.call(move |c| batches::drop_chunk(c, id)).await?;
-        eprintln!(
+        crate::say!(
             "{}: chunk {} had not become a batch: its {moved} requests are pending again",
-            self.job.name, chunk.seq
+            self.job.name,
+            chunk.seq
         );
         Ok(())
     }
@@ -271,7 +272,7 @@ impl BatchRun<'_> {
                 let spent = chunk.spent.of(class) + 1;
                 match self.policy.retry_delay(class, spent, None, fastrand::f64()) {
                     Some(delay) => {
-                        eprintln!(
+                        crate::say!(
                             "{}: {error} ({}): chunk {} tries again in {}",
                             self.job.name,
                             class.journaled(),
@@ -343,9 +344,10 @@ impl BatchRun<'_> {
         note_failure(&mut call, error, Some(Class::RateLimited));
         let wait = Duration::from_millis(self.settings.poll_interval_ms);
         let next_call_at = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-        eprintln!(
+        crate::say!(
             "{}: chunk {} waits for the job's {running} running batches (over the enqueued-token limit)",
-            self.job.name, chunk.seq
+            self.job.name,
+            chunk.seq
         );
         let id = chunk.id;
         self.store

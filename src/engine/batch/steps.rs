@@ -95,9 +95,11 @@ impl BatchRun<'_> {
                         call.finished_at = now_ms();
                         call.http_status = Some(200);
                         call.result = Some(batch.id.clone());
-                        eprintln!(
+                        crate::say!(
                             "{}: chunk {}: found batch {} that an earlier run created without recording it",
-                            self.job.name, chunk.seq, batch.id
+                            self.job.name,
+                            chunk.seq,
+                            batch.id
                         );
                         return self.record_seen(chunk, batch, call).await;
                     }
@@ -165,9 +167,10 @@ impl BatchRun<'_> {
                 call.finished_at = now_ms();
                 call.http_status = Some(200);
                 call.result = Some(batch.status.as_str().to_owned());
-                eprintln!(
+                crate::say!(
                     "{}: chunk {}: asked for batch {batch_id} to be cancelled",
-                    self.job.name, chunk.seq
+                    self.job.name,
+                    chunk.seq
                 );
                 self.record_seen(chunk, &batch, call).await
             }
@@ -260,9 +263,11 @@ impl BatchRun<'_> {
                     counts.failed
                 ),
             };
-            eprintln!(
+            crate::say!(
                 "{}: chunk {}: batch {} {status}{progress}",
-                self.job.name, chunk.seq, batch.id
+                self.job.name,
+                chunk.seq,
+                batch.id
             );
         }
         Ok(())

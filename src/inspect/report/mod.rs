@@ -43,7 +43,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let html = render(&summary, &timeline, now_ms());
     crate::inspect::export::refuse_database(&args.output, &args.db.db)?;
     write_atomically(&args.output, html.as_bytes())?;
-    eprintln!(
+    crate::say!(
         "{}: report written to {} ({} KB, {} spikes)",
         summary.job.name,
         args.output.display(),
