@@ -49,7 +49,7 @@
 //!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
 //!   [`domain::EventKind`], [`Exit`]; one enum each, text only at the SQL and output boundaries.
-//! - [`util`]: the clock, private files, locks.
+//! - [`util`]: the clock, private files, locks, printable text, `say!` (stderr lines that never panic).
 //!
 //! # Data flow
 //!
