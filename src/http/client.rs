@@ -544,16 +544,27 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 /// Joins a base URL and a request path. Batch lines carry `/v1/...` and base URLs usually end
 /// in `/v1`: the overlap is written once.
 pub fn join_url(base: &str, path: &str) -> String {
+    // A query on the base URL (`…/openai/v1?api-version=…`) goes after the joined path, not
+    // inside it.
+    let (base, base_query) = match base.split_once('?') {
+        Some((base, query)) => (base, Some(query).filter(|q| !q.is_empty())),
+        None => (base, None),
+    };
     let base = base.trim_end_matches('/');
     let path = if path.starts_with('/') {
         path.to_owned()
     } else {
         format!("/{path}")
     };
-    if base.ends_with("/v1") && (path.starts_with("/v1/") || path == "/v1") {
+    let joined = if base.ends_with("/v1") && (path.starts_with("/v1/") || path == "/v1") {
         format!("{base}{}", &path[3..])
     } else {
         format!("{base}{path}")
+    };
+    match base_query {
+        Some(query) if joined.contains('?') => format!("{joined}&{query}"),
+        Some(query) => format!("{joined}?{query}"),
+        None => joined,
     }
 }
 
@@ -584,6 +595,17 @@ mod tests {
         "http://localhost:8000/v1/chat/completions"
     )]
     #[case("http://h/openai/v1", "v1/responses", "http://h/openai/v1/responses")]
+    #[case(
+        "http://h/openai/v1?api-version=2024-10-21",
+        "/v1/chat/completions",
+        "http://h/openai/v1/chat/completions?api-version=2024-10-21"
+    )]
+    #[case(
+        "http://h/v1/?a=1",
+        "/v1/embeddings?b=2",
+        "http://h/v1/embeddings?b=2&a=1"
+    )]
+    #[case("http://h/v1?", "/v1/models", "http://h/v1/models")]
     fn joins_urls(#[case] base: &str, #[case] path: &str, #[case] expected: &str) {
         assert_eq!(join_url(base, path), expected);
     }

@@ -478,3 +478,20 @@ async fn an_error_event_mid_stream_is_classified_like_that_error_and_retried() {
     assert_eq!(cell(&header, &rows[0], "output_text"), "echo: streamed 0");
     fx.shutdown().await;
 }
+
+/// A base URL with a query (an Azure-style `…/v1?api-version=…`) keeps it after the joined
+/// path; before, the path went inside the query and every request missed its endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_with_a_query_keeps_it_after_the_path() {
+    let fx = Fixture::for_job("query").prompts(0..3).start().await;
+    let base = format!("{}?api-version=2024-10-21", fx.url());
+    let (input, db) = (fx.scratch.path("query.jsonl"), fx.db_arg());
+    let input = input.to_string_lossy().into_owned();
+    let exit = run(&submit_args(&input, &db, &base, &[]), env())
+        .await
+        .expect("runs");
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(fx.requests_in("succeeded"), 3);
+    assert_succeeded_once(&fx.mock.stats(), 0..3);
+    fx.shutdown().await;
+}
