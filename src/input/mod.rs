@@ -288,7 +288,9 @@ impl InputReader {
     /// Reads the next raw line into `self.buf`; `Ok(false)` at end of input.
     fn read_line(&mut self) -> Result<bool, InputError> {
         self.buf.clear();
-        let limit = self.options.max_line_bytes as u64 + 2; // room for "\r\n"
+        // Room for "\r\n", and on the first line for a byte order mark (see `content_len`).
+        let bom = if self.line == 0 { 3 } else { 0 };
+        let limit = self.options.max_line_bytes as u64 + 2 + bom;
         let read = (&mut self.source)
             .take(limit)
             .read_until(b'\n', &mut self.buf)
@@ -298,8 +300,9 @@ impl InputReader {
         }
         self.line += 1;
         self.hasher.update(&self.buf);
-        if read as u64 == limit && self.buf.last() != Some(&b'\n') {
-            if self.skip_invalid {
+        let unfinished = read as u64 == limit && self.buf.last() != Some(&b'\n');
+        if unfinished || content_len(&self.buf, self.line == 1) > self.options.max_line_bytes {
+            if unfinished && self.skip_invalid {
                 self.skip_rest_of_line()?;
             }
             return Err(InputError::TooLong {
@@ -626,6 +629,18 @@ fn scan_custom_id(text: &str) -> Option<String> {
         return None;
     }
     None
+}
+
+/// The bytes of a raw line that count against `--max-line-bytes`: its end (`\n` or `\r\n`)
+/// and, on the first line, a UTF-8 byte order mark do not.
+fn content_len(raw: &[u8], first_line: bool) -> usize {
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let raw = match first_line {
+        true => raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw),
+        false => raw,
+    };
+    raw.len()
 }
 
 fn json_kind(value: &Value) -> &'static str {

@@ -193,6 +193,34 @@ impl Read for LongLine {
     }
 }
 
+/// `--max-line-bytes` (1024 here) counts a line's own bytes: not its end, not a first line's
+/// byte order mark; one byte more is refused, however the line ends.
+#[rstest]
+#[case::at_the_limit_lf(1024, "\n", "", true)]
+#[case::at_the_limit_crlf(1024, "\r\n", "", true)]
+#[case::at_the_limit_last_line(1024, "", "", true)]
+#[case::at_the_limit_after_a_bom(1024, "\n", "\u{feff}", true)]
+#[case::one_over_lf(1025, "\n", "", false)]
+#[case::one_over_crlf(1025, "\r\n", "", false)]
+#[case::one_over_last_line(1025, "", "", false)]
+#[case::two_over_lf(1026, "\n", "", false)]
+fn a_line_is_refused_only_past_max_line_bytes(
+    #[case] bytes: usize,
+    #[case] end: &str,
+    #[case] bom: &str,
+    #[case] accepted: bool,
+) {
+    let frame = r#"{"prompt":""}"#.len();
+    let line = format!(r#"{bom}{{"prompt":"{}"}}{end}"#, "x".repeat(bytes - frame));
+    let results = read(line.as_bytes());
+    assert_eq!(results.len(), 1);
+    match (&results[0], accepted) {
+        (Ok(_), true) => {}
+        (Err(InputError::TooLong { line: 1, .. }), false) => {}
+        (other, _) => panic!("{bytes} bytes + {end:?}: {other:?}"),
+    }
+}
+
 #[test]
 fn an_over_long_line_is_skipped_without_being_read_into_memory() {
     let source = LongLine {
