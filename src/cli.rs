@@ -132,7 +132,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "VERSION")]
     pub api_version: Option<String>,
     /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub timeout: Option<Duration>,
     /// Allow plain http:// to a host other than this machine while a key is set (the key then
     /// crosses the network in the clear). Not stored: say it again on every run
@@ -154,7 +154,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub batch_max_bytes: Option<NonZeroUsize>,
     /// --via batch: longest time between two polls of a batch; the first polls come sooner [default: 1m]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub poll_interval: Option<Duration>,
     /// --via batch: delete each batch's input, output and error files from the server once its results are journaled (stored with the job)
     #[arg(long)]
@@ -184,6 +184,16 @@ pub enum Via {
 
 /// How the key is sent.
 pub use crate::http::client::AuthStyle;
+
+/// A duration that must be more than zero: an attempt with no time at all, or a poll or a chart
+/// bucket of zero, could only loop.
+fn positive_duration(flag: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(flag) {
+        Ok(d) if d.is_zero() => Err("must be more than 0, e.g. 30s".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 /// Parses one `--header 'Name: value'`.
 fn parse_header(flag: &str) -> Result<(String, String), String> {
@@ -308,7 +318,7 @@ pub struct CancelArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Longest time between two polls while the batches end [default: the job's --poll-interval]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub poll_interval: Option<Duration>,
     /// Allow plain http:// to a host other than this machine while a key is set. Not stored
     #[arg(long)]
@@ -343,7 +353,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub timeline: bool,
     /// Timeline bucket width, e.g. 10s or 1m [default: chosen for ~20 to 75 buckets]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "timeline")]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, requires = "timeline")]
     pub bucket: Option<Duration>,
     /// Prices for the cost estimate.
     #[command(flatten)]
@@ -464,7 +474,7 @@ pub struct TimelineArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Bucket width, e.g. 10s or 1m [default: chosen for ~20 to 75 buckets]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub bucket: Option<Duration>,
     /// Print JSON instead of the chart
     #[arg(long)]
@@ -484,7 +494,7 @@ pub struct ReportArgs {
     #[arg(long, short, value_name = "PATH")]
     pub output: PathBuf,
     /// Bucket width of the charts, e.g. 10s or 1m [default: chosen for ~20 to 75 buckets]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub bucket: Option<Duration>,
     /// Prices for the cost estimate.
     #[command(flatten)]
@@ -505,7 +515,7 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "PATH")]
     pub keys_file: Option<PathBuf>,
     /// Time limit of each network check
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "10s")]
     pub timeout: Duration,
 }
 

@@ -159,6 +159,10 @@ async fn usage_errors_exit_2() {
         &["submit"][..],
         &["bogus"][..],
         &["submit", "x.jsonl", "--concurrency", "0"][..],
+        &["submit", "x.jsonl", "--timeout", "0s"][..],
+        &["resume", "--poll-interval", "0ms"][..],
+        &["timeline", "--bucket", "0s"][..],
+        &["doctor", "--timeout", "0s"][..],
     ] {
         let mut cmd = runner(s.dir.path());
         cmd.args(args);
