@@ -473,7 +473,15 @@ impl InputReader {
             }
         };
         let url = match object.remove("url") {
-            Some(Value::String(url)) if url.starts_with('/') => url,
+            Some(Value::String(url)) if url.starts_with('/') => match not_plain(&url) {
+                None => url,
+                Some(problem) => {
+                    return Err(self.invalid(format!(
+                        "url '{}' {problem}: write it as sent, e.g. /v1/chat/completions",
+                        crate::util::text::printable(&url)
+                    )));
+                }
+            },
             Some(Value::String(url)) => {
                 return Err(self.invalid(format!(
                     "url '{url}' must be a path such as /v1/chat/completions"
@@ -641,6 +649,31 @@ fn content_len(raw: &[u8], first_line: bool) -> usize {
         false => raw,
     };
     raw.len()
+}
+
+/// Why a Batch line's `url` is not a path to send as written, if it is not: the HTTP client
+/// would percent-encode, drop or resolve what follows, and the line would go out changed (to
+/// another endpoint, for a `..` that climbs out of the base URL's path).
+fn not_plain(url: &str) -> Option<&'static str> {
+    if url.chars().any(|c| !c.is_ascii_graphic()) {
+        return Some(
+            "holds a space, a control character or a non-ASCII character (percent-encode it)",
+        );
+    }
+    if url.contains('#') {
+        return Some("has a fragment (#…), which is never sent");
+    }
+    if url.contains('\\') {
+        return Some("holds a backslash, which HTTP clients read as /");
+    }
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some("has a . or .. segment, which would move the request to another path");
+    }
+    None
 }
 
 fn json_kind(value: &Value) -> &'static str {

@@ -1,6 +1,7 @@
 //! Unit tests of the input reader.
 use super::*;
 use rstest::rstest;
+use serde_json::json;
 use std::io::Cursor;
 use tokio_util::sync::CancellationToken;
 
@@ -191,6 +192,40 @@ impl Read for LongLine {
         self.left -= n;
         Ok(n)
     }
+}
+
+/// A Batch line's `url` goes out as written, or the line is refused: nothing the HTTP client
+/// would encode, drop or resolve on the way.
+#[rstest]
+#[case::crlf("/v1/chat\r\nX-Evil: 1", "control character")]
+#[case::space("/v1/chat completions", "space")]
+#[case::non_ascii("/v1/chät/completions", "non-ASCII")]
+#[case::fragment("/v1/chat/completions#x", "fragment")]
+#[case::backslash("/v1\\chat\\completions", "backslash")]
+#[case::climbs("/v1/../../admin", ". or .. segment")]
+#[case::dot("/v1/./chat/completions", ". or .. segment")]
+fn a_batch_url_that_would_go_out_changed_is_refused(#[case] url: &str, #[case] why: &str) {
+    let line = json!({"custom_id": "a", "method": "POST", "url": url, "body": {"model": "m"}});
+    let results = read(format!("{line}\n").as_bytes());
+    let error = results[0].as_ref().expect_err("refused").to_string();
+    assert!(error.starts_with("in.jsonl:1: "), "{error}");
+    assert!(error.contains(why), "{error}");
+    assert!(
+        !error.contains('\r') && !error.contains('\n'),
+        "shown escaped: {error}"
+    );
+}
+
+#[rstest]
+#[case::plain("/v1/chat/completions")]
+#[case::query("/v1/chat/completions?api-version=2024-10-21&x=%20y")]
+#[case::dots_in_a_name("/v1/files/file-abc.jsonl/content")]
+#[case::dots_in_the_query("/v1/embeddings?next=../x")]
+fn a_plain_batch_url_is_kept_as_written(#[case] url: &str) {
+    let line = json!({"custom_id": "a", "method": "POST", "url": url, "body": {"model": "m"}});
+    let results = read(format!("{line}\n").as_bytes());
+    let prompt = results[0].as_ref().expect("accepted");
+    assert_eq!(prompt.url, url);
 }
 
 /// `--max-line-bytes` (1024 here) counts a line's own bytes: not its end, not a first line's
