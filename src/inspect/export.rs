@@ -231,7 +231,9 @@ fn write_csv(
 }
 
 /// The Batch API output format: one line per finished request. `response` holds any HTTP answer
-/// (errors included); `error` is set only when there was no answer at all.
+/// (errors included); `error` is set when there was no answer at all, and when a request failed
+/// on a 2xx answer (a body that is not JSON, a cut stream, one over `--max-response-bytes`):
+/// its status alone would read as a success.
 fn write_jsonl(
     conn: &rusqlite::Connection,
     job: &db::Job,
@@ -258,11 +260,17 @@ fn write_jsonl(
                             .unwrap_or_else(|_| Value::String(r.to_owned()))
                     })
                     .unwrap_or(Value::Null);
+                let failed_on_success =
+                    row.state == RequestState::Failed && (200..300).contains(&status);
+                let error = match failed_on_success {
+                    true => json!({"code": row.error_code, "message": row.error_message}),
+                    false => Value::Null,
+                };
                 json!({
                     "id": id,
                     "custom_id": row.key,
                     "response": {"status_code": status, "request_id": row.x_request_id, "body": body},
-                    "error": null,
+                    "error": error,
                 })
             }
             None => json!({

@@ -135,6 +135,14 @@ async fn a_success_status_without_json_is_sent_once_more_then_fails_as_invalid_r
             "the body's first bytes are kept: {message}"
         );
     }
+    // The Batch output format says it failed too: its 200 alone would read as a success.
+    let lines = fx.export_jsonl();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["response"]["status_code"], 200, "{line}");
+        assert_eq!(line["error"]["code"], "invalid_json", "{line}");
+        assert!(line["error"]["message"].is_string(), "{line}");
+    }
     fx.shutdown().await;
 }
 
