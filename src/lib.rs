@@ -161,10 +161,26 @@ pub fn exit_code(result: anyhow::Result<Exit>) -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            crate::say!("runner: {e:#}");
+            crate::say!("runner: {}", message(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, `: `-separated as `{:#}` would print them, leaving out a cause
+/// whose text the message already holds: most errors here name their source in their own
+/// message (`cannot open database x.db: unable to open database file`), and `{:#}` said it
+/// again.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -188,4 +204,19 @@ pub fn init_logging() {
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    #[test]
+    fn an_error_message_says_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let named = anyhow::Error::new(io).context("cannot write x.db: disk on fire");
+        assert_eq!(message(&named), "cannot write x.db: disk on fire");
+        let unnamed =
+            anyhow::Error::new(std::io::Error::other("disk on fire")).context("cannot write x.db");
+        assert_eq!(message(&unnamed), "cannot write x.db: disk on fire");
+    }
 }

@@ -97,14 +97,15 @@ pub enum InputError {
         limit: usize,
     },
     /// A line is not valid JSON.
-    #[error("{}:{line}: invalid JSON: {source}", path.display())]
+    #[error("{}:{line}: invalid JSON: {parser}", path.display())]
     Json {
         /// The input file.
         path: PathBuf,
         /// 1-based line number.
         line: u64,
-        /// The parser's message, with its column.
-        source: serde_json::Error,
+        /// The parser's message, with its column. Not a `source`: the message already says
+        /// it, and a chain printed with `{:#}` said it twice.
+        parser: serde_json::Error,
     },
     /// A line is JSON but not a request.
     #[error("{}:{line}: {reason}", path.display())]
@@ -370,10 +371,10 @@ impl InputReader {
             path: self.path.clone(),
             line: self.line,
         })?;
-        let value: Value = serde_json::from_str(text).map_err(|source| InputError::Json {
+        let value: Value = serde_json::from_str(text).map_err(|parser| InputError::Json {
             path: self.path.clone(),
             line: self.line,
-            source,
+            parser,
         })?;
         let Value::Object(mut object) = value else {
             return Err(self.invalid(format!(
