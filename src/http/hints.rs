@@ -149,8 +149,8 @@ const MAX_REQUEST_ID: usize = 200;
 /// servers), else `request-id` (LiteLLM's proxy, which sends no `x-request-id`). It goes into
 /// the journal and onto terminals, so a value that is not plain text is kept as a copy that is:
 /// bytes that are not UTF-8 become U+FFFD, control characters and bidirectional overrides are
-/// escaped ([`printable`]), and a value over 200 characters is cut. `None` only
-/// when neither header is there or the value is blank.
+/// escaped ([`printable`]), and a value over 200 characters is cut. `None` only when neither
+/// header is there or the value is blank.
 pub fn request_id(headers: &HeaderMap) -> Option<String> {
     ["x-request-id", "request-id"].into_iter().find_map(|name| {
         let raw = String::from_utf8_lossy(headers.get(name)?.as_bytes());
