@@ -15,6 +15,7 @@ use crate::engine::context::Context;
 use crate::engine::keys::{KeyLease, KeyOutcome};
 use crate::engine::retry::RetryPolicy;
 use crate::http::classify::ApiError;
+use crate::http::client::ApiClient;
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
@@ -52,7 +53,8 @@ pub(crate) async fn attempt(
         .send(&method, &url, body, headers.as_deref())
         .await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
-    let reading = read(sent, SystemTime::now(), ctx.policy.max_server_wait);
+    let mut reading = read(sent, SystemTime::now(), ctx.policy.max_server_wait);
+    reading.redact(&lease.client);
 
     // The gates learn from every attempt: the server's pace, the service's health, the key's.
     let now = Instant::now();
@@ -182,6 +184,23 @@ pub(crate) struct Reading {
     wait: Option<Duration>,
     /// `x-ratelimit-limit-requests`, when sent.
     limit_per_minute: Option<f64>,
+}
+
+impl Reading {
+    /// Puts the key's fingerprint wherever the server's text quoted the key it was sent.
+    fn redact(&mut self, client: &ApiClient) {
+        for text in [
+            &mut self.response,
+            &mut self.error_message,
+            &mut self.x_request_id,
+            &mut self.error.message,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            client.redact(text);
+        }
+    }
 }
 
 /// Which attempt it was and when: the journal's facts that do not come from the answer.

@@ -442,6 +442,7 @@ impl ApiClient {
                 failure: TransportFailure::Other,
                 message: e.to_string(),
             })?;
+        let body = self.redact_bytes(body);
         serde_json::from_slice(&body).map_err(|e| BatchApiError::Decode {
             operation,
             status,
@@ -466,9 +467,11 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<bool>().ok());
         // An error body is small; read a bounded amount of it, and whatever arrives is enough.
-        let body = body::read_capped(response, ERROR_BODY_BYTES)
-            .await
-            .unwrap_or_default();
+        let body = self.redact_bytes(
+            body::read_capped(response, ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default(),
+        );
         Err(BatchApiError::Api {
             operation,
             status,

@@ -223,6 +223,50 @@ pub struct ApiClient {
     /// The last path sent to and its parsed URL: a job sends to one path (a few at most), and
     /// parsing the URL string again for every request shows in profiles.
     last_url: Mutex<Option<(String, reqwest::Url)>>,
+    /// Finds the key in what the server says, to put its fingerprint there instead.
+    redactor: Option<Redactor>,
+}
+
+/// Replaces a key in server text with its fingerprint. A server may quote the key it was sent
+/// (`Incorrect API key provided: sk-…`: OpenAI masks it, some proxies do not), and that text
+/// goes into the journal, the exports and onto terminals, none of which may hold a key.
+struct Redactor {
+    finder: memchr::memmem::Finder<'static>,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redactor {
+    fn new(key: &ApiKey) -> Option<Redactor> {
+        (!key.secret.is_empty()).then(|| Redactor {
+            finder: memchr::memmem::Finder::new(key.secret.as_bytes()).into_owned(),
+            fingerprint: key.fingerprint.clone(),
+        })
+    }
+
+    /// `bytes` with every occurrence of the key replaced; `None` when it holds none.
+    fn replaced(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let first = self.finder.find(bytes)?;
+        let needle = self.finder.needle().len();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut from = 0;
+        let mut at = Some(first);
+        while let Some(start) = at {
+            out.extend_from_slice(&bytes[from..start]);
+            out.extend_from_slice(self.fingerprint.as_bytes());
+            from = start + needle;
+            at = self.finder.find(&bytes[from..]).map(|i| from + i);
+        }
+        out.extend_from_slice(&bytes[from..]);
+        Some(out)
+    }
 }
 
 impl ApiClient {
@@ -290,11 +334,31 @@ impl ApiClient {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
             key_fingerprint: key.map(|k| k.fingerprint().to_owned()),
+            redactor: key.and_then(Redactor::new),
             max_body_bytes: settings.max_body_bytes,
             api_version: settings.api_version.clone(),
             headers: settings.headers.clone(),
             last_url: Mutex::new(None),
         })
+    }
+
+    /// Puts the key's fingerprint wherever `text` (something the server said) holds the key.
+    pub fn redact(&self, text: &mut String) {
+        let Some(redactor) = &self.redactor else {
+            return;
+        };
+        if let Some(bytes) = redactor.replaced(text.as_bytes()) {
+            // The key is ASCII, so the text stays UTF-8.
+            *text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+
+    /// [`ApiClient::redact`] for a body not yet read as text.
+    pub fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match &self.redactor {
+            Some(redactor) => redactor.replaced(&bytes).unwrap_or(bytes),
+            None => bytes,
+        }
     }
 
     /// The fingerprint of the key this client sends, if any.
@@ -448,7 +512,13 @@ impl ApiClient {
     /// GETs a path (used by the mock server's tests and by `doctor`-style probes).
     pub async fn get(&self, path: &str) -> Sent {
         match self.http.get(self.url_for(path)).send().await {
-            Ok(response) => self.read_whole(response).await,
+            Ok(response) => match self.read_whole(response).await {
+                Sent::Answer(mut answer) => {
+                    answer.body = self.redact_bytes(answer.body);
+                    Sent::Answer(answer)
+                }
+                other => other,
+            },
             Err(e) => failed(&e),
         }
     }
@@ -608,6 +678,24 @@ mod tests {
     #[case("http://h/v1?", "/v1/models", "http://h/v1/models")]
     fn joins_urls(#[case] base: &str, #[case] path: &str, #[case] expected: &str) {
         assert_eq!(join_url(base, path), expected);
+    }
+
+    #[test]
+    fn a_key_the_server_quotes_becomes_its_fingerprint_everywhere_in_the_text() {
+        let key = ApiKey::new("sk-proj-abcdefghij0123456789wxyz");
+        let redactor = Redactor::new(&key).expect("a key");
+        let quoted = format!("a {0} b {0}{0} c", key.secret);
+        let replaced = redactor.replaced(quoted.as_bytes()).expect("found");
+        let fp = key.fingerprint();
+        assert_eq!(
+            String::from_utf8_lossy(&replaced),
+            format!("a {fp} b {fp}{fp} c")
+        );
+        assert!(redactor.replaced(b"nothing to see").is_none());
+        assert!(
+            Redactor::new(&ApiKey::new("  ")).is_none(),
+            "an empty key finds nothing"
+        );
     }
 
     #[test]

@@ -435,3 +435,51 @@ async fn a_header_the_parser_refuses_does_not_lose_the_answer() {
         "the refused header is left out"
     );
 }
+
+/// A server that quotes the key it was sent (`Incorrect API key provided: sk-…`: OpenAI masks
+/// it, some proxies do not) puts no key into the journal or the export: the key's fingerprint
+/// stands in for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_quotes_the_key_gets_its_fingerprint_into_the_journal() {
+    let key = "sk-proj-quoted-by-the-server-0000wxyz";
+    let body = format!(
+        r#"{{"error":{{"message":"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}"#
+    );
+    let (url, seen) = raw_server(
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nx-request-id: req_{key}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+    .await;
+    let s = Scratch::new();
+    let input = s.prompts("in.jsonl", 0..3);
+    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
+    let exit = within(
+        "submit",
+        run(&submit_args(&input, &db, &url, &[]), env_with_key(key)),
+    )
+    .await
+    .expect("runs");
+    assert_eq!(exit, Exit::Stopped, "a revoked key stops the job");
+    assert!(seen.load(Ordering::SeqCst) >= 1);
+    let message = query_text(&s.db(), "SELECT error_message FROM attempts LIMIT 1")
+        .expect("the 401 is journaled");
+    assert!(
+        message.starts_with("Incorrect API key provided: sk-") && message.contains("wxyz"),
+        "the fingerprint stands in for the key: {message}"
+    );
+    let (_, rows) = export_csv(&s.db(), "in");
+    let mut files = vec![std::fs::read(s.db()).expect("db")];
+    if let Ok(wal) = std::fs::read(s.path("runner.db-wal")) {
+        files.push(wal);
+    }
+    files.push(format!("{rows:?}").into_bytes());
+    for bytes in files {
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the key was written"
+        );
+    }
+}
