@@ -89,15 +89,36 @@ impl BatchStatus {
     }
 }
 
-/// `request_counts` of a batch.
+/// `request_counts` of a batch. Only shown, never trusted: a count that is missing, `null` or
+/// negative reads as 0 rather than making the batch unreadable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestCounts {
     /// Lines in the input file.
+    #[serde(default, deserialize_with = "count")]
     pub total: u64,
     /// Lines answered successfully.
+    #[serde(default, deserialize_with = "count")]
     pub completed: u64,
     /// Lines that failed.
+    #[serde(default, deserialize_with = "count")]
     pub failed: u64,
+}
+
+/// A count as a server may send it: missing, `null`, negative or a float read as 0 or cut.
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = Option::<serde_json::Number>::deserialize(d)?;
+    Ok(value
+        .and_then(|n| n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)))
+        .unwrap_or(0))
+}
+
+/// A field the server may send as `null`: its default then, as when it is missing.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// One validation error of a `failed` batch.
@@ -137,7 +158,7 @@ pub struct Batch {
     /// The uploaded input file.
     pub input_file_id: String,
     /// `24h`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub completion_window: String,
     /// Successful lines, once the batch has ended with any.
     #[serde(default)]
@@ -148,8 +169,8 @@ pub struct Batch {
     /// Validation errors of a `failed` batch.
     #[serde(default)]
     pub errors: Option<BatchErrors>,
-    /// Progress.
-    #[serde(default)]
+    /// Progress (servers other than OpenAI's send `null` before it is known).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub request_counts: RequestCounts,
     /// Unix seconds, as are the other `*_at` fields.
     pub created_at: i64,
@@ -536,6 +557,39 @@ fn form_parts(boundary: &str, filename: &str) -> (Vec<u8>, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts are only shown: a server's `null`, negative or fractional counts (and a `null`
+    /// completion window) leave the batch readable.
+    #[test]
+    fn a_batch_with_null_or_odd_counts_is_read() {
+        let batch = |counts: Value, window: Value| -> Batch {
+            serde_json::from_value(serde_json::json!({
+                "id": "batch_1", "status": "in_progress", "endpoint": "/v1/chat/completions",
+                "input_file_id": "file-1", "completion_window": window, "created_at": 1,
+                "request_counts": counts,
+            }))
+            .expect("readable")
+        };
+        assert_eq!(
+            batch(Value::Null, Value::Null).request_counts,
+            RequestCounts::default()
+        );
+        let odd = batch(
+            serde_json::json!({"total": 5, "completed": -1, "failed": 2.0}),
+            Value::from("24h"),
+        );
+        assert_eq!(
+            odd.request_counts,
+            RequestCounts {
+                total: 5,
+                completed: 0,
+                failed: 2
+            }
+        );
+        let partial = batch(serde_json::json!({"total": 5, "failed": null}), Value::Null);
+        assert_eq!(partial.request_counts.total, 5);
+        assert_eq!(partial.completion_window, "");
+    }
 
     #[test]
     fn every_status_parses_and_knows_if_it_is_final() {
