@@ -91,7 +91,7 @@ impl BatchRun<'_> {
         for _ in 0..FIND_PAGES {
             match self.client.list_batches(100, after.as_deref()).await {
                 Ok(page) => {
-                    if let Some(batch) = page.data.iter().find(|b| self.is_ours(chunk, b)) {
+                    if let Some(batch) = page.data.iter().find(|b| is_ours(chunk, b)) {
                         call.finished_at = now_ms();
                         call.http_status = Some(200);
                         call.result = Some(batch.id.clone());
@@ -283,15 +283,22 @@ impl BatchRun<'_> {
             ("runner_token".to_owned(), chunk.token.clone()),
         ])
     }
+}
 
-    /// Whether `batch` is the one created for `chunk`.
-    fn is_ours(&self, chunk: &ChunkRow, batch: &Batch) -> bool {
-        batch
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("runner_token"))
-            .is_some_and(|token| *token == chunk.token)
-    }
+/// Whether `batch` is the one created for `chunk`: it carries the chunk's token, or it was made
+/// from the input file uploaded for the chunk (a server that keeps no metadata still names the
+/// file, and no other batch can have been created from it).
+fn is_ours(chunk: &ChunkRow, batch: &Batch) -> bool {
+    made_for(&chunk.token, chunk.input_file_id.as_deref(), batch)
+}
+
+fn made_for(token: &str, input_file_id: Option<&str>, batch: &Batch) -> bool {
+    let by_token = batch
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("runner_token"))
+        .is_some_and(|t| t == token);
+    by_token || input_file_id == Some(batch.input_file_id.as_str())
 }
 
 fn batch_id_of(chunk: &ChunkRow) -> Result<String, StoreError> {
@@ -312,4 +319,33 @@ fn file_safe(name: &str) -> String {
         })
         .take(100)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(input_file_id: &str, token: Option<&str>) -> Batch {
+        let metadata = token.map(|t| serde_json::json!({"runner_token": t}));
+        serde_json::from_value(serde_json::json!({
+            "id": "batch_1", "status": "validating", "endpoint": "/v1/chat/completions",
+            "input_file_id": input_file_id, "created_at": 1, "metadata": metadata,
+        }))
+        .expect("a batch")
+    }
+
+    /// After a crash during a create, the chunk's batch is found by its token, or, on a server
+    /// that keeps no metadata, by the input file uploaded for the chunk; never another's.
+    #[test]
+    fn a_chunks_batch_is_found_by_its_token_or_its_input_file() {
+        assert!(made_for("t1", Some("file-1"), &batch("file-9", Some("t1"))));
+        assert!(made_for("t1", Some("file-1"), &batch("file-1", None)));
+        assert!(!made_for("t1", Some("file-1"), &batch("file-2", None)));
+        assert!(!made_for(
+            "t1",
+            Some("file-1"),
+            &batch("file-2", Some("t2"))
+        ));
+        assert!(!made_for("t1", None, &batch("file-1", None)));
+    }
 }
