@@ -243,9 +243,14 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
+/// Shortest key looked for in server text. A shorter one is a placeholder (`EMPTY`, `token`,
+/// what local servers are given), and replacing every occurrence of it would change answers
+/// that merely contain the word.
+const MIN_REDACTED_KEY: usize = 16;
+
 impl Redactor {
     fn new(key: &ApiKey) -> Option<Redactor> {
-        (!key.secret.is_empty()).then(|| Redactor {
+        (key.secret.len() >= MIN_REDACTED_KEY).then(|| Redactor {
             finder: memchr::memmem::Finder::new(key.secret.as_bytes()).into_owned(),
             fingerprint: key.fingerprint.clone(),
         })
@@ -370,13 +375,18 @@ impl ApiClient {
     /// `api-version` query parameter when one is set.
     pub fn url_for(&self, path: &str) -> String {
         let url = join_url(&self.base_url, path);
-        match &self.api_version {
-            Some(version) if !url.contains("api-version=") => {
-                let separator = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{separator}api-version={version}")
-            }
-            Some(_) | None => url,
-        }
+        let Some(version) = &self.api_version else {
+            return url;
+        };
+        // The setting wins over an `api-version` the base URL or the line's path carries.
+        let (head, query) = url.split_once('?').unwrap_or((&url, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("api-version="))
+            .collect();
+        let ours = format!("api-version={version}");
+        params.push(&ours);
+        format!("{head}?{}", params.join("&"))
     }
 
     /// [`ApiClient::url_for`] parsed, from the one-entry cache when `path` is the last one.
@@ -626,7 +636,10 @@ pub fn join_url(base: &str, path: &str) -> String {
     } else {
         format!("/{path}")
     };
-    let joined = if base.ends_with("/v1") && (path.starts_with("/v1/") || path == "/v1") {
+    // Azure OpenAI's classic endpoints (`…/openai/deployments/NAME/chat/completions`) take the
+    // OpenAI path without its `/v1`, like a base URL that ends with `/v1` does.
+    let v1_in_base = base.ends_with("/v1") || base.contains("/openai/deployments/");
+    let joined = if v1_in_base && (path.starts_with("/v1/") || path == "/v1") {
         format!("{base}{}", &path[3..])
     } else {
         format!("{base}{path}")
@@ -676,6 +689,21 @@ mod tests {
         "http://h/v1/embeddings?b=2&a=1"
     )]
     #[case("http://h/v1?", "/v1/models", "http://h/v1/models")]
+    #[case(
+        "https://r.openai.azure.com/openai/deployments/mydep",
+        "/v1/chat/completions",
+        "https://r.openai.azure.com/openai/deployments/mydep/chat/completions"
+    )]
+    #[case(
+        "https://r.openai.azure.com/openai/deployments/mydep?api-version=2024-10-21",
+        "/chat/completions",
+        "https://r.openai.azure.com/openai/deployments/mydep/chat/completions?api-version=2024-10-21"
+    )]
+    #[case(
+        "https://r.openai.azure.com/openai",
+        "/deployments/mydep/chat/completions",
+        "https://r.openai.azure.com/openai/deployments/mydep/chat/completions"
+    )]
     fn joins_urls(#[case] base: &str, #[case] path: &str, #[case] expected: &str) {
         assert_eq!(join_url(base, path), expected);
     }
@@ -695,6 +723,34 @@ mod tests {
         assert!(
             Redactor::new(&ApiKey::new("  ")).is_none(),
             "an empty key finds nothing"
+        );
+        assert!(
+            Redactor::new(&ApiKey::new("EMPTY")).is_none(),
+            "a placeholder is not looked for in answers"
+        );
+    }
+
+    #[test]
+    fn the_api_version_setting_wins_over_the_base_urls() {
+        let settings = ClientSettings {
+            base_url: "http://h/openai/deployments/d?api-version=2024-06-01&x=1".into(),
+            timeout: std::time::Duration::from_secs(1),
+            connect_timeout: std::time::Duration::from_secs(1),
+            organization: None,
+            project: None,
+            max_body_bytes: super::body::DEFAULT_MAX_BODY_BYTES,
+            auth: AuthStyle::Azure,
+            api_version: Some("2024-10-21".into()),
+            headers: Vec::new(),
+        };
+        let client = ApiClient::new(&settings, None).expect("client");
+        assert_eq!(
+            client.url_for("/v1/chat/completions"),
+            "http://h/openai/deployments/d/chat/completions?x=1&api-version=2024-10-21"
+        );
+        assert_eq!(
+            client.url_for("/v1/chat/completions?api-version=1&y=2"),
+            "http://h/openai/deployments/d/chat/completions?y=2&x=1&api-version=2024-10-21"
         );
     }
 
