@@ -332,7 +332,7 @@ pub(crate) fn decide(s: &Situation<'_>) -> Decision {
 /// What to tell the user when every key was rejected.
 pub(crate) fn no_keys_reason(keys: usize) -> String {
     if keys <= 1 {
-        "the API key was rejected (invalid_api_key): set a valid OPENAI_API_KEY, then run `runner resume`".to_owned()
+        "the API key was rejected (invalid_api_key): set a valid key (OPENAI_API_KEY, or AZURE_OPENAI_API_KEY with --auth azure, or a keys file), then run `runner resume`".to_owned()
     } else {
         format!(
             "all {keys} keys were rejected (invalid_api_key): fix the keys file, then run `runner resume`"

@@ -73,6 +73,8 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         settings.max_line_bytes = args.max_line_bytes;
         let destination = destination::settle(&mut settings, existing.is_some(), &args.run, env);
         settings.check(env)?;
+        // A keys file that cannot be used is said before the file is read or anything written.
+        settings.keys(env)?;
         destination::check_transport(&settings, env, args.run.allow_insecure_http)?;
 
         let options = settings.input_options();
@@ -288,6 +290,7 @@ async fn take_job(
     settings.apply(run);
     let destination = destination::settle(&mut settings, true, run, env);
     settings.check(env)?;
+    settings.keys(env)?;
     destination::check_transport(&settings, env, run.allow_insecure_http)?;
     tell_destination(&job.name, &settings, destination);
     if job.reading_input {
@@ -580,9 +583,9 @@ impl JobRun<'_> {
         let total = feeder
             .as_ref()
             .map_or(counts.total, |f| counts.total.max(f.requests()));
-        if self.env.api_key.is_none() {
+        if matches!(self.settings.keys(self.env), Ok(keys) if keys.is_empty()) {
             tracing::warn!(
-                "OPENAI_API_KEY is not set: sending requests without an Authorization header"
+                "no API key (OPENAI_API_KEY, AZURE_OPENAI_API_KEY with --auth azure, or --keys-file): sending requests without one"
             );
         }
         let tally = Arc::new(Tally::from_counts(&counts));

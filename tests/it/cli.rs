@@ -197,6 +197,39 @@ async fn bad_input_exits_1_naming_file_and_line_and_sends_nothing() {
     fx.shutdown().await;
 }
 
+/// A keys file that cannot be used is said before the input is read or anything is written:
+/// no job is left `running` behind a message about the database.
+#[tokio::test]
+async fn an_unusable_keys_file_is_refused_before_anything_is_written() {
+    let s = Scratch::new();
+    s.prompts("p.jsonl", 0..2);
+    s.write(
+        "keys.txt",
+        "a=sk-proj-aaaaaaaaaaaaaaaaaaaaaaaa\na=sk-proj-bbbbbbbbbbbbbbbbbbbbbbbb\n",
+    );
+    let mut cmd = runner(s.dir.path());
+    cmd.args([
+        "submit",
+        "p.jsonl",
+        "--keys-file",
+        "keys.txt",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--no-progress",
+    ]);
+    let out = output(cmd).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("keys.txt:2") && stderr.contains("label 'a'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("database"), "{stderr}");
+    if s.db().exists() {
+        assert_eq!(query_i64(&s.db(), "SELECT count(*) FROM jobs"), 0);
+    }
+}
+
 #[tokio::test]
 async fn openai_without_a_key_is_a_clear_error() {
     let s = Scratch::new();
@@ -248,7 +281,7 @@ async fn exit_codes_0_3_4_and_stdout_carries_data_only() {
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(4));
     assert!(
-        text(&out.stderr).contains("set a valid OPENAI_API_KEY"),
+        text(&out.stderr).contains("set a valid key (OPENAI_API_KEY"),
         "{}",
         text(&out.stderr)
     );
