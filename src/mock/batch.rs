@@ -42,17 +42,21 @@ pub enum BatchFate {
     /// Completes, but its output file is gone by the time it is downloaded (404), as after a
     /// delete or past the file's expiry; its error file, if any, is there.
     OutputGone,
+    /// Completes, and its output file answers each successful line twice: a 500 line for the
+    /// same `custom_id` first, then the success (a server that reports a retry it made).
+    ErrorThenSuccess,
 }
 
 impl BatchFate {
-    /// Parses `complete`, `fail-validation`, `expire` or `output-gone` (the `--batch-fates`
-    /// names).
+    /// Parses `complete`, `fail-validation`, `expire`, `output-gone` or `error-then-success`
+    /// (the `--batch-fates` names).
     pub fn from_name(name: &str) -> Option<BatchFate> {
         match name.trim().to_ascii_lowercase().replace('_', "-").as_str() {
             "complete" => Some(BatchFate::Complete),
             "fail-validation" => Some(BatchFate::FailValidation),
             "expire" => Some(BatchFate::Expire),
             "output-gone" => Some(BatchFate::OutputGone),
+            "error-then-success" => Some(BatchFate::ErrorThenSuccess),
             _ => None,
         }
     }
@@ -304,16 +308,24 @@ fn check(batch: &mut MockBatch, content: Option<Arc<Vec<u8>>>) {
             "This line was refused (the mock was told to fail this batch's validation).",
             1,
         )]),
-        (BatchFate::Complete | BatchFate::Expire | BatchFate::OutputGone, Some(content)) => {
-            validate(&content, &endpoint)
-        }
-        (BatchFate::Complete | BatchFate::Expire | BatchFate::OutputGone, None) => {
-            Err(vec![line_error(
-                "file_not_found",
-                "The input file was deleted before validation.",
-                0,
-            )])
-        }
+        (
+            BatchFate::Complete
+            | BatchFate::Expire
+            | BatchFate::OutputGone
+            | BatchFate::ErrorThenSuccess,
+            Some(content),
+        ) => validate(&content, &endpoint),
+        (
+            BatchFate::Complete
+            | BatchFate::Expire
+            | BatchFate::OutputGone
+            | BatchFate::ErrorThenSuccess,
+            None,
+        ) => Err(vec![line_error(
+            "file_not_found",
+            "The input file was deleted before validation.",
+            0,
+        )]),
     };
     match checked {
         Ok(lines) => {
@@ -342,6 +354,10 @@ fn finish(files: &mut BTreeMap<String, StoredFile>, batch: &mut MockBatch) {
     ] {
         let mut content = Vec::new();
         for (line, _) in results.iter().filter(|(_, ok)| *ok == success) {
+            if success && batch.fate == BatchFate::ErrorThenSuccess {
+                content.extend_from_slice(server_error_line(line).as_bytes());
+                content.push(b'\n');
+            }
             content.extend_from_slice(line.as_bytes());
             content.push(b'\n');
         }
@@ -361,6 +377,25 @@ fn finish(files: &mut BTreeMap<String, StoredFile>, batch: &mut MockBatch) {
         files.insert(id, file);
     }
     batch.results = results;
+}
+
+/// A 500 result line for the `custom_id` of `line` (an output line).
+fn server_error_line(line: &str) -> String {
+    let custom_id = serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v.get("custom_id").cloned())
+        .unwrap_or(Value::Null);
+    json!({
+        "id": "batch_req_mock_retry",
+        "custom_id": custom_id,
+        "response": {
+            "status_code": 500,
+            "request_id": "req_mock_retry",
+            "body": {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}},
+        },
+        "error": null,
+    })
+    .to_string()
 }
 
 fn batch_str<'b>(batch: &'b MockBatch, field: &str) -> &'b str {

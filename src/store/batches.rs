@@ -550,6 +550,28 @@ pub fn waiting(
         .optional()?)
 }
 
+/// The request with this `custom_id` if an earlier line of `chunk`'s results already gave it
+/// an answer that did not succeed (it is `pending` again, or `failed`, and still names the
+/// chunk): a later line of the same results that answers it with a success is journaled too.
+///
+/// # Errors
+/// Database errors.
+pub fn answered_unsuccessfully(
+    conn: &Connection,
+    job: JobId,
+    chunk: ChunkId,
+    key: &str,
+) -> Result<Option<Waiting>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {WAITING_COLUMNS} FROM requests
+             WHERE job_id = ?1 AND key = ?2 AND batch_chunk_id = ?3
+                   AND state IN ('pending', 'failed')"
+        ))?
+        .query_row(params![job.0, key, chunk.0], waiting_from_row)
+        .optional()?)
+}
+
 /// The line (1-based) each request of `chunk` had in its input file: its place among the
 /// chunk's requests by id, as the file was cut.
 ///

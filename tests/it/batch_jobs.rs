@@ -144,6 +144,55 @@ async fn an_expired_batch_sends_its_missing_lines_in_a_later_chunk() {
     fx.shutdown().await;
 }
 
+/// An output file that answers a line twice, a 500 first and then the success (a server
+/// reporting a retry it made): the success is journaled after the 500, and the line is not
+/// sent in another batch. Before, the first line won, the success was skipped, and the line
+/// went into batch after batch, answered (and billed) each time, until its budget ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_after_an_error_for_the_same_line_is_journaled_not_sent_again() {
+    const N: usize = 20;
+    let fx = Fixture::for_job("retried")
+        .mock(first_batch(
+            BatchFate::ErrorThenSuccess,
+            Duration::from_millis(300),
+        ))
+        .prompts(0..N)
+        .start()
+        .await;
+    let out = output(fx.bin_submit(&via_batch(&[]))).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let db = fx.db();
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM batch_chunks"),
+        1,
+        "no line went into a second batch"
+    );
+    assert_each_succeeded_once(&fx, N as i64);
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM attempts WHERE http_status = 500 AND number = 1"
+        ),
+        N as i64,
+        "the 500 is journaled first"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT count(*) FROM attempts WHERE http_status = 200 AND number = 2"
+        ),
+        N as i64,
+        "then the success"
+    );
+    let stats = fx.mock.stats();
+    for i in 0..N {
+        assert_eq!(stats.successes_for(&sent_body(i)), 1, "request {i}");
+    }
+    assert_eq!(integrity(&db), "ok");
+    fx.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_output_file_is_gone_sends_its_lines_again_and_says_so() {
     // The first batch completes, but its output file answers 404 (deleted, or past its

@@ -197,8 +197,16 @@ impl BatchRun<'_> {
             .store
             .call(move |c| {
                 for result in results {
-                    let Some(waiting) = batches::waiting(c, job, chunk_id, &result.custom_id)?
-                    else {
+                    let waiting = match batches::waiting(c, job, chunk_id, &result.custom_id)? {
+                        Some(waiting) => Some(waiting),
+                        // Two lines for one request, a failure first: a success after it says
+                        // the work was done (and billed), so it is journaled, not sent again.
+                        None if result.status_code.is_some_and(|s| (200..300).contains(&s)) => {
+                            batches::answered_unsuccessfully(c, job, chunk_id, &result.custom_id)?
+                        }
+                        None => None,
+                    };
+                    let Some(waiting) = waiting else {
                         journal.imported.skipped += 1;
                         continue;
                     };
