@@ -717,8 +717,9 @@ impl JobRun<'_> {
         if running > 0 {
             let job = &self.job.name;
             crate::say!(
-                "{job}: {running} batches go on running on the server: `runner resume --job {job}` \
-                 picks up their results, `runner cancel --job {job}` cancels them"
+                "{job}: {running} batches may go on running on the server (a batch whose create \
+                 was under way counts): `runner resume --job {job}` picks up their results, \
+                 `runner cancel --job {job}` cancels them"
             );
         }
         Ok(exit)

@@ -158,7 +158,7 @@ async fn runner_cancel_cancels_the_batches_a_signal_left_running_and_resume_fini
     let (status, stderr) = run.wait().await;
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
-        stderr.contains("1 batches go on running on the server")
+        stderr.contains("1 batches may go on running on the server")
             && stderr.contains("`runner cancel --job cancel`"),
         "{stderr}"
     );
