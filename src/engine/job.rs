@@ -692,6 +692,12 @@ impl JobRun<'_> {
             );
         }
         let mut client_settings = self.settings.client_settings(self.env);
+        if !client_settings.headers.is_empty() {
+            crate::say!(
+                "{}: the job's --header goes with the Files and Batches calls, not into the batch's lines (the Batch API sends none)",
+                self.job.name
+            );
+        }
         // Downloading a result file takes longer than one request.
         client_settings.timeout = client_settings.timeout.max(BATCH_CALL_TIMEOUT);
         let client = ApiClient::new(&client_settings, keys.first())?;
