@@ -530,45 +530,25 @@ fn waiting_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Waiting> {
 const WAITING_COLUMNS: &str = "id, key, attempts, transient_attempts, auth_attempts, \
      rate_limited_attempts, invalid_attempts";
 
-/// The request with this `custom_id` if it is still waiting in `chunk`; `None` once its result
-/// was journaled (or for a `custom_id` the chunk never had).
+/// The request with this `custom_id` in `chunk`, and its state: `batched` while it waits for
+/// its result; `None` for a `custom_id` the chunk never had.
 ///
 /// # Errors
 /// Database errors.
-pub fn waiting(
+pub fn in_chunk(
     conn: &Connection,
     job: JobId,
     chunk: ChunkId,
     key: &str,
-) -> Result<Option<Waiting>, StoreError> {
+) -> Result<Option<(Waiting, RequestState)>, StoreError> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {WAITING_COLUMNS} FROM requests
-             WHERE job_id = ?1 AND key = ?2 AND batch_chunk_id = ?3 AND state = 'batched'"
+            "SELECT {WAITING_COLUMNS}, state FROM requests
+             WHERE job_id = ?1 AND key = ?2 AND batch_chunk_id = ?3"
         ))?
-        .query_row(params![job.0, key, chunk.0], waiting_from_row)
-        .optional()?)
-}
-
-/// The request with this `custom_id` if an earlier line of `chunk`'s results already gave it
-/// an answer that did not succeed (it is `pending` again, or `failed`, and still names the
-/// chunk): a later line of the same results that answers it with a success is journaled too.
-///
-/// # Errors
-/// Database errors.
-pub fn answered_unsuccessfully(
-    conn: &Connection,
-    job: JobId,
-    chunk: ChunkId,
-    key: &str,
-) -> Result<Option<Waiting>, StoreError> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {WAITING_COLUMNS} FROM requests
-             WHERE job_id = ?1 AND key = ?2 AND batch_chunk_id = ?3
-                   AND state IN ('pending', 'failed')"
-        ))?
-        .query_row(params![job.0, key, chunk.0], waiting_from_row)
+        .query_row(params![job.0, key, chunk.0], |r| {
+            Ok((waiting_from_row(r)?, r.get(7)?))
+        })
         .optional()?)
 }
 

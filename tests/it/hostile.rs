@@ -14,6 +14,7 @@ use crate::support::bin::{output, text};
 use crate::support::*;
 use rstest::rstest;
 use runner::Exit;
+use runner::engine::config::ApiEnv;
 use runner::mock::MockConfig;
 use serde_json::json;
 
@@ -353,36 +354,47 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 
 const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"test-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
 
+/// A raw HTTP/1.1 answer: the status line's `status`, the `head` lines (each ending in `\r\n`),
+/// a `content-length` and `body`.
+fn raw_answer(status: &str, head: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\n{head}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `submit` of three prompt lines to `url` with `extra` flags, in process; the scratch
+/// directory (its database) and the exit.
+async fn submit_three(url: &str, extra: &[&str], env: ApiEnv) -> (Scratch, Exit) {
+    let s = Scratch::new();
+    let input = s.prompts("in.jsonl", 0..3);
+    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
+    let exit = within("submit", run(&submit_args(&input, &db, url, extra), env))
+        .await
+        .expect("runs");
+    (s, exit)
+}
+
 /// A redirect is an answer, never followed: the body, the job's headers and the key (here an
 /// Azure `api-key`, which reqwest would have carried along) go only to `--base-url`, and each
 /// HTTP attempt is one journal row. A 3xx fails the request, saying where it pointed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_is_an_answer_never_followed() {
-    let (elsewhere, elsewhere_seen) = raw_server(
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
-            COMPLETION.len()
-        )
-        .into_bytes(),
-    )
+    let (elsewhere, elsewhere_seen) = raw_server(raw_answer(
+        "200 OK",
+        "content-type: application/json\r\n",
+        COMPLETION,
+    ))
     .await;
-    let (url, seen) = raw_server(
-        format!(
-            "HTTP/1.1 307 Temporary Redirect\r\nlocation: {elsewhere}/chat/completions\r\ncontent-length: 0\r\n\r\n"
-        )
-        .into_bytes(),
-    )
+    let (url, seen) = raw_server(raw_answer(
+        "307 Temporary Redirect",
+        &format!("location: {elsewhere}/chat/completions\r\n"),
+        "",
+    ))
     .await;
-    let s = Scratch::new();
-    let input = s.prompts("in.jsonl", 0..3);
-    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
-    let args = submit_args(
-        &input,
-        &db,
-        &url,
-        &["--auth", "azure", "--header", "X-Custom: secret"],
-    );
-    let exit = within("submit", run(&args, env())).await.expect("runs");
+    let extra = ["--auth", "azure", "--header", "X-Custom: secret"];
+    let (s, exit) = submit_three(&url, &extra, env()).await;
     assert_eq!(exit, Exit::SomeFailed, "a 3xx fails its request");
     assert_eq!(
         elsewhere_seen.load(Ordering::SeqCst),
@@ -408,20 +420,13 @@ async fn a_redirect_is_an_answer_never_followed() {
 /// billed again) until its budget ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_the_parser_refuses_does_not_lose_the_answer() {
-    let (url, seen) = raw_server(
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: req_\x1b[31mRED\r\nx-foo: a\x07b\r\nx-ok: fine\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
-            COMPLETION.len()
-        )
-        .into_bytes(),
-    )
+    let (url, seen) = raw_server(raw_answer(
+        "200 OK",
+        "content-type: application/json\r\nx-request-id: req_\x1b[31mRED\r\nx-foo: a\x07b\r\nx-ok: fine\r\n",
+        COMPLETION,
+    ))
     .await;
-    let s = Scratch::new();
-    let input = s.prompts("in.jsonl", 0..3);
-    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
-    let exit = within("submit", run(&submit_args(&input, &db, &url, &[]), env()))
-        .await
-        .expect("runs");
+    let (s, exit) = submit_three(&url, &[], env()).await;
     assert_eq!(exit, Exit::Success);
     assert_eq!(seen.load(Ordering::SeqCst), 3, "each request sent once");
     assert_eq!(requests_in(&s.db(), "succeeded"), 3);
@@ -445,23 +450,13 @@ async fn a_server_that_quotes_the_key_gets_its_fingerprint_into_the_journal() {
     let body = format!(
         r#"{{"error":{{"message":"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}"#
     );
-    let (url, seen) = raw_server(
-        format!(
-            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nx-request-id: req_{key}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
+    let (url, seen) = raw_server(raw_answer(
+        "401 Unauthorized",
+        &format!("content-type: application/json\r\nx-request-id: req_{key}\r\n"),
+        &body,
+    ))
     .await;
-    let s = Scratch::new();
-    let input = s.prompts("in.jsonl", 0..3);
-    let (input, db) = (input.to_string_lossy().into_owned(), s.db_arg());
-    let exit = within(
-        "submit",
-        run(&submit_args(&input, &db, &url, &[]), env_with_key(key)),
-    )
-    .await
-    .expect("runs");
+    let (s, exit) = submit_three(&url, &[], env_with_key(key)).await;
     assert_eq!(exit, Exit::Stopped, "a revoked key stops the job");
     assert!(seen.load(Ordering::SeqCst) >= 1);
     let message = query_text(&s.db(), "SELECT error_message FROM attempts LIMIT 1")

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::BatchRun;
 use crate::domain::JobId;
-use crate::domain::{AttemptOutcome, Class, Disposition};
+use crate::domain::{AttemptOutcome, Class, Disposition, RequestState};
 use crate::engine::attempt::Reading;
 use crate::engine::attempt::batched::{FromBatch, judge, read_result, unanswered};
 use crate::engine::retry::RetryPolicy;
@@ -197,14 +197,18 @@ impl BatchRun<'_> {
             .store
             .call(move |c| {
                 for result in results {
-                    let waiting = match batches::waiting(c, job, chunk_id, &result.custom_id)? {
-                        Some(waiting) => Some(waiting),
+                    let success = result.status_code.is_some_and(|s| (200..300).contains(&s));
+                    let waiting = match batches::in_chunk(c, job, chunk_id, &result.custom_id)? {
+                        Some((waiting, RequestState::Batched)) => Some(waiting),
                         // Two lines for one request, a failure first: a success after it says
                         // the work was done (and billed), so it is journaled, not sent again.
-                        None if result.status_code.is_some_and(|s| (200..300).contains(&s)) => {
-                            batches::answered_unsuccessfully(c, job, chunk_id, &result.custom_id)?
+                        Some((waiting, RequestState::Pending | RequestState::Failed))
+                            if success =>
+                        {
+                            Some(waiting)
                         }
-                        None => None,
+                        // Journaled already (a download imported again), or not this chunk's.
+                        Some(_) | None => None,
                     };
                     let Some(waiting) = waiting else {
                         journal.imported.skipped += 1;
