@@ -45,10 +45,12 @@ fn a_cut_chunk_holds_its_requests_until_they_are_dropped_back() {
         ["r1", "r3"]
     );
     assert_eq!(db::counts(&conn, job).expect("counts").batched, 2);
-    assert!(waiting(&conn, job, id, "r2").expect("query").is_none());
+    assert!(in_chunk(&conn, job, id, "r2").expect("query").is_none());
     assert_eq!(
-        waiting(&conn, job, id, "r3").expect("query").map(|w| w.id),
-        Some(RequestId(3))
+        in_chunk(&conn, job, id, "r3")
+            .expect("query")
+            .map(|(w, state)| (w.id, state)),
+        Some((RequestId(3), RequestState::Batched))
     );
     // A request cannot be in two chunks.
     let again = insert_chunk(&conn, job, &new, 6).expect_err("already batched");
