@@ -290,7 +290,7 @@ impl InputReader {
     fn read_line(&mut self) -> Result<bool, InputError> {
         self.buf.clear();
         // Room for "\r\n", and on the first line for a byte order mark (see `content_len`).
-        let bom = if self.line == 0 { 3 } else { 0 };
+        let bom = if self.line == 0 { BOM.len() as u64 } else { 0 };
         let limit = self.options.max_line_bytes as u64 + 2 + bom;
         let read = (&mut self.source)
             .take(limit)
@@ -577,7 +577,7 @@ impl Iterator for InputReader {
                 Ok(true) => {
                     let mut raw = self.buf.as_slice();
                     if self.line == 1 {
-                        raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+                        raw = raw.strip_prefix(BOM).unwrap_or(raw);
                     }
                     let raw = raw.trim_ascii();
                     if raw.is_empty() {
@@ -640,13 +640,16 @@ fn scan_custom_id(text: &str) -> Option<String> {
     None
 }
 
+/// A UTF-8 byte order mark, accepted at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// The bytes of a raw line that count against `--max-line-bytes`: its end (`\n` or `\r\n`)
 /// and, on the first line, a UTF-8 byte order mark do not.
 fn content_len(raw: &[u8], first_line: bool) -> usize {
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let raw = match first_line {
-        true => raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw),
+        true => raw.strip_prefix(BOM).unwrap_or(raw),
         false => raw,
     };
     raw.len()
