@@ -152,16 +152,21 @@ const MAX_REQUEST_ID: usize = 200;
 /// escaped ([`printable`]), and a value over 200 characters is cut. `None` only when neither
 /// header is there or the value is blank.
 pub fn request_id(headers: &HeaderMap) -> Option<String> {
-    ["x-request-id", "request-id"].into_iter().find_map(|name| {
-        let raw = String::from_utf8_lossy(headers.get(name)?.as_bytes());
-        let value = printable(raw.trim());
-        if value.is_empty() {
-            return None;
-        }
-        Some(match value.char_indices().nth(MAX_REQUEST_ID) {
-            Some((cut, _)) => format!("{}…", &value[..cut]),
-            None => value.into_owned(),
-        })
+    ["x-request-id", "request-id"]
+        .into_iter()
+        .find_map(|name| clean_request_id(&String::from_utf8_lossy(headers.get(name)?.as_bytes())))
+}
+
+/// A request id as [`request_id`] keeps it, from wherever it came (a header, a Batch result
+/// line's `request_id`); `None` when it is blank.
+pub fn clean_request_id(raw: &str) -> Option<String> {
+    let value = printable(raw.trim());
+    if value.is_empty() {
+        return None;
+    }
+    Some(match value.char_indices().nth(MAX_REQUEST_ID) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.into_owned(),
     })
 }
 

@@ -13,6 +13,7 @@ use crate::engine::retry::RetryPolicy;
 use crate::http::batch::BatchResult;
 use crate::http::classify::ApiError;
 use crate::http::client::{Answer, Sent};
+use crate::http::hints;
 
 /// Reads one line of a batch's output or error file as if its answer had come directly.
 pub(crate) fn read_result(result: BatchResult, max_wait: Duration) -> Reading {
@@ -23,8 +24,7 @@ pub(crate) fn read_result(result: BatchResult, max_wait: Duration) -> Reading {
         error,
         custom_id: _,
     } = result;
-    let request_id =
-        request_id.filter(|id| id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()));
+    let request_id = request_id.and_then(|id| hints::clean_request_id(&id));
     match status_code {
         Some(status) => {
             let answer = Answer {
