@@ -145,5 +145,5 @@ fn estimate_tokens() -> u64 {
     let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
         {"role": "system", "content": "You are a careful assistant."},
         {"role": "user", "content": "Summarise item number 12345 in one sentence."}]});
-    runner::engine::tokens::estimate("/v1/chat/completions", black_box(&body), 256)
+    runner::domain::tokens::estimate("/v1/chat/completions", black_box(&body), 256)
 }

@@ -24,7 +24,7 @@
 //!   due requests and passes each through the gates (429 pause, [`engine::keys`],
 //!   [`engine::breaker`], [`engine::rate_limit`]); [`engine::attempt`] reads, decides
 //!   ([`engine::retry`]) and records one attempt; [`engine::context`] is what attempt tasks
-//!   share; [`engine::tokens`], [`engine::progress`], [`engine::shutdown`];
+//!   share; [`engine::progress`], [`engine::shutdown`];
 //!   [`engine::batch`] runs a `--via batch` job through the hosted Batch API (chunks, their
 //!   steps on the server, results imported as attempts); [`engine::ending`] says how a run ended.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
@@ -48,7 +48,8 @@
 //! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
 //!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
-//!   [`domain::EventKind`], [`Exit`]; one enum each, text only at the SQL and output boundaries.
+//!   [`domain::EventKind`], [`Exit`]; one enum each, text only at the SQL and output boundaries;
+//!   [`domain::tokens`] (a request's token cost, as the API counts it), [`domain::price`].
 //! - [`util`]: the clock, private files, locks, printable text, `say!` (stderr lines that never panic).
 //!
 //! # Data flow

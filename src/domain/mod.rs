@@ -7,6 +7,7 @@ mod event;
 mod exit;
 pub(crate) mod names;
 pub mod price;
+pub mod tokens;
 mod state;
 
 pub use class::{AttemptClass, Class, StopCause};

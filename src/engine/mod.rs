@@ -14,7 +14,6 @@
 //! - [`breaker`]: the pool-wide circuit breaker over auth flaps and outages.
 //! - [`rate_limit`]: `--rpm`/`--tpm` ceilings and the pacer that follows the server's limits.
 //! - [`keys`]: the key pool (cool-down, quarantine) and the keys file.
-//! - [`tokens`]: token estimates for `--tpm`.
 //! - [`progress`]: the bar or summary lines on stderr.
 //! - [`shutdown`]: two-stage Ctrl-C handling.
 //! - [`batch`]: `--via batch`: chunks, their batches on the server, and their results imported.
@@ -34,4 +33,3 @@ pub mod progress;
 pub mod rate_limit;
 pub mod retry;
 pub mod shutdown;
-pub mod tokens;

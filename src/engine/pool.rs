@@ -33,7 +33,7 @@ use crate::engine::progress::Tally;
 use crate::engine::rate_limit::{RequestLimiter, TokenLimiter, TooLarge};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::shutdown::Shutdown;
-use crate::engine::tokens::estimate;
+use crate::domain::tokens::estimate;
 use crate::store::{JobStore, StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;

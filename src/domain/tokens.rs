@@ -1,4 +1,5 @@
-//! Token cost of a request, for `--tpm`: prompt tokens counted with tiktoken (encoding chosen by
+//! Token cost of a request, for pacing (`--tpm`, the server's token limits) and the mock's
+//! limits: prompt tokens counted with tiktoken (encoding chosen by
 //! model) plus the output the request asks for.
 //!
 //! This is an estimate, as OpenAI's own limiter makes one: it counts the text the model reads
@@ -63,19 +64,43 @@ pub fn count(text: &str, encoding: Encoding) -> u64 {
     }
 }
 
-/// The estimated token cost of a request body sent to `url`: prompt plus requested output.
-pub fn estimate(url: &str, body: &Value, default_output: u64) -> u64 {
+/// A request's token cost as the API counts it at admission: the prompt, plus the most output
+/// it may produce (times `n` choices).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Prompt tokens, counted with the model's encoding.
+    pub prompt: u64,
+    /// The output the request asks for at most (`max_completion_tokens`, `max_tokens`,
+    /// `max_output_tokens`, else `default_output`), times `n`; 0 for embeddings and moderations.
+    pub output: u64,
+}
+
+impl Cost {
+    /// Prompt plus maximum output.
+    pub fn total(self) -> u64 {
+        self.prompt.saturating_add(self.output)
+    }
+}
+
+/// The token cost of a request body sent to `url` (see [`Cost`]).
+pub fn cost(url: &str, body: &Value, default_output: u64) -> Cost {
     let encoding = encoding_for(body.get("model").and_then(Value::as_str).unwrap_or(""));
     let prompt = prompt_tokens(url, body, encoding);
     let output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|field| body.get(*field).and_then(Value::as_u64));
+    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
     let output = if url.ends_with("/embeddings") || url.ends_with("/moderations") {
         0
     } else {
-        output.unwrap_or(default_output)
+        output.unwrap_or(default_output).saturating_mul(choices)
     };
-    prompt + output
+    Cost { prompt, output }
+}
+
+/// The estimated token cost of a request body sent to `url`: prompt plus requested output.
+pub fn estimate(url: &str, body: &Value, default_output: u64) -> u64 {
+    cost(url, body, default_output).total()
 }
 
 fn prompt_tokens(url: &str, body: &Value, encoding: Encoding) -> u64 {
@@ -188,6 +213,13 @@ mod tests {
         let completions =
             json!({"model": "gpt-3.5-turbo-instruct", "prompt": "hello world", "max_tokens": 5});
         assert_eq!(estimate("/v1/completions", &completions, 0), 7);
+        let two = json!({"model": "gpt-4o-mini", "n": 2, "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hello world"}]});
+        assert_eq!(
+            cost("/v1/chat/completions", &two, 0),
+            Cost { prompt: 3 + 2 + 3, output: 200 },
+            "n choices: n times the output"
+        );
         let parts = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
             {"type": "text", "text": "hello world"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
         assert_eq!(
