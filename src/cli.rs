@@ -83,9 +83,12 @@ pub struct RunArgs {
         help = "API base URL [default: $OPENAI_BASE_URL, else https://api.openai.com/v1]"
     )]
     pub base_url: Option<String>,
-    /// Requests in flight at most [default: 32]
+    /// Requests in flight, fixed [default: the pool sizes itself from the pace and the server's latency]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<NonZeroUsize>,
+    /// Requests in flight at most when the pool sizes itself [default: 4096, within the open-file limit]
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<NonZeroUsize>,
     /// Requests per minute at most, retries included [default: no limit]
     #[arg(long, value_name = "N")]
     pub rpm: Option<NonZeroU32>,

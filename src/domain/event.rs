@@ -28,6 +28,14 @@ pub enum EventKind {
     BatchSubmitted,
     /// A chunk's batch changed status (validating, in progress, finalizing, …, or its end).
     BatchStatus,
+    /// The server announced rate limits other than the last it announced; the detail lists
+    /// them (`requests 3000/min, tokens 300000/min`), and a resume paces by them from its
+    /// first request.
+    Limits,
+    /// A rate-limit header held a value no limit can be (noted once per header and run).
+    HeaderIgnored,
+    /// A run's pacing, as it ended: what bound it, the limits known, the pool's largest size.
+    Pacing,
 }
 
 named!(EventKind, "event kind", {
@@ -42,6 +50,9 @@ named!(EventKind, "event kind", {
     KeyQuarantined => "key_quarantined",
     BatchSubmitted => "batch_submitted",
     BatchStatus => "batch_status",
+    Limits => "limits",
+    HeaderIgnored => "header_ignored",
+    Pacing => "pacing",
 });
 
 impl EventKind {
@@ -57,7 +68,10 @@ impl EventKind {
             | EventKind::BreakerHalfOpen
             | EventKind::BreakerClosed
             | EventKind::BatchSubmitted
-            | EventKind::BatchStatus => false,
+            | EventKind::BatchStatus
+            | EventKind::Limits
+            | EventKind::HeaderIgnored
+            | EventKind::Pacing => false,
         }
     }
 
@@ -72,7 +86,10 @@ impl EventKind {
             | EventKind::KeyCooling
             | EventKind::KeyQuarantined
             | EventKind::BatchSubmitted
-            | EventKind::BatchStatus => false,
+            | EventKind::BatchStatus
+            | EventKind::Limits
+            | EventKind::HeaderIgnored
+            | EventKind::Pacing => false,
         }
     }
 }

@@ -7,8 +7,8 @@ mod event;
 mod exit;
 pub(crate) mod names;
 pub mod price;
-pub mod tokens;
 mod state;
+pub mod tokens;
 
 pub use class::{AttemptClass, Class, StopCause};
 pub use event::EventKind;

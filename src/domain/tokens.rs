@@ -89,7 +89,11 @@ pub fn cost(url: &str, body: &Value, default_output: u64) -> Cost {
     let output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|field| body.get(*field).and_then(Value::as_u64));
-    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let choices = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
     let output = if url.ends_with("/embeddings") || url.ends_with("/moderations") {
         0
     } else {
@@ -217,7 +221,10 @@ mod tests {
             "messages": [{"role": "user", "content": "hello world"}]});
         assert_eq!(
             cost("/v1/chat/completions", &two, 0),
-            Cost { prompt: 3 + 2 + 3, output: 200 },
+            Cost {
+                prompt: 3 + 2 + 3,
+                output: 200
+            },
             "n choices: n times the output"
         );
         let parts = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [

@@ -13,9 +13,12 @@ use crate::domain::{
 };
 use crate::engine::context::Context;
 use crate::engine::keys::{KeyLease, KeyOutcome};
+use crate::engine::pool::Dispatched;
 use crate::engine::retry::RetryPolicy;
+use crate::engine::sizing::Signal;
 use crate::http::classify::ApiError;
 use crate::http::client::ApiClient;
+use crate::http::hints::{Announced, LimitKind};
 use crate::store::{StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
@@ -31,8 +34,9 @@ pub(crate) async fn attempt(
     ctx: Arc<Context>,
     request: Claimed,
     lease: KeyLease,
-    probe: bool,
+    sent: Dispatched,
 ) -> Result<(), StoreError> {
+    let probe = sent.probe;
     let Claimed {
         id,
         key,
@@ -48,21 +52,28 @@ pub(crate) async fn attempt(
     let body = (method == Method::POST).then_some(body);
     let started_at = now_ms();
     let clock = Instant::now();
-    let sent = lease
+    let answer = lease
         .client
         .send(&method, &url, body, headers.as_deref())
         .await;
     let finished_at = started_at + clock.elapsed().as_millis() as i64;
-    let mut reading = read(sent, SystemTime::now(), ctx.policy.max_server_wait);
+    let mut reading = read(answer, SystemTime::now(), ctx.policy.max_server_wait);
     reading.redact(&lease.client);
 
-    // The gates learn from every attempt: the server's pace, the service's health, the key's.
+    // The gates learn from every attempt: the server's pace and limits, the pool's size, the
+    // service's health, the key's.
     let now = Instant::now();
-    ctx.pacer.observe(
-        reading.limit_per_minute,
-        reading.class == Class::RateLimited,
-        now,
-    );
+    let refused = (reading.class == Class::RateLimited).then(|| refused_limit(&reading.error));
+    ctx.learn_limits(&reading.announced, refused, now).await?;
+    if let (Some(cost), Some(prompt)) = (sent.cost, reading.usage.prompt_tokens) {
+        // Booked as tiktoken counted the prompt; the server counted it as `usage` says.
+        ctx.pacer.refund_tokens(
+            cost.prompt
+                .saturating_sub(u64::try_from(prompt).unwrap_or(0)),
+            now,
+        );
+    }
+    ctx.resize(sent.at, now, Signal::of(reading.class));
     let unwell = matches!(reading.class, Class::Transient | Class::AuthTransient);
     let transition = lock(&ctx.breaker).record(unwell, probe, now);
     let key_event = ctx.keys.record(&lease, KeyOutcome::of(reading.class), now);
@@ -182,8 +193,8 @@ pub(crate) struct Reading {
     /// The wait the server asked for, when the class is one that is retried (the others never
     /// wait, so their answers' headers are not read for it).
     wait: Option<Duration>,
-    /// `x-ratelimit-limit-requests`, when sent.
-    limit_per_minute: Option<f64>,
+    /// The `x-ratelimit-*` headers, as far as they are limits.
+    announced: Announced,
 }
 
 impl Reading {
@@ -326,6 +337,21 @@ pub(crate) fn decide(s: &Situation<'_>) -> Decision {
         Class::JobStop(cause @ (StopCause::Forbidden | StopCause::Quota)) => {
             stop(job_stop_reason(cause, s.status, s.error))
         }
+    }
+}
+
+/// Which limit a 429 says it hit: tokens when its type or message says so (OpenAI:
+/// `"type": "tokens"`, "… on tokens per min (TPM) …"), else requests.
+fn refused_limit(error: &ApiError) -> LimitKind {
+    let on_tokens = error.kind.as_deref() == Some("tokens")
+        || error
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("tokens per min") || m.contains("(TPM)"));
+    if on_tokens {
+        LimitKind::Tokens
+    } else {
+        LimitKind::Requests
     }
 }
 

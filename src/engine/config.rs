@@ -17,8 +17,9 @@ use crate::input::{CHAT_ENDPOINT, InputOptions};
 
 /// The OpenAI SDKs' default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-/// Requests in flight at most, by default: enough to hide latency, few enough for any tier.
-pub const DEFAULT_CONCURRENCY: usize = 32;
+/// The pool the breaker's window is sized for when the pool sizes itself: its window is then
+/// 128 answers, enough to tell a spike from noise, few enough to trip within a second of one.
+const BREAKER_POOL: usize = 64;
 /// Time limit of one attempt, by default: long generations take minutes.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Connect time limit: a server that does not accept in this time is not there.
@@ -95,8 +96,14 @@ pub struct JobSettings {
     pub endpoint: String,
     /// Model filled into bodies without one.
     pub model: Option<String>,
-    /// Requests in flight at most.
+    /// Requests in flight at most, as `--concurrency` gave it; 0: the pool sizes itself from
+    /// the pace and the latency ([`crate::engine::sizing`]). Jobs stored before the pool sized
+    /// itself hold the fixed default of then, 32.
     pub concurrency: usize,
+    /// `--max-in-flight`: the most a pool that sizes itself may hold (`None`: the default,
+    /// within the open-file limit).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
     /// Requests per minute at most.
     pub rpm: Option<u32>,
     /// Budget of `transient` attempts per request.
@@ -259,7 +266,8 @@ impl JobSettings {
                 .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
             endpoint: CHAT_ENDPOINT.to_owned(),
             model: None,
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: 0,
+            max_in_flight: None,
             rpm: None,
             max_attempts: Budgets::default().transient,
             timeout_ms: DEFAULT_TIMEOUT.as_millis() as u64,
@@ -312,6 +320,9 @@ impl JobSettings {
         }
         if let Some(n) = run.concurrency {
             self.concurrency = n.get();
+        }
+        if let Some(n) = run.max_in_flight {
+            self.max_in_flight = Some(n.get());
         }
         if let Some(n) = run.rpm {
             self.rpm = Some(n.get());
@@ -437,9 +448,9 @@ impl JobSettings {
         Ok(())
     }
 
-    /// Requests in flight at most.
-    pub fn concurrency(&self) -> NonZeroUsize {
-        NonZeroUsize::new(self.concurrency).unwrap_or(NonZeroUsize::MIN)
+    /// Requests in flight at most, when the user fixed it (`None`: the pool sizes itself).
+    pub fn concurrency(&self) -> Option<NonZeroUsize> {
+        NonZeroUsize::new(self.concurrency)
     }
 
     /// The rate ceiling.
@@ -469,7 +480,8 @@ impl JobSettings {
 
     /// The breaker settings these settings imply.
     pub fn breaker(&self) -> BreakerSettings {
-        let mut breaker = BreakerSettings::for_concurrency(self.concurrency);
+        let pool = self.concurrency().map_or(BREAKER_POOL, NonZeroUsize::get);
+        let mut breaker = BreakerSettings::for_concurrency(pool);
         breaker.max_cooldown =
             Duration::from_millis(self.breaker_max_cooldown_ms).max(breaker.cooldown);
         breaker

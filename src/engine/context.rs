@@ -16,8 +16,10 @@ use crate::domain::{
 use crate::engine::breaker::{Breaker, BreakerSettings, Transition};
 use crate::engine::keys::KeyPool;
 use crate::engine::progress::Tally;
-use crate::engine::rate_limit::{Pacer, TooLarge};
+use crate::engine::rate_limit::{Limits, Pacer, TooLarge};
 use crate::engine::retry::RetryPolicy;
+use crate::engine::sizing::{Signal, Sizing};
+use crate::http::hints::{Announced, LimitKind};
 use crate::store::{JobStore, StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
@@ -47,6 +49,12 @@ pub(crate) struct Context {
     pub(crate) paused_until: Mutex<Option<Instant>>,
     /// Pace learned from the server's rate-limit headers and 429s.
     pub(crate) pacer: Pacer,
+    /// How many requests may be in flight ([`crate::engine::sizing`]).
+    pub(crate) sizing: Mutex<Sizing>,
+    /// The user's ceilings: requests and tokens per minute (`--rpm`, `--tpm`).
+    pub(crate) ceilings: Limits,
+    /// Rate-limit headers already noted as ignored in this run (each is noted once).
+    ignored_noted: Mutex<Vec<&'static str>>,
     streak: Mutex<Streak>,
     stop_after_same_error: u32,
     /// Cancelled on a job-level stop.
@@ -65,6 +73,7 @@ impl Context {
         stop_after_same_error: u32,
         tally: Arc<Tally>,
     ) -> Context {
+        let now = Instant::now();
         Context {
             job,
             store,
@@ -73,7 +82,10 @@ impl Context {
             tally,
             breaker: Mutex::new(Breaker::new(breaker)),
             paused_until: Mutex::new(None),
-            pacer: Pacer::default(),
+            pacer: Pacer::new(now),
+            sizing: Mutex::new(Sizing::Fixed(1)),
+            ceilings: Limits::default(),
+            ignored_noted: Mutex::new(Vec::new()),
             streak: Mutex::new(Streak::default()),
             stop_after_same_error,
             halt: CancellationToken::new(),
@@ -144,6 +156,64 @@ impl Context {
             Transition::Closed => None,
         });
         self.journal(transition.kind(), transition.detail()).await
+    }
+
+    /// The requests per second the pace allows, from every limit known: `--rpm`, `--tpm` over
+    /// the mean cost of a request, and the server's (`None`: nothing paces the job).
+    pub(crate) fn known_rate(&self) -> Option<f64> {
+        let by_rpm = self.ceilings.requests.map(|rpm| rpm as f64 / 60.0);
+        let by_tpm = self
+            .ceilings
+            .tokens
+            .zip(self.pacer.cost_each())
+            .map(|(tpm, cost)| tpm as f64 / 60.0 / cost.max(1.0));
+        [by_rpm, by_tpm, self.pacer.request_rate()]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min)
+    }
+
+    /// Learns from an answer's rate-limit headers and whether a limit refused it: the pacer
+    /// takes the limits, a change of them is journaled, and each header ignored as no limit is
+    /// noted once.
+    pub(crate) async fn learn_limits(
+        &self,
+        announced: &Announced,
+        refused: Option<LimitKind>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        if let Some(limits) = self.pacer.observe(announced, refused, now) {
+            self.journal(EventKind::Limits, limits.describe()).await?;
+        }
+        let first: Vec<(&'static str, String)> = {
+            let mut noted = lock(&self.ignored_noted);
+            announced
+                .ignored
+                .iter()
+                .filter(|(name, _)| {
+                    let new = !noted.contains(name);
+                    if new {
+                        noted.push(name);
+                    }
+                    new
+                })
+                .cloned()
+                .collect()
+        };
+        for (name, value) in first {
+            self.journal(
+                EventKind::HeaderIgnored,
+                format!("{name}: {value:?} is not a limit the API would send; ignored"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A request sent at `started` finished: the pool's size learns from it.
+    pub(crate) fn resize(&self, started: Instant, now: Instant, signal: Signal) {
+        let rate = self.known_rate();
+        lock(&self.sizing).finished(started, now, signal, rate);
     }
 
     /// A 429 pauses every dispatch for the wait the server asked for.

@@ -1,6 +1,7 @@
 //! `submit` and `resume`: open the store, ingest the input, recover what a crash left in flight,
 //! run the worker pool, and record how the job ended.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::cli::{CancelArgs, ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
 use crate::domain::Exit;
-use crate::domain::{Counts, JobState};
+use crate::domain::{Counts, EventKind, JobState};
 use crate::engine::batch::{BatchExit, BatchRun, Mode};
 use crate::engine::config::{ApiEnv, JobSettings, Via};
 use crate::engine::destination;
@@ -17,14 +18,15 @@ use crate::engine::feed::Feeder;
 use crate::engine::keys::KeyPool;
 use crate::engine::pool::{PoolExit, PoolSettings, WorkerPool};
 use crate::engine::progress::{Display, Reporter, Tally};
-use crate::engine::rate_limit::RequestLimiter;
+use crate::engine::rate_limit::{Limits, RequestLimiter};
 use crate::engine::shutdown::Shutdown;
+use crate::engine::sizing;
 use crate::http::client::ApiClient;
 use crate::input::{self, Checked, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::ingest::{IngestReport, direct};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
-use crate::store::{Fence, JobStore, StoreError, batches, fault, ingest};
+use crate::store::{Fence, JobStore, StoreError, batches, fault, ingest, journal};
 use crate::util::clock::now_ms;
 
 /// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
@@ -672,7 +674,7 @@ impl JobRun<'_> {
                         exit @ (PoolExit::Stopped(_) | PoolExit::Interrupted) => return Ok(exit),
                     }
                 }
-                let pool = self.pool(tally)?;
+                let pool = self.pool(tally).await?;
                 match feeder {
                     None => Ok(pool.run(self.shutdown).await?),
                     Some(feeder) => Ok(pool.run_feeding(feeder, self.shutdown).await?),
@@ -752,17 +754,27 @@ impl JobRun<'_> {
         Ok(counts)
     }
 
-    /// The worker pool for this run's settings.
-    fn pool(&self, tally: Arc<Tally>) -> anyhow::Result<WorkerPool> {
+    /// The worker pool for this run's settings, paced from the first request by the limits an
+    /// earlier run of the job journaled.
+    async fn pool(&self, tally: Arc<Tally>) -> anyhow::Result<WorkerPool> {
         let settings = self.settings;
         let keys = KeyPool::new(settings.keys(self.env)?, settings.client_settings(self.env))?;
+        let id = self.job.id;
+        let known = self
+            .store
+            .call(move |c| journal::last_event_detail(c, id, EventKind::Limits))
+            .await?
+            .map_or_else(Limits::default, |detail| Limits::parse(&detail));
         Ok(WorkerPool::new(
             self.job.id,
             self.store.clone(),
             keys,
             RequestLimiter::per_minute(settings.rpm()),
             PoolSettings {
-                concurrency: settings.concurrency().get(),
+                concurrency: settings.concurrency().map(NonZeroUsize::get),
+                max_in_flight: sizing::max_in_flight(settings.max_in_flight),
+                known_limits: known,
+                rpm: settings.rpm(),
                 grace: self.run.grace,
                 policy: settings.retry_policy(),
                 breaker: settings.breaker(),

@@ -33,3 +33,4 @@ pub mod progress;
 pub mod rate_limit;
 pub mod retry;
 pub mod shutdown;
+pub mod sizing;

@@ -1,5 +1,6 @@
 //! The worker pool: one dispatcher claims due requests from the store and runs each attempt as a
-//! task, at most `concurrency` at a time.
+//! task, at most as many at a time as `--concurrency` says, or as the pool's own sizing finds
+//! ([`crate::engine::sizing`]).
 //!
 //! Before each request goes out it passes, in order: the pool-wide pause a 429 imposes, the key
 //! pool (a healthy key), the circuit breaker ([`crate::engine::breaker`]), and the shared rate limiter.
@@ -16,24 +17,27 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Claimed, JobId, RequestId};
+use crate::domain::tokens::{Cost, cost};
+use crate::domain::{Claimed, EventKind, JobId, RequestId};
 use crate::engine::attempt::{attempt, no_keys_reason};
 use crate::engine::breaker::{Admission, BreakerSettings};
 use crate::engine::context::Context;
 use crate::engine::feed::{FeedWatch, Feeder, Reading};
 use crate::engine::keys::{KeyPool, Pick};
+use crate::engine::progress::Bound;
 use crate::engine::progress::Tally;
-use crate::engine::rate_limit::{RequestLimiter, TokenLimiter, TooLarge};
+use crate::engine::rate_limit::{Limits, RequestLimiter, TokenLimiter, TooLarge};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::shutdown::Shutdown;
-use crate::domain::tokens::estimate;
+use crate::engine::sizing::Sizing;
+use crate::http::hints::LimitKind;
 use crate::store::{JobStore, StoreError, db};
 use crate::util::clock::now_ms;
 use crate::util::sync::lock;
@@ -183,8 +187,15 @@ impl PoolExit {
 /// Settings of the pool.
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
-    /// Requests in flight at most.
-    pub concurrency: usize,
+    /// Requests in flight at most, as the user gave it (`--concurrency`); `None`: the pool sizes
+    /// itself ([`crate::engine::sizing`]) up to `max_in_flight`.
+    pub concurrency: Option<usize>,
+    /// Requests in flight at most when the pool sizes itself.
+    pub max_in_flight: usize,
+    /// Limits known before the first answer: journaled by an earlier run of the job.
+    pub known_limits: Limits,
+    /// Requests per minute at most (`--rpm`), for sizing the pool.
+    pub rpm: Option<NonZeroU32>,
     /// How long requests in flight may take to finish after a stop.
     pub grace: Duration,
     /// Retry budgets and backoff.
@@ -197,6 +208,29 @@ pub struct PoolSettings {
     pub tpm: Option<NonZeroU32>,
     /// Output tokens counted for `tpm` when a request names no maximum.
     pub default_output_tokens: u64,
+}
+
+/// How often a pool that sizes itself looks at its size again while it is full and nothing
+/// finishes.
+const RESIZE_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether a request may go, after pacing.
+enum Pace {
+    /// Send it; its token cost, when counted.
+    Go(Option<Cost>),
+    /// It goes back to the queue, unsent.
+    Withdrawn,
+}
+
+/// What an attempt task is told of its sending.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dispatched {
+    /// When the dispatcher let it go.
+    pub(crate) at: Instant,
+    /// Its token cost as paced, when counted.
+    pub(crate) cost: Option<Cost>,
+    /// Whether it is the breaker's probe.
+    pub(crate) probe: bool,
 }
 
 /// What the dispatcher may do now.
@@ -231,16 +265,29 @@ impl WorkerPool {
         settings: PoolSettings,
         tally: Arc<Tally>,
     ) -> WorkerPool {
+        let mut context = Context::new(
+            job,
+            store,
+            keys,
+            settings.policy,
+            settings.breaker,
+            settings.stop_after_same_error,
+            tally,
+        );
+        context.ceilings = Limits {
+            requests: settings.rpm.map(|n| u64::from(n.get())),
+            tokens: settings.tpm.map(|n| u64::from(n.get())),
+        };
+        context.pacer.assume(settings.known_limits);
+        let rate = context.known_rate();
+        context.sizing = Mutex::new(Sizing::new(
+            settings.concurrency,
+            settings.max_in_flight,
+            rate,
+            Instant::now(),
+        ));
         WorkerPool {
-            context: Arc::new(Context::new(
-                job,
-                store,
-                keys,
-                settings.policy,
-                settings.breaker,
-                settings.stop_after_same_error,
-                tally,
-            )),
+            context: Arc::new(context),
             limiter,
             tokens: settings.tpm.map(TokenLimiter::per_minute),
             settings,
@@ -291,12 +338,39 @@ impl WorkerPool {
             return Err(e);
         }
         self.drain(&mut tasks, shutdown).await?;
+        self.journal_pacing().await?;
         // A stop reason set by the last tasks to finish counts too.
         Ok(match self.context.stop_reason() {
             Some(reason) => PoolExit::Stopped(reason),
             None if stop.is_cancelled() => PoolExit::Interrupted,
             None => PoolExit::Drained,
         })
+    }
+
+    /// Journals how the run was paced: what held the dispatcher back most, the limits known,
+    /// and the pool's largest size, so "why was it slow" has an answer after the fact.
+    async fn journal_pacing(&self) -> Result<(), StoreError> {
+        let ctx = &self.context;
+        let Some((bound, share)) = ctx.tally.bound_most() else {
+            return Ok(());
+        };
+        let (peak, adaptive) = {
+            let sizing = lock(&ctx.sizing);
+            (sizing.peak(), sizing.is_adaptive())
+        };
+        let limits = ctx.pacer.announced();
+        let detail = format!(
+            "bound by {} ({:.0}% of the waiting); limits announced: {}; in flight at most {peak} ({})",
+            bound.as_str(),
+            share * 100.0,
+            limits.describe(),
+            if adaptive {
+                "self-sized"
+            } else {
+                "--concurrency"
+            },
+        );
+        ctx.journal(EventKind::Pacing, detail).await
     }
 
     fn halted(&self, stop: &CancellationToken) -> bool {
@@ -324,10 +398,10 @@ impl WorkerPool {
     ) -> Result<(), StoreError> {
         let ctx = &self.context;
         let job = ctx.job;
-        let concurrency = self.settings.concurrency;
-        let refill_at = self.refill_at();
         let mut feed = self.feed.clone();
         loop {
+            let concurrency = self.size();
+            let refill_at = self.refill_at();
             if self.halted(stop) {
                 return Ok(());
             }
@@ -346,21 +420,36 @@ impl WorkerPool {
             let free = concurrency.saturating_sub(tasks.len());
             let nothing_to_send = ahead.ready.is_empty()
                 && (ahead.claiming.is_some() || (free < refill_at && !tasks.is_empty()));
+            ctx.tally.set_pool(tasks.len(), concurrency);
             if free == 0 || nothing_to_send {
                 self.claim_ahead(tasks, ahead);
-                self.wait(tasks, None, stop, None, ahead).await?;
+                let waiting = Instant::now();
+                // A pool that sizes itself looks again now and then while it is full: requests
+                // that have waited long already say the latency rose (see `sizing`).
+                let look_again = lock(&ctx.sizing)
+                    .is_adaptive()
+                    .then(|| waiting + RESIZE_EVERY);
+                self.wait(tasks, look_again, stop, None, ahead).await?;
+                if free == 0 {
+                    ctx.tally.waited(Bound::Pool, waiting.elapsed());
+                    let rate = ctx.known_rate();
+                    lock(&ctx.sizing).refresh(Instant::now(), rate);
+                }
                 continue;
             }
+            let waiting = Instant::now();
             let probe = match self.gate().await? {
                 Gate::Open { probe } => probe,
                 Gate::Closed(until) => {
                     ahead.give_back(&ctx.store).await?;
                     self.wait(tasks, Some(until), stop, None, ahead).await?;
+                    ctx.tally.waited(Bound::Breaker, waiting.elapsed());
                     continue;
                 }
                 Gate::WaitForTask => {
                     ahead.give_back(&ctx.store).await?;
                     self.wait(tasks, None, stop, None, ahead).await?;
+                    ctx.tally.waited(Bound::Breaker, waiting.elapsed());
                     continue;
                 }
                 Gate::NoKeys => {
@@ -403,9 +492,14 @@ impl WorkerPool {
         }
     }
 
+    /// Requests that may be in flight now: `--concurrency`, or the size the pool found.
+    fn size(&self) -> usize {
+        lock(&self.context.sizing).limit()
+    }
+
     /// The fewest requests a claim is made for while requests are in flight ([`REFILL_DIVISOR`]).
     fn refill_at(&self) -> usize {
-        (self.settings.concurrency / REFILL_DIVISOR).max(1)
+        (self.size() / REFILL_DIVISOR).max(1)
     }
 
     /// Starts claiming the next requests while those in flight are sent and answered, so that
@@ -422,7 +516,7 @@ impl WorkerPool {
     /// quarter of the pool at a time, as they always have. No claim is made ahead while the
     /// pool is paused or its breaker open, nor after one found nothing, until one finds some.
     fn claim_ahead(&self, tasks: &JoinSet<Result<(), StoreError>>, ahead: &mut Ahead) {
-        let concurrency = self.settings.concurrency;
+        let concurrency = self.size();
         let held = tasks.len() + ahead.ready.len();
         let room = (concurrency + ahead.allowance(concurrency)).saturating_sub(held);
         if ahead.claiming.is_some()
@@ -462,8 +556,11 @@ impl WorkerPool {
                 (true, Pick::Key(lease)) => Some(lease),
                 (true | false, Pick::Key(_) | Pick::WaitUntil(_) | Pick::NoneLeft) => None,
             };
-            let ready = lease.is_some() && self.pace(&request, stop).await?;
-            let Some(lease) = lease.filter(|_| ready) else {
+            let paced = match lease {
+                Some(_) => self.pace(&request, stop).await?,
+                None => Pace::Withdrawn,
+            };
+            let (Some(lease), Pace::Go(cost)) = (lease, paced) else {
                 if probe {
                     lock(&ctx.breaker).probe_withdrawn();
                 }
@@ -471,38 +568,60 @@ impl WorkerPool {
                 return ahead.give_back(&ctx.store).await;
             };
             ctx.tally.attempt_started(request.attempts > 0);
-            tasks.spawn(attempt(Arc::clone(ctx), request, lease, probe && first));
+            let sent = Dispatched {
+                at: Instant::now(),
+                cost,
+                probe: probe && first,
+            };
+            lock(&ctx.sizing).sent(sent.at);
+            tasks.spawn(attempt(Arc::clone(ctx), request, lease, sent));
         }
         Ok(())
     }
 
-    /// Waits for the request's turn under `--rpm`, `--tpm` and the server's pace. `false` when
-    /// a halt came first, or when the request can never fit `--tpm` (then it is journaled as
-    /// failed, unsent, and the next request may go).
-    async fn pace(&self, request: &Claimed, stop: &CancellationToken) -> Result<bool, StoreError> {
+    /// Waits for the request's turn under `--rpm`, `--tpm` and the server's pace, and counts
+    /// each wait toward what bound the job. The request's token cost is counted when a token
+    /// limit is known (`--tpm`, or one the server announced), and goes with the attempt.
+    /// [`Pace::Withdrawn`] when a halt came first, or when the request can never fit `--tpm`
+    /// (then it is journaled as failed, unsent, and the next request may go).
+    async fn pace(&self, request: &Claimed, stop: &CancellationToken) -> Result<Pace, StoreError> {
         let ctx = &self.context;
+        let tally = &ctx.tally;
+        let cost = (self.tokens.is_some() || ctx.pacer.counts_tokens()).then(|| {
+            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
+            cost(&request.url, &body, self.settings.default_output_tokens)
+        });
         let paced = async {
-            self.limiter.until_ready().await;
-            if let Some(tokens) = &self.tokens {
-                let body: serde_json::Value =
-                    serde_json::from_str(&request.body).unwrap_or_default();
-                let needed = estimate(&request.url, &body, self.settings.default_output_tokens);
-                tokens.until_ready(needed).await?;
+            if self.limiter.is_limited() {
+                let waiting = Instant::now();
+                self.limiter.until_ready().await;
+                tally.waited(Bound::Requests, waiting.elapsed());
             }
-            if let Some(slot) = ctx.pacer.reserve(Instant::now()) {
+            if let (Some(tokens), Some(cost)) = (&self.tokens, cost) {
+                let waiting = Instant::now();
+                tokens.until_ready(cost.total()).await?;
+                tally.waited(Bound::Tokens, waiting.elapsed());
+            }
+            let now = Instant::now();
+            if let Some((slot, by)) = ctx.pacer.reserve(now, cost.map(Cost::total)) {
                 tokio::time::sleep_until(slot.into()).await;
+                let bound = match by {
+                    LimitKind::Requests => Bound::Requests,
+                    LimitKind::Tokens => Bound::Tokens,
+                };
+                tally.waited(bound, slot.saturating_duration_since(now));
             }
             Ok::<(), TooLarge>(())
         };
         tokio::select! {
             biased;
-            _ = stop.cancelled() => Ok(false),
-            _ = ctx.halt.cancelled() => Ok(false),
+            _ = stop.cancelled() => Ok(Pace::Withdrawn),
+            _ = ctx.halt.cancelled() => Ok(Pace::Withdrawn),
             paced = paced => match paced {
-                Ok(()) => Ok(true),
+                Ok(()) => Ok(Pace::Go(cost)),
                 Err(too_large) => {
                     ctx.fail_unsent(request, &too_large).await?;
-                    Ok(false)
+                    Ok(Pace::Withdrawn)
                 }
             },
         }

@@ -19,6 +19,43 @@ pub const LINE_EVERY: Duration = Duration::from_secs(5);
 /// The bar's indicatif template; a test checks that it parses.
 const BAR_TEMPLATE: &str = "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {msg}";
 
+/// What held the dispatcher back while it waited: the answer to "why was it slow".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Every slot of the pool was taken (a fixed `--concurrency`, or a pool at `--max-in-flight`
+    /// or at the size the server's latency and capacity allow).
+    Pool,
+    /// The request pace: `--rpm`, or the server's announced or learned request limit.
+    Requests,
+    /// The token pace: `--tpm`, or the server's announced token limit.
+    Tokens,
+    /// The circuit breaker, a 429's pause, or keys cooling down.
+    Breaker,
+}
+
+impl Bound {
+    const ALL: [Bound; 4] = [Bound::Pool, Bound::Requests, Bound::Tokens, Bound::Breaker];
+
+    /// As shown and journaled: `pool`, `requests`, `tokens`, `breaker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bound::Pool => "pool",
+            Bound::Requests => "requests",
+            Bound::Tokens => "tokens",
+            Bound::Breaker => "breaker",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Bound::Pool => 0,
+            Bound::Requests => 1,
+            Bound::Tokens => 2,
+            Bound::Breaker => 3,
+        }
+    }
+}
+
 /// Live counters, bumped by the workers, read by the reporter.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -28,6 +65,11 @@ pub struct Tally {
     attempts: AtomicU64,
     /// A state worth showing, e.g. "breaker open 4s".
     note: Mutex<Option<String>>,
+    /// Requests in flight, and how many may be.
+    in_flight: AtomicU64,
+    pool_size: AtomicU64,
+    /// Microseconds the dispatcher waited on each [`Bound`].
+    waited: [AtomicU64; 4],
 }
 
 impl Tally {
@@ -39,7 +81,26 @@ impl Tally {
             retrying: AtomicI64::new(counts.retrying as i64),
             attempts: AtomicU64::new(0),
             note: Mutex::new(None),
+            ..Tally::default()
         }
+    }
+
+    /// The dispatcher waited `for_` on `bound`.
+    pub fn waited(&self, bound: Bound, for_: Duration) {
+        let micros = u64::try_from(for_.as_micros()).unwrap_or(u64::MAX);
+        self.waited[bound.index()].fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Requests in flight now, and the pool's size now.
+    pub fn set_pool(&self, in_flight: usize, size: usize) {
+        self.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        self.pool_size.store(size as u64, Ordering::Relaxed);
+    }
+
+    /// What the dispatcher waited on most so far, with its share of all waiting (`None`: it
+    /// never waited).
+    pub fn bound_most(&self) -> Option<(Bound, f64)> {
+        bound_most(&self.snapshot().waited, &[0; 4])
     }
 
     /// Requests counted failed were requeued (a configuration error's streak).
@@ -92,6 +153,9 @@ impl Tally {
             failed: self.failed.load(Ordering::Relaxed),
             retrying: self.retrying.load(Ordering::Relaxed).max(0) as u64,
             attempts: self.attempts.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            pool_size: self.pool_size.load(Ordering::Relaxed),
+            waited: std::array::from_fn(|i| self.waited[i].load(Ordering::Relaxed)),
             note: self
                 .note
                 .lock()
@@ -107,7 +171,26 @@ struct Snapshot {
     failed: u64,
     retrying: u64,
     attempts: u64,
+    in_flight: u64,
+    pool_size: u64,
+    waited: [u64; 4],
     note: Option<String>,
+}
+
+/// The bound waited on most between two readings of the waits, and its share of the waiting.
+fn bound_most(now: &[u64; 4], before: &[u64; 4]) -> Option<(Bound, f64)> {
+    let spent: Vec<u64> = now
+        .iter()
+        .zip(before)
+        .map(|(n, b)| n.saturating_sub(*b))
+        .collect();
+    let total: u64 = spent.iter().sum();
+    Bound::ALL
+        .into_iter()
+        .map(|bound| (bound, spent[bound.index()]))
+        .filter(|(_, micros)| *micros > 0)
+        .max_by_key(|(_, micros)| *micros)
+        .map(|(bound, micros)| (bound, micros as f64 / total as f64))
 }
 
 impl Snapshot {
@@ -154,7 +237,8 @@ struct View {
 }
 
 impl View {
-    fn line(&self, s: &Snapshot) -> String {
+    /// The progress line; `before` is the reading of the waits the bound is judged since.
+    fn line(&self, s: &Snapshot, before: &[u64; 4]) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = if elapsed > 0.0 {
             (s.done().saturating_sub(self.start_done)) as f64 / elapsed
@@ -172,8 +256,16 @@ impl View {
             .as_deref()
             .map(|n| format!(" · {n}"))
             .unwrap_or_default();
+        let pool = if s.pool_size > 0 {
+            format!(" · in flight {}/{}", s.in_flight, s.pool_size)
+        } else {
+            String::new()
+        };
+        let bound = bound_most(&s.waited, before)
+            .map(|(bound, _)| format!(" · bound by {}", bound.as_str()))
+            .unwrap_or_default();
         format!(
-            "ok {} · failed {} · retrying {} · {:.1} req/s{eta}{note}",
+            "ok {} · failed {} · retrying {} · {:.1} req/s{pool}{bound}{eta}{note}",
             s.succeeded, s.failed, s.retrying, rate
         )
     }
@@ -232,7 +324,7 @@ impl Reporter {
             self.view.job,
             s.done(),
             self.view.total,
-            self.view.line(&s),
+            self.view.line(&s, &[0; 4]),
             s.attempts,
             format_secs(self.view.started.elapsed().as_secs_f64()),
         );
@@ -243,25 +335,27 @@ async fn report(view: View, bar: Option<ProgressBar>, cancel: CancellationToken)
     let every = if bar.is_some() { BAR_TICK } else { LINE_EVERY };
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The bound shown is the one of the last few seconds, not of the whole run.
+    let mut before = [0; 4];
+    let mut judged = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let s = view.tally.snapshot();
+        let line = view.line(&s, &before);
+        if judged.elapsed() >= LINE_EVERY {
+            before = s.waited;
+            judged = Instant::now();
+        }
         match &bar {
             Some(bar) => {
                 bar.set_position(s.done());
-                bar.set_message(view.line(&s));
+                bar.set_message(line);
             }
             None if view.started.elapsed() >= every => {
-                crate::say!(
-                    "{}: {}/{} done · {}",
-                    view.job,
-                    s.done(),
-                    view.total,
-                    view.line(&s)
-                );
+                crate::say!("{}: {}/{} done · {}", view.job, s.done(), view.total, line);
             }
             None => {}
         }
@@ -296,5 +390,20 @@ mod tests {
         tally.succeeded();
         let s = tally.snapshot();
         assert_eq!((s.retrying, s.succeeded, s.attempts), (3, 1, 1));
+    }
+
+    #[test]
+    fn the_bound_is_what_was_waited_on_most_lately() {
+        let tally = Tally::default();
+        assert_eq!(tally.bound_most(), None, "nothing waited");
+        tally.waited(Bound::Requests, Duration::from_secs(3));
+        tally.waited(Bound::Pool, Duration::from_secs(1));
+        assert_eq!(tally.bound_most(), Some((Bound::Requests, 0.75)));
+        let before = tally.snapshot().waited;
+        tally.waited(Bound::Tokens, Duration::from_secs(1));
+        assert_eq!(
+            bound_most(&tally.snapshot().waited, &before),
+            Some((Bound::Tokens, 1.0))
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! What the runner reads from a server's answer headers: how long to wait before retrying, the
-//! announced request limit, and `x-should-retry`.
+//! announced request and token limits, and `x-should-retry`.
 //!
 //! Every header is text a server (or a proxy in front of it) chose, so every parser here is
 //! total: any string yields a bounded value or `None`, and nothing panics. In particular no
@@ -18,17 +18,141 @@ use crate::util::text::printable;
 /// result anyway.
 pub const MAX_GO_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
 
-/// Slowest pace [`limit_per_minute`] reports: one request per minute. A positive limit below
-/// this (e.g. `0.001`, which would space requests 17 hours apart) is a broken server, not a
-/// plan anyone is on. The pacer still makes progress, and a server that really wants fewer
-/// requests says so with 429s and `retry-after`, which are honoured.
-pub const MIN_LIMIT_PER_MINUTE: f64 = 1.0;
+/// Highest request limit believed, per minute: ten million, far above any published tier
+/// (the highest are in the tens of thousands). A larger value is not a limit a server means.
+pub const MAX_REQUESTS_PER_MINUTE: u64 = 10_000_000;
 
-/// Fastest pace [`limit_per_minute`] reports: ten million requests per minute, far above any
-/// published OpenAI tier (the highest are in the tens of thousands). A larger value would make
-/// the pacer's slot interval round to nothing; capping it keeps the arithmetic meaningful
-/// while no real limit is affected.
-pub const MAX_LIMIT_PER_MINUTE: f64 = 10_000_000.0;
+/// Highest token limit believed, per minute: ten billion (the largest tiers are in the
+/// hundreds of millions).
+pub const MAX_TOKENS_PER_MINUTE: u64 = 10_000_000_000;
+
+/// Longest reset believed: a day (per-day limits reset within one).
+pub const MAX_RESET: Duration = Duration::from_secs(24 * 3600);
+
+/// The two limits a server announces in `x-ratelimit-*` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    /// `x-ratelimit-*-requests`.
+    Requests,
+    /// `x-ratelimit-*-tokens`.
+    Tokens,
+}
+
+impl LimitKind {
+    /// Both, in the order they are read.
+    pub const ALL: [LimitKind; 2] = [LimitKind::Requests, LimitKind::Tokens];
+
+    /// The headers' suffix and the unit, as shown: `requests`, `tokens`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+        }
+    }
+
+    fn max_per_minute(self) -> u64 {
+        match self {
+            LimitKind::Requests => MAX_REQUESTS_PER_MINUTE,
+            LimitKind::Tokens => MAX_TOKENS_PER_MINUTE,
+        }
+    }
+}
+
+/// What an answer announced about one limit. Each value is kept only when it is one the API
+/// would send ([`announced`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    /// `x-ratelimit-limit-*`: per minute, at least 1.
+    pub limit: Option<u64>,
+    /// `x-ratelimit-remaining-*`.
+    pub remaining: Option<u64>,
+    /// `x-ratelimit-reset-*`: until the budget is whole again.
+    pub reset: Option<Duration>,
+}
+
+/// What an answer's headers announced about the server's limits, and the headers that were
+/// there but said nothing a limit can be (the caller notes each such header once).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Announced {
+    /// `x-ratelimit-*-requests`.
+    pub requests: Window,
+    /// `x-ratelimit-*-tokens`.
+    pub tokens: Window,
+    /// Header name and value (printable, cut at 40 characters) of every value ignored.
+    pub ignored: Vec<(&'static str, String)>,
+}
+
+impl Announced {
+    /// The window of one limit.
+    pub fn window(&self, kind: LimitKind) -> Window {
+        match kind {
+            LimitKind::Requests => self.requests,
+            LimitKind::Tokens => self.tokens,
+        }
+    }
+}
+
+/// Reads the `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
+///
+/// A value is a limit only when it is one: limits and remainders are plain decimal integers
+/// (a limit at least 1 and at most [`MAX_REQUESTS_PER_MINUTE`] or [`MAX_TOKENS_PER_MINUTE`],
+/// a remainder at most that), resets Go durations of at most [`MAX_RESET`]. Anything else
+/// (`1e-300`, `NaN`, `0.5`, Azure's `-1` and `0` for "unknown", `forever`) is ignored, never
+/// clamped into a limit: a proxy announcing `1e-300` requests a minute must not slow a job to
+/// one a minute. Ignored values are listed in [`Announced::ignored`].
+pub fn announced(headers: &HeaderMap) -> Announced {
+    let mut ignored = Vec::new();
+    let mut windows = [Window::default(); 2];
+    for (kind, window) in LimitKind::ALL.into_iter().zip(windows.iter_mut()) {
+        let names = match kind {
+            LimitKind::Requests => [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            LimitKind::Tokens => [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        };
+        let [limit, remaining, reset] = names;
+        let max = kind.max_per_minute();
+        let mut read = |name: &'static str, parse: &dyn Fn(&str) -> bool| -> Option<&str> {
+            let raw = headers.get(name)?;
+            match raw.to_str().ok().map(str::trim).filter(|v| parse(v)) {
+                Some(value) => Some(value),
+                None => {
+                    let shown = printable(&String::from_utf8_lossy(raw.as_bytes())).into_owned();
+                    ignored.push((name, shown.chars().take(40).collect()));
+                    None
+                }
+            }
+        };
+        let in_range =
+            |low: u64| move |v: &str| integer(v).is_some_and(|n| (low..=max).contains(&n));
+        window.limit = read(limit, &in_range(1)).and_then(integer);
+        window.remaining = read(remaining, &in_range(0)).and_then(integer);
+        window.reset = read(reset, &|v| {
+            parse_go_duration(v).is_some_and(|d| d <= MAX_RESET)
+        })
+        .and_then(parse_go_duration);
+    }
+    let [requests, tokens] = windows;
+    Announced {
+        requests,
+        tokens,
+        ignored,
+    }
+}
+
+/// A plain decimal integer: ASCII digits only, no sign, exponent or point; `None` past `u64`.
+fn integer(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
 
 /// The wait a server asked for, from the headers and the error message, in the order the
 /// OpenAI SDKs trust them: `retry-after-ms`, `retry-after` (seconds or an HTTP date),
@@ -126,19 +250,6 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
     }
     // `total` is at most `max`, which is `i64::MAX` and so fits a u64.
     Some(u64::try_from(total).map_or(MAX_GO_DURATION, Duration::from_nanos))
-}
-
-/// The request limit a server announces in `x-ratelimit-limit-requests`, per minute, clamped to
-/// [`MIN_LIMIT_PER_MINUTE`]..=[`MAX_LIMIT_PER_MINUTE`].
-///
-/// `None` when the header is absent, unparseable, NaN, or not positive: Azure sends `-1` or
-/// `0` for "unknown", and no server can mean "never send". `+inf` is the cap.
-pub fn limit_per_minute(headers: &HeaderMap) -> Option<f64> {
-    let limit = header(headers, "x-ratelimit-limit-requests")?
-        .parse::<f64>()
-        .ok()?;
-    // NaN fails the comparison, so it is unknown too.
-    (limit > 0.0).then(|| limit.clamp(MIN_LIMIT_PER_MINUTE, MAX_LIMIT_PER_MINUTE))
 }
 
 /// Longest request id kept, in characters: ids are short tokens; a longer value is cut there,

@@ -6,7 +6,7 @@
 //! a job can have millions of attempts. The `attempts_job (job_id, started_at)` index serves the
 //! time-ordered scans and the time-window queries.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::{AttemptClass, AttemptOutcome, EventKind, JobId};
 use crate::store::StoreError;
@@ -267,6 +267,25 @@ pub fn tokens_by_model(conn: &Connection, job: JobId) -> Result<Vec<ModelTokens>
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+/// The detail of the job's last event of `kind`, if it has one.
+///
+/// # Errors
+/// Database errors.
+pub fn last_event_detail(
+    conn: &Connection,
+    job: JobId,
+    kind: EventKind,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT detail FROM events WHERE job_id = ?1 AND kind = ?2 ORDER BY at DESC, id DESC LIMIT 1",
+            params![job.0, kind.as_str()],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
 }
 
 /// A job's events between `from` (inclusive) and `to` (exclusive) unix ms, oldest first, at

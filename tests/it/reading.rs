@@ -5,6 +5,7 @@
 //! Where the order of events matters (a file slow to arrive, a file that changed), the pool and
 //! the feed are run through the library over a pipe this test writes.
 
+use std::num::NonZeroUsize;
 use std::io::{BufReader, PipeWriter, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -286,7 +287,10 @@ impl Direct {
             keys,
             RequestLimiter::per_minute(s.rpm()),
             PoolSettings {
-                concurrency: s.concurrency().get(),
+                concurrency: s.concurrency().map(NonZeroUsize::get),
+                max_in_flight: runner::engine::sizing::DEFAULT_MAX_IN_FLIGHT,
+                known_limits: Default::default(),
+                rpm: s.rpm(),
                 grace: Duration::from_secs(5),
                 policy: s.retry_policy(),
                 breaker: s.breaker(),

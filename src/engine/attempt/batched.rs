@@ -72,7 +72,7 @@ pub(crate) fn unanswered(
         response: None,
         usage: Usage::default(),
         wait: None,
-        limit_per_minute: None,
+        announced: crate::http::hints::Announced::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use super::Reading;
 use crate::domain::{AttemptOutcome, Class, Usage};
 use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
 use crate::http::client::{Answer, Sent, Streamed};
-use crate::http::hints;
+use crate::http::hints::{self, Announced};
 use crate::http::response::{SuccessBody, parse_success, read_success};
 use crate::http::sse::{Assembled, StreamEnd};
 
@@ -45,7 +45,7 @@ pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
             response: None,
             usage: Usage::default(),
             wait: None,
-            limit_per_minute: hints::limit_per_minute(&headers),
+            announced: hints::announced(&headers),
         },
         Sent::Failed { failure, message } => Reading {
             outcome: if failure.outcome_unknown() {
@@ -62,7 +62,7 @@ pub(crate) fn read(sent: Sent, now: SystemTime, max_wait: Duration) -> Reading {
             response: None,
             usage: Usage::default(),
             wait: None,
-            limit_per_minute: None,
+            announced: Announced::default(),
         },
     }
 }
@@ -99,7 +99,7 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         stream,
     } = answer;
     let x_request_id = hints::request_id(&headers);
-    let limit_per_minute = hints::limit_per_minute(&headers);
+    let announced = hints::announced(&headers);
     let should_retry = hints::should_retry(&headers);
     let success = (200..300).contains(&status);
     let content = match stream {
@@ -112,13 +112,13 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
                 assembled.body,
                 "the event stream said [DONE] before any choice had a finish_reason: the server stopped it early".to_owned(),
                 x_request_id,
-                limit_per_minute,
+                announced,
             );
         }
         // A cut stream is answered but unfinished: like a timeout, the server may have done
         // the work, so it is retried with its outcome unknown; the partial answer is kept.
         Some(Streamed::Cut { partial, message }) => {
-            return cut_reading(status, partial, message, x_request_id, limit_per_minute);
+            return cut_reading(status, partial, message, x_request_id, announced);
         }
         Some(Streamed::Unreadable { message }) => Content {
             payload: Payload::Invalid,
@@ -204,7 +204,7 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         x_request_id,
         response: content.response,
         usage,
-        limit_per_minute,
+        announced,
         error: content.error,
     }
 }
@@ -235,7 +235,7 @@ fn cut_reading(
     partial: Value,
     message: String,
     x_request_id: Option<String>,
-    limit_per_minute: Option<f64>,
+    announced: Announced,
 ) -> Reading {
     let failure = TransportFailure::Cut;
     // The attempt row keeps what arrived (the request row's response is replaced by the next
@@ -257,7 +257,7 @@ fn cut_reading(
         response: (!partial.is_null()).then(|| partial.to_string()),
         usage: Usage::default(),
         wait: None,
-        limit_per_minute,
+        announced,
     }
 }
 

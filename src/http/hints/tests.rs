@@ -9,7 +9,7 @@ use rstest::rstest;
 const CAP: Duration = Duration::from_secs(120);
 
 /// The headers this module reads.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 9] = [
     "retry-after-ms",
     "retry-after",
     "x-ratelimit-reset-requests",
@@ -17,6 +17,8 @@ const NAMES: [&str; 7] = [
     "x-ratelimit-limit-requests",
     "x-should-retry",
     "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
 ];
 
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -262,34 +264,109 @@ fn non_text_header_values_are_ignored() {
         HeaderValue::from_bytes(b"5\xff").expect("obs-text is a valid header value"),
     );
     assert_eq!(server_wait(&h, None, SystemTime::now(), CAP), None);
-    assert_eq!(limit_per_minute(&h), None);
+    let read = announced(&h);
+    assert_eq!(read.requests.limit, None);
+    assert_eq!(read.ignored.len(), 1, "{:?}", read.ignored);
 }
 
 #[rstest]
-#[case("500", Some(500.0))]
-#[case(" 10000 ", Some(10_000.0))]
-#[case("1.5", Some(1.5))]
+#[case("500", Some(500))]
+#[case(" 10000 ", Some(10_000))]
+#[case("10000000", Some(10_000_000))]
+// Not a limit the API would send: ignored, never clamped into one.
+#[case("1.5", None)]
 #[case("-1", None)]
 #[case("0", None)]
 #[case("-0", None)]
+#[case("+5", None)]
 #[case("NaN", None)]
 #[case("-inf", None)]
+#[case("inf", None)]
 #[case("", None)]
 #[case("lots", None)]
-#[case("1e-300", Some(MIN_LIMIT_PER_MINUTE))]
-#[case("0.001", Some(MIN_LIMIT_PER_MINUTE))]
-#[case("5e-324", Some(MIN_LIMIT_PER_MINUTE))]
-#[case("1e300", Some(MAX_LIMIT_PER_MINUTE))]
-#[case("inf", Some(MAX_LIMIT_PER_MINUTE))]
-#[case("10000001", Some(MAX_LIMIT_PER_MINUTE))]
-fn limits_are_bounded(#[case] value: &str, #[case] expected: Option<f64>) {
+#[case("1e-300", None)]
+#[case("0.001", None)]
+#[case("5e-324", None)]
+#[case("1e300", None)]
+#[case("10000001", None)]
+#[case("99999999999999999999999", None)]
+fn a_request_limit_is_a_limit_only_when_it_is_one(
+    #[case] value: &str,
+    #[case] expected: Option<u64>,
+) {
     let h = headers(&[("x-ratelimit-limit-requests", value)]);
-    assert_eq!(limit_per_minute(&h), expected);
+    let read = announced(&h);
+    assert_eq!(read.requests.limit, expected);
+    assert_eq!(
+        read.ignored.len(),
+        usize::from(expected.is_none()),
+        "an ignored value is noted: {:?}",
+        read.ignored
+    );
+}
+
+#[test]
+fn reads_every_openai_rate_limit_header() {
+    let h = headers(&[
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-ratelimit-reset-requests", "6ms"),
+        ("x-ratelimit-limit-tokens", "30000000"),
+        ("x-ratelimit-remaining-tokens", "29999950"),
+        ("x-ratelimit-reset-tokens", "6m0s"),
+    ]);
+    let read = announced(&h);
+    assert_eq!(
+        read.requests,
+        Window {
+            limit: Some(10_000),
+            remaining: Some(9_999),
+            reset: Some(Duration::from_millis(6)),
+        }
+    );
+    assert_eq!(
+        read.tokens,
+        Window {
+            limit: Some(30_000_000),
+            remaining: Some(29_999_950),
+            reset: Some(Duration::from_secs(360)),
+        }
+    );
+    assert!(read.ignored.is_empty());
+}
+
+#[test]
+fn azure_remaining_tokens_without_a_limit_is_read() {
+    let h = headers(&[
+        ("x-ratelimit-remaining-tokens", "119000"),
+        ("x-ratelimit-remaining-requests", "-1"),
+    ]);
+    let read = announced(&h);
+    assert_eq!(read.tokens.remaining, Some(119_000));
+    assert_eq!(read.tokens.limit, None);
+    assert_eq!(read.requests.remaining, None);
+    assert_eq!(
+        read.ignored,
+        vec![("x-ratelimit-remaining-requests", "-1".to_owned())]
+    );
+}
+
+#[rstest]
+#[case("forever")]
+#[case("-5s")]
+#[case("25h")]
+#[case("1e3s")]
+fn an_unparseable_or_absurd_reset_is_ignored(#[case] value: &str) {
+    let h = headers(&[("x-ratelimit-reset-tokens", value)]);
+    let read = announced(&h);
+    assert_eq!(read.tokens.reset, None);
+    assert_eq!(read.ignored.len(), 1);
 }
 
 #[test]
 fn no_limit_header_is_unknown() {
-    assert_eq!(limit_per_minute(&HeaderMap::new()), None);
+    let read = announced(&HeaderMap::new());
+    assert_eq!(read, Announced::default());
 }
 
 #[rstest]
@@ -324,11 +401,18 @@ fn check_everything(h: &HeaderMap, message: Option<&str>, now_secs: u64, cap_ms:
     if let Some(wait) = server_wait(h, message, now, cap) {
         assert!(wait <= cap, "{wait:?} > {cap:?} for {h:?} {message:?}");
     }
-    if let Some(limit) = limit_per_minute(h) {
-        assert!(
-            (MIN_LIMIT_PER_MINUTE..=MAX_LIMIT_PER_MINUTE).contains(&limit),
-            "{limit} for {h:?}"
-        );
+    let read = announced(h);
+    for kind in LimitKind::ALL {
+        let window = read.window(kind);
+        if let Some(limit) = window.limit {
+            assert!(
+                (1..=kind.max_per_minute()).contains(&limit),
+                "{limit} for {h:?}"
+            );
+        }
+        if let Some(reset) = window.reset {
+            assert!(reset <= MAX_RESET, "{reset:?} for {h:?}");
+        }
     }
     let _ = should_retry(h);
 }

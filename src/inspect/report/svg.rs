@@ -139,7 +139,10 @@ fn breaker_spans(t: &Timeline) -> Vec<(i64, i64)> {
             | EventKind::KeyCooling
             | EventKind::KeyQuarantined
             | EventKind::BatchSubmitted
-            | EventKind::BatchStatus => {}
+            | EventKind::BatchStatus
+            | EventKind::Limits
+            | EventKind::HeaderIgnored
+            | EventKind::Pacing => {}
         }
     }
     if let Some(start) = open {
