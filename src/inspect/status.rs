@@ -107,6 +107,7 @@ pub fn summary_json(s: &JobSummary) -> Value {
             "requests_per_second": s.requests_per_second(),
             "attempts_per_second": s.attempts_per_second(),
         },
+        "pacing": {"last_run": s.pacing, "limits_announced": s.limits},
         "batches": s.batches,
         "runner": s.runner.as_ref().map(|r| json!({
             "owner": r.owner, "lease_until": rfc3339(r.until), "alive": r.alive,
@@ -308,6 +309,15 @@ fn write_activity(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
             human_ms(s.active_ms)
         )?,
         _ => writeln!(out, "speed     not started yet")?,
+    }
+    if let Some(pacing) = &s.pacing {
+        writeln!(out, "pacing    {}", printable(pacing))?;
+    } else if let Some(limits) = &s.limits {
+        writeln!(
+            out,
+            "limits    {} (announced by the server)",
+            printable(limits)
+        )?;
     }
     let by_kind: Vec<String> = s
         .event_counts

@@ -41,6 +41,11 @@ pub struct JobSummary {
     pub runner: Option<RunnerLease>,
     /// Its chunks and their batches (`--via batch`), in order.
     pub batches: Vec<ChunkRow>,
+    /// How the last run that sent anything was paced: what bound it, the limits, the pool
+    /// (the detail of its `pacing` event).
+    pub pacing: Option<String>,
+    /// The rate limits the server announced last (the detail of the last `limits` event).
+    pub limits: Option<String>,
 }
 
 /// The runner holding a job's lease.
@@ -84,6 +89,8 @@ impl JobSummary {
             }
         });
         let batches = batches::chunks(&snapshot, job.id)?;
+        let pacing = journal::last_event_detail(&snapshot, job.id, EventKind::Pacing)?;
+        let limits = journal::last_event_detail(&snapshot, job.id, EventKind::Limits)?;
         let cost = CostEstimate::new(prices, &tokens);
         Ok(JobSummary {
             job,
@@ -97,6 +104,8 @@ impl JobSummary {
             recent_events,
             runner,
             batches,
+            pacing,
+            limits,
         })
     }
 

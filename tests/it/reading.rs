@@ -5,8 +5,8 @@
 //! Where the order of events matters (a file slow to arrive, a file that changed), the pool and
 //! the feed are run through the library over a pipe this test writes.
 
-use std::num::NonZeroUsize;
 use std::io::{BufReader, PipeWriter, Write};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 

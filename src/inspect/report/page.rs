@@ -142,7 +142,10 @@ fn cards(html: &mut String, s: &JobSummary, t: &Timeline) {
         (
             "throughput",
             speed,
-            format!("over {} running", human_ms(s.active_ms)),
+            match s.pacing.as_deref().and_then(|p| p.split(';').next()) {
+                Some(bound) => format!("over {} running; {bound}", human_ms(s.active_ms)),
+                None => format!("over {} running", human_ms(s.active_ms)),
+            },
             "",
         ),
     ];
