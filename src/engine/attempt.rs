@@ -8,12 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::Method;
 
+use crate::domain::tokens::Cost;
 use crate::domain::{
     AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, StopCause, Usage,
 };
 use crate::engine::context::Context;
 use crate::engine::keys::{KeyLease, KeyOutcome};
-use crate::engine::pool::Dispatched;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::sizing::Signal;
 use crate::http::classify::ApiError;
@@ -28,6 +28,17 @@ mod read;
 
 pub use read::RESPONSE_TOO_LARGE;
 use read::read;
+
+/// What an attempt task is told of its sending.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dispatched {
+    /// When the dispatcher let it go.
+    pub(crate) at: Instant,
+    /// Its token cost as paced, when counted.
+    pub(crate) cost: Option<Cost>,
+    /// Whether it is the breaker's probe.
+    pub(crate) probe: bool,
+}
 
 /// Sends one attempt, reads it, decides the request's fate and records it.
 pub(crate) async fn attempt(

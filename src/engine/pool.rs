@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::tokens::{Cost, cost};
 use crate::domain::{Claimed, EventKind, JobId, RequestId};
-use crate::engine::attempt::{attempt, no_keys_reason};
+use crate::engine::attempt::{Dispatched, attempt, no_keys_reason};
 use crate::engine::breaker::{Admission, BreakerSettings};
 use crate::engine::context::Context;
 use crate::engine::feed::{FeedWatch, Feeder, Reading};
@@ -220,17 +220,6 @@ enum Pace {
     Go(Option<Cost>),
     /// It goes back to the queue, unsent.
     Withdrawn,
-}
-
-/// What an attempt task is told of its sending.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Dispatched {
-    /// When the dispatcher let it go.
-    pub(crate) at: Instant,
-    /// Its token cost as paced, when counted.
-    pub(crate) cost: Option<Cost>,
-    /// Whether it is the breaker's probe.
-    pub(crate) probe: bool,
 }
 
 /// What the dispatcher may do now.
