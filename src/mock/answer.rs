@@ -5,18 +5,32 @@
 
 use std::time::Duration;
 
-use axum::http::header::CONTENT_TYPE;
+use axum::body::Bytes;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 
 /// Content type of every well-formed answer.
 const JSON: &str = "application/json";
+
+/// The largest body `mock_body_bytes` makes: enough to pass any limit a test sets, including
+/// the runner's largest `--max-response-bytes` (300,000,000).
+const MAX_PADDED_BODY: usize = 320_000_000;
+
+/// A padded body larger than this is streamed from one shared buffer of spaces rather than
+/// built in memory: a few concurrent 300 MB answers would otherwise take gigabytes.
+const STREAM_PADDED_ABOVE: usize = 1024 * 1024;
 
 /// The body of an answer.
 #[derive(Debug)]
 pub(crate) enum Body {
     /// Serialized JSON, sent as `application/json`.
     Json(String),
+    /// Serialized JSON followed by spaces up to `total` bytes (still valid JSON), streamed in
+    /// chunks of one shared buffer so a body of hundreds of megabytes is never held in memory;
+    /// sent with its `Content-Length`.
+    Padded { json: String, total: usize },
     /// Anything else (malformed bodies, `RBAC: access denied`), with its own content type.
     Text {
         content_type: &'static str,
@@ -98,10 +112,45 @@ impl Answer {
         self
     }
 
+    /// Applies a request body's directives for hostile answers:
+    /// - `"mock_headers": {"name": "value", …}`: extra headers on every answer to this body, any
+    ///   value a server could send (a `retry-after: 1e30`, say);
+    /// - `"mock_body_bytes": N`: a success body padded with spaces to at least N bytes (still
+    ///   valid JSON), to test the answer size limit; at most [`MAX_PADDED_BODY`], streamed
+    ///   above [`STREAM_PADDED_ABOVE`].
+    pub(crate) fn directed(mut self, body: &Value) -> Self {
+        if let Some(extra) = body.get("mock_headers").and_then(Value::as_object) {
+            for (name, value) in extra {
+                let value = match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                self = self.with_header(name, value);
+            }
+        }
+        if let Some(size) = body.get("mock_body_bytes").and_then(Value::as_u64)
+            && self.status == StatusCode::OK
+            && let Body::Json(text) = &mut self.body
+        {
+            let size = usize::try_from(size)
+                .unwrap_or(usize::MAX)
+                .min(MAX_PADDED_BODY);
+            // JSON allows any amount of trailing whitespace.
+            if size > STREAM_PADDED_ABOVE {
+                let json = std::mem::take(text);
+                self.body = Body::Padded { json, total: size };
+            } else {
+                let pad = size.saturating_sub(text.len());
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        self
+    }
+
     /// A 200 with a well-formed JSON body: the only answers counted as successes.
     pub(crate) fn is_success(&self) -> bool {
         match self.body {
-            Body::Json(_) => self.status == StatusCode::OK,
+            Body::Json(_) | Body::Padded { .. } => self.status == StatusCode::OK,
             Body::Stream { ending, .. } => {
                 self.status == StatusCode::OK && ending == StreamEnding::Whole
             }
@@ -113,6 +162,16 @@ impl Answer {
     pub(crate) fn into_response(self, request_id: &str, processing: Duration) -> Response {
         let mut response = match self.body {
             Body::Json(text) => with_type((self.status, text).into_response(), JSON),
+            Body::Padded { json, total } => {
+                // The length is known: say it, rather than a chunked body of unknown size.
+                let total = total.max(json.len());
+                let body = padded_body(json, total);
+                let mut response = with_type((self.status, body).into_response(), JSON);
+                response
+                    .headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(total));
+                response
+            }
             Body::Text { content_type, text } => {
                 with_type((self.status, text).into_response(), content_type)
             }
@@ -183,6 +242,24 @@ fn stream_body(events: Vec<String>, ending: StreamEnding) -> axum::body::Body {
         }
     });
     axum::body::Body::from_stream(sent.chain(end))
+}
+
+/// The chunk of spaces a padded body is streamed in: one static buffer, shared by every chunk.
+static SPACES: [u8; PAD_CHUNK] = [b' '; PAD_CHUNK];
+
+/// Bytes per chunk of padding.
+const PAD_CHUNK: usize = 64 * 1024;
+
+/// `json`, then spaces up to `total` bytes, one [`PAD_CHUNK`] at a time.
+fn padded_body(json: String, total: usize) -> axum::body::Body {
+    let pad = total.saturating_sub(json.len());
+    let chunks = pad.div_ceil(PAD_CHUNK);
+    let spaces = (0..chunks).map(move |index| {
+        let size = (pad - index * PAD_CHUNK).min(PAD_CHUNK);
+        Ok::<_, std::io::Error>(Bytes::from_static(&SPACES[..size]))
+    });
+    let head = std::iter::once(Ok(Bytes::from(json)));
+    axum::body::Body::from_stream(futures::stream::iter(head.chain(spaces)))
 }
 
 /// The error event of [`StreamEnding::Error`]: OpenAI's words for a server failure.

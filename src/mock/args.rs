@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{BatchFate, BatchOp, Fault, MockConfig, RetryAfterStyle, Spike};
+use super::{BatchFate, BatchOp, Fault, MockConfig, RetryAfterStyle, SlowDown, Spike};
 
 /// Flags of `runner mock-server`: a fault-injecting mock of the OpenAI API.
 #[derive(clap::Args, Debug, Clone)]
@@ -12,9 +12,21 @@ pub struct MockArgs {
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub addr: SocketAddr,
 
-    /// Latency added to every answer (e.g. 20ms, 1s)
+    /// Latency added to every answer (e.g. 20ms, 1s); with --latency-spread, the median
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
+
+    /// Spread latencies lognormally around --latency with this sigma (0: fixed; 1: the middle half between about half and twice the median)
+    #[arg(long, value_name = "SIGMA", default_value_t = 0.0)]
+    pub latency_spread: f64,
+
+    /// From this long after start, multiply every latency by --slow-down-factor (e.g. 30s)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub slow_down_at: Option<Duration>,
+
+    /// What --slow-down-at multiplies latencies by (e.g. 10: from 1s to 10s an answer)
+    #[arg(long, value_name = "FACTOR")]
+    pub slow_down_factor: Option<f64>,
 
     /// Seed for the fault draws: the same seed replays the same faults for the same bodies
     #[arg(long, default_value_t = 0)]
@@ -81,6 +93,18 @@ pub struct MockArgs {
     /// Enforce this many requests per second (429 above it, x-ratelimit headers on every answer)
     #[arg(long, value_name = "N")]
     pub requests_per_second: Option<f64>,
+
+    /// Enforce this many requests per minute: --requests-per-second N/60
+    #[arg(long, value_name = "N")]
+    pub requests_per_minute: Option<f64>,
+
+    /// Enforce this many tokens per minute, counted as prompt plus the most output asked for (429 above it, x-ratelimit-*-tokens headers on every answer)
+    #[arg(long, value_name = "N")]
+    pub tokens_per_minute: Option<f64>,
+
+    /// Send absurd rate-limit and retry headers on every answer (1e-300, -3, forever, NaN, …), as a broken proxy might
+    #[arg(long)]
+    pub absurd_rate_headers: bool,
 
     /// Cut streamed answers ("stream": true) half-way for the first N attempts of each body
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -192,6 +216,42 @@ pub enum MockArgsError {
         /// The value given.
         value: f64,
     },
+    /// A `--requests-per-minute` or `--tokens-per-minute` that is not a positive, finite number.
+    #[error("--{flag} must be a positive number such as 500 or 30000, got {value}")]
+    PerMinute {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// Both `--requests-per-second` and `--requests-per-minute`: two values for one limit.
+    #[error(
+        "--requests-per-second and --requests-per-minute set the same limit; give only one \
+         (--requests-per-minute N is --requests-per-second N/60)"
+    )]
+    TwoRequestLimits,
+    /// A `--latency-spread` that is negative or not a finite number.
+    #[error(
+        "--latency-spread must be 0 (fixed latency) or a positive sigma such as 0.5, got {value}"
+    )]
+    LatencySpread {
+        /// The value given.
+        value: f64,
+    },
+    /// A `--slow-down-factor` that is not a positive, finite number.
+    #[error("--slow-down-factor must be a positive number such as 10 or 0.5, got {value}")]
+    SlowDownFactor {
+        /// The value given.
+        value: f64,
+    },
+    /// Only one of `--slow-down-at` and `--slow-down-factor`.
+    #[error("--{given} needs --{missing} too: write e.g. --slow-down-at 30s --slow-down-factor 10")]
+    SlowDownHalf {
+        /// The flag given, without dashes.
+        given: &'static str,
+        /// The flag missing, without dashes.
+        missing: &'static str,
+    },
     /// A `--spike` that is not `FROM..TO[:FAULT]`.
     #[error("--spike {spec:?} is not FROM..TO[:FAULT]; write e.g. 5s..10s or 2s..4s:server-error")]
     SpikeSyntax {
@@ -244,7 +304,9 @@ pub enum MockArgsError {
 impl TryFrom<&MockArgs> for MockConfig {
     type Error = MockArgsError;
 
-    /// Checks the rates (each in 0..=1, sum at most 1) and parses the spikes.
+    /// Checks the rates (each in 0..=1, sum at most 1), the limits (positive, one request
+    /// limit), the latency shape (spread finite and at least 0, slow-down both halves and a
+    /// positive factor), and parses the spikes.
     fn try_from(args: &MockArgs) -> Result<Self, Self::Error> {
         let rates = [
             ("missing-scope-rate", args.missing_scope_rate),
@@ -259,10 +321,49 @@ impl TryFrom<&MockArgs> for MockConfig {
             }
         }
         if let Some(value) = args.requests_per_second
-            && !(value.is_finite() && value > 0.0)
+            && !positive(value)
         {
             return Err(MockArgsError::RequestsPerSecond { value });
         }
+        for (flag, value) in [
+            ("requests-per-minute", args.requests_per_minute),
+            ("tokens-per-minute", args.tokens_per_minute),
+        ] {
+            if let Some(value) = value
+                && !positive(value)
+            {
+                return Err(MockArgsError::PerMinute { flag, value });
+            }
+        }
+        let requests_per_second = match (args.requests_per_second, args.requests_per_minute) {
+            (Some(_), Some(_)) => return Err(MockArgsError::TwoRequestLimits),
+            (per_second, None) => per_second,
+            (None, Some(per_minute)) => Some(per_minute / 60.0),
+        };
+        if !(args.latency_spread.is_finite() && args.latency_spread >= 0.0) {
+            return Err(MockArgsError::LatencySpread {
+                value: args.latency_spread,
+            });
+        }
+        let slow_down = match (args.slow_down_at, args.slow_down_factor) {
+            (Some(_), Some(value)) if !positive(value) => {
+                return Err(MockArgsError::SlowDownFactor { value });
+            }
+            (Some(at), Some(factor)) => Some(SlowDown { at, factor }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(MockArgsError::SlowDownHalf {
+                    given: "slow-down-at",
+                    missing: "slow-down-factor",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(MockArgsError::SlowDownHalf {
+                    given: "slow-down-factor",
+                    missing: "slow-down-at",
+                });
+            }
+        };
         let sum: f64 = rates.iter().map(|(_, value)| value).sum();
         // A little slack so that e.g. 0.7 + 0.2 + 0.1 is not rejected for rounding.
         if sum > 1.0 + 1e-9 {
@@ -275,6 +376,8 @@ impl TryFrom<&MockArgs> for MockConfig {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MockConfig {
             latency: args.latency,
+            latency_spread: args.latency_spread,
+            slow_down,
             seed: args.seed,
             missing_scope_rate: args.missing_scope_rate,
             rate_limit_rate: args.rate_limit_rate,
@@ -294,7 +397,9 @@ impl TryFrom<&MockArgs> for MockConfig {
                 .collect::<Result<Vec<_>, _>>()?,
             retry_after_style: args.retry_after_style.into(),
             unknown_models: args.unknown_models.clone(),
-            requests_per_second: args.requests_per_second,
+            requests_per_second,
+            tokens_per_minute: args.tokens_per_minute,
+            absurd_rate_headers: args.absurd_rate_headers,
             cut_streams: args.cut_streams,
             stream_errors: args.stream_errors,
             require_api_key: args.require_api_key,
@@ -321,6 +426,11 @@ impl TryFrom<&MockArgs> for MockConfig {
             batch_max_open: args.batch_max_open,
         })
     }
+}
+
+/// Whether a rate is a positive, finite number.
+fn positive(value: f64) -> bool {
+    value.is_finite() && value > 0.0
 }
 
 /// Parses `KEY=RATE`.
@@ -499,6 +609,56 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("add up to 1.1"), "{error}");
+    }
+
+    #[test]
+    fn limits_and_latency_shapes_are_carried_over() {
+        let args = parse(&[
+            "--requests-per-minute=600",
+            "--tokens-per-minute=30000",
+            "--latency=1s",
+            "--latency-spread=0.5",
+            "--slow-down-at=30s",
+            "--slow-down-factor=10",
+            "--absurd-rate-headers",
+        ]);
+        let config = MockConfig::try_from(&args).expect("valid");
+        assert_eq!(config.requests_per_second, Some(10.0));
+        assert_eq!(config.tokens_per_minute, Some(30_000.0));
+        assert_eq!(config.latency_spread, 0.5);
+        assert_eq!(
+            config.slow_down,
+            Some(SlowDown {
+                at: Duration::from_secs(30),
+                factor: 10.0
+            })
+        );
+        assert!(config.absurd_rate_headers);
+        let defaults = MockConfig::try_from(&parse(&[])).expect("valid");
+        assert_eq!(defaults.latency_spread, 0.0);
+        assert_eq!(defaults.slow_down, None);
+        assert_eq!(defaults.tokens_per_minute, None);
+        assert!(!defaults.absurd_rate_headers);
+    }
+
+    #[rstest::rstest]
+    #[case(&["--tokens-per-minute=0"], "--tokens-per-minute must be a positive number")]
+    #[case(&["--tokens-per-minute=NaN"], "--tokens-per-minute must be a positive number")]
+    #[case(&["--requests-per-minute=-5"], "--requests-per-minute must be a positive number")]
+    #[case(&["--requests-per-second=inf"], "--requests-per-second must be a positive number")]
+    #[case(
+        &["--requests-per-second=1", "--requests-per-minute=60"],
+        "--requests-per-second and --requests-per-minute set the same limit"
+    )]
+    #[case(&["--latency-spread=-0.1"], "--latency-spread must be 0")]
+    #[case(&["--latency-spread=inf"], "--latency-spread must be 0")]
+    #[case(&["--slow-down-at=1s", "--slow-down-factor=0"], "--slow-down-factor must be a positive")]
+    #[case(&["--slow-down-at=1s", "--slow-down-factor=NaN"], "--slow-down-factor must be a positive")]
+    #[case(&["--slow-down-at=1s"], "--slow-down-at needs --slow-down-factor")]
+    #[case(&["--slow-down-factor=2"], "--slow-down-factor needs --slow-down-at")]
+    fn bad_limits_and_latency_shapes_are_refused(#[case] flags: &[&str], #[case] expected: &str) {
+        let error = MockConfig::try_from(&parse(flags)).expect_err("refused");
+        assert!(error.to_string().starts_with(expected), "{error}");
     }
 
     #[test]

@@ -32,6 +32,18 @@ pub(crate) enum Endpoint {
     Completions,
 }
 
+impl Endpoint {
+    /// The endpoint's path, as a batch line's `url` names it.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+}
+
 /// The model a request names, or [`DEFAULT_MODEL`].
 pub(crate) fn model_of(body: &Value) -> &str {
     body.get("model")

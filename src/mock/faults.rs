@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::answer::Answer;
+use super::limit::Limit;
 use super::{MockConfig, RetryAfterStyle};
 
 /// A failure the mock can inject, from a rate, a spike or both.
@@ -183,17 +184,13 @@ pub(crate) fn rbac_denied() -> Answer {
 pub(crate) fn rate_limited(model: &str, retry_after: Duration, style: RetryAfterStyle) -> Answer {
     let wait = go_duration(retry_after);
     let hint = match style {
-        RetryAfterStyle::All | RetryAfterStyle::Message => format!(" Please try again in {wait}."),
+        RetryAfterStyle::All | RetryAfterStyle::Message => Some(retry_after),
         RetryAfterStyle::Millis
         | RetryAfterStyle::Seconds
         | RetryAfterStyle::HttpDate
-        | RetryAfterStyle::ResetHeader => String::new(),
+        | RetryAfterStyle::ResetHeader => None,
     };
-    let message = format!(
-        "Rate limit reached for {model} in organization org-mock on requests per min (RPM): \
-         Limit 500, Used 500, Requested 1.{hint} Visit \
-         https://platform.openai.com/account/rate-limits to learn more."
-    );
+    let message = limit_message(model, Limit::Requests, (500, 500, 1), hint);
     let millis = retry_after.as_millis();
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let mut answer = error(
@@ -227,13 +224,55 @@ pub(crate) fn rate_limited(model: &str, retry_after: Duration, style: RetryAfter
     answer
 }
 
-/// 429 `rate_limit_exceeded` (type `tokens`) for a request that can never fit the limit: no
-/// retry headers, because waiting cannot help.
-fn request_too_large(model: &str) -> Answer {
+/// 429 `rate_limit_exceeded` from a server-side limit (type `requests` or `tokens`, as `by`
+/// says): the limit per minute, what is used of it and what the request asks for, the real wait
+/// in the message ("Please try again in 120ms.") and in `retry-after-ms`.
+pub(crate) fn limit_reached(
+    model: &str,
+    by: Limit,
+    (limit, used, requested): (u64, u64, u64),
+    wait: Duration,
+) -> Answer {
+    let message = limit_message(model, by, (limit, used, requested), Some(wait));
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &message,
+        by.name(),
+        Some("rate_limit_exceeded"),
+    )
+    .with_header("retry-after-ms", wait.as_millis().to_string())
+}
+
+/// "Rate limit reached for … on requests per min (RPM): Limit L, Used U, Requested R." with
+/// "Please try again in …" when `wait` is given.
+fn limit_message(
+    model: &str,
+    by: Limit,
+    (limit, used, requested): (u64, u64, u64),
+    wait: Option<Duration>,
+) -> String {
+    let per = match by {
+        Limit::Requests => "requests per min (RPM)",
+        Limit::Tokens => "tokens per min (TPM)",
+    };
+    let hint = wait.map_or_else(String::new, |wait| {
+        format!(" Please try again in {}.", go_duration(wait))
+    });
+    format!(
+        "Rate limit reached for {model} in organization org-mock on {per}: Limit {limit}, \
+         Used {used}, Requested {requested}.{hint} Visit \
+         https://platform.openai.com/account/rate-limits to learn more."
+    )
+}
+
+/// 429 `rate_limit_exceeded` (type `tokens`) for a request whose token cost exceeds the whole
+/// minute's limit, so it can never be admitted: no retry headers, because waiting cannot help.
+pub(crate) fn request_too_large(model: &str, limit: u64, requested: u64) -> Answer {
     let message = format!(
         "Request too large for {model} in organization org-mock on tokens per min (TPM): \
-         Limit 30000, Requested 45000. The input or output tokens must be reduced in order to \
-         run successfully. Visit https://platform.openai.com/account/rate-limits to learn more."
+         Limit {limit}, Requested {requested}. The input or output tokens must be reduced in \
+         order to run successfully. Visit https://platform.openai.com/account/rate-limits to \
+         learn more."
     );
     error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -419,7 +458,7 @@ pub(crate) fn forced(raw: &Value, model: &str) -> Option<Answer> {
             invalid,
             None,
         ),
-        429 => request_too_large(model),
+        429 => request_too_large(model, 30_000, 45_000),
         500 => server_error(),
         502 => error(status, "Bad gateway.", "server_error", None),
         503 => error(
@@ -443,6 +482,52 @@ pub(crate) fn forced(raw: &Value, model: &str) -> Option<Answer> {
         ),
     };
     Some(answer)
+}
+
+/// The rate-limit headers a proxy announcing nonsense sends.
+const ABSURD_HEADERS: [&str; 8] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "retry-after",
+    "retry-after-ms",
+];
+
+/// Values no API sends for them: not numbers, negative, absurdly small or large, not Go
+/// durations, empty. The first eight are the first answer's, header by header.
+const ABSURD_VALUES: [&str; 16] = [
+    "1e-300",
+    "-3",
+    "forever",
+    "NaN",
+    "1e400",
+    "-5s",
+    "1e300",
+    "-1",
+    "0",
+    "0.5",
+    "99999999999999999999",
+    "1s1s",
+    "",
+    "inf",
+    "-0.000001ms",
+    "18446744073709551616",
+];
+
+/// The absurd rate-limit headers of the `number`-th answer (0-based): each header walks
+/// through [`ABSURD_VALUES`] one answer at a time, so a client meets every value under every
+/// header within a few answers.
+pub(crate) fn absurd_rate_headers(number: u64) -> [(&'static str, &'static str); 8] {
+    let shift = (number % ABSURD_VALUES.len() as u64) as usize;
+    let mut index = 0;
+    ABSURD_HEADERS.map(|name| {
+        let value = ABSURD_VALUES[(index + shift) % ABSURD_VALUES.len()];
+        index += 1;
+        (name, value)
+    })
 }
 
 /// A Go-style duration as OpenAI writes it: `120ms`, `1.5s`, `6m0s`.

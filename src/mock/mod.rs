@@ -14,7 +14,11 @@
 //! - `stream.rs`: streamed chat answers (`"stream": true`): chunks, `include_usage`, `[DONE]`;
 //!   `--cut-streams N` cuts the first N attempts of each body half-way, `--stream-errors N` ends
 //!   the next N with an error event.
-//! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers).
+//! - `answer.rs`: an answer before it becomes an HTTP response (status, body, headers), and
+//!   padded bodies streamed without being held in memory.
+//! - `latency.rs`: how long an answer takes: a median, a lognormal spread, a [`SlowDown`].
+//! - `limit.rs`: the server-side rate limits (requests and tokens per minute), one bucket type
+//!   weighted by 1 for requests and by token cost for tokens.
 //! - `stats.rs`: [`MockStats`] and the counters behind it.
 //! - `batch.rs`: the hosted Batch API (`/v1/files`, `/v1/batches`): uploads, batches that move
 //!   through their statuses over [`MockConfig::batch_processing`], shuffled output and error
@@ -25,6 +29,31 @@
 //! # Request ids
 //! Every answer carries `x-request-id: req_<32 hex>` and `openai-processing-ms`.
 //!
+//! # Latency
+//! Every answer waits [`MockConfig::latency`], or with [`MockConfig::latency_spread`] a lognormal
+//! draw whose median it is (bounded to 20 times either way, and to 10 minutes), multiplied by
+//! the [`SlowDown`] factor once it has begun. Draws are reproducible from [`MockConfig::seed`]:
+//! a request's is keyed by its body and attempt. An answer that waited carries the draw as
+//! `x-mock-latency-us`. Rate-limit refusals of the limits below answer at once, as OpenAI's do.
+//!
+//! # Rate limits
+//! [`MockConfig::requests_per_second`] and [`MockConfig::tokens_per_minute`] are enforced as
+//! OpenAI enforces them: continuously refilled buckets holding a short share of the minute (a
+//! tenth of a second of requests, a second of tokens), so a burst earns 429s while the minute's
+//! total is under the limit. A request costs its prompt tokens plus the most output it asks for
+//! (times `n`; 256 when it names no maximum), counted at admission. A request bigger than the
+//! token bucket waits for it to be full and leaves it in debt; one bigger than the whole
+//! minute's limit gets 429 "Request too large". A refusal (429 `rate_limit_exceeded`, type
+//! `requests` or `tokens`, "Limit L, Used U, Requested R. Please try again in 120ms.",
+//! `retry-after-ms`) takes nothing from either limit. Every POST answer carries
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the limits that are on; remaining
+//! is the minute's limit less what the bucket lacks to be full, reset the time until it is
+//! full. [`MockStats::admitted`] and [`MockStats::limited`] measure how much of the allowed rate
+//! a client reached.
+//!
+//! With [`MockConfig::absurd_rate_headers`], every answer instead carries rate-limit and
+//! retry headers no API sends (`1e-300`, `-3`, `forever`, `NaN`, …), varied answer by answer.
+//!
 //! # Forcing a status
 //! A request body with `"mock_status": N` gets status `N` on every attempt (see
 //! `faults::forced` for the bodies), with `"mock_message": "…"` as its error message if given.
@@ -34,13 +63,15 @@
 //! A request body can also ask for what a hostile or broken server sends:
 //! `"mock_headers": {"retry-after": "1e30"}` adds those headers to every answer to it,
 //! `"mock_rate_limited_first": N` answers its first N attempts 429 `rate_limit_exceeded`, and
-//! `"mock_body_bytes": N` pads its success body to N bytes.
+//! `"mock_body_bytes": N` pads its success body with spaces to N bytes (at most 320,000,000;
+//! above 1 MiB the padding is streamed with its `Content-Length`, never held in memory).
 
 mod answer;
 mod args;
 mod batch;
 mod echo;
 pub(crate) mod faults;
+mod latency;
 mod limit;
 mod multipart;
 mod server;
@@ -57,19 +88,31 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::domain::tokens::{self, Encoding};
+
 pub use args::{MockArgs, MockArgsError, RetryAfterArg};
 pub use batch::{BatchCounts, BatchFate, BatchOp};
 pub use faults::Fault;
-pub use stats::{BodyCounts, MockStats};
+pub use latency::SlowDown;
+pub use stats::{Admitted, BodyCounts, Limited, MockStats};
 
-/// How the mock behaves: latency, fault rates and scripted failures.
+/// How the mock behaves: latency, fault rates, rate limits and scripted failures.
 ///
-/// [`MockConfig::default`] is a healthy server: no latency, no faults.
+/// [`MockConfig::default`] is a healthy server: no latency, no faults, no limits.
 #[derive(Clone, Debug)]
 pub struct MockConfig {
-    /// Added to every answer.
+    /// Added to every answer; with [`MockConfig::latency_spread`], the median of the latencies
+    /// drawn.
     pub latency: Duration,
-    /// Makes fault draws reproducible: the same seed gives the same faults for the same bodies.
+    /// Sigma of a lognormal around [`MockConfig::latency`]: 0 (the default) answers after
+    /// exactly `latency`, 1 spreads the middle half of the answers over about half to twice it.
+    /// Draws are bounded to 20 times the median either way.
+    pub latency_spread: f64,
+    /// From a moment on, every latency drawn is multiplied by a factor: a model slowing down
+    /// mid-job.
+    pub slow_down: Option<SlowDown>,
+    /// Makes fault and latency draws reproducible: the same seed gives the same faults and
+    /// latencies for the same bodies.
     pub seed: u64,
     /// Share of requests answered 401 `missing_scope` (0.0..=1.0).
     pub missing_scope_rate: f64,
@@ -101,9 +144,18 @@ pub struct MockConfig {
     pub retry_after_style: RetryAfterStyle,
     /// Models this server does not have: requests naming one get 404 `model_not_found`.
     pub unknown_models: Vec<String>,
-    /// A server-side limit in requests per second: above it, 429 `rate_limit_exceeded`; every
-    /// answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
+    /// A server-side limit in requests per second: above it, 429 `rate_limit_exceeded` type
+    /// `requests`; every POST answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
     pub requests_per_second: Option<f64>,
+    /// A server-side limit in tokens per minute, counted at admission as prompt plus the most
+    /// output asked for: above it, 429 `rate_limit_exceeded` type `tokens` ("Request too large"
+    /// for a request over the whole minute); every POST answer carries
+    /// `x-ratelimit-{limit,remaining,reset}-tokens`.
+    pub tokens_per_minute: Option<f64>,
+    /// Every answer carries rate-limit and retry headers no API would send, varied answer by
+    /// answer (in place of any real ones): a proxy announcing nonsense. Answers are otherwise
+    /// as they would be.
+    pub absurd_rate_headers: bool,
     /// Streamed answers (`"stream": true`) cut half-way for the first this-many attempts of
     /// each body: the connection drops before `data: [DONE]`.
     pub cut_streams: u64,
@@ -155,6 +207,8 @@ impl Default for MockConfig {
     fn default() -> Self {
         Self {
             latency: Duration::ZERO,
+            latency_spread: 0.0,
+            slow_down: None,
             seed: 0,
             missing_scope_rate: 0.0,
             rate_limit_rate: 0.0,
@@ -171,6 +225,8 @@ impl Default for MockConfig {
             retry_after_style: RetryAfterStyle::All,
             unknown_models: Vec::new(),
             requests_per_second: None,
+            tokens_per_minute: None,
+            absurd_rate_headers: false,
             cut_streams: 0,
             stream_errors: 0,
             require_api_key: false,
@@ -225,6 +281,17 @@ impl MockServer {
     pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        if config.tokens_per_minute.is_some() {
+            // Load the tokenizers now, off the runtime's threads, rather than stall the first
+            // request for the time it takes (seconds in a debug build) and skew its pacing.
+            let warm = tokio::task::spawn_blocking(|| {
+                for encoding in [Encoding::O200k, Encoding::Cl100k] {
+                    tokens::count("warm", encoding);
+                }
+            });
+            // A panic in there would panic again in the first request: nothing to add here.
+            let _ = warm.await;
+        }
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(server::Shared::new(config, Instant::now(), stopped.clone()));
         let app = server::router(Arc::clone(&shared));

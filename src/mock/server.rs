@@ -1,8 +1,11 @@
 //! The axum router and the per-request decision.
 //!
 //! Precedence for the POST endpoints: invalid key → forbidden key → quota exhausted → body not JSON →
-//! `mock_status` → active spike → random draw → success.
+//! `mock_status` → active spike → random draw → success; then the rate limits, whose 429s
+//! replace any of these (a request they refuse is not processed), then the body's own
+//! directives (`mock_headers`, `mock_body_bytes`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,9 +23,10 @@ use super::answer::{Answer, Body, StreamEnding, request_id};
 use super::batch::{self, BatchApi, BatchHost};
 use super::echo::{self, Endpoint};
 use super::faults::{self, Fault};
-use super::limit::{Bucket, Verdict};
+use super::limit::{Admission, DEFAULT_OUTPUT, Limits, Verdict};
 use super::stats::Counters;
-use super::{MockConfig, MockStats, body_key, stream};
+use super::{MockConfig, MockStats, body_key, latency, stream};
+use crate::domain::tokens;
 
 /// Models listed by `GET /v1/models`.
 const MODELS: [&str; 4] = [
@@ -42,8 +46,13 @@ pub(crate) struct Shared {
     counters: Mutex<Counters>,
     /// Turns `true` on shutdown; hangs and latency sleeps race it.
     stopping: watch::Receiver<bool>,
-    /// The server-side rate limit, when configured.
-    bucket: Option<Mutex<Bucket>>,
+    /// The server-side rate limits, when configured. Held only to check and take, never
+    /// across an `.await` or while counting tokens.
+    limits: Option<Mutex<Limits>>,
+    /// Numbers the latency draws of answers without a body to key them by.
+    draws: AtomicU64,
+    /// Numbers the answers carrying absurd rate-limit headers, to vary them.
+    absurd_answers: AtomicU64,
     /// Files and batches of the hosted Batch API.
     batch: BatchApi,
 }
@@ -54,17 +63,15 @@ impl Shared {
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        let bucket = config
-            .requests_per_second
-            .filter(|rps| *rps > 0.0)
-            .map(|rps| Mutex::new(Bucket::new(rps, started)));
         Self {
             batch: BatchApi::new(&config),
+            limits: Limits::new(&config, started).map(Mutex::new),
             config,
             started,
             counters: Mutex::new(Counters::default()),
             stopping,
-            bucket,
+            draws: AtomicU64::new(0),
+            absurd_answers: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +85,18 @@ impl Shared {
         // A panic while holding the lock cannot leave the counters inconsistent in a way that
         // matters for a mock, so keep serving rather than propagate the poison.
         self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The latency of an answer that waits as `wait` says.
+    fn latency(&self, wait: Wait) -> Duration {
+        match wait {
+            Wait::For(duration) => duration,
+            Wait::Draw => {
+                // The top bit keeps these numbers apart from those of `latency::number`.
+                let draw = self.draws.fetch_add(1, Ordering::Relaxed) | 1 << 63;
+                latency::draw(&self.config, draw, self.started.elapsed())
+            }
+        }
     }
 
     /// Sleeps `duration`, or less if the server is stopping.
@@ -258,10 +277,24 @@ async fn method_not_allowed(
     send(&shared, Instant::now(), None, Plan::now(answer), None).await
 }
 
-/// What to answer, and whether to hang first.
+/// What to answer, and how long to wait first.
 struct Plan {
     answer: Answer,
+    /// Whether to hang ([`MockConfig::hang`]) after the latency.
     hang: bool,
+    /// The latency before the answer.
+    wait: Wait,
+}
+
+/// How long an answer waits before it is sent (a hang comes on top).
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// A latency drawn when the answer is sent, numbered by arrival: for answers without a
+    /// body to key the draw by.
+    Draw,
+    /// This long: a latency drawn for the request's body and attempt (reproducible whatever
+    /// the arrival order), or none for a rate-limit refusal, which OpenAI answers at once.
+    For(Duration),
 }
 
 impl Plan {
@@ -269,6 +302,7 @@ impl Plan {
         Self {
             answer,
             hang: false,
+            wait: Wait::Draw,
         }
     }
 }
@@ -296,24 +330,18 @@ async fn answer_post(
         attempt,
         quota_exhausted,
     );
-    let plan = match &shared.bucket {
-        Some(bucket) => {
-            let verdict = bucket
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(Instant::now());
-            limited(
-                plan,
-                verdict,
-                body.as_ref().map_or("gpt-4o-mini", echo::model_of),
-            )
-        }
-        None => plan,
-    };
-    let plan = match body.as_ref() {
-        Some(body) => directed(plan, body),
-        None => plan,
-    };
+    let mut plan = admit(&shared, plan, endpoint, body.as_ref());
+    if let (Wait::Draw, Some(key)) = (plan.wait, key.as_deref()) {
+        let draw = latency::number(key, attempt);
+        plan.wait = Wait::For(latency::draw(
+            &shared.config,
+            draw,
+            shared.started.elapsed(),
+        ));
+    }
+    if let Some(body) = body.as_ref() {
+        plan.answer = plan.answer.directed(body);
+    }
     let presented = presented_key(&headers).map(str::to_owned);
     send(&shared, started, key.as_deref(), plan, presented.as_deref()).await
 }
@@ -377,6 +405,7 @@ fn decide(
         Some(fault) => Plan {
             answer: faults::answer_for(fault, model, config),
             hang: fault == Fault::Hang,
+            wait: Wait::Draw,
         },
         None => Plan::now(success(endpoint, body, key, attempt, config)),
     }
@@ -410,63 +439,49 @@ fn success(
     }
 }
 
-/// Applies a request body's directives for hostile answers:
-/// - `"mock_headers": {"name": "value", …}`: extra headers on every answer to this body, any
-///   value a server could send (a `retry-after: 1e30`, say);
-/// - `"mock_body_bytes": N`: a success body padded with spaces to at least N bytes (still valid
-///   JSON), to test the answer size limit.
-fn directed(mut plan: Plan, body: &Value) -> Plan {
-    if let Some(extra) = body.get("mock_headers").and_then(Value::as_object) {
-        for (name, value) in extra {
-            let value = match value {
-                Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            plan.answer = plan.answer.with_header(name, value);
-        }
-    }
-    if let Some(size) = body.get("mock_body_bytes").and_then(Value::as_u64)
-        && let Body::Json(text) = &mut plan.answer.body
-        && plan.answer.status == StatusCode::OK
-    {
-        let size = usize::try_from(size)
-            .unwrap_or(usize::MAX)
-            .min(MAX_PADDED_BODY);
-        // JSON allows any amount of trailing whitespace.
-        let pad = size.saturating_sub(text.len());
-        text.extend(std::iter::repeat_n(' ', pad));
-    }
-    plan
+/// Puts the request through the server-side rate limits, when on: counts the verdict, and
+/// turns a refusal into its 429 (answered at once, without the latency).
+fn admit(shared: &Shared, plan: Plan, endpoint: Endpoint, body: Option<&Value>) -> Plan {
+    let second = || shared.started.elapsed().as_secs();
+    let Some(limits) = &shared.limits else {
+        shared
+            .counters()
+            .admission(&Admission::Admitted, 0, second());
+        return plan;
+    };
+    let lock = || limits.lock().unwrap_or_else(PoisonError::into_inner);
+    // Counted outside the lock: tiktoken on a long prompt takes a while.
+    let counts_tokens = lock().counts_tokens();
+    let cost = match body {
+        Some(body) if counts_tokens => tokens::cost(endpoint.path(), body, DEFAULT_OUTPUT).total(),
+        Some(_) | None => 0,
+    };
+    let verdict = lock().admit(cost, Instant::now());
+    shared
+        .counters()
+        .admission(&verdict.admission, cost, second());
+    limited(
+        plan,
+        verdict,
+        body.map_or(echo::DEFAULT_MODEL, echo::model_of),
+    )
 }
 
-/// The largest body `mock_body_bytes` makes: enough to pass any limit a test sets.
-const MAX_PADDED_BODY: usize = 64 * 1024 * 1024;
-
-/// Applies the server-side rate limit's verdict: a 429 when refused, and the
-/// `x-ratelimit-*-requests` headers on every answer.
+/// Applies the rate limits' verdict: its 429 when refused (without latency or hang), and its
+/// headers on every answer.
 fn limited(plan: Plan, verdict: Verdict, model: &str) -> Plan {
-    let answer = if verdict.allowed {
-        plan.answer
-    } else {
-        let wait = verdict.retry_after.max(Duration::from_millis(1));
-        faults::rate_limited(model, wait, super::RetryAfterStyle::Millis)
+    let mut plan = match verdict.refusal(model) {
+        Some(answer) => Plan {
+            answer,
+            hang: false,
+            wait: Wait::For(Duration::ZERO),
+        },
+        None => plan,
     };
-    Plan {
-        answer: answer
-            .with_header(
-                "x-ratelimit-limit-requests",
-                verdict.limit_per_minute.to_string(),
-            )
-            .with_header(
-                "x-ratelimit-remaining-requests",
-                verdict.remaining.to_string(),
-            )
-            .with_header(
-                "x-ratelimit-reset-requests",
-                faults::go_duration(verdict.reset),
-            ),
-        hang: plan.hang && verdict.allowed,
+    for (name, value) in verdict.headers() {
+        plan.answer = plan.answer.with_header(&name, value);
     }
+    plan
 }
 
 /// Waits the latency (and the hang), counts the answer and sends it.
@@ -480,11 +495,22 @@ async fn send(
     plan: Plan,
     presented: Option<&str>,
 ) -> Response {
-    shared.pause(shared.config.latency).await;
+    let latency = shared.latency(plan.wait);
+    shared.pause(latency).await;
     if plan.hang {
         shared.pause(shared.config.hang).await;
     }
     let mut answer = plan.answer;
+    if !latency.is_zero() {
+        // What was drawn, for tests and benchmarks that check the draws without a clock.
+        answer = answer.with_header("x-mock-latency-us", latency.as_micros().to_string());
+    }
+    if shared.config.absurd_rate_headers {
+        let number = shared.absurd_answers.fetch_add(1, Ordering::Relaxed);
+        for (name, value) in faults::absurd_rate_headers(number) {
+            answer = answer.with_header(name, value.to_owned());
+        }
+    }
     {
         let mut counters = shared.counters();
         if answer.is_success() && counters.quota_exhausted(shared.config.quota_after) {
@@ -558,7 +584,7 @@ impl BatchHost for Shared {
                 echo::success(endpoint, body, &body_text, attempt),
             ),
             Body::Text { .. } if plan.answer.status == StatusCode::OK => faults::server_error(),
-            Body::Json(_) | Body::Text { .. } => plan.answer,
+            Body::Json(_) | Body::Padded { .. } | Body::Text { .. } => plan.answer,
         };
         let second = self.started.elapsed().as_secs();
         self.counters().record(
@@ -575,7 +601,9 @@ impl BatchHost for Shared {
         let answer = faults::missing_scope_for(scope);
         let status = answer.status.as_u16();
         match answer.body {
-            Body::Json(text) | Body::Text { text, .. } => (status, text),
+            Body::Json(text) | Body::Padded { json: text, .. } | Body::Text { text, .. } => {
+                (status, text)
+            }
             Body::Stream { .. } => (status, String::new()),
         }
     }
@@ -586,7 +614,7 @@ impl BatchHost for Shared {
 fn line_json(answer: Answer) -> (u16, Value) {
     let status = answer.status.as_u16();
     let body = match answer.body {
-        Body::Json(text) | Body::Text { text, .. } => {
+        Body::Json(text) | Body::Padded { json: text, .. } | Body::Text { text, .. } => {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         }
         Body::Stream { events, .. } => Value::String(events.join("\n")),

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use super::limit::{Admission, Limit};
 use super::{BatchCounts, body_key};
 
 /// A snapshot of everything the mock has answered (`GET /mock/stats` serves it as JSON).
@@ -26,6 +27,38 @@ pub struct MockStats {
     pub routes: BTreeMap<String, u64>,
     /// Files and Batches calls (the hosted Batch API).
     pub batch: BatchCounts,
+    /// Requests to the POST endpoints that the rate limits let through (all of them when no
+    /// limit is on), and their token cost: with [`MockConfig::tokens_per_minute`] set,
+    /// `admitted.tokens / (tokens_per_minute × minutes)` is the share of the allowed rate a
+    /// client reached.
+    ///
+    /// [`MockConfig::tokens_per_minute`]: super::MockConfig::tokens_per_minute
+    pub admitted: Admitted,
+    /// [`MockStats::admitted`] by whole seconds since server start.
+    pub admitted_by_second: BTreeMap<u64, Admitted>,
+    /// Requests the rate limits refused with a 429, by limit.
+    pub limited: Limited,
+}
+
+/// What the rate limits let through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Admitted {
+    /// Requests admitted.
+    pub requests: u64,
+    /// Their token cost as the limit counts it (prompt plus the most output asked for); 0 while
+    /// no token limit is on, since counting tokens costs the mock time.
+    pub tokens: u64,
+}
+
+/// Requests the rate limits refused, by limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Limited {
+    /// 429 `rate_limit_exceeded` type `requests`: over the request limit.
+    pub requests: u64,
+    /// 429 `rate_limit_exceeded` type `tokens`: over the token limit for now.
+    pub tokens: u64,
+    /// 429 "Request too large": a token cost over the whole minute's limit.
+    pub too_large: u64,
 }
 
 /// Answers sent for one request body.
@@ -81,6 +114,9 @@ pub(crate) struct Counters {
     by_key: BTreeMap<String, BTreeMap<u16, u64>>,
     extras: BTreeMap<String, u64>,
     routes: BTreeMap<String, u64>,
+    admitted: Admitted,
+    admitted_by_second: BTreeMap<u64, Admitted>,
+    limited: Limited,
 }
 
 impl Counters {
@@ -103,6 +139,28 @@ impl Counters {
         };
         record.arrivals += 1;
         record.arrivals - 1
+    }
+
+    /// Notes what the rate limits decided for a request costing `tokens`, `second` whole
+    /// seconds after server start.
+    pub(crate) fn admission(&mut self, admission: &Admission, tokens: u64, second: u64) {
+        match admission {
+            Admission::Admitted => {
+                let by_second = self.admitted_by_second.entry(second).or_default();
+                for admitted in [&mut self.admitted, by_second] {
+                    admitted.requests += 1;
+                    admitted.tokens = admitted.tokens.saturating_add(tokens);
+                }
+            }
+            Admission::Refused {
+                by: Limit::Requests,
+                ..
+            } => self.limited.requests += 1,
+            Admission::Refused {
+                by: Limit::Tokens, ..
+            } => self.limited.tokens += 1,
+            Admission::TooLarge { .. } => self.limited.too_large += 1,
+        }
     }
 
     /// Whether `quota_after` successes have been answered already.
@@ -173,6 +231,9 @@ impl Counters {
             extras: self.extras.clone(),
             routes: self.routes.clone(),
             batch: BatchCounts::default(),
+            admitted: self.admitted,
+            admitted_by_second: self.admitted_by_second.clone(),
+            limited: self.limited,
         }
     }
 }

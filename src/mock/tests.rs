@@ -446,7 +446,19 @@ async fn hangs_answer_500_after_the_hang_and_do_not_block_shutdown() {
     let url = format!("{}/chat/completions", server.base_url());
     let pending =
         tokio::spawn(async move { client().post(url).json(&chat_body("stuck")).send().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down only once the request is in: on a busy machine a fixed sleep was not enough,
+    // and a request that never reached the server gets no answer at all.
+    let arrived = || {
+        let routes = server.stats().routes;
+        routes.contains_key("POST /v1/chat/completions")
+    };
+    for _ in 0..200 {
+        if arrived() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(arrived(), "the hanging request never arrived");
     let began = Instant::now();
     tokio::time::timeout(TIMEOUT, server.shutdown())
         .await
@@ -560,4 +572,372 @@ fn body_key_ignores_key_order() {
     let a: Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).expect("json");
     let b: Value = serde_json::from_str(r#"{"a":{"c":3,"d":2},"b":1}"#).expect("json");
     assert_eq!(body_key(&a), body_key(&b));
+}
+
+/// The limit-refusal tests use small bodies: "be brief" and a short question.
+fn chat_cost(body: &Value) -> u64 {
+    crate::domain::tokens::cost("/v1/chat/completions", body, super::limit::DEFAULT_OUTPUT).total()
+}
+
+/// Whether `text` is a Go duration as OpenAI writes them: `120ms`, `1s`, `1.5s`, `6m0s`.
+fn is_go_duration(text: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    if let Some(millis) = text.strip_suffix("ms") {
+        return digits(millis);
+    }
+    let Some(rest) = text.strip_suffix('s') else {
+        return false;
+    };
+    let seconds = match rest.split_once('m') {
+        Some((minutes, seconds)) if digits(minutes) => seconds,
+        Some(_) => return false,
+        None => rest,
+    };
+    match seconds.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(seconds),
+    }
+}
+
+#[test]
+fn the_go_duration_check_knows_the_forms() {
+    for good in ["120ms", "1s", "1.5s", "6m0s", "1m30.5s", "0ms"] {
+        assert!(is_go_duration(good), "{good}");
+    }
+    for bad in ["", "1", "-5s", "1s1s", "forever", "ms", "1.s", "m1s"] {
+        assert!(!is_go_duration(bad), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn both_limits_announce_well_formed_headers_on_every_answer() {
+    let server = start(MockConfig {
+        requests_per_second: Some(100.0),
+        tokens_per_minute: Some(60_000.0),
+        ..MockConfig::default()
+    })
+    .await;
+    let body = chat_body("how are the headers");
+    let cost = chat_cost(&body);
+    let reply = post(&server, "/chat/completions", &body).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-ratelimit-limit-requests"), "6000");
+    assert_eq!(reply.header("x-ratelimit-remaining-requests"), "5999");
+    assert_eq!(reply.header("x-ratelimit-reset-requests"), "10ms");
+    assert_eq!(reply.header("x-ratelimit-limit-tokens"), "60000");
+    // The first request meets full buckets: the minute less its cost, back in cost/1000 s.
+    assert_eq!(
+        reply.header("x-ratelimit-remaining-tokens"),
+        (60_000 - cost).to_string()
+    );
+    assert_eq!(
+        reply.header("x-ratelimit-reset-tokens"),
+        format!("{cost}ms")
+    );
+    for _ in 0..3 {
+        let reply = post(&server, "/embeddings", &json!({"input": "x"})).await;
+        for unit in ["requests", "tokens"] {
+            let remaining = reply.header(&format!("x-ratelimit-remaining-{unit}"));
+            remaining.parse::<u64>().expect("an integer");
+            let reset = reply.header(&format!("x-ratelimit-reset-{unit}"));
+            assert!(is_go_duration(reset), "{reset}");
+        }
+    }
+    // No limit configured: no headers.
+    let plain = start(MockConfig::default()).await;
+    let reply = post(&plain, "/chat/completions", &body).await;
+    assert!(reply.headers.get("x-ratelimit-limit-tokens").is_none());
+    assert!(reply.headers.get("x-ratelimit-limit-requests").is_none());
+    plain.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_the_token_limit_a_request_gets_429_type_tokens_at_once() {
+    // 600 TPM: 10 tokens a second, a bucket of 10. The first request (over the bucket, within
+    // the minute) is admitted into debt; the next is refused until the debt is paid.
+    let server = start(MockConfig {
+        tokens_per_minute: Some(600.0),
+        latency: Duration::from_millis(30),
+        ..MockConfig::default()
+    })
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let cost = chat_cost(&body);
+    assert!(cost > 10, "over the bucket: {cost}");
+    let first = post(&server, "/chat/completions", &body).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-mock-latency-us"), "30000");
+    let second = post(&server, "/chat/completions", &body).await;
+    assert_eq!(second.status, 429);
+    assert!(
+        second.headers.get("x-mock-latency-us").is_none(),
+        "a refusal answers without the latency"
+    );
+    let error = &second.json()["error"];
+    assert_eq!(error["type"], "tokens");
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    let message = error["message"].as_str().expect("message");
+    let wait: u64 = second.header("retry-after-ms").parse().expect("millis");
+    // The debt (cost - 10 tokens) and a full bucket again, at 10 tokens a second.
+    assert!(wait > 0 && wait <= cost * 100, "{wait}");
+    let prefix = "Rate limit reached for gpt-4o-mini in organization org-mock on tokens per min \
+                  (TPM): Limit 600, Used ";
+    assert!(message.starts_with(prefix), "{message}");
+    let hint = format!(
+        ", Requested {cost}. Please try again in {}.",
+        super::faults::go_duration(Duration::from_millis(wait))
+    );
+    assert!(message.contains(&hint), "{message} lacks {hint}");
+    assert_eq!(second.header("x-ratelimit-limit-tokens"), "600");
+
+    let stats: Value = client()
+        .get(format!("http://{}/mock/stats", server.addr()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["admitted"], json!({"requests": 1, "tokens": cost}));
+    assert_eq!(
+        stats["limited"],
+        json!({"requests": 0, "tokens": 1, "too_large": 0})
+    );
+    assert_eq!(stats["admitted_by_second"]["0"]["requests"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_whole_minute_is_too_large_and_takes_nothing() {
+    let server = start(MockConfig {
+        tokens_per_minute: Some(600.0),
+        requests_per_second: Some(1.0),
+        ..MockConfig::default()
+    })
+    .await;
+    let huge = json!({"model": "gpt-4o", "max_completion_tokens": 1000,
+        "messages": [{"role": "user", "content": "write a lot"}]});
+    let cost = chat_cost(&huge);
+    let reply = post(&server, "/chat/completions", &huge).await;
+    assert_eq!(reply.status, 429);
+    let error = &reply.json()["error"];
+    assert_eq!(error["type"], "tokens");
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    let message = error["message"].as_str().expect("message");
+    let expected = format!(
+        "Request too large for gpt-4o in organization org-mock on tokens per min (TPM): \
+         Limit 600, Requested {cost}. "
+    );
+    assert!(message.starts_with(&expected), "{message}");
+    assert!(
+        reply.headers.get("retry-after-ms").is_none(),
+        "waiting cannot help"
+    );
+    // Neither limit paid for it: a small request is admitted right after.
+    let small =
+        json!({"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]});
+    assert_eq!(post(&server, "/chat/completions", &small).await.status, 200);
+    let stats = server.stats();
+    assert_eq!(stats.limited.too_large, 1);
+    assert_eq!(stats.admitted.requests, 1);
+    assert_eq!(stats.admitted.tokens, chat_cost(&small));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_request_limit_refuses_with_type_requests_and_spares_the_tokens() {
+    let server = start(MockConfig {
+        requests_per_second: Some(1.0),
+        tokens_per_minute: Some(1_000_000.0),
+        ..MockConfig::default()
+    })
+    .await;
+    let body = chat_body("one a second");
+    assert_eq!(post(&server, "/chat/completions", &body).await.status, 200);
+    let refused = post(&server, "/chat/completions", &body).await;
+    assert_eq!(refused.status, 429);
+    let error = &refused.json()["error"];
+    assert_eq!(error["type"], "requests");
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(
+            "Rate limit reached for gpt-4o-mini in organization org-mock on requests per min \
+             (RPM): Limit 60, Used 1, Requested 1. Please try again in "
+        ),
+        "{message}"
+    );
+    refused
+        .header("retry-after-ms")
+        .parse::<u64>()
+        .expect("millis");
+    let stats = server.stats();
+    assert_eq!(stats.limited.requests, 1);
+    assert_eq!(stats.limited.tokens, 0);
+    assert_eq!(stats.admitted.requests, 1);
+    assert_eq!(
+        stats.admitted.tokens,
+        chat_cost(&body),
+        "the refused one cost nothing"
+    );
+    server.shutdown().await;
+}
+
+/// The latencies drawn for 25 distinct bodies, sent at once through one client.
+async fn drawn_latencies(config: MockConfig) -> Vec<u64> {
+    let server = start(config).await;
+    let client = client();
+    let url = format!("{}/chat/completions", server.base_url());
+    let replies = futures::future::join_all((0..25).map(|n| {
+        client
+            .post(&url)
+            .json(&chat_body(&format!("latency {n}")))
+            .send()
+    }))
+    .await;
+    server.shutdown().await;
+    replies
+        .into_iter()
+        .map(|reply| {
+            let reply = reply.expect("answered");
+            reply.headers()["x-mock-latency-us"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("micros")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn spread_latencies_are_reproducible_for_a_seed_and_centred_on_the_median() {
+    let config = |seed| MockConfig {
+        latency: Duration::from_millis(20),
+        latency_spread: 0.5,
+        seed,
+        ..MockConfig::default()
+    };
+    let first = drawn_latencies(config(7)).await;
+    // Sent concurrently: a draw is keyed by body and attempt, not by arrival.
+    assert_eq!(first, drawn_latencies(config(7)).await);
+    assert_ne!(first, drawn_latencies(config(8)).await);
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        (15_000..27_000).contains(&median),
+        "median {median}µs of {sorted:?}"
+    );
+    assert!(sorted[0] < sorted[24], "spread: {sorted:?}");
+    assert!(
+        sorted[24] <= 400_000,
+        "at most 20 times the median: {sorted:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_down_multiplies_the_latency_from_its_moment() {
+    let slowed = |at| MockConfig {
+        latency: Duration::from_millis(10),
+        slow_down: Some(SlowDown { at, factor: 3.0 }),
+        ..MockConfig::default()
+    };
+    let server = start(slowed(Duration::ZERO)).await;
+    let began = Instant::now();
+    let reply = post(&server, "/chat/completions", &chat_body("slow")).await;
+    assert_eq!(reply.header("x-mock-latency-us"), "30000");
+    assert!(began.elapsed() >= Duration::from_millis(30));
+    // GET answers wait the same latency.
+    let models = client()
+        .get(format!("{}/models", server.base_url()))
+        .send()
+        .await
+        .expect("models");
+    assert_eq!(models.headers()["x-mock-latency-us"], "30000");
+    server.shutdown().await;
+    let server = start(slowed(Duration::from_secs(3600))).await;
+    let reply = post(&server, "/chat/completions", &chat_body("not yet")).await;
+    assert_eq!(reply.header("x-mock-latency-us"), "10000");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn absurd_rate_headers_vary_answer_by_answer_on_normal_answers() {
+    let server = start(MockConfig {
+        absurd_rate_headers: true,
+        requests_per_second: Some(1000.0),
+        ..MockConfig::default()
+    })
+    .await;
+    let first = post(&server, "/chat/completions", &chat_body("absurd")).await;
+    assert_eq!(first.status, 200);
+    first.json();
+    let expected = [
+        ("x-ratelimit-limit-requests", "1e-300"),
+        ("x-ratelimit-remaining-requests", "-3"),
+        ("x-ratelimit-reset-requests", "forever"),
+        ("x-ratelimit-limit-tokens", "NaN"),
+        ("x-ratelimit-remaining-tokens", "1e400"),
+        ("x-ratelimit-reset-tokens", "-5s"),
+        ("retry-after", "1e300"),
+        ("retry-after-ms", "-1"),
+    ];
+    for (name, value) in expected {
+        assert_eq!(first.header(name), value, "{name}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..16 {
+        let reply = post(&server, "/embeddings", &json!({"input": format!("{n}")})).await;
+        assert_eq!(reply.status, 200);
+        seen.insert(reply.header("retry-after-ms").to_owned());
+    }
+    for value in ["0", "0.5", "99999999999999999999", "1s1s", ""] {
+        assert!(seen.contains(value), "{value:?} not among {seen:?}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_300_mb_padded_body_streams_with_its_length_and_stays_json() {
+    const SIZE: u64 = 300_000_000;
+    let server = start(MockConfig::default()).await;
+    let body = json!({"model": "gpt-4o-mini", "mock_body_bytes": SIZE,
+        "messages": [{"role": "user", "content": "big"}]});
+    let mut response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client")
+        .post(format!("{}/chat/completions", server.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.content_length(), Some(SIZE));
+    let mut head = Vec::new();
+    let mut total = 0u64;
+    let mut last = 0u8;
+    // Bounded: the server sends SIZE bytes, and each chunk has at least one.
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        total += chunk.len() as u64;
+        assert!(total <= SIZE, "more than announced");
+        if head.len() < 64 * 1024 {
+            head.extend_from_slice(&chunk);
+        } else {
+            assert!(chunk.iter().all(|byte| *byte == b' '), "padding is spaces");
+        }
+        last = chunk.last().copied().unwrap_or(last);
+    }
+    assert_eq!(total, SIZE);
+    assert_eq!(last, b' ');
+    let mut values = serde_json::Deserializer::from_slice(&head).into_iter::<Value>();
+    let answer = values.next().expect("a value").expect("json");
+    assert_eq!(answer["choices"][0]["message"]["content"], "echo: big");
+    let end = values.byte_offset();
+    assert!(
+        head[end..].iter().all(|byte| *byte == b' '),
+        "only spaces after the JSON"
+    );
+    server.shutdown().await;
 }
