@@ -60,8 +60,13 @@ const GROW_BELOW: f64 = 1.5;
 const SHRINK_ABOVE: f64 = 2.0;
 /// Multiplicative decrease on a sign of overload.
 const DECREASE: f64 = 0.7;
-/// The shortest window over which answers are judged, without a known rate.
-const MIN_WINDOW: Duration = Duration::from_millis(250);
+/// The shortest window over which answers are judged, without a known rate: a window lasts a
+/// round trip (the mean latency), and holds at least half the pool's answers.
+const MIN_WINDOW: Duration = Duration::from_millis(10);
+/// Latency differences below this are noise, not queueing: against a server that answers in a
+/// millisecond, a ratio of latencies says nothing, and a queue that adds less than this to
+/// answers that take seconds is no cost worth shrinking for.
+const NOISE: f64 = 0.05;
 /// Answers a window needs before it says anything.
 const MIN_SAMPLES: u32 = 3;
 /// How long a ceiling found by an overload holds the first time; each time it is hit again
@@ -123,7 +128,7 @@ pub(crate) struct Adaptive {
     /// A size that overloaded the server, and until when growth stays below it.
     ceiling: Option<(f64, Instant)>,
     hold: Duration,
-    /// The largest size reached, for the run's summary.
+    /// The most requests in flight at once, for the run's summary.
     peak: usize,
 }
 
@@ -176,7 +181,7 @@ impl Sizing {
                     baseline: None,
                     ceiling: None,
                     hold: FIRST_HOLD,
-                    peak: first as usize,
+                    peak: 0,
                 }))
             }
         }
@@ -195,7 +200,7 @@ impl Sizing {
         matches!(self, Sizing::Adaptive(_))
     }
 
-    /// The largest size this run reached.
+    /// The most requests this run had in flight at once (a fixed pool: its size).
     pub(crate) fn peak(&self) -> usize {
         match self {
             Sizing::Fixed(n) => *n,
@@ -207,6 +212,7 @@ impl Sizing {
     pub(crate) fn sent(&mut self, now: Instant) {
         if let Sizing::Adaptive(a) = self {
             a.in_flight += 1;
+            a.peak = a.peak.max(a.in_flight);
             a.started_sum += now.saturating_duration_since(a.epoch).as_secs_f64();
             a.window.busiest = a.window.busiest.max(a.in_flight);
         }
@@ -264,7 +270,6 @@ impl Adaptive {
             None => self.probe_capacity(now),
         }
         self.limit = self.limit.clamp(1.0, self.cap as f64);
-        self.peak = self.peak.max(self.limit as usize);
     }
 
     /// Twice the mean age of the requests in flight: the latency they show so far.
@@ -283,7 +288,15 @@ impl Adaptive {
             return;
         };
         self.slow_start = false;
-        let latency = mean.max(self.age_latency(now));
+        // The age of the requests in flight says more than the answers only while the pool
+        // is full: then nothing can go out until some come back. Otherwise the stragglers of
+        // a long tail (the last of a job) would inflate it.
+        let full = self.in_flight as f64 >= 0.9 * self.limit.floor();
+        let latency = if full {
+            mean.max(self.age_latency(now))
+        } else {
+            mean
+        };
         let target = rate * latency * HEADROOM + SPARE;
         // Up at once (the pacer meters the sends), down gently (a dip in latency is often
         // noise, and shrinking does not cancel anything in flight anyway).
@@ -301,8 +314,9 @@ impl Adaptive {
             Duration::from_secs_f64(l.min(600.0)).max(MIN_WINDOW)
         });
         let window = &self.window;
+        let enough = (self.limit / 2.0).max(f64::from(MIN_SAMPLES));
         if !window.overloaded
-            && (window.served < MIN_SAMPLES
+            && (f64::from(window.served) < enough
                 || now.saturating_duration_since(window.began) < window_length)
         {
             return;
@@ -327,10 +341,10 @@ impl Adaptive {
             };
             self.baseline = Some(baseline);
             let busy = window.busiest as f64 >= 0.9 * before.floor();
-            if mean > SHRINK_ABOVE * baseline {
+            if mean > SHRINK_ABOVE * baseline && mean - baseline > NOISE {
                 self.limit = (self.limit * DECREASE).max(1.0);
                 self.slow_start = false;
-            } else if mean < GROW_BELOW * baseline && busy {
+            } else if (mean < GROW_BELOW * baseline || mean - baseline < NOISE) && busy {
                 let grown = if self.slow_start {
                     self.limit * 2.0
                 } else {

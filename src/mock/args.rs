@@ -106,6 +106,10 @@ pub struct MockArgs {
     #[arg(long)]
     pub absurd_rate_headers: bool,
 
+    /// Serve at most N requests at once; the rest queue for a slot, as on llama.cpp or vLLM
+    #[arg(long, value_name = "N")]
+    pub slots: Option<std::num::NonZeroUsize>,
+
     /// Cut streamed answers ("stream": true) half-way for the first N attempts of each body
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub cut_streams: u64,
@@ -400,6 +404,7 @@ impl TryFrom<&MockArgs> for MockConfig {
             requests_per_second,
             tokens_per_minute: args.tokens_per_minute,
             absurd_rate_headers: args.absurd_rate_headers,
+            slots: args.slots.map(std::num::NonZeroUsize::get),
             cut_streams: args.cut_streams,
             stream_errors: args.stream_errors,
             require_api_key: args.require_api_key,

@@ -156,6 +156,10 @@ pub struct MockConfig {
     /// answer (in place of any real ones): a proxy announcing nonsense. Answers are otherwise
     /// as they would be.
     pub absurd_rate_headers: bool,
+    /// Requests served at once at most; the rest queue for a slot before their latency
+    /// begins, as on llama.cpp or vLLM (latency grows with what is in flight). `None`: no
+    /// limit.
+    pub slots: Option<usize>,
     /// Streamed answers (`"stream": true`) cut half-way for the first this-many attempts of
     /// each body: the connection drops before `data: [DONE]`.
     pub cut_streams: u64,
@@ -227,6 +231,7 @@ impl Default for MockConfig {
             requests_per_second: None,
             tokens_per_minute: None,
             absurd_rate_headers: false,
+            slots: None,
             cut_streams: 0,
             stream_errors: 0,
             require_api_key: false,

@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     absurd_answers: AtomicU64,
     /// Files and batches of the hosted Batch API.
     batch: BatchApi,
+    /// The slots requests are served in ([`MockConfig::slots`]).
+    slots: Option<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
         Self {
             batch: BatchApi::new(&config),
             limits: Limits::new(&config, started).map(Mutex::new),
+            slots: config.slots.map(tokio::sync::Semaphore::new),
             config,
             started,
             counters: Mutex::new(Counters::default()),
@@ -496,7 +499,13 @@ async fn send(
     presented: Option<&str>,
 ) -> Response {
     let latency = shared.latency(plan.wait);
+    // A slot is held while the answer is "computed"; the semaphore is never closed.
+    let slot = match &shared.slots {
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    };
     shared.pause(latency).await;
+    drop(slot);
     if plan.hang {
         shared.pause(shared.config.hang).await;
     }
