@@ -121,7 +121,8 @@ install() {
   local tag wheeldir whl
   tag="$(printf '%s %s' "$LLAMA_CPP_PYTHON_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
   wheeldir="$WHEELS/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$tag"
-  whl="$(find "$wheeldir" -maxdepth 1 -name 'llama_cpp_python-*.whl' 2>/dev/null | head -n 1)"
+  # On a new machine the folder is not there yet: find fails, and under pipefail so would this.
+  whl="$(find "$wheeldir" -maxdepth 1 -name 'llama_cpp_python-*.whl' 2>/dev/null | head -n 1 || true)"
   if [[ -z "$whl" ]]; then
     log "building llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp, ~20 min on 2 cores; CMAKE_ARGS=$LLAMA_CMAKE_ARGS)"
     mkdir -p "$wheeldir"
