@@ -3,6 +3,10 @@
 
 Scenarios: throughput (every attempt journaled), memory at 10k and 1M lines, rate fidelity
 (--rpm at the server's limit, and no limit at all), and resume of a 1M-line job with 1,000 left.
+Apart, with --latency-only: pacing against a mock whose answers take a lognormal latency (median
+0.2, 1, 1.5 or 15 s; once a slow-down ×10 after 30 s) under a request or a token limit, with the
+runner's defaults and with --concurrency 256 and the limits given: wall time against the floor
+(lines / allowed rate), the share of the allowed rate reached, 429s, and bodies answered twice.
 The nginx scenario puts the runner next to wrk against Debian's nginx answering every POST with
 a fixed, full chat.completion (Batch lines of ~200-character prompts, --concurrency 64 and
 wrk -t2 -c64 in the same run), and next to the HTTP client alone (examples/http_ceiling: the same
@@ -17,6 +21,9 @@ Prints one Markdown table. Standard library only; run from the repository root:
                                                                   # the harness itself, tiny sizes
     python3 scripts/bench.py --compare /tmp/before/runner target/release/runner --nginx-only --rounds 2
                                                                   # two binaries, alternating, one table
+    python3 scripts/bench.py --compare /tmp/before/runner target/release/runner --latency-only
+                                                                  # pacing, ~15 minutes a binary; the
+                                                                  # mock is AFTER's (or --mock-bin)
 
 The nginx scenario needs `nginx` and `wrk` (Debian: `apt-get install -y --no-install-recommends
 nginx wrk`); run as root, the script installs them, otherwise it prints that command and skips.
@@ -35,6 +42,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -63,10 +71,10 @@ def free_port():
 class Mock:
     """`runner mock-server` in its own process, so its CPU is not the runner's."""
 
-    def __init__(self, *flags):
+    def __init__(self, *flags, latency="0ms"):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [MOCK_BIN, "mock-server", "--addr", f"127.0.0.1:{self.port}", "--latency", "0ms", *flags],
+            [MOCK_BIN, "mock-server", "--addr", f"127.0.0.1:{self.port}", "--latency", latency, *flags],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -98,12 +106,18 @@ def write_input(path, n):
             f.write(f'{{"custom_id":"r-{i}","prompt":"Summarise item number {i} in one sentence."}}\n')
 
 
-def run_usage(args, env=None):
-    """Runs the binary; returns (exit code, wall s, rusage from wait4, stderr)."""
+def run_usage(args, env=None, timeout=None):
+    """Runs the binary, killed after `timeout` s when given; returns (exit code, wall s, rusage
+    from wait4, stderr)."""
     start = time.monotonic()
     proc = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    killer = threading.Timer(timeout, proc.kill) if timeout else None
+    if killer:
+        killer.start()
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    if killer:
+        killer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - start
     return proc.returncode, wall, usage, stderr
@@ -296,9 +310,9 @@ OPENAI_HEADERS = [
 ]
 
 
-def batch_line(i, rng):
+def batch_line(i, rng, max_tokens=None):
     """One Batch API line: a distinct prompt of ~190 characters (whole words, at most 200),
-    ~330 bytes in all."""
+    ~330 bytes in all; with `max_tokens`, its body asks for at most that many output tokens."""
     words = [rng.choice(("Describe", "Summarise", "Explain", "Compare", "Rewrite")), f"item {i}:"]
     size = sum(len(w) + 1 for w in words) - 1
     target = rng.randint(180, 199)
@@ -309,18 +323,19 @@ def batch_line(i, rng):
         words.append(w)
         size += len(w) + 1
     prompt = " ".join(words) + "."
-    return json.dumps({
-        "custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
-    }, separators=(",", ":"))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body},
+                      separators=(",", ":"))
 
 
-def write_batch_input(path, n):
+def write_batch_input(path, n, max_tokens=None):
     rng = random.Random(7)
     with open(path, "w") as f:
         chunk = []
         for i in range(n):
-            chunk.append(batch_line(i, rng))
+            chunk.append(batch_line(i, rng, max_tokens))
             if len(chunk) == 10_000:
                 f.write("\n".join(chunk) + "\n")
                 chunk = []
@@ -505,8 +520,8 @@ def ceiling_rate(client, nginx, workdir, lines, sample_line):
     return float(out.split()[0]), (usage.ru_utime + usage.ru_stime) / lines * 1e6
 
 
-def runner_env(nginx):
-    return dict(os.environ, OPENAI_BASE_URL=nginx.url, OPENAI_API_KEY="sk-bench-0000000000000000")
+def runner_env(server):
+    return dict(os.environ, OPENAI_BASE_URL=server.url, OPENAI_API_KEY="sk-bench-0000000000000000")
 
 
 def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
@@ -596,9 +611,89 @@ def nginx_scenario(workdir, lines, wrk_seconds, first_lines, rows):
                  f"{hwm / 1024:.1f} MiB" if hwm else "unknown", "≤ 40 MB"))
 
 
+# --- latency-shaped pacing: the runner's default pool against a rate limit and a slow server ---
+
+# Each case: name, lines, the mock's median latency and limits, the limit that binds ("requests"
+# or "tokens") and its rate per minute, and the flags of a user who knows both numbers. Every
+# latency is spread lognormally (sigma 0.5: the middle half between 0.71 and 1.4 times the median).
+PACING_CASES = [
+    ("request-bound, median 1.5 s", 3000, "1500ms", ["--requests-per-minute", "3000"],
+     "requests", 3000, ["--rpm", "3000"]),
+    ("request-bound, median 0.2 s", 3000, "200ms", ["--requests-per-minute", "3000"],
+     "requests", 3000, ["--rpm", "3000"]),
+    ("request-bound, median 15 s", 1500, "15s", ["--requests-per-minute", "3000"],
+     "requests", 3000, ["--rpm", "3000"]),
+    ("token-bound (10,000 requests/min), median 1.5 s", 1500, "1500ms",
+     ["--requests-per-minute", "10000", "--tokens-per-minute", "300000"],
+     "tokens", 300_000, ["--rpm", "10000", "--tpm", "300000"]),
+    ("slow-down ×10 at 30 s, median 1 s", 3000, "1s",
+     ["--requests-per-minute", "3000", "--slow-down-at", "30s", "--slow-down-factor", "10"],
+     "requests", 3000, ["--rpm", "3000"]),
+]
+PACING_SPREAD = "0.5"
+PACING_MAX_TOKENS = 256  # the lines' max_tokens: with a token limit, most of a request's cost
+PACING_TIMEOUT = 1800  # s per run: 32 in flight at 15 s an answer need ~12 minutes for 1,500 lines
+
+
+def pacing_case(workdir, slug, lines, latency, mock_flags, unit, per_minute, flags):
+    """One run of `submit` against a mock with this latency and these limits; returns the floor
+    (s) and the cell: wall, share of the allowed rate reached, 429s, bodies answered twice."""
+    path = input_path(f"batch-max{PACING_MAX_TOKENS}", lines,
+                      lambda p, n: write_batch_input(p, n, max_tokens=PACING_MAX_TOKENS))
+    mock = Mock("--latency-spread", PACING_SPREAD, *mock_flags, latency=latency)
+    try:
+        code, wall, _, _ = run_usage(
+            ["submit", path, "--db", os.path.join(workdir, f"{slug}.db"), "--base-url", mock.url,
+             "--no-progress", *flags],
+            env=runner_env(mock), timeout=PACING_TIMEOUT,
+        )
+        stats = mock.stats()
+    finally:
+        mock.stop()
+    per_second = per_minute / 60
+    admitted = {int(s): a[unit] for s, a in stats["admitted_by_second"].items() if a["requests"]}
+    total = stats["admitted"]
+    # A line's token cost is the mock's count (prompt + max_tokens); they barely differ.
+    need = lines if unit == "requests" else lines * total["tokens"] / max(1, total["requests"])
+    floor = need / per_second
+    # The sending phase: the first to the last second with a request admitted, both included.
+    span = max(admitted) - min(admitted) + 1 if admitted else 1
+    reached = sum(admitted.values()) / (per_second * span)
+    limited = stats["limited"]
+    refused = limited["requests"] + limited["tokens"]
+    attempts = total["requests"] + refused + limited["too_large"]
+    bodies = stats["per_body"].values()
+    twice = sum(1 for c in bodies if c["successes"] > 1)
+    done = sum(1 for c in bodies if c["successes"] > 0)
+    cell = (f"{wall:.0f} s; {reached:.0%} of the allowed rate while sending ({floor / wall:.0%} by wall); "
+            f"{refused / max(1, attempts):.1%} 429s; {'none' if twice == 0 else f'{twice:,}'} sent twice")
+    if done < lines:
+        cell += f"; {lines - done:,} lines unanswered"
+    if code != 0:
+        cell += f"; exit {code}"
+    return floor, cell
+
+
+def pacing_rows(workdir, scale, rows):
+    """Each case with the runner's defaults, then with the limits given and 256 in flight."""
+    for k, (name, lines, latency, mock_flags, unit, per_minute, known) in enumerate(PACING_CASES):
+        lines = max(1, round(lines * scale))
+        limit = f"{per_minute:,} {unit}/min"
+        knowing = ["--concurrency", "256", *known]
+        for v, flags in enumerate(([], knowing)):
+            variant = " ".join(flags) or "defaults"
+            floor, cell = pacing_case(workdir, f"pacing-{k}-{v}", lines, latency, mock_flags, unit, per_minute,
+                                      flags)
+            print(f"{name}, {variant}: {cell}", file=sys.stderr)
+            rows.append((f"pacing, {name}, {lines:,} lines, {limit} (floor {floor:.0f} s): {variant}", cell, ""))
+
+
 def measure(opts, workdir, big, first_lines):
     """Every scenario the flags select, for the binary in BIN; returns its rows."""
     rows = []
+    if opts.latency_only:
+        pacing_rows(workdir, opts.latency_scale, rows)
+        return rows
     if not opts.rate_only and not opts.nginx_only and not opts.no_heavy:
         heavy(workdir, big, rows)
     if not opts.rate_only and not opts.no_nginx and nginx_and_wrk_available():
@@ -614,6 +709,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller inputs (100k instead of 1M lines)")
     parser.add_argument("--rate-only", action="store_true", help="only the rate-fidelity scenarios")
     parser.add_argument("--nginx-only", action="store_true", help="only the nginx + wrk scenario")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the latency-shaped pacing scenario (~15 minutes per binary; not in the full run)")
+    parser.add_argument("--latency-scale", type=float, default=1.0,
+                        help="with --latency-only: share of each case's lines, e.g. 0.1 for a quick look [default: 1]")
+    parser.add_argument("--mock-bin",
+                        help="binary whose `mock-server` serves the mock scenarios [default: the one measured; "
+                             "with --compare, AFTER]")
     parser.add_argument("--no-nginx", action="store_true", help="leave out the nginx + wrk scenario")
     parser.add_argument("--no-heavy", action="store_true",
                         help="leave out throughput, memory and resume against the mock (the big inputs)")
@@ -633,7 +735,9 @@ def main():
     for b in bins:
         if not os.path.exists(b):
             sys.exit(f"{b} is missing: run `cargo build --release` first, or pass --bin")
-    MOCK_BIN = bins[-1]
+    MOCK_BIN = os.path.abspath(opts.mock_bin) if opts.mock_bin else bins[-1]
+    if not os.path.exists(MOCK_BIN):
+        sys.exit(f"{MOCK_BIN} is missing: pass a built binary to --mock-bin")
     big = 100_000 if opts.quick else 1_000_000
     first_lines = opts.first_lines or big
     top = tempfile.mkdtemp(prefix="runner-bench-")

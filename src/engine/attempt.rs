@@ -12,7 +12,7 @@ use crate::domain::tokens::Cost;
 use crate::domain::{
     AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, StopCause, Usage,
 };
-use crate::engine::context::Context;
+use crate::engine::context::{Context, Unreachable};
 use crate::engine::keys::{KeyLease, KeyOutcome};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::sizing::Signal;
@@ -85,6 +85,26 @@ pub(crate) async fn attempt(
         );
     }
     ctx.resize(sent.at, now, Signal::of(reading.class));
+    let unreachable = match (reading.outcome, reading.http_status) {
+        (_, Some(_)) => {
+            ctx.answered();
+            None
+        }
+        // A timeout or a cut answer may be a slow server, not a wrong address.
+        (AttemptOutcome::NotSent | AttemptOutcome::OutcomeUnknown, None)
+            if matches!(
+                reading.error_code.as_deref(),
+                Some("connect_error" | "network_error")
+            ) =>
+        {
+            let error = reading.error_message.as_deref().unwrap_or("no answer");
+            match ctx.unreachable(&lease.client.url_for(&url), error, now) {
+                Unreachable::Stop(reason) => Some(reason),
+                Unreachable::Wait => None,
+            }
+        }
+        _ => None,
+    };
     let unwell = matches!(reading.class, Class::Transient | Class::AuthTransient);
     let transition = lock(&ctx.breaker).record(unwell, probe, now);
     let key_event = ctx.keys.record(&lease, KeyOutcome::of(reading.class), now);
@@ -120,7 +140,7 @@ pub(crate) async fn attempt(
         finished_at,
     };
     let completion = reading.into_completion(sending, decision.disposition);
-    record(&ctx, completion, decision.stop).await?;
+    record(&ctx, completion, decision.stop.or(unreachable)).await?;
     if let Some(transition) = transition {
         ctx.journal_breaker(&transition).await?;
     }

@@ -37,6 +37,52 @@ struct Streak {
     fired: bool,
 }
 
+/// How long nothing may have answered, every attempt failing to connect, before the job stops
+/// as misconfigured (a mistyped base URL, a server not started, http for https): a newcomer's
+/// mistake gets an answer within a minute, not a wait of hours.
+pub(crate) const UNREACHABLE_STOP: Duration = Duration::from_secs(20);
+/// Attempts that must have failed to connect before that stop.
+const UNREACHABLE_ATTEMPTS: u32 = 3;
+
+/// Whether the server has answered in this run, and since when it has not been reached.
+#[derive(Debug, Default)]
+struct Reach {
+    /// Some answer (any HTTP status) came back in this run.
+    answered: bool,
+    /// The first failure to reach the server since the last answer (or the run's start), its
+    /// error, and how many attempts failed so since.
+    failing: Option<(Instant, String, u32)>,
+}
+
+/// What a failure to reach the server means for the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Unreachable {
+    /// Keep trying (backoff and the breaker pace it).
+    Wait,
+    /// Nothing has ever answered: stop, with this reason.
+    Stop(String),
+}
+
+/// What a transport error comes to, in the words a user searches for.
+fn plain_cause(error: &str) -> &'static str {
+    let error = error.to_ascii_lowercase();
+    if error.contains("connection refused") {
+        "connection refused"
+    } else if error.contains("dns error") || error.contains("failed to lookup") {
+        "no such host"
+    } else if error.contains("tls")
+        || error.contains("certificate")
+        || error.contains("invalidcontenttype")
+        || error.contains("handshake")
+    {
+        "the TLS handshake failed (https:// to a plain-HTTP server, or the reverse?)"
+    } else if error.contains("timed out") {
+        "the connection timed out"
+    } else {
+        "no connection"
+    }
+}
+
 /// Everything an attempt task needs, shared.
 pub(crate) struct Context {
     pub(crate) job: JobId,
@@ -55,6 +101,7 @@ pub(crate) struct Context {
     pub(crate) ceilings: Limits,
     /// Rate-limit headers already noted as ignored in this run (each is noted once).
     ignored_noted: Mutex<Vec<&'static str>>,
+    reach: Mutex<Reach>,
     streak: Mutex<Streak>,
     stop_after_same_error: u32,
     /// Cancelled on a job-level stop.
@@ -86,6 +133,7 @@ impl Context {
             sizing: Mutex::new(Sizing::Fixed(1)),
             ceilings: Limits::default(),
             ignored_noted: Mutex::new(Vec::new()),
+            reach: Mutex::new(Reach::default()),
             streak: Mutex::new(Streak::default()),
             stop_after_same_error,
             halt: CancellationToken::new(),
@@ -214,6 +262,50 @@ impl Context {
     pub(crate) fn resize(&self, started: Instant, now: Instant, signal: Signal) {
         let rate = self.known_rate();
         lock(&self.sizing).finished(started, now, signal, rate);
+    }
+
+    /// The server answered (any status): it is there.
+    pub(crate) fn answered(&self) {
+        let mut reach = lock(&self.reach);
+        let was_failing = reach.failing.take().is_some();
+        reach.answered = true;
+        drop(reach);
+        if was_failing {
+            self.tally.set_note(None);
+        }
+    }
+
+    /// An attempt to `url` got no answer at all (`error`: why). Before any answer in this run,
+    /// [`UNREACHABLE_STOP`] of such failures stop the job; after one, the server is waited for,
+    /// and the progress line says since when and why.
+    pub(crate) fn unreachable(&self, url: &str, error: &str, now: Instant) -> Unreachable {
+        let mut reach = lock(&self.reach);
+        let (since, first, failed) = reach
+            .failing
+            .get_or_insert_with(|| (now, error.to_owned(), 0));
+        *failed += 1;
+        let (since, first, failed) = (*since, first.clone(), *failed);
+        let answered = reach.answered;
+        drop(reach);
+        let waited = now.saturating_duration_since(since);
+        if !answered && waited >= UNREACHABLE_STOP && failed >= UNREACHABLE_ATTEMPTS {
+            return Unreachable::Stop(format!(
+                "nothing answered at {url} since the run began: {} ({failed} attempts over {}s; \
+                 {first}); check the base URL (--base-url or OPENAI_BASE_URL), that the server \
+                 is running, and http:// against https://, then run `runner resume`",
+                plain_cause(&first),
+                waited.as_secs()
+            ));
+        }
+        let clock = time::OffsetDateTime::now_utc() - waited;
+        self.tally.set_note(Some(format!(
+            "waiting for the server since {:02}:{:02}:{:02} UTC ({})",
+            clock.hour(),
+            clock.minute(),
+            clock.second(),
+            plain_cause(error),
+        )));
+        Unreachable::Wait
     }
 
     /// A 429 pauses every dispatch for the wait the server asked for.

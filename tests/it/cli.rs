@@ -573,3 +573,47 @@ async fn demo_runs_with_no_key_and_no_network() {
         text(&out.stderr)
     );
 }
+
+/// A mistyped base URL: nothing listens there. The run stops within a minute with the exit
+/// code of a job-level stop, naming the URL and "connection refused", instead of retrying
+/// for hours; nothing is lost, and a resume against the right URL finishes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_where_nothing_listens_stops_the_job_with_what_to_check() {
+    let fx = Fixture::for_job("nowhere").prompts(0..30).start().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        format!("http://127.0.0.1:{port}/v1")
+    };
+    let cmd = fx.bin(&[
+        "submit",
+        "nowhere.jsonl",
+        "--base-url",
+        &dead,
+        "--model",
+        "test-model",
+        "--no-progress",
+    ]);
+    let out = output(cmd).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains(&dead), "names the URL: {stderr}");
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    assert!(stderr.contains("runner resume"), "{stderr}");
+    assert_eq!(fx.mock.stats().answers, 0);
+
+    let url = fx.url();
+    let out = output(fx.bin(&[
+        "resume",
+        "--job",
+        "nowhere",
+        "--base-url",
+        &url,
+        "--no-progress",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fx.mock.stats().answers, 30, "each line once");
+    fx.shutdown().await;
+}
