@@ -3,7 +3,7 @@
 //! `samples/demo.jsonl`, and writes the results CSV. No key, no network.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +21,11 @@ pub const DEMO_INPUT: &str = include_str!("../samples/demo.jsonl");
 /// The demo's fault schedule: what the April 2026 incident looked like, in miniature.
 pub fn demo_faults() -> MockConfig {
     MockConfig {
-        latency: Duration::from_millis(40),
+        // Answers take a few hundred milliseconds, spread as a model's do, under a limit of
+        // 3,600 requests a minute announced in headers: the pool sizes itself to the pace.
+        latency: Duration::from_millis(300),
+        latency_spread: 0.5,
+        requests_per_second: Some(60.0),
         // A seed under which no demo request draws two malformed answers in a row (a malformed
         // 2xx is sent once more, then fails): see `no_demo_request_draws_two_malformed_answers_in_a_row`.
         seed: 2028,
@@ -103,8 +107,6 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         skip_invalid: false,
         run: RunArgs {
             base_url: Some(mock.base_url()),
-            concurrency: NonZeroUsize::new(16),
-            rpm: NonZeroU32::new(3600),
             no_progress: args.no_progress,
             grace: Duration::from_secs(5),
             via: Some(args.via),
