@@ -192,7 +192,7 @@ def heavy(workdir, big, rows):
     rows.append(("throughput, 100k requests, every attempt journaled", f"{rate:,.0f} requests/s", "≥ 20,000/s"))
     rows.append(("CPU per request (user + sys of the runner)", f"{cpu / 100_000 * 1e6:.0f} µs", "≤ 50 µs"))
 
-    # Ingestion comes before the first send (see README "Benchmarks"): how long it takes.
+    # Ingestion comes before the first send (see docs/benchmarks.md): how long it takes.
     path = input_path("prompts", big, write_input)
     first_mock = Mock()
     start = time.monotonic()

@@ -2,7 +2,7 @@
 //!
 //! Everything the runner decides about a failure starts from [`classify`], one function over the
 //! HTTP status, the error body's `code`, `type` and `message`, and the `x-should-retry` header. Its
-//! match arms are the README's "Error taxonomy" table, row for row: change one, change the other.
+//! match arms are the table of docs/error-taxonomy.md, row for row: change one, change the other.
 
 use serde::Deserialize;
 
@@ -166,7 +166,8 @@ pub enum Observation<'a> {
     Transport(TransportFailure),
 }
 
-/// Classifies one attempt. This is the whole taxonomy: the README table mirrors these arms.
+/// Classifies one attempt. This is the whole taxonomy: the table of docs/error-taxonomy.md
+/// mirrors these arms.
 pub fn classify(observation: Observation<'_>) -> Class {
     match observation {
         Observation::Transport(
@@ -396,12 +397,12 @@ mod tests {
         );
     }
 
-    /// The README's taxonomy table and `classify` agree row for row: each row's representative
-    /// observation gets the class the row names, in the table's order.
+    /// The taxonomy table of docs/error-taxonomy.md and `classify` agree row for row: each
+    /// row's representative observation gets the class the row names, in the table's order.
     #[test]
-    fn readme_table_matches_the_code_row_for_row() {
-        let readme = include_str!("../../README.md");
-        let table = &readme[readme.find("## Error taxonomy").expect("section")..];
+    fn documented_table_matches_the_code_row_for_row() {
+        let page = include_str!("../../docs/error-taxonomy.md");
+        let table = &page[page.find("# Error taxonomy").expect("section")..];
         let documented: Vec<&str> = table
             .lines()
             .skip_while(|l| !l.starts_with("| # |"))
@@ -451,6 +452,6 @@ mod tests {
             answer(302, "", whole),
         ];
         let coded: Vec<&str> = rows.iter().map(|c| c.journaled().as_str()).collect();
-        assert_eq!(documented, coded, "README table vs classify()");
+        assert_eq!(documented, coded, "taxonomy page vs classify()");
     }
 }
