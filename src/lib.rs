@@ -129,7 +129,7 @@ async fn blocking(f: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> an
 /// The async runtime a command runs on. A job's async work is waiting on sockets plus a little
 /// bookkeeping per request, and its SQLite work runs on the store's own thread: one runtime
 /// thread does the rest with far fewer wake-ups and context switches, and less CPU per request,
-/// than a pool of workers handing tasks to each other (measured in the README's benchmarks).
+/// than a pool of workers handing tasks to each other (measured in docs/benchmarks.md).
 /// The mock server (and `demo`, which runs one in-process) answers many connections at once
 /// and keeps a worker per core.
 ///

@@ -1,6 +1,6 @@
-//! How a command ends, as the process exit code (README "Exit codes").
+//! How a command ends, as the process exit code (README, "Exit codes").
 
-/// How a command ended, as the process exit code (see README "Exit codes").
+/// How a command ended, as the process exit code (see the README, "Exit codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// 0: every request succeeded (or the command had nothing to send).

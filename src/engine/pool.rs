@@ -55,7 +55,7 @@ const REFILL_DIVISOR: usize = 4;
 /// Requests claimed ahead at most, per slot of the pool. Against a fast server a claim can wait
 /// several milliseconds behind a batch of journal writes or a chunk of the file going in, while
 /// hundreds of answers arrive: with no more than one pool's worth claimed ahead, the pool ran
-/// empty a few times a second (measured on the README's nginx workload).
+/// empty a few times a second (measured on the nginx workload of docs/benchmarks.md).
 const AHEAD_PER_SLOT: usize = 8;
 
 /// Bytes of requests ([`Claimed::bytes`]) claimed ahead at most, whatever their number: large
@@ -494,8 +494,8 @@ impl WorkerPool {
     /// Starts claiming the next requests while those in flight are sent and answered, so that
     /// a slot that frees finds one ready instead of waiting for a store round trip. A claim is
     /// committed with the journal writes queued before it: one to several milliseconds against
-    /// a fast server, in which the pool would otherwise run dry (measured on the README's nginx
-    /// workload: the dispatcher waited for claims most of the run).
+    /// a fast server, in which the pool would otherwise run dry (measured on the nginx
+    /// workload of docs/benchmarks.md: the dispatcher waited for claims most of the run).
     ///
     /// Claimed requests are in flight in the store until sent or given back, and a crash
     /// journals each as interrupted, so no more are claimed ahead than the pace needs: a few

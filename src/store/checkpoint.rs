@@ -2,8 +2,8 @@
 //!
 //! SQLite checkpoints on the connection that commits: once the WAL holds 1,000 pages, one of
 //! the owner thread's commits also copies them into the database file and syncs it. That takes
-//! milliseconds, in which no claim is answered and the pool runs dry (measured on the README's
-//! nginx workload: half of the owner thread's time in batches went to the one batch in fifteen
+//! milliseconds, in which no claim is answered and the pool runs dry (measured on the nginx
+//! workload of docs/benchmarks.md: half of the owner thread's time in batches went to the one batch in fifteen
 //! that took over 3 ms, most of them checkpoints). The checkpointer is a thread with a
 //! connection of its own that copies what has been committed soon after each commit, at most
 //! every [`GATHER`], so the owner's automatic checkpoint finds little or nothing left to copy.
@@ -24,8 +24,8 @@ use crate::util::sync::lock;
 
 /// The least time between two checkpoints: the pages of many commits are copied together (a
 /// page written by many commits is copied once) with one pair of syncs. Measured on the
-/// README's nginx workload: 5 ms cost ~2 µs of CPU per request more than 20 ms, at the same
-/// throughput; 50 ms left more for the owner's own checkpoint, and throughput fell by ~6%.
+/// nginx workload of docs/benchmarks.md: 5 ms cost ~2 µs of CPU per request more than 20 ms,
+/// at the same throughput; 50 ms left more for the owner's own checkpoint, and throughput fell by ~6%.
 const GATHER: Duration = Duration::from_millis(20);
 
 /// The checkpointer thread; it stops, and is waited for, when dropped.

@@ -267,7 +267,7 @@ fn set_up_writer(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(open_err)?;
     conn.busy_handler(Some(wait_for_lock)).map_err(open_err)?;
     // WAL: readers never block the writer. synchronous=NORMAL: a commit survives a crash of the
-    // process (kill -9) but the last commits may be lost on power failure (see README).
+    // process (kill -9) but the last commits may be lost on power failure (see docs/guarantees.md).
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")

@@ -1,5 +1,5 @@
 //! The architecture, checked from the sources: every `crate::` and `super::` import points down
-//! the layers of README "Architecture", and no two files import each other through those paths,
+//! the layers of docs/architecture.md, and no two files import each other through those paths,
 //! directly or around a cycle. A module's own submodules are part of it: a parent names its
 //! children by relative paths (`framer::Framer`), which are not counted, so a child may use its
 //! parent's items (`super::StreamError`) as a facade's internals do. Test code (`#[cfg(test)]`
@@ -207,7 +207,7 @@ fn imports_point_down() {
     for module in graph.keys().filter(|m| !m.is_empty()) {
         assert!(
             layer(module).is_some(),
-            "{module} is in no layer: add it to LAYERS and the README"
+            "{module} is in no layer: add it to LAYERS and docs/architecture.md"
         );
     }
 }
