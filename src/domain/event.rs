@@ -34,6 +34,8 @@ pub enum EventKind {
     Limits,
     /// A rate-limit header held a value no limit can be (noted once per header and run).
     HeaderIgnored,
+    /// Two keys announced different limits: from then on each key is paced by its own.
+    KeyLimits,
     /// A run's pacing, as it ended: what bound it, the limits known, the pool's largest size.
     Pacing,
 }
@@ -52,6 +54,7 @@ named!(EventKind, "event kind", {
     BatchStatus => "batch_status",
     Limits => "limits",
     HeaderIgnored => "header_ignored",
+    KeyLimits => "key_limits",
     Pacing => "pacing",
 });
 
@@ -71,6 +74,7 @@ impl EventKind {
             | EventKind::BatchStatus
             | EventKind::Limits
             | EventKind::HeaderIgnored
+            | EventKind::KeyLimits
             | EventKind::Pacing => false,
         }
     }
@@ -89,6 +93,7 @@ impl EventKind {
             | EventKind::BatchStatus
             | EventKind::Limits
             | EventKind::HeaderIgnored
+            | EventKind::KeyLimits
             | EventKind::Pacing => false,
         }
     }

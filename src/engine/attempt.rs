@@ -75,10 +75,12 @@ pub(crate) async fn attempt(
     // service's health, the key's.
     let now = Instant::now();
     let refused = (reading.class == Class::RateLimited).then(|| refused_limit(&reading.error));
-    ctx.learn_limits(&reading.announced, refused, now).await?;
+    let key_fingerprint = lease.client.key_fingerprint();
+    ctx.learn_limits(key_fingerprint, &reading.announced, refused, now)
+        .await?;
     if let (Some(cost), Some(prompt)) = (sent.cost, reading.usage.prompt_tokens) {
         // Booked as tiktoken counted the prompt; the server counted it as `usage` says.
-        ctx.pacer.refund_tokens(
+        ctx.pacers.for_key(key_fingerprint).refund_tokens(
             cost.prompt
                 .saturating_sub(u64::try_from(prompt).unwrap_or(0)),
             now,

@@ -15,8 +15,9 @@ use crate::domain::{
 };
 use crate::engine::breaker::{Breaker, BreakerSettings, Transition};
 use crate::engine::keys::KeyPool;
+use crate::engine::pacers::Pacers;
 use crate::engine::progress::Tally;
-use crate::engine::rate_limit::{Limits, Pacer, TooLarge};
+use crate::engine::rate_limit::{Limits, TooLarge};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::sizing::{Signal, Sizing};
 use crate::http::hints::{Announced, LimitKind};
@@ -93,8 +94,8 @@ pub(crate) struct Context {
     pub(crate) breaker: Mutex<Breaker>,
     /// No dispatch before this instant: a 429 slows the whole pool, not one request.
     pub(crate) paused_until: Mutex<Option<Instant>>,
-    /// Pace learned from the server's rate-limit headers and 429s.
-    pub(crate) pacer: Pacer,
+    /// Pace learned from the server's rate-limit headers and 429s: the job's, or each key's.
+    pub(crate) pacers: Pacers,
     /// How many requests may be in flight ([`crate::engine::sizing`]).
     pub(crate) sizing: Mutex<Sizing>,
     /// The user's ceilings: requests and tokens per minute (`--rpm`, `--tpm`).
@@ -121,6 +122,7 @@ impl Context {
         tally: Arc<Tally>,
     ) -> Context {
         let now = Instant::now();
+        let pacers = Pacers::new(keys.len(), now);
         Context {
             job,
             store,
@@ -129,7 +131,7 @@ impl Context {
             tally,
             breaker: Mutex::new(Breaker::new(breaker)),
             paused_until: Mutex::new(None),
-            pacer: Pacer::new(now),
+            pacers,
             sizing: Mutex::new(Sizing::Fixed(1)),
             ceilings: Limits::default(),
             ignored_noted: Mutex::new(Vec::new()),
@@ -213,9 +215,9 @@ impl Context {
         let by_tpm = self
             .ceilings
             .tokens
-            .zip(self.pacer.cost_each())
+            .zip(self.pacers.shared().cost_each())
             .map(|(tpm, cost)| tpm as f64 / 60.0 / cost.max(1.0));
-        [by_rpm, by_tpm, self.pacer.request_rate()]
+        [by_rpm, by_tpm, self.pacers.request_rate()]
             .into_iter()
             .flatten()
             .reduce(f64::min)
@@ -226,12 +228,21 @@ impl Context {
     /// noted once.
     pub(crate) async fn learn_limits(
         &self,
+        key: Option<&str>,
         announced: &Announced,
         refused: Option<LimitKind>,
         now: Instant,
     ) -> Result<(), StoreError> {
-        if let Some(limits) = self.pacer.observe(announced, refused, now) {
+        let learned = self.pacers.observe(key, announced, refused, now);
+        if let Some(limits) = learned.changed {
             self.journal(EventKind::Limits, limits.describe()).await?;
+        }
+        if learned.split {
+            self.journal(
+                EventKind::KeyLimits,
+                "the keys announce limits of their own: each key is paced by its own".to_owned(),
+            )
+            .await?;
         }
         let first: Vec<(&'static str, String)> = {
             let mut noted = lock(&self.ignored_noted);

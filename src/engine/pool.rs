@@ -267,7 +267,7 @@ impl WorkerPool {
             requests: settings.rpm.map(|n| u64::from(n.get())),
             tokens: settings.tpm.map(|n| u64::from(n.get())),
         };
-        context.pacer.assume(settings.known_limits);
+        context.pacers.assume(settings.known_limits);
         let rate = context.known_rate();
         context.sizing = Mutex::new(Sizing::new(
             settings.concurrency,
@@ -347,7 +347,7 @@ impl WorkerPool {
             let sizing = lock(&ctx.sizing);
             (sizing.peak(), sizing.is_adaptive())
         };
-        let limits = ctx.pacer.announced();
+        let limits = ctx.pacers.shared().announced();
         let detail = format!(
             "bound by {} ({:.0}% of the waiting); limits announced: {}; in flight at most {peak} ({})",
             bound.as_str(),
@@ -545,8 +545,11 @@ impl WorkerPool {
                 (true, Pick::Key(lease)) => Some(lease),
                 (true | false, Pick::Key(_) | Pick::WaitUntil(_) | Pick::NoneLeft) => None,
             };
-            let paced = match lease {
-                Some(_) => self.pace(&request, stop).await?,
+            let paced = match &lease {
+                Some(lease) => {
+                    self.pace(&request, lease.client.key_fingerprint(), stop)
+                        .await?
+                }
                 None => Pace::Withdrawn,
             };
             let (Some(lease), Pace::Go(cost)) = (lease, paced) else {
@@ -573,10 +576,16 @@ impl WorkerPool {
     /// limit is known (`--tpm`, or one the server announced), and goes with the attempt.
     /// [`Pace::Withdrawn`] when a halt came first, or when the request can never fit `--tpm`
     /// (then it is journaled as failed, unsent, and the next request may go).
-    async fn pace(&self, request: &Claimed, stop: &CancellationToken) -> Result<Pace, StoreError> {
+    async fn pace(
+        &self,
+        request: &Claimed,
+        key: Option<&str>,
+        stop: &CancellationToken,
+    ) -> Result<Pace, StoreError> {
         let ctx = &self.context;
         let tally = &ctx.tally;
-        let cost = (self.tokens.is_some() || ctx.pacer.counts_tokens()).then(|| {
+        let pacer = ctx.pacers.for_key(key);
+        let cost = (self.tokens.is_some() || pacer.counts_tokens()).then(|| {
             let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
             cost(&request.url, &body, self.settings.default_output_tokens)
         });
@@ -592,7 +601,11 @@ impl WorkerPool {
                 tally.waited(Bound::Tokens, waiting.elapsed());
             }
             let now = Instant::now();
-            if let Some((slot, by)) = ctx.pacer.reserve(now, cost.map(Cost::total)) {
+            let tokens = cost.map(Cost::total);
+            if let Some(tokens) = tokens.filter(|_| !Arc::ptr_eq(&pacer, ctx.pacers.shared_arc())) {
+                ctx.pacers.shared().count_cost(tokens);
+            }
+            if let Some((slot, by)) = pacer.reserve(now, tokens) {
                 tokio::time::sleep_until(slot.into()).await;
                 let bound = match by {
                     LimitKind::Requests => Bound::Requests,

@@ -428,8 +428,14 @@ impl Pacer {
     /// The requests per second the server's pace allows: the request pace, or the token pace
     /// over the mean cost of a request, whichever is lower (`None`: not pacing).
     pub fn request_rate(&self) -> Option<f64> {
+        let cost = self.lock().cost_each;
+        self.request_rate_at(cost)
+    }
+
+    /// [`Pacer::request_rate`] with the mean token cost of a request given.
+    pub fn request_rate_at(&self, cost_each: Option<f64>) -> Option<f64> {
         let s = self.lock();
-        let by_tokens = match (s.tokens.rate, s.cost_each) {
+        let by_tokens = match (s.tokens.rate, cost_each) {
             (Some(rate), Some(cost)) if cost > 0.0 => Some(rate / cost),
             _ => None,
         };
@@ -437,6 +443,17 @@ impl Pacer {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Counts a request's token cost into the mean, without booking it (another pacer booked
+    /// it: a key's own).
+    pub fn count_cost(&self, tokens: u64) {
+        let mut s = self.lock();
+        let cost = tokens as f64;
+        s.cost_each = Some(
+            s.cost_each
+                .map_or(cost, |mean| mean + COST_SMOOTHING * (cost - mean)),
+        );
     }
 
     /// The mean token cost of the requests paced so far.

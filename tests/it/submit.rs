@@ -456,8 +456,8 @@ async fn ten_thousand_requests_through_ten_percent_missing_scope_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_and_the_wait_is_stored() {
     // Every request meets a 429 with retry-after 1.2 s during the first second (long enough
-    // for the runner to start on a loaded machine; its retries come after 1.2 s). The latency
-    // keeps all five in flight before the first 429 pauses the pool.
+    // for the runner to start on a loaded machine; its retries come after 1.2 s). A pool of
+    // five and the latency keep all five in flight before the first 429 pauses the pool.
     let fx = Fixture::for_job("wait")
         .mock(MockConfig {
             latency: Duration::from_millis(200),
@@ -472,7 +472,7 @@ async fn retry_after_is_honoured_and_the_wait_is_stored() {
         .prompts(0..5)
         .start()
         .await;
-    assert_eq!(fx.submit(&[]).await, Exit::Success);
+    assert_eq!(fx.submit(&["--concurrency", "5"]).await, Exit::Success);
     // No second attempt went out before the server's time.
     assert_eq!(early_retries(&fx.db(), 1200), 0);
     assert!(

@@ -142,6 +142,7 @@ fn breaker_spans(t: &Timeline) -> Vec<(i64, i64)> {
             | EventKind::BatchStatus
             | EventKind::Limits
             | EventKind::HeaderIgnored
+            | EventKind::KeyLimits
             | EventKind::Pacing => {}
         }
     }
