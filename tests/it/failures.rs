@@ -101,7 +101,7 @@ async fn a_two_minute_full_outage_fails_no_request_with_default_settings() {
 async fn rbac_denials_are_ridden_out_like_missing_scope() {
     let fx = Fixture::for_job("rbac")
         .mock(MockConfig {
-            spikes: spike(0, 300, Fault::RbacDenied),
+            spikes: spike(0, 1000, Fault::RbacDenied),
             ..MockConfig::default()
         })
         .prompts(0..50)
@@ -307,13 +307,15 @@ async fn every_form_of_retry_after_is_honoured(#[case] style: RetryAfterStyle) {
         .mock(MockConfig {
             retry_after: Duration::from_millis(1200),
             retry_after_style: style,
-            spikes: spike(0, 300, Fault::RateLimited),
+            spikes: spike(0, 1000, Fault::RateLimited),
             ..MockConfig::default()
         })
         .prompts(0..5)
         .start()
         .await;
-    assert_eq!(fx.submit(&[]).await, Exit::Success);
+    // All five at once, so that each meets the 429 window (a pool that sizes itself would
+    // start with one).
+    assert_eq!(fx.submit(&["--concurrency", "5"]).await, Exit::Success);
     let limited = query_i64(
         &fx.db(),
         "SELECT count(*) FROM attempts WHERE error_class = 'rate_limited'",
@@ -331,16 +333,22 @@ async fn every_form_of_retry_after_is_honoured(#[case] style: RetryAfterStyle) {
 async fn retry_failed_requeues_only_failed_requests_of_the_class_asked() {
     let mut text: String = (0..10).map(|i| format!("{}\n", prompt_line(i))).collect();
     text.push_str("{\"custom_id\":\"bad\",\"prompt\":\"x\",\"mock_status\":400}\n");
-    // 500s for the first 300 ms: with one transient attempt allowed, those requests fail.
+    // 500s for the first second (long enough for a run to start on a loaded machine): with
+    // one transient attempt allowed, those requests fail.
     let fx = Fixture::for_job("retry")
         .mock(MockConfig {
-            spikes: spike(0, 300, Fault::ServerError),
+            spikes: spike(0, 1000, Fault::ServerError),
             ..MockConfig::default()
         })
         .input(text)
         .start()
         .await;
-    assert_eq!(fx.submit(&["--max-attempts", "1"]).await, Exit::SomeFailed);
+    // All eleven at once, into the 500s.
+    assert_eq!(
+        fx.submit(&["--max-attempts", "1", "--concurrency", "16"])
+            .await,
+        Exit::SomeFailed
+    );
     assert_eq!(requests_in(&fx.db(), "failed"), 11);
     wait_until_healthy(&fx.url()).await;
 
