@@ -29,6 +29,7 @@ import http.client
 import http.server
 import io
 import json
+import re
 import os
 import signal
 import socketserver
@@ -180,6 +181,31 @@ def mid_read(binary, work, run_env, check):
           f"no line was sent twice ({len(bodies)} sent, {len(set(bodies))} different, {done} succeeded)")
 
 
+def self_sized(binary, work, run_env, check):
+    """No --concurrency against a server that announces no limits and serves one request at a
+    time: the pool finds that from the latency (and from cut streams, where the server cuts
+    them), grows no further than the server can take, and every line succeeds within three
+    attempts."""
+    src = os.path.join(work, "selfsized.jsonl")
+    n = 16
+    with open(src, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"custom_id": f"s-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "smollm2", "max_tokens": 24, "stream": i % 4 == 0,
+                                         "messages": [{"role": "user", "content": f"Count to {i + 3}."}]}}) + "\n")
+    db = os.path.join(work, "selfsized.db")
+    run = subprocess.run([binary, "submit", src, "--db", db, "--max-attempts", "3", "--no-progress",
+                          "--timeout", "120s"], env=run_env, capture_output=True, text=True, timeout=900)
+    print(run.stderr.strip())
+    check(run.returncode == 0, f"a self-sized pool finishes every line within 3 attempts (exit {run.returncode})")
+    status = subprocess.run([binary, "status", "--db", db, "--json"], env=run_env,
+                            capture_output=True, text=True, timeout=60)
+    pacing = (json.loads(status.stdout or "{}").get("pacing") or {}).get("last_run") or ""
+    peak = re.search(r"in flight at most (\d+)", pacing)
+    check(peak is not None and int(peak.group(1)) <= 4,
+          f"the pool stayed near the server's one slot: {pacing!r}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.environ.get("RUNNER_BIN",
@@ -290,6 +316,8 @@ def main():
         sent = [s for s in Recorder.seen[before:] if s["path"].endswith("/chat/completions")]
         check(len(sent) == 3, f"each of its lines was sent once, directly ({len(sent)})")
 
+
+    self_sized(args.bin, work, run_env, check)
 
     mid_read(args.bin, work, run_env, check)
 
