@@ -92,5 +92,10 @@ impl Ending {
             (Exit::Success, Some(reason)) => crate::say!("{job}: {}", printable(reason)),
             (Exit::Success | Exit::Stopped, None) => {}
         }
+        if counts.succeeded + counts.failed > 0 {
+            crate::say!(
+                "{job}: next: `runner export --job {job} --format csv --output {job}-results.csv` · `runner status --job {job}` (with --db as given here)"
+            );
+        }
     }
 }

@@ -149,6 +149,7 @@ pub fn sqlite_code(e: &StoreError) -> Option<ErrorCode> {
         StoreError::Create { .. }
         | StoreError::NewerSchema { .. }
         | StoreError::JobNotFound(_)
+        | StoreError::NoJournal(_)
         | StoreError::NoJobs
         | StoreError::Input(_)
         | StoreError::Corrupt(_)
@@ -175,6 +176,7 @@ pub fn diagnose_store(path: &Path, e: &StoreError) -> Option<StorageFault> {
             .map(|kind| kind.with(path, failure.message.clone())),
         StoreError::NewerSchema { .. }
         | StoreError::JobNotFound(_)
+        | StoreError::NoJournal(_)
         | StoreError::NoJobs
         | StoreError::Input(_)
         | StoreError::Corrupt(_)

@@ -151,6 +151,12 @@ pub enum StoreError {
     /// No job of that name.
     #[error("no job named '{0}' in this database: `runner jobs` lists them")]
     JobNotFound(String),
+    /// A read-only command found no journal where it looked.
+    #[error(
+        "no journal at {}: run `runner submit FILE` here first, or pass --db PATH to the journal of an earlier run",
+        .0.display()
+    )]
+    NoJournal(PathBuf),
     /// The database holds no job.
     #[error("this database holds no job yet: start one with `runner submit FILE`")]
     NoJobs,
@@ -308,6 +314,9 @@ fn wait_for_lock(tries: i32) -> bool {
 /// # Errors
 /// [`StoreError::Open`] when it does not exist or cannot be read; [`StoreError::NewerSchema`].
 pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::NoJournal(path.to_owned()));
+    }
     let open_err = |source| StoreError::Open {
         path: path.to_owned(),
         source,
