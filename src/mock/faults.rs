@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::answer::Answer;
-use super::limit::Limit;
 use super::{MockConfig, RetryAfterStyle};
 
 /// A failure the mock can inject, from a rate, a spike or both.
@@ -544,5 +543,24 @@ pub(crate) fn go_duration(duration: Duration) -> String {
         format!("{seconds}s")
     } else {
         format!("{minutes}m{seconds}s")
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// Requests per minute (429 type `requests`).
+    Requests,
+    /// Tokens per minute (429 type `tokens`).
+    Tokens,
+}
+
+impl Limit {
+    /// The `type` of its 429s, and the unit of its headers: `requests` or `tokens`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Limit::Requests => "requests",
+            Limit::Tokens => "tokens",
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::MockConfig;
 use super::answer::Answer;
-use super::faults;
+use super::faults::{self, Limit};
 
 /// The output tokens a request that names no maximum (`max_completion_tokens`, `max_tokens`,
 /// `max_output_tokens`) is counted for against the token limit: the limit counts the most a
@@ -144,25 +144,6 @@ impl Bucket {
             limit_per_minute: limit,
             remaining: (limit as f64 - lacking).max(0.0).floor() as u64,
             reset: self.time_for(lacking),
-        }
-    }
-}
-
-/// Which limit refused a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Limit {
-    /// Requests per minute (429 type `requests`).
-    Requests,
-    /// Tokens per minute (429 type `tokens`).
-    Tokens,
-}
-
-impl Limit {
-    /// The `type` of its 429s, and the unit of its headers: `requests` or `tokens`.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Limit::Requests => "requests",
-            Limit::Tokens => "tokens",
         }
     }
 }

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::limit::{Admission, Limit};
+use super::faults::Limit;
+use super::limit::Admission;
 use super::{BatchCounts, body_key};
 
 /// A snapshot of everything the mock has answered (`GET /mock/stats` serves it as JSON).
