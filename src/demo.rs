@@ -97,6 +97,11 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         db: DbArgs {
             db: args.db.clone(),
         },
+        format: None,
+        prompt_column: None,
+        template: None,
+        system: None,
+        max_tokens: None,
         endpoint: None,
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: crate::input::DEFAULT_MAX_LINE_BYTES,
@@ -191,6 +196,7 @@ mod tests {
             endpoint: CHAT_ENDPOINT.to_owned(),
             model: Some("gpt-4o-mini".into()),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            ..InputOptions::default()
         };
         let reader = InputReader::new(
             PathBuf::from("demo.jsonl"),

@@ -76,6 +76,11 @@ impl InputReader {
                 serde_json::json!([{"role": "user", "content": text}]),
             );
         }
+        if let (Some(n), Some(field)) = (self.options.max_tokens, output_limit_field(&url))
+            && !OUTPUT_LIMITS.iter().any(|k| body.contains_key(*k))
+        {
+            body.insert(field.into(), n.into());
+        }
         let method = method.as_str().to_owned();
         // Writing the body out and hashing it cannot fail: a check has nothing to learn there.
         let (body, body_hash) = if self.checking {
@@ -204,6 +209,24 @@ impl Method {
             Method::Get => "GET",
             Method::Delete => "DELETE",
         }
+    }
+}
+
+/// The fields that limit a request's output: a line that has one keeps it (`--max-tokens` is
+/// for the lines that have none).
+const OUTPUT_LIMITS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+
+/// The field that `--max-tokens` sets in a body sent to `url`: `max_output_tokens` for the
+/// Responses API, `max_tokens` for chat and legacy completions; none for the endpoints that
+/// produce no text (embeddings, moderations, …), which would refuse it.
+fn output_limit_field(url: &str) -> Option<&'static str> {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    if path.ends_with("/responses") {
+        Some("max_output_tokens")
+    } else if path.ends_with("/completions") {
+        Some("max_tokens")
+    } else {
+        None
     }
 }
 

@@ -1,17 +1,33 @@
-//! JSONL input, streamed line by line into [`Prompt`]s.
+//! Input files, streamed into [`Prompt`]s: JSONL, spreadsheets (CSV, TSV) and plain text.
 //!
-//! Two line formats are accepted: a Batch API line `{"custom_id", "method", "url", "body"}`, and a
-//! plain request body (`{"model": …, "messages": […]}`) sent to the job's endpoint. The reader
-//! never holds more than one line; every error names the file and the line.
+//! One [`InputReader`] reads every format ([`InputFormat`]) and yields the same items, so the
+//! check, the staged ingest and the feed treat them all alike:
+//!
+//! - JSONL (`input/jsonl.rs`): a Batch API line `{"custom_id", "method", "url", "body"}`, or a
+//!   plain request body (`{"model": …, "messages": […]}`) sent to the job's endpoint.
+//! - CSV and TSV (`input/table.rs`): a header row, then one chat request per row; the prompt from
+//!   a column or a [`Template`] over the columns, the id from an `id` or `custom_id` column,
+//!   every other column kept as the request's metadata.
+//! - Plain text: one chat request per non-blank line.
+//!
+//! The reader never holds more than one line (or row); every error names the file and the line
+//! (for a row, the line where it starts).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 mod check;
+mod columns;
+mod format;
 mod jsonl;
+mod table;
+mod template;
 
 pub use check::{Checked, check};
+pub use format::{InputFormat, PromptFrom};
+pub use table::TableLayout;
+pub use template::{Template, TemplateError};
 
 /// Default for [`InputOptions::max_line_bytes`]: well above any sane request body.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
@@ -19,15 +35,40 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 /// The chat endpoint, where `{"prompt": "text"}` becomes one user message.
 pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
 
-/// How plain lines become requests.
+/// How the file is read and how its lines (or rows) become requests.
 #[derive(Clone, Debug)]
 pub struct InputOptions {
-    /// Endpoint path for plain lines, e.g. `/v1/chat/completions`.
+    /// Endpoint path for plain JSONL lines, e.g. `/v1/chat/completions`. Rows and text lines
+    /// always go to [`CHAT_ENDPOINT`].
     pub endpoint: String,
     /// Fills a missing `model` in every body.
     pub model: Option<String>,
-    /// A longer line is an error rather than an allocation of any size.
+    /// A longer line (or row) is an error rather than an allocation of any size.
     pub max_line_bytes: usize,
+    /// JSONL, CSV, TSV or plain text.
+    pub format: InputFormat,
+    /// Where a row's prompt comes from (CSV and TSV).
+    pub prompt: PromptFrom,
+    /// A system message put before each row's or text line's prompt.
+    pub system: Option<String>,
+    /// `max_tokens` set in every body that has no output limit of its own
+    /// (`max_output_tokens` for the Responses API).
+    pub max_tokens: Option<u32>,
+}
+
+impl Default for InputOptions {
+    /// JSONL to the chat endpoint, no model, the default line limit.
+    fn default() -> Self {
+        InputOptions {
+            endpoint: CHAT_ENDPOINT.to_owned(),
+            model: None,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            format: InputFormat::Jsonl,
+            prompt: PromptFrom::Auto,
+            system: None,
+            max_tokens: None,
+        }
+    }
 }
 
 /// One request read from the input.
@@ -116,6 +157,18 @@ pub enum InputError {
         /// What is wrong, in words.
         reason: String,
     },
+    /// A spreadsheet's header row cannot be read, or does not fit the options (a column the
+    /// template or `--prompt-column` names is missing, no column holds the prompt). Reading
+    /// stops there: no row can be understood without it.
+    #[error("{}:{line}: {reason}", path.display())]
+    Columns {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number of the header row.
+        line: u64,
+        /// What is wrong and what to do, in words.
+        reason: String,
+    },
     /// The same custom_id appears twice.
     #[error("{}:{line}: custom_id '{custom_id}' is already used on line {first_line}: custom_id must be unique within a job", path.display())]
     DuplicateCustomId {
@@ -160,6 +213,7 @@ impl InputError {
             | InputError::TooLong { line, .. }
             | InputError::Json { line, .. }
             | InputError::Invalid { line, .. }
+            | InputError::Columns { line, .. }
             | InputError::DuplicateCustomId { line, .. }
             | InputError::ChangedBody { line, .. } => Some(*line),
             InputError::Io { .. } | InputError::Empty { .. } | InputError::Changed { .. } => None,
@@ -176,6 +230,7 @@ impl InputError {
             | InputError::Json { .. }
             | InputError::Invalid { .. } => true,
             InputError::Io { .. }
+            | InputError::Columns { .. }
             | InputError::DuplicateCustomId { .. }
             | InputError::ChangedBody { .. }
             | InputError::Empty { .. }
@@ -191,6 +246,7 @@ impl InputError {
             InputError::TooLong { .. } => "line_too_long",
             InputError::Json { .. } => "malformed_json",
             InputError::Invalid { .. } => "invalid_request",
+            InputError::Columns { .. } => "bad_columns",
             InputError::DuplicateCustomId { .. } => "duplicate_custom_id",
             InputError::ChangedBody { .. } => "changed_body",
             InputError::Empty { .. } => "empty_input",
@@ -199,7 +255,8 @@ impl InputError {
     }
 }
 
-/// Streams [`Prompt`]s out of a JSONL source. Also fingerprints the raw bytes it reads.
+/// Streams [`Prompt`]s out of an input file in any [`InputFormat`]. Also fingerprints the raw
+/// bytes it reads.
 pub struct InputReader {
     path: PathBuf,
     source: Box<dyn BufRead + Send>,
@@ -211,6 +268,8 @@ pub struct InputReader {
     skip_invalid: bool,
     /// Lines are checked, not kept ([`check`]): a prompt's body is left unwritten and unhashed.
     checking: bool,
+    /// The CSV or TSV parser and what the header row said; `None` for line formats.
+    table: Option<Box<table::Table>>,
 }
 
 impl InputReader {
@@ -232,7 +291,12 @@ impl InputReader {
 
     /// Reads from any buffered source; `path` is only used in messages.
     pub fn new(path: PathBuf, source: Box<dyn BufRead + Send>, options: InputOptions) -> Self {
+        let table = options
+            .format
+            .delimiter()
+            .map(|delimiter| Box::new(table::Table::new(delimiter)));
         InputReader {
+            table,
             path,
             source,
             options,
@@ -263,8 +327,32 @@ impl InputReader {
     /// a valid request: a top-level string `custom_id` when the line is a JSON object, else the
     /// first `"custom_id": "…"` in its text (a truncated or malformed line usually starts with
     /// it). Of an over-long line only the first `--max-line-bytes` bytes are searched.
+    ///
+    /// For a spreadsheet row, the trimmed cell of its id column, when the row could be split
+    /// into cells; for a plain text line, `None`.
     pub fn salvaged_custom_id(&self) -> Option<String> {
-        jsonl::salvage_custom_id(&self.buf)
+        match (self.options.format, &self.table) {
+            (_, Some(table)) => table.salvaged_id(),
+            (InputFormat::Txt, None) => None,
+            (InputFormat::Jsonl | InputFormat::Csv | InputFormat::Tsv, None) => {
+                jsonl::salvage_custom_id(&self.buf)
+            }
+        }
+    }
+
+    /// The cells of the spreadsheet row last read, as a metadata object (JSON text), when it is
+    /// not a valid request but could be split into cells: kept with the row's failed request
+    /// (`--skip-invalid`) so that the export shows the row as it was. `None` for other formats.
+    pub fn salvaged_metadata(&self) -> Option<String> {
+        self.table
+            .as_ref()
+            .and_then(|table| table.salvaged_metadata())
+    }
+
+    /// The spreadsheet's layout (its columns, and which hold the id and the prompt), once its
+    /// header row is read; `None` for other formats.
+    pub fn layout(&self) -> Option<&TableLayout> {
+        self.table.as_ref().and_then(|table| table.layout())
     }
 
     /// The file named in messages.
@@ -358,10 +446,9 @@ impl InputReader {
     }
 }
 
-impl Iterator for InputReader {
-    type Item = Result<Prompt, InputError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl InputReader {
+    /// The next request of a line format (JSONL, plain text).
+    fn next_line(&mut self) -> Option<Result<Prompt, InputError>> {
         while !self.done {
             match self.read_line() {
                 Ok(false) => self.done = true,
@@ -374,7 +461,12 @@ impl Iterator for InputReader {
                     if raw.is_empty() {
                         continue;
                     }
-                    return Some(self.parse_line(raw));
+                    return Some(match self.options.format {
+                        InputFormat::Txt => self.text_line(raw),
+                        InputFormat::Jsonl | InputFormat::Csv | InputFormat::Tsv => {
+                            self.parse_line(raw)
+                        }
+                    });
                 }
                 Err(e) => {
                     // Reading past a broken line would misnumber every later line, unless the
@@ -385,6 +477,68 @@ impl Iterator for InputReader {
             }
         }
         None
+    }
+
+    /// A plain text line: the whole (trimmed) line is the prompt.
+    fn text_line(&self, raw: &[u8]) -> Result<Prompt, InputError> {
+        let text = std::str::from_utf8(raw).map_err(|_| InputError::Utf8 {
+            path: self.path.clone(),
+            line: self.line,
+        })?;
+        Ok(self.chat_prompt(None, text, None))
+    }
+
+    /// The chat request of a spreadsheet row or a text line: `messages` of the system message
+    /// (if any) and `text` as the user's, the model and `max_tokens` of the options.
+    fn chat_prompt(
+        &self,
+        custom_id: Option<String>,
+        text: &str,
+        metadata: Option<String>,
+    ) -> Prompt {
+        let (method, url) = ("POST".to_owned(), CHAT_ENDPOINT.to_owned());
+        // As for a JSONL line: a check has nothing to learn from writing the body out.
+        let (body, body_hash) = if self.checking {
+            (String::new(), String::new())
+        } else {
+            let mut messages = Vec::with_capacity(2);
+            if let Some(system) = &self.options.system {
+                messages.push(serde_json::json!({"role": "system", "content": system}));
+            }
+            messages.push(serde_json::json!({"role": "user", "content": text}));
+            let mut body = serde_json::Map::new();
+            if let Some(model) = &self.options.model {
+                body.insert("model".into(), model.clone().into());
+            }
+            body.insert("messages".into(), messages.into());
+            if let Some(n) = self.options.max_tokens {
+                body.insert("max_tokens".into(), n.into());
+            }
+            let body = serde_json::Value::Object(body).to_string();
+            let body_hash = content_hash(&method, &url, &body);
+            (body, body_hash)
+        };
+        Prompt {
+            line: self.line,
+            custom_id,
+            method,
+            url,
+            body,
+            body_hash,
+            metadata,
+            headers: None,
+        }
+    }
+}
+
+impl Iterator for InputReader {
+    type Item = Result<Prompt, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.table {
+            Some(_) => self.next_row(),
+            None => self.next_line(),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ fn options() -> InputOptions {
         endpoint: CHAT_ENDPOINT.into(),
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: 1024,
+        ..InputOptions::default()
     }
 }
 

@@ -37,10 +37,13 @@ pub struct Job {
     /// Its file is still being read into it (or a runner stopped while reading it): `resume`
     /// reads the rest first (see `store::ingest::direct`).
     pub reading_input: bool,
+    /// A spreadsheet job's columns, as JSON (`input::TableLayout`); `None` for other formats.
+    #[serde(skip)]
+    pub input_layout: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "id, name, input_path, input_fingerprint, config, state, state_reason, \
-                           created_at, updated_at, reading_input";
+                           created_at, updated_at, reading_input, input_layout";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -54,6 +57,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
         reading_input: row.get(9)?,
+        input_layout: row.get(10)?,
     })
 }
 
