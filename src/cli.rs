@@ -395,6 +395,15 @@ pub enum ExportFormat {
     Jsonl,
 }
 
+/// Column layouts of a CSV export.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportLayout {
+    /// A spreadsheet job's input columns first, in their order and with their names, then the answer columns
+    Input,
+    /// The fixed columns of every job (custom_id, status, …, metadata, prompt)
+    Standard,
+}
+
 /// `runner export`.
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
@@ -407,6 +416,9 @@ pub struct ExportArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
+    /// CSV columns [default: input for a job submitted from a .csv or .tsv file, else standard]
+    #[arg(long, value_enum, value_name = "LAYOUT")]
+    pub layout: Option<ExportLayout>,
     /// Write here (created with mode 0600) instead of stdout
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,

@@ -134,6 +134,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
             db: args.db.clone(),
         },
         format: ExportFormat::Csv,
+        layout: None,
         output: Some(args.output.clone()),
         no_sanitize: false,
     };
