@@ -36,6 +36,7 @@ fn parse_1000_lines(bencher: divan::Bencher) {
                 endpoint: CHAT_ENDPOINT.into(),
                 model: Some("gpt-4o-mini".into()),
                 max_line_bytes: 1 << 20,
+                ..InputOptions::default()
             },
         );
         reader.map(|p| p.map(|p| p.line).unwrap_or(0)).sum::<u64>()
@@ -102,6 +103,7 @@ fn journal_1000_attempts(bencher: divan::Bencher) {
                     endpoint: CHAT_ENDPOINT.into(),
                     model: Some("gpt-4o-mini".into()),
                     max_line_bytes: 1 << 20,
+                    ..InputOptions::default()
                 },
             );
             runner::store::ingest::ingest(&conn, job.id, reader).expect("ingest");

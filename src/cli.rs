@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::domain::{AttemptClass, PriceOverride, UnknownName};
-use crate::input::DEFAULT_MAX_LINE_BYTES;
+use crate::input::{DEFAULT_MAX_LINE_BYTES, InputFormat, Template};
 use crate::mock::MockArgs;
 
 pub mod docs;
@@ -33,7 +33,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Send every request of a JSONL file; submitting the same file again resumes its job
+    /// Send every request of a JSONL, CSV, TSV or text file; submitting the same file again resumes its job
     Submit(SubmitArgs),
     /// Continue a job that was interrupted or stopped
     Resume(ResumeArgs),
@@ -250,27 +250,50 @@ impl FromStr for RetryBudget {
     }
 }
 
+/// A command line whose flags do not fit together, or do not fit the input they are given
+/// with (`--template` with a JSONL file, say): exit code 2, as clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// `runner submit`.
 #[derive(Args, Debug, Clone)]
 pub struct SubmitArgs {
-    /// JSONL input: Batch API lines or plain request bodies, one per line
+    /// The input: JSONL (Batch API lines or plain request bodies, one per line), a spreadsheet
+    /// with a header row (.csv, .tsv: one chat request per row), or plain text (.txt: one prompt
+    /// per line)
     pub file: PathBuf,
+    /// How to read FILE [default: by its extension: .csv, .tsv, .txt; anything else is JSONL]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<InputFormat>,
+    /// CSV/TSV: the column that holds each row's prompt [default: the column named prompt, else the only column besides id]
+    #[arg(long, value_name = "NAME", conflicts_with = "template")]
+    pub prompt_column: Option<String>,
+    /// CSV/TSV: write each row's prompt from its cells, e.g. 'Classify the review: {review}'; {{ and }} are a literal { and }
+    #[arg(long, value_name = "TEXT")]
+    pub template: Option<Template>,
+    /// CSV/TSV/TXT: a system message sent before each prompt (stored with the job)
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// max_tokens of every request that sets no output limit of its own (max_output_tokens for /v1/responses; stored with the job)
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<NonZeroU32>,
     /// Job name [default: the file's stem]
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,
-    /// Endpoint for plain lines (Batch lines carry their own url) [default: /v1/chat/completions]
+    /// Endpoint for plain JSONL lines (Batch lines carry their own url; rows and text lines go to /v1/chat/completions) [default: /v1/chat/completions]
     #[arg(long, value_name = "PATH")]
     pub endpoint: Option<String>,
-    /// Model for bodies that name none
+    /// Model for bodies that name none (required for CSV, TSV and TXT input, unless stored with the job)
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
-    /// Longest input line accepted, in bytes
+    /// Longest input line (or spreadsheet row) accepted, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
-    /// Record each line that is not a valid request as a failed request (error class
+    /// Record each line (or row) that is not a valid request as a failed request (error class
     /// invalid_input) and run the rest, instead of refusing the whole file. A repeated custom_id
     /// or a changed body is still refused
     #[arg(long)]
@@ -372,6 +395,15 @@ pub enum ExportFormat {
     Jsonl,
 }
 
+/// Column layouts of a CSV export.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportLayout {
+    /// A spreadsheet job's input columns first, in their order and with their names, then the answer columns
+    Input,
+    /// The fixed columns of every job (custom_id, status, …, metadata, prompt)
+    Standard,
+}
+
 /// `runner export`.
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
@@ -384,6 +416,9 @@ pub struct ExportArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
     pub format: ExportFormat,
+    /// CSV columns [default: input for a job submitted from a .csv or .tsv file, else standard]
+    #[arg(long, value_enum, value_name = "LAYOUT")]
+    pub layout: Option<ExportLayout>,
     /// Write here (created with mode 0600) instead of stdout
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,

@@ -101,6 +101,11 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         db: DbArgs {
             db: args.db.clone(),
         },
+        format: None,
+        prompt_column: None,
+        template: None,
+        system: None,
+        max_tokens: None,
         endpoint: None,
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: crate::input::DEFAULT_MAX_LINE_BYTES,
@@ -131,6 +136,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
             db: args.db.clone(),
         },
         format: ExportFormat::Csv,
+        layout: None,
         output: Some(args.output.clone()),
         no_sanitize: false,
     };
@@ -193,6 +199,7 @@ mod tests {
             endpoint: CHAT_ENDPOINT.to_owned(),
             model: Some("gpt-4o-mini".into()),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            ..InputOptions::default()
         };
         let reader = InputReader::new(
             PathBuf::from("demo.jsonl"),

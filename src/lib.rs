@@ -43,8 +43,8 @@
 //!   [`http::batch`] calls the hosted Batch API (Files and Batches).
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests),
 //!   with the Files and Batches endpoints.
-//! - [`input`]: JSONL → [`input::Prompt`], streamed, every error naming file and line;
-//!   [`input::check`] reads a whole file first.
+//! - [`input`]: JSONL, CSV/TSV spreadsheets and plain text → [`input::Prompt`], streamed, every
+//!   error naming file and line; [`input::check`] reads a whole file first.
 //! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
 //!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
@@ -156,11 +156,16 @@ pub fn runtime_for(command: &Command) -> io::Result<tokio::runtime::Runtime> {
 }
 
 /// Turns a command's result into the process exit code, printing the error if there is one.
-/// Writing into a closed pipe (`runner export | head`) is not an error.
+/// Writing into a closed pipe (`runner export | head`) is not an error; a [`cli::UsageError`]
+/// exits 2, as clap's own usage errors do.
 pub fn exit_code(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|cause| cause.is::<cli::UsageError>()) => {
+            crate::say!("runner: {}", message(&e));
+            ExitCode::from(2)
+        }
         Err(e) => {
             crate::say!("runner: {}", message(&e));
             ExitCode::from(1)

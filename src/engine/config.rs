@@ -15,6 +15,10 @@ use crate::engine::retry::{Budgets, RetryPolicy};
 use crate::http::client::{ApiKey, AuthStyle, ClientSettings};
 use crate::input::{CHAT_ENDPOINT, InputOptions};
 
+mod input;
+
+pub use input::InputSettings;
+
 /// The OpenAI SDKs' default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 /// The pool the breaker's window is sized for when the pool sizes itself: its window is then
@@ -159,6 +163,10 @@ pub struct JobSettings {
     /// How requests are sent: directly, or through the hosted Batch API (`--via`).
     #[serde(default)]
     pub batch: BatchSettings,
+    /// How the job's file is read: its format, a spreadsheet's prompt, the system message,
+    /// `--max-tokens`.
+    #[serde(default)]
+    pub input: InputSettings,
 }
 
 /// How a job uses the hosted Batch API (`--via batch` and its flags).
@@ -287,15 +295,21 @@ impl JobSettings {
             auth: None,
             api_version: None,
             batch: BatchSettings::default(),
+            input: InputSettings::default(),
         }
     }
 
-    /// How the job's file is read: its endpoint and model for plain lines, its line limit.
+    /// How the job's file is read: its format, its endpoint and model for plain lines, its line
+    /// limit, a spreadsheet's prompt, the system message and `max_tokens`.
     pub fn input_options(&self) -> InputOptions {
         InputOptions {
             endpoint: self.endpoint.clone(),
             model: self.model.clone(),
             max_line_bytes: self.max_line_bytes,
+            format: self.input.format,
+            prompt: self.input.prompt.clone(),
+            system: self.input.system.clone(),
+            max_tokens: self.input.max_tokens,
         }
     }
 

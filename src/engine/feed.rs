@@ -80,6 +80,8 @@ pub struct Feeder {
     requests: u64,
     /// The fingerprint of the file the check read: the second read must read the same bytes.
     fingerprint: String,
+    /// The spreadsheet layout the check read, recorded with the first chunk.
+    layout: Option<String>,
     path: PathBuf,
     parsed: mpsc::Receiver<Parsed>,
     status: watch::Sender<Reading>,
@@ -96,6 +98,7 @@ impl Feeder {
             job,
             requests: checked.requests,
             fingerprint: checked.fingerprint.clone(),
+            layout: checked.layout.clone(),
             path,
             parsed,
             status: watch::channel(Reading::Going).0,
@@ -116,10 +119,11 @@ impl Feeder {
         let job = self.job;
         let parsed = self.recv().await?;
         let path = self.path.clone();
+        let layout = self.layout.clone();
         store
             .call(move |c| {
                 atomically(c, |c| {
-                    direct::begin(c, job)?;
+                    direct::begin(c, job, layout.as_deref())?;
                     then(c)?;
                     write(c, job, &path, parsed)
                 })

@@ -72,6 +72,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             settings.model = Some(model.clone());
         }
         settings.apply(&args.run);
+        settings.apply_input(&args)?;
         settings.max_line_bytes = args.max_line_bytes;
         let destination = destination::settle(&mut settings, existing.is_some(), &args.run, env);
         settings.check(env)?;

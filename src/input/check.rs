@@ -35,6 +35,8 @@ pub struct Checked {
     pub direct: bool,
     /// blake3 of the whole file as read.
     pub fingerprint: String,
+    /// A spreadsheet's layout as stored with the job (JSON, see [`super::TableLayout`]).
+    pub layout: Option<String>,
 }
 
 /// Lines read between two looks at whether the check should stop.
@@ -77,6 +79,7 @@ pub fn check(
         requests,
         direct,
         fingerprint: reader.fingerprint(),
+        layout: reader.layout().map(super::TableLayout::to_json),
     }))
 }
 

@@ -1,18 +1,33 @@
-//! JSONL input, streamed line by line into [`Prompt`]s.
+//! Input files, streamed into [`Prompt`]s: JSONL, spreadsheets (CSV, TSV) and plain text.
 //!
-//! Two line formats are accepted: a Batch API line `{"custom_id", "method", "url", "body"}`, and a
-//! plain request body (`{"model": …, "messages": […]}`) sent to the job's endpoint. The reader
-//! never holds more than one line; every error names the file and the line.
+//! One [`InputReader`] reads every format ([`InputFormat`]) and yields the same items, so the
+//! check, the staged ingest and the feed treat them all alike:
+//!
+//! - JSONL (`input/jsonl.rs`): a Batch API line `{"custom_id", "method", "url", "body"}`, or a
+//!   plain request body (`{"model": …, "messages": […]}`) sent to the job's endpoint.
+//! - CSV and TSV (`input/table.rs`): a header row, then one chat request per row; the prompt from
+//!   a column or a [`Template`] over the columns, the id from an `id` or `custom_id` column,
+//!   every other column kept as the request's metadata.
+//! - Plain text: one chat request per non-blank line.
+//!
+//! The reader never holds more than one line (or row); every error names the file and the line
+//! (for a row, the line where it starts).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
-
 mod check;
+mod columns;
+mod format;
+mod jsonl;
+mod table;
+mod template;
 
 pub use check::{Checked, check};
+pub use format::{InputFormat, PromptFrom};
+pub use table::TableLayout;
+pub use template::{Template, TemplateError};
 
 /// Default for [`InputOptions::max_line_bytes`]: well above any sane request body.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
@@ -20,15 +35,40 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 /// The chat endpoint, where `{"prompt": "text"}` becomes one user message.
 pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
 
-/// How plain lines become requests.
+/// How the file is read and how its lines (or rows) become requests.
 #[derive(Clone, Debug)]
 pub struct InputOptions {
-    /// Endpoint path for plain lines, e.g. `/v1/chat/completions`.
+    /// Endpoint path for plain JSONL lines, e.g. `/v1/chat/completions`. Rows and text lines
+    /// always go to [`CHAT_ENDPOINT`].
     pub endpoint: String,
     /// Fills a missing `model` in every body.
     pub model: Option<String>,
-    /// A longer line is an error rather than an allocation of any size.
+    /// A longer line (or row) is an error rather than an allocation of any size.
     pub max_line_bytes: usize,
+    /// JSONL, CSV, TSV or plain text.
+    pub format: InputFormat,
+    /// Where a row's prompt comes from (CSV and TSV).
+    pub prompt: PromptFrom,
+    /// A system message put before each row's or text line's prompt.
+    pub system: Option<String>,
+    /// `max_tokens` set in every body that has no output limit of its own
+    /// (`max_output_tokens` for the Responses API).
+    pub max_tokens: Option<u32>,
+}
+
+impl Default for InputOptions {
+    /// JSONL to the chat endpoint, no model, the default line limit.
+    fn default() -> Self {
+        InputOptions {
+            endpoint: CHAT_ENDPOINT.to_owned(),
+            model: None,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            format: InputFormat::Jsonl,
+            prompt: PromptFrom::Auto,
+            system: None,
+            max_tokens: None,
+        }
+    }
 }
 
 /// One request read from the input.
@@ -117,6 +157,18 @@ pub enum InputError {
         /// What is wrong, in words.
         reason: String,
     },
+    /// A spreadsheet's header row cannot be read, or does not fit the options (a column the
+    /// template or `--prompt-column` names is missing, no column holds the prompt). Reading
+    /// stops there: no row can be understood without it.
+    #[error("{}:{line}: {reason}", path.display())]
+    Columns {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number of the header row.
+        line: u64,
+        /// What is wrong and what to do, in words.
+        reason: String,
+    },
     /// The same custom_id appears twice.
     #[error("{}:{line}: custom_id '{custom_id}' is already used on line {first_line}: custom_id must be unique within a job", path.display())]
     DuplicateCustomId {
@@ -161,6 +213,7 @@ impl InputError {
             | InputError::TooLong { line, .. }
             | InputError::Json { line, .. }
             | InputError::Invalid { line, .. }
+            | InputError::Columns { line, .. }
             | InputError::DuplicateCustomId { line, .. }
             | InputError::ChangedBody { line, .. } => Some(*line),
             InputError::Io { .. } | InputError::Empty { .. } | InputError::Changed { .. } => None,
@@ -177,6 +230,7 @@ impl InputError {
             | InputError::Json { .. }
             | InputError::Invalid { .. } => true,
             InputError::Io { .. }
+            | InputError::Columns { .. }
             | InputError::DuplicateCustomId { .. }
             | InputError::ChangedBody { .. }
             | InputError::Empty { .. }
@@ -192,6 +246,7 @@ impl InputError {
             InputError::TooLong { .. } => "line_too_long",
             InputError::Json { .. } => "malformed_json",
             InputError::Invalid { .. } => "invalid_request",
+            InputError::Columns { .. } => "bad_columns",
             InputError::DuplicateCustomId { .. } => "duplicate_custom_id",
             InputError::ChangedBody { .. } => "changed_body",
             InputError::Empty { .. } => "empty_input",
@@ -200,7 +255,8 @@ impl InputError {
     }
 }
 
-/// Streams [`Prompt`]s out of a JSONL source. Also fingerprints the raw bytes it reads.
+/// Streams [`Prompt`]s out of an input file in any [`InputFormat`]. Also fingerprints the raw
+/// bytes it reads.
 pub struct InputReader {
     path: PathBuf,
     source: Box<dyn BufRead + Send>,
@@ -212,6 +268,8 @@ pub struct InputReader {
     skip_invalid: bool,
     /// Lines are checked, not kept ([`check`]): a prompt's body is left unwritten and unhashed.
     checking: bool,
+    /// The CSV or TSV parser and what the header row said; `None` for line formats.
+    table: Option<Box<table::Table>>,
 }
 
 impl InputReader {
@@ -233,7 +291,12 @@ impl InputReader {
 
     /// Reads from any buffered source; `path` is only used in messages.
     pub fn new(path: PathBuf, source: Box<dyn BufRead + Send>, options: InputOptions) -> Self {
+        let table = options
+            .format
+            .delimiter()
+            .map(|delimiter| Box::new(table::Table::new(delimiter)));
         InputReader {
+            table,
             path,
             source,
             options,
@@ -264,16 +327,32 @@ impl InputReader {
     /// a valid request: a top-level string `custom_id` when the line is a JSON object, else the
     /// first `"custom_id": "…"` in its text (a truncated or malformed line usually starts with
     /// it). Of an over-long line only the first `--max-line-bytes` bytes are searched.
+    ///
+    /// For a spreadsheet row, the trimmed cell of its id column, when the row could be split
+    /// into cells; for a plain text line, `None`.
     pub fn salvaged_custom_id(&self) -> Option<String> {
-        let text = String::from_utf8_lossy(&self.buf);
-        let text = text.trim_start_matches('\u{feff}').trim();
-        match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(object)) => match object.get("custom_id") {
-                Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
-                _ => None,
-            },
-            _ => scan_custom_id(text),
+        match (self.options.format, &self.table) {
+            (_, Some(table)) => table.salvaged_id(),
+            (InputFormat::Txt, None) => None,
+            (InputFormat::Jsonl | InputFormat::Csv | InputFormat::Tsv, None) => {
+                jsonl::salvage_custom_id(&self.buf)
+            }
         }
+    }
+
+    /// The cells of the spreadsheet row last read, as a metadata object (JSON text), when it is
+    /// not a valid request but could be split into cells: kept with the row's failed request
+    /// (`--skip-invalid`) so that the export shows the row as it was. `None` for other formats.
+    pub fn salvaged_metadata(&self) -> Option<String> {
+        self.table
+            .as_ref()
+            .and_then(|table| table.salvaged_metadata())
+    }
+
+    /// The spreadsheet's layout (its columns, and which hold the id and the prompt), once its
+    /// header row is read; `None` for other formats.
+    pub fn layout(&self) -> Option<&TableLayout> {
+        self.table.as_ref().and_then(|table| table.layout())
     }
 
     /// The file named in messages.
@@ -365,212 +444,11 @@ impl InputReader {
             reason: reason.into(),
         }
     }
-
-    fn parse_line(&self, raw: &[u8]) -> Result<Prompt, InputError> {
-        let text = std::str::from_utf8(raw).map_err(|_| InputError::Utf8 {
-            path: self.path.clone(),
-            line: self.line,
-        })?;
-        let value: Value = serde_json::from_str(text).map_err(|parser| InputError::Json {
-            path: self.path.clone(),
-            line: self.line,
-            parser,
-        })?;
-        let Value::Object(mut object) = value else {
-            return Err(self.invalid(format!(
-                "expected a JSON object, found {}",
-                json_kind(&value)
-            )));
-        };
-        let custom_id = match object.remove("custom_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(id)) if !id.is_empty() => Some(id),
-            Some(Value::String(_)) => return Err(self.invalid("custom_id is empty")),
-            Some(other) => {
-                return Err(self.invalid(format!(
-                    "custom_id must be a string, found {}",
-                    json_kind(&other)
-                )));
-            }
-        };
-        // No request body of any OpenAI endpoint has these at the top level: any one of them
-        // marks a Batch line, which must then have all three.
-        let is_batch_line = ["method", "url", "body"]
-            .iter()
-            .any(|k| object.contains_key(*k));
-        let (method, url, mut body, metadata, headers) = if is_batch_line {
-            self.batch_parts(object)?
-        } else {
-            let metadata = object.remove("metadata").filter(|m| !m.is_null());
-            let url = self.options.endpoint.clone();
-            (Method::Post, url, object, metadata, None)
-        };
-        let metadata = metadata.map(|m| m.to_string());
-        if method != Method::Post {
-            // No body is sent: it is stored empty so that it cannot change the request's identity.
-            let method = method.as_str().to_owned();
-            let body_hash = content_hash(&method, &url, "");
-            return Ok(Prompt {
-                line: self.line,
-                custom_id,
-                method,
-                url,
-                body: String::new(),
-                body_hash,
-                metadata,
-                headers,
-            });
-        }
-        if let (Some(model), false) = (&self.options.model, body.contains_key("model")) {
-            body.insert("model".into(), Value::String(model.clone()));
-        }
-        if url == CHAT_ENDPOINT
-            && !body.contains_key("messages")
-            && let Some(prompt) = body.remove("prompt")
-        {
-            let Value::String(text) = prompt else {
-                return Err(self.invalid("prompt must be a string"));
-            };
-            body.insert(
-                "messages".into(),
-                serde_json::json!([{"role": "user", "content": text}]),
-            );
-        }
-        let method = method.as_str().to_owned();
-        // Writing the body out and hashing it cannot fail: a check has nothing to learn there.
-        let (body, body_hash) = if self.checking {
-            (String::new(), String::new())
-        } else {
-            let body = Value::Object(body).to_string();
-            let body_hash = content_hash(&method, &url, &body);
-            (body, body_hash)
-        };
-        Ok(Prompt {
-            line: self.line,
-            custom_id,
-            method,
-            url,
-            body,
-            body_hash,
-            metadata,
-            headers,
-        })
-    }
-
-    /// Checks a Batch API line and returns its method, url, body, metadata and headers.
-    fn batch_parts(&self, mut object: Map<String, Value>) -> Result<BatchParts, InputError> {
-        let method = match object.remove("method") {
-            Some(Value::String(m)) => match Method::parse(&m) {
-                Some(method) => method,
-                None => {
-                    return Err(self.invalid(format!(
-                        "method '{m}' is not supported: use POST, GET or DELETE"
-                    )));
-                }
-            },
-            Some(_) => return Err(self.invalid("method must be a string such as \"POST\"")),
-            None => {
-                return Err(self.invalid("batch line has no \"method\": add \"method\": \"POST\""));
-            }
-        };
-        let url = match object.remove("url") {
-            Some(Value::String(url)) if url.starts_with('/') => match not_plain(&url) {
-                None => url,
-                Some(problem) => {
-                    return Err(self.invalid(format!(
-                        "url '{}' {problem}: write it as sent, e.g. /v1/chat/completions",
-                        crate::util::text::printable(&url)
-                    )));
-                }
-            },
-            Some(Value::String(url)) => {
-                return Err(self.invalid(format!(
-                    "url '{url}' must be a path such as /v1/chat/completions"
-                )));
-            }
-            Some(_) => return Err(self.invalid("url must be a string")),
-            None => return Err(self.invalid("batch line has no \"url\"")),
-        };
-        let metadata = match object.remove("metadata") {
-            None | Some(Value::Null) => None,
-            Some(metadata @ Value::Object(_)) => Some(metadata),
-            Some(other) => {
-                return Err(self.invalid(format!(
-                    "metadata must be a JSON object, found {}",
-                    json_kind(&other)
-                )));
-            }
-        };
-        let headers = match object.remove("headers") {
-            None | Some(Value::Null) => None,
-            Some(headers) => Some(
-                crate::http::headers::from_line(&headers)
-                    .map_err(|e| self.invalid(format!("headers: {e}")))?,
-            ),
-        };
-        let body = match (object.remove("body"), method) {
-            (Some(Value::Object(body)), Method::Post) => body,
-            (None | Some(Value::Null), Method::Get | Method::Delete) => Map::new(),
-            (Some(Value::Object(body)), Method::Get | Method::Delete) if body.is_empty() => body,
-            (Some(_), Method::Get | Method::Delete) => {
-                return Err(self.invalid(format!(
-                    "a {} line sends no body: remove \"body\" (or leave it {{}}), or use POST",
-                    method.as_str()
-                )));
-            }
-            (Some(other), Method::Post) => {
-                return Err(self.invalid(format!(
-                    "body must be a JSON object, found {}",
-                    json_kind(&other)
-                )));
-            }
-            (None, Method::Post) => return Err(self.invalid("batch line has no \"body\"")),
-        };
-        // A body's own `metadata` (e.g. for stored chat completions) is sent as is, and also
-        // kept as the request's metadata when the line has none of its own.
-        let metadata = metadata.or_else(|| body.get("metadata").filter(|m| m.is_object()).cloned());
-        Ok((method, url, body, metadata, headers))
-    }
 }
 
-/// A Batch line's parts: method, url, body, metadata, checked headers (JSON text).
-type BatchParts = (
-    Method,
-    String,
-    Map<String, Value>,
-    Option<Value>,
-    Option<String>,
-);
-
-/// The methods a line may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Method {
-    Post,
-    Get,
-    Delete,
-}
-
-impl Method {
-    /// Any case: `post`, `Get`.
-    fn parse(text: &str) -> Option<Method> {
-        [Method::Post, Method::Get, Method::Delete]
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(text))
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Method::Post => "POST",
-            Method::Get => "GET",
-            Method::Delete => "DELETE",
-        }
-    }
-}
-
-impl Iterator for InputReader {
-    type Item = Result<Prompt, InputError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl InputReader {
+    /// The next request of a line format (JSONL, plain text).
+    fn next_line(&mut self) -> Option<Result<Prompt, InputError>> {
         while !self.done {
             match self.read_line() {
                 Ok(false) => self.done = true,
@@ -583,7 +461,12 @@ impl Iterator for InputReader {
                     if raw.is_empty() {
                         continue;
                     }
-                    return Some(self.parse_line(raw));
+                    return Some(match self.options.format {
+                        InputFormat::Txt => self.text_line(raw),
+                        InputFormat::Jsonl | InputFormat::Csv | InputFormat::Tsv => {
+                            self.parse_line(raw)
+                        }
+                    });
                 }
                 Err(e) => {
                     // Reading past a broken line would misnumber every later line, unless the
@@ -594,6 +477,68 @@ impl Iterator for InputReader {
             }
         }
         None
+    }
+
+    /// A plain text line: the whole (trimmed) line is the prompt.
+    fn text_line(&self, raw: &[u8]) -> Result<Prompt, InputError> {
+        let text = std::str::from_utf8(raw).map_err(|_| InputError::Utf8 {
+            path: self.path.clone(),
+            line: self.line,
+        })?;
+        Ok(self.chat_prompt(None, text, None))
+    }
+
+    /// The chat request of a spreadsheet row or a text line: `messages` of the system message
+    /// (if any) and `text` as the user's, the model and `max_tokens` of the options.
+    fn chat_prompt(
+        &self,
+        custom_id: Option<String>,
+        text: &str,
+        metadata: Option<String>,
+    ) -> Prompt {
+        let (method, url) = ("POST".to_owned(), CHAT_ENDPOINT.to_owned());
+        // As for a JSONL line: a check has nothing to learn from writing the body out.
+        let (body, body_hash) = if self.checking {
+            (String::new(), String::new())
+        } else {
+            let mut messages = Vec::with_capacity(2);
+            if let Some(system) = &self.options.system {
+                messages.push(serde_json::json!({"role": "system", "content": system}));
+            }
+            messages.push(serde_json::json!({"role": "user", "content": text}));
+            let mut body = serde_json::Map::new();
+            if let Some(model) = &self.options.model {
+                body.insert("model".into(), model.clone().into());
+            }
+            body.insert("messages".into(), messages.into());
+            if let Some(n) = self.options.max_tokens {
+                body.insert("max_tokens".into(), n.into());
+            }
+            let body = serde_json::Value::Object(body).to_string();
+            let body_hash = content_hash(&method, &url, &body);
+            (body, body_hash)
+        };
+        Prompt {
+            line: self.line,
+            custom_id,
+            method,
+            url,
+            body,
+            body_hash,
+            metadata,
+            headers: None,
+        }
+    }
+}
+
+impl Iterator for InputReader {
+    type Item = Result<Prompt, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.table {
+            Some(_) => self.next_row(),
+            None => self.next_line(),
+        }
     }
 }
 
@@ -606,38 +551,6 @@ pub fn content_hash(method: &str, url: &str, body: &str) -> String {
     hasher.update(b"\n");
     hasher.update(body.as_bytes());
     hasher.finalize().to_hex().to_string()
-}
-
-/// Finds the first `"custom_id": "…"` in text that is not valid JSON, and decodes the string.
-fn scan_custom_id(text: &str) -> Option<String> {
-    const NEEDLE: &str = "\"custom_id\"";
-    let mut rest = text;
-    while let Some(at) = rest.find(NEEDLE) {
-        rest = &rest[at + NEEDLE.len()..];
-        let Some(value) = rest.trim_start().strip_prefix(':') else {
-            continue;
-        };
-        let value = value.trim_start();
-        if !value.starts_with('"') {
-            continue;
-        }
-        // The closing quote: the first `"` not escaped by a backslash.
-        let bytes = value.as_bytes();
-        let mut i = 1;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\\' => i += 2,
-                b'"' => {
-                    return serde_json::from_str::<String>(&value[..=i])
-                        .ok()
-                        .filter(|id| !id.is_empty());
-                }
-                _ => i += 1,
-            }
-        }
-        return None;
-    }
-    None
 }
 
 /// A UTF-8 byte order mark, accepted at the start of a file.
@@ -653,42 +566,6 @@ fn content_len(raw: &[u8], first_line: bool) -> usize {
         false => raw,
     };
     raw.len()
-}
-
-/// Why a Batch line's `url` is not a path to send as written, if it is not: the HTTP client
-/// would percent-encode, drop or resolve what follows, and the line would go out changed (to
-/// another endpoint, for a `..` that climbs out of the base URL's path).
-fn not_plain(url: &str) -> Option<&'static str> {
-    if url.chars().any(|c| !c.is_ascii_graphic()) {
-        return Some(
-            "holds a space, a control character or a non-ASCII character (percent-encode it)",
-        );
-    }
-    if url.contains('#') {
-        return Some("has a fragment (#…), which is never sent");
-    }
-    if url.contains('\\') {
-        return Some("holds a backslash, which HTTP clients read as /");
-    }
-    let path = url.split_once('?').map_or(url, |(path, _)| path);
-    if path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
-        return Some("has a . or .. segment, which would move the request to another path");
-    }
-    None
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Unit tests of the input reader.
+use super::jsonl::scan_custom_id;
 use super::*;
 use rstest::rstest;
+use serde_json::Value;
 use serde_json::json;
 use std::io::Cursor;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +12,7 @@ fn options() -> InputOptions {
         endpoint: CHAT_ENDPOINT.into(),
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: 1024,
+        ..InputOptions::default()
     }
 }
 

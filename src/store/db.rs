@@ -37,10 +37,13 @@ pub struct Job {
     /// Its file is still being read into it (or a runner stopped while reading it): `resume`
     /// reads the rest first (see `store::ingest::direct`).
     pub reading_input: bool,
+    /// A spreadsheet job's columns, as JSON (`input::TableLayout`); `None` for other formats.
+    #[serde(skip)]
+    pub input_layout: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "id, name, input_path, input_fingerprint, config, state, state_reason, \
-                           created_at, updated_at, reading_input";
+                           created_at, updated_at, reading_input, input_layout";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -54,6 +57,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
         reading_input: row.get(9)?,
+        input_layout: row.get(10)?,
     })
 }
 
@@ -634,6 +638,10 @@ pub fn token_totals(conn: &Connection, job: JobId) -> Result<(i64, i64, i64), St
 pub struct RequestRow {
     /// custom_id or derived key.
     pub key: String,
+    /// The custom_id the line gave (`None` for a derived key).
+    pub custom_id: Option<String>,
+    /// The request body as sent (empty for a line that was not a valid request).
+    pub body: String,
     /// Input line.
     pub line: i64,
     /// Where the request is.
@@ -681,7 +689,7 @@ pub fn for_each_request<E: From<StoreError>>(
         .prepare(
             "SELECT key, line, state, http_status, attempts, response, model, prompt_tokens, completion_tokens,
                     total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at,
-                    metadata
+                    metadata, custom_id, body
              FROM requests WHERE job_id = ?1 ORDER BY line, id",
         )
         .map_err(StoreError::from)?;
@@ -706,6 +714,8 @@ pub fn for_each_request<E: From<StoreError>>(
                 latency_ms: r.get(14)?,
                 finished_at: r.get(15)?,
                 metadata: r.get(16)?,
+                custom_id: r.get(17)?,
+                body: r.get(18)?,
             })
         })()
         .map_err(StoreError::from)?;

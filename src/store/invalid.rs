@@ -3,7 +3,8 @@
 //! Such a line is stored as a *marker*: a request in state `failed` with error class
 //! [`AttemptClass::InvalidInput`], the line's error as its message and no attempt, so `status` counts it and
 //! `export` lists it, and it is never sent. Its key is the line's custom_id when one can be read
-//! from it, else `line-N`.
+//! from it, else `line-N`. A spreadsheet row's cells are kept as its metadata, when the row
+//! could be split into cells, so that the export shows the row as it was.
 //!
 //! Markers follow the file. When the line is fixed and the file submitted again, the marker
 //! becomes the request (queued as new). A marker whose key is no longer in the file is dropped at
@@ -34,13 +35,14 @@ pub(super) fn key_for(custom_id: Option<&str>, line: u64) -> String {
 pub(super) fn publish_markers(conn: &Connection, job: JobId, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO requests (job_id, key, custom_id, line, method, url, body, body_hash, state,
-                               error_class, error_code, error_message, finished_at)
+                               error_class, error_code, error_message, finished_at, metadata)
          SELECT job_id, key, custom_id, line, 'POST', '', '', '', 'failed', ?2, error_code,
-                error_message, ?3
+                error_message, ?3, metadata
          FROM ingest_staging WHERE job_id = ?1 AND action = 'invalid' ORDER BY id
          ON CONFLICT (job_id, key) DO UPDATE
              SET line = excluded.line, error_code = excluded.error_code,
-                 error_message = excluded.error_message, finished_at = excluded.finished_at
+                 error_message = excluded.error_message, finished_at = excluded.finished_at,
+                 metadata = excluded.metadata
              WHERE requests.state = 'failed' AND requests.error_class = ?2
                    AND requests.attempts = 0",
         params![job.0, INVALID_INPUT, now],

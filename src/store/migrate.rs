@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_add_job_reading_input",
         include_str!("../../migrations/0009_add_job_reading_input.sql"),
     ),
+    (
+        "0010_add_job_input_layout",
+        include_str!("../../migrations/0010_add_job_input_layout.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

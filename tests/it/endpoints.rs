@@ -263,7 +263,7 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
     assert_eq!(stats.successes_for(&batch_sent), 1);
 
     let (header, rows) = fx.export_csv();
-    assert_eq!(header.last().map(String::as_str), Some("metadata"));
+    assert_eq!(header.last().map(String::as_str), Some("prompt"));
     assert_eq!(
         header,
         [
@@ -284,8 +284,9 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
             "error_class",
             "line",
             "metadata",
+            "prompt",
         ],
-        "the CSV header contract: one column appended"
+        "the CSV header contract: columns appended, never moved"
     );
     let metadata: Vec<Value> = rows
         .iter()

@@ -39,6 +39,7 @@ mod reading;
 mod report;
 mod shared_db;
 mod signals;
+mod spreadsheet;
 mod storage;
 mod submit;
 mod third_signal;

@@ -314,6 +314,7 @@ impl Direct {
             requests: checked.lines().count() as u64,
             direct: true,
             fingerprint: blake3::hash(checked.as_bytes()).to_hex().to_string(),
+            layout: None,
         };
         (Feeder::start(self.job.id, reader, &checked), write)
     }

@@ -59,6 +59,7 @@ async fn seed_big_job(s: &Scratch, server: &MockServer) {
         endpoint: CHAT_ENDPOINT.into(),
         model: Some("test-model".into()),
         max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        ..InputOptions::default()
     };
     let reader = InputReader::open(&s.path("known.jsonl"), options).expect("input");
     runner::store::ingest::ingest(&conn, job.id, reader).expect("seed");

@@ -36,12 +36,16 @@ pub fn takes_direct(conn: &Connection, job: JobId) -> Result<bool, StoreError> {
         .query_row([job.0], |r| r.get(0))?)
 }
 
-/// Marks the job as reading its file. Call it in the transaction of the first chunk.
+/// Marks the job as reading its file, and records the file's spreadsheet layout (`None` for
+/// other formats: see migration 0010). Call it in the transaction of the first chunk.
 ///
 /// # Errors
 /// Database errors.
-pub fn begin(conn: &Connection, job: JobId) -> Result<(), StoreError> {
-    conn.execute("UPDATE jobs SET reading_input = 1 WHERE id = ?1", [job.0])?;
+pub fn begin(conn: &Connection, job: JobId, layout: Option<&str>) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE jobs SET reading_input = 1, input_layout = ?2 WHERE id = ?1",
+        params![job.0, layout],
+    )?;
     Ok(())
 }
 

@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use self::stage::{Action, Known};
+use self::stage::{Action, Invalid, Known};
 use super::db::{Job, atomically};
 use super::lease::{self, LeaseError, LeaseOwner, Renewal};
 use super::{JobStore, StoreError, invalid};
 use crate::domain::JobId;
-use crate::input::{InputError, InputReader, Prompt};
+use crate::input::{InputError, InputReader, Prompt, TableLayout};
 use crate::util::clock::now_ms;
 
 /// Lines read in one transaction at most. [`CHUNK_TIME`] is what keeps a transaction short
@@ -149,9 +149,11 @@ impl Staging {
             invalid::publish_fixed(conn, self.job)?;
             invalid::publish_markers(conn, self.job, now_ms())?;
             invalid::drop_stale(conn, self.job)?;
+            let layout = self.reader.layout().map(TableLayout::to_json);
             conn.execute(
-                "UPDATE jobs SET input_fingerprint = ?2, reading_input = 0 WHERE id = ?1",
-                rusqlite::params![self.job.0, self.reader.fingerprint()],
+                "UPDATE jobs SET input_fingerprint = ?2, reading_input = 0, input_layout = ?3
+                 WHERE id = ?1",
+                rusqlite::params![self.job.0, self.reader.fingerprint(), layout],
             )?;
             Ok(self.report)
         })
@@ -229,6 +231,7 @@ impl Staging {
         // Every invalid-line error names its line.
         let line = e.line().unwrap_or(0);
         let custom_id = self.reader.salvaged_custom_id();
+        let metadata = self.reader.salvaged_metadata();
         let key = invalid::key_for(custom_id.as_deref(), line);
         self.refuse_repeat(conn, &key, line)?;
         let action = match stage::known(conn, self.job, &key)? {
@@ -246,7 +249,12 @@ impl Staging {
                 Action::Invalid
             }
         };
-        stage::stage_invalid(conn, self.job, &key, custom_id.as_deref(), action, e)
+        let line = Invalid {
+            key: &key,
+            custom_id: custom_id.as_deref(),
+            metadata: metadata.as_deref(),
+        };
+        stage::stage_invalid(conn, self.job, &line, action, e)
     }
 
     /// The key of a line without custom_id: derived from its body, numbered past the equal

@@ -137,27 +137,38 @@ fn insert_full(
     ])
 }
 
+/// What is kept of a line that cannot become a request.
+pub(super) struct Invalid<'a> {
+    /// Its key (see `store::invalid::key_for`).
+    pub(super) key: &'a str,
+    /// The custom_id read from it, if one could be.
+    pub(super) custom_id: Option<&'a str>,
+    /// A spreadsheet row's cells, as metadata: the export shows the row as it was.
+    pub(super) metadata: Option<&'a str>,
+}
+
 /// Stages a line that cannot become a request (`--skip-invalid`).
 pub(super) fn stage_invalid(
     conn: &Connection,
     job: JobId,
-    key: &str,
-    custom_id: Option<&str>,
+    line: &Invalid<'_>,
     action: Action,
     error: &InputError,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO ingest_staging (job_id, key, line, action, custom_id, error_code, error_message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO ingest_staging (job_id, key, line, action, custom_id, error_code, error_message,
+                                     metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         job.0,
-        key,
+        line.key,
         error.line().unwrap_or(0) as i64,
         action.as_str(),
-        custom_id,
+        line.custom_id,
         error.code(),
-        error.to_string()
+        error.to_string(),
+        line.metadata
     ])?;
     Ok(())
 }

@@ -24,6 +24,7 @@ fn reader(text: &str) -> InputReader {
             endpoint: CHAT_ENDPOINT.into(),
             model: Some("m".into()),
             max_line_bytes: 1024,
+            ..InputOptions::default()
         },
     )
 }

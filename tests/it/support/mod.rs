@@ -164,6 +164,7 @@ pub fn export_jsonl(db: &Path, job: &str) -> Vec<Value> {
         job: Some(job.to_owned()),
         db: runner::cli::DbArgs { db: db.to_owned() },
         format: runner::cli::ExportFormat::Jsonl,
+        layout: None,
         output: Some(out.clone()),
         no_sanitize: false,
     };
@@ -187,6 +188,7 @@ pub fn export_csv(db: &Path, job: &str) -> (Vec<String>, Vec<csv::StringRecord>)
         job: Some(job.to_owned()),
         db: runner::cli::DbArgs { db: db.to_owned() },
         format: runner::cli::ExportFormat::Csv,
+        layout: None,
         output: Some(out.clone()),
         no_sanitize: false,
     };

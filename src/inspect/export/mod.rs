@@ -1,8 +1,18 @@
 //! `runner export`: a job's results as CSV (through the csv crate) or as the Batch API's output
 //! JSONL, in input order, streamed from a read-only connection.
 //!
+//! The CSV has one of two layouts ([`CsvLayout`], `--layout`): the standard one of every job
+//! ([`CSV_COLUMNS`]), and, by default for a job submitted from a spreadsheet, the input layout:
+//! the spreadsheet's own columns first, then the answer columns (`export/columns.rs`).
+//!
 //! CSV cells that a spreadsheet would run as a formula are neutralised by default (see
-//! [`neutralise`]); JSONL is data for programs and is never altered.
+//! [`neutralise`]), whatever the layout; JSONL is data for programs and is never altered.
+
+mod columns;
+mod prompt;
+
+pub use columns::{CsvLayout, InputColumns};
+pub use prompt::prompt_text;
 
 use std::borrow::Cow;
 use std::io::{self, BufWriter, Write};
@@ -11,16 +21,16 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::cli::{ExportArgs, ExportFormat};
-use crate::domain::{AttemptClass, RequestState};
-use crate::http::response::output_text;
+use crate::cli::{ExportArgs, ExportFormat, ExportLayout, UsageError};
+use crate::domain::RequestState;
+use crate::input::TableLayout;
 use crate::store::db::{self, RequestRow};
 use crate::store::{self, StoreError};
-use crate::util::clock::rfc3339;
 use crate::util::fs::{Replacement, is_database_file};
 
-/// The CSV header: a contract (tests pin it); add columns only at the end.
-pub const CSV_COLUMNS: [&str; 17] = [
+/// The CSV header of the standard layout: a contract (tests pin it); add columns only at the
+/// end.
+pub const CSV_COLUMNS: [&str; 18] = [
     "custom_id",
     "status",
     "http_status",
@@ -38,6 +48,7 @@ pub const CSV_COLUMNS: [&str; 17] = [
     "error_class",
     "line",
     "metadata",
+    "prompt",
 ];
 
 /// The first characters that make a spreadsheet evaluate a cell as a formula (OWASP, "CSV
@@ -105,14 +116,15 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
     } else {
         CsvCells::Sanitized
     };
+    let layout = choose_layout(&job, args.format, args.layout)?;
     match &args.output {
         None => {
             let stdout = io::stdout().lock();
-            Ok(write_export_with(
+            Ok(write_export_as(
                 &conn,
                 &job,
                 args.format,
-                cells,
+                (cells, &layout),
                 BufWriter::new(stdout),
             )?)
         }
@@ -122,11 +134,11 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
             // half a file, and a crash leaves the old one or the whole new one.
             let mut replacement = Replacement::create(path)
                 .with_context(|| format!("cannot create {}.partial", path.display()))?;
-            let rows = write_export_with(
+            let rows = write_export_as(
                 &conn,
                 &job,
                 args.format,
-                cells,
+                (cells, &layout),
                 BufWriter::new(replacement.file()),
             )
             .with_context(|| format!("cannot write {}.partial", path.display()))?;
@@ -135,6 +147,46 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Ok(rows)
         }
+    }
+}
+
+/// The CSV layout of `job`: `--layout` if given, else the input layout for a job read from a
+/// spreadsheet and the standard one for any other.
+///
+/// # Errors
+/// [`UsageError`] for `--layout` with `--format jsonl`, and for `--layout input` of a job that
+/// has no input columns.
+pub fn choose_layout(
+    job: &db::Job,
+    format: ExportFormat,
+    asked: Option<ExportLayout>,
+) -> Result<CsvLayout, UsageError> {
+    if let (ExportFormat::Jsonl, Some(_)) = (format, asked) {
+        return Err(UsageError(
+            "--layout is for --format csv: the JSONL export has one layout, the Batch API's"
+                .to_owned(),
+        ));
+    }
+    let stored = job
+        .input_layout
+        .as_deref()
+        .and_then(|json| match TableLayout::from_json(json) {
+            Ok(layout) => Some(layout),
+            Err(e) => {
+                tracing::warn!(job = %job.name, error = %e, "unreadable input layout: exporting the standard columns");
+                None
+            }
+        });
+    match (asked, stored) {
+        (Some(ExportLayout::Standard), _) | (None, None) => Ok(CsvLayout::Standard),
+        (Some(ExportLayout::Input) | None, Some(layout)) => {
+            Ok(CsvLayout::Input(InputColumns::new(layout)))
+        }
+        (Some(ExportLayout::Input), None) => Err(UsageError(format!(
+            "job '{}' was not submitted from a spreadsheet (.csv, .tsv), so it has no input \
+             columns: --layout input is for such jobs; leave it out for the standard columns",
+            job.name
+        ))),
     }
 }
 
@@ -154,7 +206,8 @@ pub fn refuse_database(output: &Path, db: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a job's rows in `format` (CSV cells sanitised); returns the row count.
+/// Writes a job's rows in `format` (CSV cells sanitised, in the job's default layout); returns
+/// the row count.
 ///
 /// # Errors
 /// Store or write failures.
@@ -167,7 +220,8 @@ pub fn write_export(
     write_export_with(conn, job, format, CsvCells::Sanitized, out)
 }
 
-/// [`write_export`] with the choice of CSV cells; JSONL ignores it.
+/// [`write_export`] with the choice of CSV cells, in the job's default layout; JSONL ignores
+/// it.
 ///
 /// # Errors
 /// Store or write failures.
@@ -178,8 +232,23 @@ pub fn write_export_with(
     cells: CsvCells,
     out: impl Write,
 ) -> Result<u64, ExportError> {
+    let layout = choose_layout(job, ExportFormat::Csv, None).unwrap_or(CsvLayout::Standard);
+    write_export_as(conn, job, format, (cells, &layout), out)
+}
+
+/// [`write_export`] with the choice of CSV cells and layout; JSONL ignores both.
+///
+/// # Errors
+/// Store or write failures.
+pub fn write_export_as(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    format: ExportFormat,
+    (cells, layout): (CsvCells, &CsvLayout),
+    out: impl Write,
+) -> Result<u64, ExportError> {
     match format {
-        ExportFormat::Csv => write_csv(conn, job, cells, out),
+        ExportFormat::Csv => write_csv(conn, job, cells, layout, out),
         ExportFormat::Jsonl => write_jsonl(conn, job, out),
     }
 }
@@ -188,39 +257,19 @@ fn write_csv(
     conn: &rusqlite::Connection,
     job: &db::Job,
     cells: CsvCells,
+    layout: &CsvLayout,
     out: impl Write,
 ) -> Result<u64, ExportError> {
     let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(CSV_COLUMNS)?;
+    let header: Vec<Cow<'_, str>> = layout
+        .header()
+        .into_iter()
+        .map(|h| cells.apply(h))
+        .collect();
+    writer.write_record(header.iter().map(|cell| cell.as_bytes()))?;
     let mut rows = 0u64;
     db::for_each_request(conn, job.id, |row: RequestRow| -> Result<(), ExportError> {
-        let text = if row.state == RequestState::Succeeded {
-            row.response
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-                .and_then(|body| output_text(&body))
-        } else {
-            None
-        };
-        let record = [
-            row.key.as_str(),
-            row.state.as_str(),
-            &opt(row.http_status),
-            &row.attempts.to_string(),
-            text.as_deref().unwrap_or(""),
-            &opt(row.prompt_tokens),
-            &opt(row.completion_tokens),
-            &opt(row.total_tokens),
-            row.model.as_deref().unwrap_or(""),
-            row.x_request_id.as_deref().unwrap_or(""),
-            row.error_code.as_deref().unwrap_or(""),
-            row.error_message.as_deref().unwrap_or(""),
-            &opt(row.latency_ms),
-            &row.finished_at.map(rfc3339).unwrap_or_default(),
-            row.error_class.map_or("", AttemptClass::as_str),
-            &row.line.to_string(),
-            row.metadata.as_deref().unwrap_or(""),
-        ];
+        let record = layout.cells(&row);
         let record: Vec<Cow<'_, str>> = record.iter().map(|cell| cells.apply(cell)).collect();
         writer.write_record(record.iter().map(|cell| cell.as_bytes()))?;
         rows += 1;
@@ -296,10 +345,6 @@ fn write_jsonl(
     })?;
     out.flush()?;
     Ok(rows)
-}
-
-fn opt<T: ToString>(value: Option<T>) -> String {
-    value.map(|v| v.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]
