@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_add_job_reading_input",
         include_str!("../../migrations/0009_add_job_reading_input.sql"),
     ),
+    (
+        "0010_create_spilled_responses",
+        include_str!("../../migrations/0010_create_spilled_responses.sql"),
+    ),
 ];
 
 /// The schema version this build writes.
