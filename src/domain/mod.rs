@@ -1,6 +1,7 @@
 //! The domain's vocabulary, shared by every layer: ids, the request state machine, the error
-//! taxonomy's classes, job events, and the records an attempt leaves. Each vocabulary is one
-//! enum, converted to and from text only where it meets SQL or output (`names`).
+//! taxonomy's classes, job events, and the records an attempt leaves (an answer's body among
+//! them, in memory or spooled: [`ResponseBody`]). Each vocabulary is one enum, converted to and
+//! from text only where it meets SQL or output (`names`).
 
 mod class;
 mod event;
@@ -16,6 +17,8 @@ pub use exit::Exit;
 pub use names::UnknownName;
 pub use price::{BadPrice, Price, PriceOverride};
 pub use state::{AttemptOutcome, ChunkState, JobState, RequestState};
+
+use crate::util::spool::{Held, Spooled};
 
 /// A job's row id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,8 +111,59 @@ pub enum Disposition {
     Requeue,
 }
 
+/// An answer's body as the journal keeps it (its `response`): text in memory, or a spool file
+/// when the answer budget could not hold it. Either way it is dropped once journaled, which
+/// gives its memory back to the budget or deletes its file.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// Text in memory, with the share of the answer budget it holds.
+    Text {
+        /// The text.
+        text: String,
+        /// Its share of the budget.
+        held: Held,
+    },
+    /// A spool file, the key redacted already: journaled piece by piece as text, each invalid
+    /// UTF-8 sequence replaced, as `String::from_utf8_lossy` does for text in memory.
+    Spooled(Spooled),
+}
+
+impl ResponseBody {
+    /// The text of a body in memory; `None` when it is spooled.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            ResponseBody::Text { text, .. } => Some(text),
+            ResponseBody::Spooled(_) => None,
+        }
+    }
+
+    /// The bytes of its text.
+    pub fn text_len(&self) -> u64 {
+        match self {
+            ResponseBody::Text { text, .. } => text.len() as u64,
+            ResponseBody::Spooled(spooled) => spooled.text_len(),
+        }
+    }
+}
+
+impl From<String> for ResponseBody {
+    /// Text holding no budget (a streamed answer's assembly, tests).
+    fn from(text: String) -> ResponseBody {
+        ResponseBody::Text {
+            text,
+            held: Held::none(),
+        }
+    }
+}
+
+impl From<&str> for ResponseBody {
+    fn from(text: &str) -> ResponseBody {
+        ResponseBody::from(text.to_owned())
+    }
+}
+
 /// One finished attempt and its request's new state: written in one transaction.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Completion {
     /// The request.
     pub request: RequestId,
@@ -136,7 +190,7 @@ pub struct Completion {
     /// Which key sent it: a label or `sk-…last4`, never the key.
     pub key_fingerprint: Option<String>,
     /// The answer's body (success or error), when there is one.
-    pub response: Option<String>,
+    pub response: Option<ResponseBody>,
     /// Usage, for successes.
     pub usage: Usage,
     /// What happens to the request now.

@@ -10,7 +10,8 @@ use reqwest::Method;
 
 use crate::domain::tokens::Cost;
 use crate::domain::{
-    AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, StopCause, Usage,
+    AttemptOutcome, Claimed, Class, Completion, Disposition, JobId, RequestId, ResponseBody,
+    StopCause, Usage,
 };
 use crate::engine::context::{Context, Unreachable};
 use crate::engine::keys::{KeyLease, KeyOutcome};
@@ -203,7 +204,7 @@ async fn record(
 }
 
 /// What came back from one attempt: the journal's facts and the hints the gates use.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Reading {
     /// Whether the server saw it.
     outcome: AttemptOutcome,
@@ -219,8 +220,8 @@ pub(crate) struct Reading {
     error_message: Option<String>,
     /// `x-request-id` of the answer.
     x_request_id: Option<String>,
-    /// The answer's body, when there is one.
-    response: Option<String>,
+    /// The answer's body, when there is one: in memory, or spooled.
+    response: Option<ResponseBody>,
     /// Usage, for successes.
     usage: Usage,
     /// The wait the server asked for, when the class is one that is retried (the others never
@@ -231,13 +232,18 @@ pub(crate) struct Reading {
 }
 
 impl Reading {
-    /// Puts the key's fingerprint wherever the server's text quoted the key it was sent.
+    /// Puts the key's fingerprint wherever the server's text quoted the key it was sent. A
+    /// spooled body was redacted as it was written.
     fn redact(&mut self, client: &ApiClient) {
+        let response = match &mut self.response {
+            Some(ResponseBody::Text { text, .. }) => Some(text),
+            Some(ResponseBody::Spooled(_)) | None => None,
+        };
         for text in [
-            &mut self.response,
-            &mut self.error_message,
-            &mut self.x_request_id,
-            &mut self.error.message,
+            response,
+            self.error_message.as_mut(),
+            self.x_request_id.as_mut(),
+            self.error.message.as_mut(),
         ]
         .into_iter()
         .flatten()

@@ -4,8 +4,11 @@
 //! HTTP status, the error body's `code`, `type` and `message`, and the `x-should-retry` header. Its
 //! match arms are the table of docs/error-taxonomy.md, row for row: change one, change the other.
 
+use std::io;
+
 use serde::Deserialize;
 
+use super::source::{BodySource, IsObject};
 pub use crate::domain::{Class, StopCause};
 
 /// How an attempt failed to produce an HTTP answer.
@@ -50,6 +53,15 @@ const MAX_RAW_MESSAGE: usize = 500;
 impl ApiError {
     /// Reads an error body. Never fails: a body that is not the OpenAI shape becomes the message.
     pub fn parse(body: &[u8]) -> ApiError {
+        // A body in memory always reads.
+        ApiError::parse_in(body).unwrap_or_default()
+    }
+
+    /// [`ApiError::parse`] on a body in memory or spooled.
+    ///
+    /// # Errors
+    /// The body could not be read (a spool file's I/O error).
+    pub fn parse_in<S: BodySource + ?Sized>(body: &S) -> io::Result<ApiError> {
         #[derive(Deserialize)]
         struct Envelope {
             error: Inner,
@@ -61,8 +73,8 @@ impl ApiError {
             kind: Option<String>,
             message: Option<String>,
         }
-        match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope { error }) => ApiError {
+        Ok(match body.parse::<Envelope>()? {
+            Some(Envelope { error }) => ApiError {
                 // Some servers send numeric codes; keep them as text.
                 code: error.code.and_then(|c| match c {
                     serde_json::Value::String(s) => Some(s),
@@ -72,32 +84,45 @@ impl ApiError {
                 kind: error.kind,
                 message: error.message,
             },
-            Err(_) => {
-                let text = String::from_utf8_lossy(body);
-                let text = text.trim();
+            None => {
+                let (head, more) = body.trimmed_head(MAX_RAW_MESSAGE)?;
                 ApiError {
                     code: None,
                     kind: None,
-                    message: (!text.is_empty()).then(|| truncate(text, MAX_RAW_MESSAGE)),
+                    message: match (head.is_empty(), more) {
+                        (true, _) => None,
+                        (false, true) => Some(format!("{head}…")),
+                        (false, false) => Some(head),
+                    },
                 }
             }
-        }
+        })
     }
 
     /// Reads the `error` object of a 2xx body, if it has one: `{"error": {...}}` at the top level.
     /// A body without one (any success body, or one that is not JSON) gives `None`.
     pub fn in_success(body: &[u8]) -> Option<ApiError> {
-        // Only the `error` field is built; the rest of a (large) success body is skipped, not
-        // turned into a JSON tree: this runs on every 2xx answer.
+        // A body in memory always reads.
+        ApiError::in_success_in(body).ok().flatten()
+    }
+
+    /// [`ApiError::in_success`] on a body in memory or spooled.
+    ///
+    /// # Errors
+    /// The body could not be read (a spool file's I/O error).
+    pub fn in_success_in<S: BodySource + ?Sized>(body: &S) -> io::Result<Option<ApiError>> {
+        // Only the `error` field is read, and not even built (see `IsObject`); the rest of a
+        // (large) success body is skipped: this runs on every 2xx answer.
         #[derive(Deserialize)]
         struct Probe {
-            error: Option<serde_json::Value>,
+            error: Option<IsObject>,
         }
-        serde_json::from_slice::<Probe>(body)
-            .ok()?
-            .error
-            .is_some_and(|error| error.is_object())
-            .then(|| ApiError::parse(body))
+        match body.parse::<Probe>()? {
+            Some(Probe {
+                error: Some(IsObject(true)),
+            }) => ApiError::parse_in(body).map(Some),
+            Some(_) | None => Ok(None),
+        }
     }
 
     fn code_is(&self, code: &str) -> bool {
@@ -126,13 +151,6 @@ impl ApiError {
     /// A request bigger than the whole per-minute budget: waiting cannot help.
     fn is_too_large(&self) -> bool {
         self.message_contains("Request too large")
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 

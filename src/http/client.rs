@@ -1,6 +1,9 @@
 //! Sending one attempt: one `reqwest::Client` (connection pool, timeouts, auth headers) per key.
+//! Answers are read within `--max-response-bytes` and the process's answer budget: a body the
+//! budget cannot hold is spooled to a private file (see [`super::body::read_answer`]).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -8,9 +11,11 @@ use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::body::{self, BodyError};
+use super::body::{self, Body, BodyError, Spooling};
 use super::classify::TransportFailure;
+use super::redact::Redactor;
 use super::sse::{Assembled, StreamAssembler, StreamError, is_event_stream};
+use crate::util::spool::Budget;
 use crate::util::sync::lock;
 
 /// Bytes of a streamed answer kept raw beside the assembled body, so that a stream that cannot be
@@ -48,6 +53,11 @@ impl ApiKey {
     /// journal, never enough to use one.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The key itself, for the redactor that looks for it in server text.
+    pub(super) fn secret(&self) -> &str {
+        &self.secret
     }
 }
 
@@ -138,8 +148,9 @@ pub struct Answer {
     pub status: u16,
     /// Response headers.
     pub headers: HeaderMap,
-    /// Raw body; of a streamed answer only its first bytes (see [`Answer::stream`]).
-    pub body: Vec<u8>,
+    /// The body: in memory, or spooled when the answer budget could not hold it; of a streamed
+    /// answer only its first bytes (see [`Answer::stream`]).
+    pub body: Body,
     /// A 2xx `text/event-stream` answer, read through a [`StreamAssembler`] as it arrived.
     pub stream: Option<Streamed>,
 }
@@ -225,53 +236,10 @@ pub struct ApiClient {
     last_url: Mutex<Option<(String, reqwest::Url)>>,
     /// Finds the key in what the server says, to put its fingerprint there instead.
     redactor: Option<Redactor>,
-}
-
-/// Replaces a key in server text with its fingerprint. A server may quote the key it was sent
-/// (`Incorrect API key provided: sk-…`: OpenAI masks it, some proxies do not), and that text
-/// goes into the journal, the exports and onto terminals, none of which may hold a key.
-struct Redactor {
-    finder: memchr::memmem::Finder<'static>,
-    fingerprint: String,
-}
-
-impl std::fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redactor")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Shortest key looked for in server text. A shorter one is a placeholder (`EMPTY`, `token`,
-/// what local servers are given), and replacing every occurrence of it would change answers
-/// that merely contain the word.
-const MIN_REDACTED_KEY: usize = 16;
-
-impl Redactor {
-    fn new(key: &ApiKey) -> Option<Redactor> {
-        (key.secret.len() >= MIN_REDACTED_KEY).then(|| Redactor {
-            finder: memchr::memmem::Finder::new(key.secret.as_bytes()).into_owned(),
-            fingerprint: key.fingerprint.clone(),
-        })
-    }
-
-    /// `bytes` with every occurrence of the key replaced; `None` when it holds none.
-    fn replaced(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let first = self.finder.find(bytes)?;
-        let needle = self.finder.needle().len();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut from = 0;
-        let mut at = Some(first);
-        while let Some(start) = at {
-            out.extend_from_slice(&bytes[from..start]);
-            out.extend_from_slice(self.fingerprint.as_bytes());
-            from = start + needle;
-            at = self.finder.find(&bytes[from..]).map(|i| from + i);
-        }
-        out.extend_from_slice(&bytes[from..]);
-        Some(out)
-    }
+    /// The answer budget bodies in memory take from.
+    budget: &'static Budget,
+    /// Where bodies the budget cannot hold are spooled.
+    spool_dir: PathBuf,
 }
 
 impl ApiClient {
@@ -344,7 +312,18 @@ impl ApiClient {
             api_version: settings.api_version.clone(),
             headers: settings.headers.clone(),
             last_url: Mutex::new(None),
+            budget: Budget::global(),
+            spool_dir: std::env::temp_dir(),
         })
+    }
+
+    /// This client with its answers under `budget` and spooled into `dir` (tests; a client
+    /// otherwise uses [`Budget::global`] and the temporary directory).
+    #[must_use]
+    pub fn with_spooling(mut self, budget: &'static Budget, dir: PathBuf) -> ApiClient {
+        self.budget = budget;
+        self.spool_dir = dir;
+        self
     }
 
     /// Puts the key's fingerprint wherever `text` (something the server said) holds the key.
@@ -358,11 +337,22 @@ impl ApiClient {
         }
     }
 
-    /// [`ApiClient::redact`] for a body not yet read as text.
+    /// [`ApiClient::redact`] for bytes not yet read as text.
     pub fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
         match &self.redactor {
             Some(redactor) => redactor.replaced(&bytes).unwrap_or(bytes),
             None => bytes,
+        }
+    }
+
+    /// [`ApiClient::redact_bytes`] for a body. A spooled body was redacted as it was written.
+    pub fn redact_body(&self, body: Body) -> Body {
+        match (&self.redactor, body) {
+            (Some(redactor), Body::Memory { bytes, held }) => Body::Memory {
+                bytes: redactor.replaced(&bytes).unwrap_or(bytes),
+                held,
+            },
+            (_, body) => body,
         }
     }
 
@@ -454,7 +444,7 @@ impl ApiClient {
                 Ok((head, stream)) => Sent::Answer(Answer {
                     status,
                     headers,
-                    body: head,
+                    body: head.into(),
                     stream: Some(stream),
                 }),
                 Err(at_least) => Sent::TooLarge {
@@ -468,34 +458,26 @@ impl ApiClient {
         self.read_whole(response).await
     }
 
-    /// Reads a plain (not streamed) answer, at most `max_body_bytes` of it.
+    /// Reads a plain (not streamed) answer, at most `max_body_bytes` of it, spooling it when the
+    /// answer budget cannot hold it. A spooled body has the key redacted already.
     async fn read_whole(&self, mut response: reqwest::Response) -> Sent {
         let status = response.status().as_u16();
         // Taken, not cloned: reading the body needs none of them (its length comes from the
         // framing), and a clone of every header per answer showed in profiles.
         let headers = std::mem::take(response.headers_mut());
-        match body::read_capped(response, self.max_body_bytes).await {
+        let spooling = Spooling {
+            budget: self.budget,
+            dir: &self.spool_dir,
+            redactor: self.redactor.as_ref(),
+        };
+        match body::read_answer(response, self.max_body_bytes, spooling).await {
             Ok(body) => Sent::Answer(Answer {
                 status,
                 headers,
                 body,
                 stream: None,
             }),
-            Err(BodyError::TooLarge { cap, at_least }) => Sent::TooLarge {
-                status,
-                headers,
-                cap,
-                at_least,
-            },
-            // The status line arrived, so the request was sent: the outcome is unknown.
-            Err(BodyError::Transport(e)) => Sent::Failed {
-                failure: if e.is_timeout() {
-                    TransportFailure::Timeout
-                } else {
-                    TransportFailure::Other
-                },
-                message: error_chain(&e),
-            },
+            Err(e) => self.unread(status, headers, e),
         }
     }
 
@@ -519,17 +501,53 @@ impl ApiClient {
         self.max_body_bytes
     }
 
-    /// GETs a path (used by the mock server's tests and by `doctor`-style probes).
+    /// GETs a path (used by the mock server's tests and by `doctor`-style probes). The answer
+    /// is read whole into memory (never spooled), at most `max_body_bytes` of it: its body is
+    /// always [`Body::Memory`].
     pub async fn get(&self, path: &str) -> Sent {
-        match self.http.get(self.url_for(path)).send().await {
-            Ok(response) => match self.read_whole(response).await {
-                Sent::Answer(mut answer) => {
-                    answer.body = self.redact_bytes(answer.body);
-                    Sent::Answer(answer)
-                }
-                other => other,
+        let mut response = match self.http.get(self.url_for(path)).send().await {
+            Ok(response) => response,
+            Err(e) => return failed(&e),
+        };
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        match body::read_capped(response, self.max_body_bytes).await {
+            Ok(bytes) => Sent::Answer(Answer {
+                status,
+                headers,
+                body: self.redact_bytes(bytes).into(),
+                stream: None,
+            }),
+            Err(e) => self.unread(status, headers, e),
+        }
+    }
+
+    /// What an answer whose body could not be read amounts to.
+    fn unread(&self, status: u16, headers: HeaderMap, e: BodyError) -> Sent {
+        match e {
+            BodyError::TooLarge { cap, at_least } => Sent::TooLarge {
+                status,
+                headers,
+                cap,
+                at_least,
             },
-            Err(e) => failed(&e),
+            // The body could not be kept: the answer is lost as if the connection had broken.
+            e @ BodyError::Spool { .. } => {
+                tracing::warn!(error = %e, "an answer could not be spooled");
+                Sent::Failed {
+                    failure: TransportFailure::Other,
+                    message: e.to_string(),
+                }
+            }
+            // The status line arrived, so the request was sent: the outcome is unknown.
+            BodyError::Transport(e) => Sent::Failed {
+                failure: if e.is_timeout() {
+                    TransportFailure::Timeout
+                } else {
+                    TransportFailure::Other
+                },
+                message: error_chain(&e),
+            },
         }
     }
 }
@@ -706,28 +724,6 @@ mod tests {
     )]
     fn joins_urls(#[case] base: &str, #[case] path: &str, #[case] expected: &str) {
         assert_eq!(join_url(base, path), expected);
-    }
-
-    #[test]
-    fn a_key_the_server_quotes_becomes_its_fingerprint_everywhere_in_the_text() {
-        let key = ApiKey::new("sk-proj-abcdefghij0123456789wxyz");
-        let redactor = Redactor::new(&key).expect("a key");
-        let quoted = format!("a {0} b {0}{0} c", key.secret);
-        let replaced = redactor.replaced(quoted.as_bytes()).expect("found");
-        let fp = key.fingerprint();
-        assert_eq!(
-            String::from_utf8_lossy(&replaced),
-            format!("a {fp} b {fp}{fp} c")
-        );
-        assert!(redactor.replaced(b"nothing to see").is_none());
-        assert!(
-            Redactor::new(&ApiKey::new("  ")).is_none(),
-            "an empty key finds nothing"
-        );
-        assert!(
-            Redactor::new(&ApiKey::new("EMPTY")).is_none(),
-            "a placeholder is not looked for in answers"
-        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Reading success bodies: usage and model (journaled per request) and the output text (exported).
 //! Covers chat completions, the responses API, completions and embeddings (which have no text).
+//! A body is read in memory or from its spool file alike ([`BodySource`]).
+
+use std::io;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::Usage;
 use crate::http::classify::ApiError;
+use crate::http::source::{BodySource, IsObject};
 
 #[derive(Deserialize)]
 struct Probe {
@@ -57,25 +61,39 @@ pub enum SuccessBody {
 /// verdicts, in one pass over the body for the usual answer. This runs on every answer, and
 /// the body (around a kilobyte for a chat completion) was scanned twice.
 pub fn read_success(body: &[u8]) -> SuccessBody {
+    // A body in memory always reads.
+    read_success_in(body).unwrap_or(SuccessBody::Invalid)
+}
+
+/// [`read_success`] on a body in memory or spooled.
+///
+/// # Errors
+/// The body could not be read (a spool file's I/O error).
+pub fn read_success_in<S: BodySource + ?Sized>(body: &S) -> io::Result<SuccessBody> {
     #[derive(Deserialize)]
     struct Both {
-        error: Option<Value>,
+        error: Option<IsObject>,
         model: Option<String>,
         usage: Option<RawUsage>,
     }
     // Reading the three fields at once succeeds exactly when both separate reads would: each
     // needs a JSON object, and each field's own shape. When it fails, one of them may still
     // succeed (an error object beside a `model` that is not a string): the separate reads decide.
-    match serde_json::from_slice::<Both>(body) {
-        Ok(Both { error, .. }) if error.as_ref().is_some_and(Value::is_object) => {
-            SuccessBody::Error(ApiError::parse(body))
-        }
-        Ok(Both { model, usage, .. }) => SuccessBody::Answer(usage_of(model, usage)),
-        Err(_) => match ApiError::in_success(body) {
+    Ok(match body.parse::<Both>()? {
+        Some(Both {
+            error: Some(IsObject(true)),
+            ..
+        }) => SuccessBody::Error(ApiError::parse_in(body)?),
+        Some(Both { model, usage, .. }) => SuccessBody::Answer(usage_of(model, usage)),
+        None => match ApiError::in_success_in(body)? {
             Some(error) => SuccessBody::Error(error),
-            None => parse_success(body).map_or(SuccessBody::Invalid, SuccessBody::Answer),
+            None => body
+                .parse::<Probe>()?
+                .map_or(SuccessBody::Invalid, |probe| {
+                    SuccessBody::Answer(usage_of(probe.model, probe.usage))
+                }),
         },
-    }
+    })
 }
 
 /// The generated text of a success body, or `None` (embeddings, moderations, unknown shapes).
@@ -192,6 +210,66 @@ mod tests {
             }
         };
         assert_eq!(read_success(body.as_bytes()), two_reads, "{body}");
+        let spooled = crate::util::spool::spooled_for_test(body.as_bytes());
+        assert_eq!(
+            read_success_in(&spooled).expect("reads"),
+            two_reads,
+            "spooled: {body}"
+        );
+    }
+
+    /// A spooled body is read in pieces, through runs of whitespace and long strings, with the
+    /// verdicts a body in memory gets.
+    #[rstest::rstest]
+    #[case::padded_answer(
+        r#"{"model":"m","choices":[{"message":{"content":"hi"}}]"#,
+        r#","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
+    )]
+    #[case::long_string(r#"{"model":"m","choices":[{"message":{"content":""#, r#""}}]}"#)]
+    #[case::padded_error(r#"{"error":{"message":"over","code":"x"}"#, "}")]
+    #[case::escape_in_a_long_string(r#"{"model":"m","x":""#, r#"q"}"#)]
+    #[case::cut(r#"{"model":"m","choices":[{"message":{"content":""#, "")]
+    #[case::not_json("<html>", "</html>")]
+    fn a_large_spooled_body_reads_as_it_would_in_memory(
+        #[case] start: &str,
+        #[case] end: &str,
+        #[values(b' ', b'a', b'\n')] filler: u8,
+    ) {
+        let mut body = start.as_bytes().to_vec();
+        body.extend(std::iter::repeat_n(filler, 300_000));
+        body.extend_from_slice(end.as_bytes());
+        let spooled = crate::util::spool::spooled_for_test(&body);
+        assert_eq!(
+            read_success_in(&spooled).expect("reads"),
+            read_success(&body),
+            "{start}…{end}"
+        );
+        assert_eq!(
+            ApiError::parse_in(&spooled).expect("reads"),
+            ApiError::parse(&body),
+            "{start}…{end}"
+        );
+    }
+
+    #[test]
+    fn usage_is_read_from_a_spooled_answer_padded_past_the_budget() {
+        let mut body = br#"{"model":"gpt-4o-mini","choices":[{"message":{"content":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'z', 2 * 1024 * 1024));
+        body.extend_from_slice(br#""}}],"#);
+        body.extend(std::iter::repeat_n(b' ', 2 * 1024 * 1024));
+        body.extend_from_slice(
+            br#""usage":{"input_tokens":7,"output_tokens":5,"total_tokens":12}}"#,
+        );
+        let spooled = crate::util::spool::spooled_for_test(&body);
+        assert_eq!(
+            read_success_in(&spooled).expect("reads"),
+            SuccessBody::Answer(Usage {
+                model: Some("gpt-4o-mini".into()),
+                prompt_tokens: Some(7),
+                completion_tokens: Some(5),
+                total_tokens: Some(12),
+            })
+        );
     }
 
     #[test]

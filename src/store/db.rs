@@ -3,14 +3,21 @@
 //! The writer calls these on the owner thread (see [`super::JobStore`]), inside its group-commit
 //! transaction; read-only commands call them on their own read-only connection. Hot statements
 //! use `prepare_cached`.
+//!
+//! A request's last answer is its `response` column, or, for an answer that was spooled (too
+//! large for the memory budget), its row in `spilled_responses`, written piece by piece with
+//! incremental BLOB I/O (see `migrations/0010_…`). Readers take whichever is there, as text.
 
+use rusqlite::blob::ZeroBlob;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 
 use super::StoreError;
 use crate::domain::{
     AttemptClass, AttemptOutcome, Claimed, Class, Completion, Counts, Disposition, EventKind,
-    JobId, JobState, RequestId, RequestState, Spent,
+    JobId, JobState, RequestId, RequestState, ResponseBody, Spent,
 };
+use crate::util::spool::Spooled;
 
 /// A job as stored.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -412,7 +419,15 @@ pub fn next_due(conn: &Connection, job: JobId) -> Result<Option<i64>, StoreError
 pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_ATTEMPT)?;
     let mut update = conn.prepare_cached(UPDATE_REQUEST)?;
-    record_with(&mut insert, &mut update, c)
+    record_with(
+        conn,
+        &mut Statements {
+            insert: &mut insert,
+            update: &mut update,
+            unspill: None,
+        },
+        c,
+    )
 }
 
 /// The statements that journal an attempt ([`record_attempt`]), prepared once and kept by the
@@ -420,8 +435,10 @@ pub fn record_attempt(conn: &Connection, c: &Completion) -> Result<(), StoreErro
 /// from the connection's cache hashes its text, and giving it back clears its bindings, ~2k
 /// instructions per statement and call.
 pub struct Journal<'conn> {
+    conn: &'conn Connection,
     insert: Statement<'conn>,
     update: Statement<'conn>,
+    unspill: Statement<'conn>,
 }
 
 impl<'conn> Journal<'conn> {
@@ -431,8 +448,10 @@ impl<'conn> Journal<'conn> {
     /// Database errors (a database without the schema).
     pub fn new(conn: &'conn Connection) -> Result<Journal<'conn>, StoreError> {
         Ok(Journal {
+            conn,
             insert: conn.prepare(INSERT_ATTEMPT)?,
             update: conn.prepare(UPDATE_REQUEST)?,
+            unspill: conn.prepare(DELETE_SPILLED)?,
         })
     }
 
@@ -441,7 +460,15 @@ impl<'conn> Journal<'conn> {
     /// # Errors
     /// Database errors.
     pub fn record(&mut self, c: &Completion) -> Result<(), StoreError> {
-        record_with(&mut self.insert, &mut self.update, c)
+        record_with(
+            self.conn,
+            &mut Statements {
+                insert: &mut self.insert,
+                update: &mut self.update,
+                unspill: Some(&mut self.unspill),
+            },
+            c,
+        )
     }
 }
 
@@ -462,12 +489,32 @@ const UPDATE_REQUEST: &str = "UPDATE requests SET state = ?2, attempts = ?3, nex
             invalid_attempts = invalid_attempts + ?20
      WHERE id = ?1";
 
-/// [`record_attempt`] with its two statements.
+/// A request's spooled answer, gone: a later attempt's answer replaces it.
+const DELETE_SPILLED: &str = "DELETE FROM spilled_responses WHERE request_id = ?1";
+
+/// A request's spooled answer, as a zero-filled BLOB of its length, filled in afterwards.
+const INSERT_SPILLED: &str =
+    "INSERT OR REPLACE INTO spilled_responses (request_id, body) VALUES (?1, ?2)";
+
+/// The statements [`record_with`] runs; [`DELETE_SPILLED`], when not given, is taken from the
+/// connection's cache when needed (rarely: see [`record_with`]).
+struct Statements<'a, 'conn> {
+    insert: &'a mut Statement<'conn>,
+    update: &'a mut Statement<'conn>,
+    unspill: Option<&'a mut Statement<'conn>>,
+}
+
+/// [`record_attempt`] with its statements.
 fn record_with(
-    insert: &mut Statement<'_>,
-    update: &mut Statement<'_>,
+    conn: &Connection,
+    statements: &mut Statements<'_, '_>,
     c: &Completion,
 ) -> Result<(), StoreError> {
+    let Statements {
+        insert,
+        update,
+        unspill,
+    } = statements;
     insert.execute(params![
         c.request.0,
         c.job.0,
@@ -490,6 +537,11 @@ fn record_with(
         Disposition::Requeue => (RequestState::Pending, 0, None),
     };
     let succeeded = c.disposition == Disposition::Succeeded;
+    let (inline, spooled) = match &c.response {
+        Some(ResponseBody::Text { text, .. }) => (Some(text.as_str()), None),
+        Some(ResponseBody::Spooled(spooled)) => (None, Some(spooled)),
+        None => (None, None),
+    };
     let changed = update.execute(params![
         c.request.0,
         state,
@@ -500,7 +552,7 @@ fn record_with(
         c.error_code,
         c.error_message,
         c.x_request_id,
-        c.response,
+        inline,
         c.usage.model,
         c.usage.prompt_tokens,
         c.usage.completion_tokens,
@@ -518,8 +570,78 @@ fn record_with(
             c.number, c.request.0
         )));
     }
+    match spooled {
+        Some(spooled) => spill(conn, c.request, spooled)?,
+        // A request's first attempt has no earlier answer to replace: the common case, a first
+        // success, runs no statement for it.
+        None if c.number > 1 => match unspill {
+            Some(unspill) => unspill.execute([c.request.0]).map(drop)?,
+            None => conn
+                .prepare_cached(DELETE_SPILLED)?
+                .execute([c.request.0])
+                .map(drop)?,
+        },
+        None => {}
+    }
     Ok(())
 }
+
+/// Journals a spooled answer as its request's row in `spilled_responses`: a zero-filled BLOB of
+/// the text's length, then the text written into it piece by piece, so neither SQLite nor this
+/// thread ever holds more than a piece of it.
+fn spill(conn: &Connection, request: RequestId, spooled: &Spooled) -> Result<(), StoreError> {
+    let length = spooled.text_len();
+    let too_large = || StoreError::Spool {
+        request: request.0,
+        source: std::io::Error::other(format!(
+            "an answer of {length} bytes is over SQLite's limit for one value"
+        )),
+    };
+    let zeroed = ZeroBlob(i32::try_from(length).map_err(|_| too_large())?);
+    conn.prepare_cached(INSERT_SPILLED)?
+        .execute(params![request.0, zeroed])?;
+    let mut blob = conn.blob_open(
+        rusqlite::MAIN_DB,
+        c"spilled_responses",
+        c"body",
+        request.0,
+        false,
+    )?;
+    let copied = spooled.copy_text(&mut |piece| std::io::Write::write_all(&mut blob, piece));
+    match copied {
+        Ok(n) if n == length => Ok(()),
+        Ok(n) => Err(StoreError::Spool {
+            request: request.0,
+            source: std::io::Error::other(format!(
+                "its text is {n} bytes where {length} were counted"
+            )),
+        }),
+        Err(source) => Err(StoreError::Spool {
+            request: request.0,
+            source,
+        }),
+    }
+}
+
+/// A `response` as text, whether stored as TEXT (`requests.response`) or as a BLOB of UTF-8
+/// (`spilled_responses.body`).
+fn response_text(value: ValueRef<'_>) -> rusqlite::Result<Option<String>> {
+    match value {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+        }
+        ValueRef::Integer(_) | ValueRef::Real(_) => Err(rusqlite::Error::InvalidColumnType(
+            5,
+            "response".to_owned(),
+            value.data_type(),
+        )),
+    }
+}
+
+/// The SQL of a request's `response`: the column, or its spilled row.
+pub const RESPONSE_SQL: &str =
+    "coalesce(response, (SELECT body FROM spilled_responses WHERE request_id = requests.id))";
 
 /// Requests of a job by state.
 ///
@@ -685,14 +807,13 @@ pub fn for_each_request<E: From<StoreError>>(
     job: JobId,
     mut each: impl FnMut(RequestRow) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT key, line, state, http_status, attempts, response, model, prompt_tokens, completion_tokens,
-                    total_tokens, x_request_id, error_class, error_code, error_message, latency_ms, finished_at,
-                    metadata, custom_id, body
-             FROM requests WHERE job_id = ?1 ORDER BY line, id",
-        )
-        .map_err(StoreError::from)?;
+    let sql = format!(
+        "SELECT key, line, state, http_status, attempts, {RESPONSE_SQL}, model, prompt_tokens,
+                completion_tokens, total_tokens, x_request_id, error_class, error_code, error_message,
+                latency_ms, finished_at, metadata, custom_id, body
+         FROM requests WHERE job_id = ?1 ORDER BY line, id"
+    );
+    let mut stmt = conn.prepare(&sql).map_err(StoreError::from)?;
     let mut rows = stmt.query([job.0]).map_err(StoreError::from)?;
     while let Some(r) = rows.next().map_err(StoreError::from)? {
         let row = (|| -> rusqlite::Result<RequestRow> {
@@ -702,7 +823,7 @@ pub fn for_each_request<E: From<StoreError>>(
                 state: r.get(2)?,
                 http_status: r.get(3)?,
                 attempts: r.get(4)?,
-                response: r.get(5)?,
+                response: response_text(r.get_ref(5)?)?,
                 model: r.get(6)?,
                 prompt_tokens: r.get(7)?,
                 completion_tokens: r.get(8)?,

@@ -155,6 +155,7 @@ pub fn sqlite_code(e: &StoreError) -> Option<ErrorCode> {
         | StoreError::Corrupt(_)
         | StoreError::Failed(_)
         | StoreError::Lease(_)
+        | StoreError::Spool { .. }
         | StoreError::Closed => None,
     }
 }
@@ -182,6 +183,7 @@ pub fn diagnose_store(path: &Path, e: &StoreError) -> Option<StorageFault> {
         | StoreError::Corrupt(_)
         | StoreError::Failed(_)
         | StoreError::Lease(_)
+        | StoreError::Spool { .. }
         | StoreError::Closed => None,
     }
 }

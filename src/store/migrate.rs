@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_add_job_input_layout",
         include_str!("../../migrations/0010_add_job_input_layout.sql"),
     ),
+    (
+        "0011_create_spilled_responses",
+        include_str!("../../migrations/0011_create_spilled_responses.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

@@ -179,6 +179,16 @@ pub enum StoreError {
     /// The owner thread is gone.
     #[error("the database thread has stopped")]
     Closed,
+    /// A spooled answer could not be copied into the journal.
+    #[error(
+        "cannot journal the spooled answer of request {request}: {source}: check the temporary directory (TMPDIR) and its disk"
+    )]
+    Spool {
+        /// The request's row id.
+        request: i64,
+        /// What went wrong.
+        source: std::io::Error,
+    },
 }
 
 /// A failed write as the store thread remembers it: what SQLite said, and its error code so the

@@ -19,7 +19,7 @@ fn success(request: i64, job: JobId) -> Completion {
         error_message: None,
         x_request_id: None,
         key_fingerprint: None,
-        response: Some("{}".to_owned()),
+        response: Some("{}".into()),
         usage: Usage::default(),
         disposition: Disposition::Succeeded,
     }
@@ -236,4 +236,73 @@ fn a_claim_bounded_in_bytes_takes_as_many_as_fit_and_at_least_one() {
         )
         .expect("count");
     assert_eq!(pending, 1, "only what was claimed is in flight");
+}
+
+/// A spooled answer is journaled in pieces into `spilled_responses` and read back as the
+/// request's response: the text it would have been in memory (invalid UTF-8 replaced). A later
+/// attempt's answer replaces it, and an attempt without one removes it.
+#[test]
+fn a_spooled_answer_is_journaled_in_pieces_and_read_back_as_the_same_text() {
+    use crate::domain::ResponseBody;
+    use crate::util::spool::{SPOOL_PIECE, spooled_for_test};
+    let (conn, job) = conn_with_job();
+    conn.execute(
+        "INSERT INTO requests (id, job_id, key, line, method, url, body, body_hash, state)
+         VALUES (1, ?1, 'k', 1, 'POST', '/v1/chat/completions', '{}', 'h', 'in_flight')",
+        [job.0],
+    )
+    .expect("request");
+    let mut body = br#"{"x":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'a', 3 * SPOOL_PIECE + 10));
+    body.extend_from_slice(&[0xE2, 0x82, b'"', b'}']);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let responses = |conn: &Connection| {
+        let mut all = Vec::new();
+        db::for_each_request(conn, job, |row| {
+            all.push(row.response);
+            Ok::<_, StoreError>(())
+        })
+        .expect("read");
+        all
+    };
+    let spilled = |conn: &Connection| -> (i64, Option<String>) {
+        conn.query_row(
+            "SELECT count(*), max(typeof(body)) FROM spilled_responses",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("spilled")
+    };
+
+    let mut first = success(1, job);
+    first.response = Some(ResponseBody::Spooled(spooled_for_test(&body)));
+    db::record_attempt(&conn, &first).expect("journaled");
+    assert_eq!(responses(&conn), [Some(text.clone())]);
+    assert_eq!(spilled(&conn), (1, Some("blob".to_owned())));
+    let inline: Option<String> = conn
+        .query_row("SELECT response FROM requests", [], |r| r.get(0))
+        .expect("row");
+    assert_eq!(inline, None, "one copy only: the spilled row");
+
+    let mut second = success(1, job);
+    second.number = 2;
+    second.response = Some("{}".into());
+    db::record_attempt(&conn, &second).expect("journaled");
+    assert_eq!(responses(&conn), [Some("{}".to_owned())]);
+    assert_eq!(spilled(&conn).0, 0, "replaced by the later answer");
+
+    let mut third = success(1, job);
+    third.number = 3;
+    third.response = Some(ResponseBody::Spooled(spooled_for_test(b"[1]")));
+    db::record_attempt(&conn, &third).expect("journaled");
+    let mut fourth = success(1, job);
+    fourth.number = 4;
+    fourth.response = None;
+    db::record_attempt(&conn, &fourth).expect("journaled");
+    assert_eq!(responses(&conn), [None]);
+    assert_eq!(
+        spilled(&conn).0,
+        0,
+        "an attempt without an answer leaves none"
+    );
 }

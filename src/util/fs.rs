@@ -86,10 +86,16 @@ impl Replacement {
     }
 }
 
-fn create_new_private(path: &Path) -> io::Result<File> {
+/// Creates a new file readable by its owner only, open for writing and reading; fails if
+/// anything (a file, a link) is at `path` already.
+///
+/// # Errors
+/// Something is at `path`, or the file cannot be created.
+pub fn create_new_private(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .write(true)
+        .read(true)
         .create_new(true)
         .mode(0o600)
         .open(path)

@@ -272,7 +272,7 @@ async fn every_write_of_a_runner_that_lost_its_job_is_refused_and_changes_nothin
                 error_message: None,
                 x_request_id: None,
                 key_fingerprint: None,
-                response: Some("{}".to_owned()),
+                response: Some("{}".into()),
                 usage: Usage::default(),
                 disposition: Disposition::Succeeded,
             })

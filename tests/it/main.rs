@@ -20,6 +20,7 @@ mod architecture;
 mod batch_api;
 mod batch_jobs;
 mod batch_recovery;
+mod big_answers;
 mod busy;
 mod chaos;
 mod cli;

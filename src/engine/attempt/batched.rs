@@ -31,7 +31,7 @@ pub(crate) fn read_result(result: BatchResult, max_wait: Duration) -> Reading {
                 status,
                 headers: HeaderMap::new(),
                 // A `Value` always serialises.
-                body: serde_json::to_vec(&body).unwrap_or_default(),
+                body: serde_json::to_vec(&body).unwrap_or_default().into(),
                 stream: None,
             };
             let mut reading = read(Sent::Answer(answer), SystemTime::now(), max_wait);

@@ -1,5 +1,7 @@
 //! The **read** step of an attempt: what came back (an answer, a cut or unreadable stream, a
-//! body over the limit, a transport failure) turned into a [`Reading`](super::Reading). Pure.
+//! body over the limit, a transport failure) turned into a [`Reading`](super::Reading). Pure: a
+//! spooled body comes already examined (`http::body::Examined`), and its file becomes the
+//! reading's response as it is, never loaded.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,15 +9,16 @@ use reqwest::header::{HeaderMap, LOCATION};
 use serde_json::Value;
 
 use super::Reading;
-use crate::domain::{AttemptOutcome, Class, Usage};
+use crate::domain::{AttemptOutcome, Class, ResponseBody, Usage};
+use crate::http::body::{self, Body, Examined, SpooledBody, examine};
 use crate::http::classify::{ApiError, Observation, Payload, TransportFailure, classify};
 use crate::http::client::{Answer, Sent, Streamed};
 use crate::http::hints::{self, Announced};
-use crate::http::response::{SuccessBody, parse_success, read_success};
+use crate::http::response::{SuccessBody, parse_success};
 use crate::http::sse::{Assembled, StreamEnd};
 
 /// Longest part of an unreadable 2xx body kept in the journal's `error_message`.
-const INVALID_BODY_HEAD: usize = 200;
+const INVALID_BODY_HEAD: usize = body::HEAD_CHARS;
 
 /// Reads what came back. `now` resolves a `retry-after` given as an HTTP date.
 ///
@@ -82,7 +85,7 @@ fn failure_code(failure: TransportFailure) -> &'static str {
 struct Content {
     payload: Payload,
     error: ApiError,
-    response: Option<String>,
+    response: Option<ResponseBody>,
     unreadable: Option<(&'static str, String)>,
     /// Usage, when the body was already parsed for it (a plain 2xx).
     usage: Option<Usage>,
@@ -125,48 +128,16 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
             error: ApiError::default(),
             unreadable: Some((
                 "invalid_stream",
-                format!("{message}; the stream began: {}", head(&body)),
+                format!(
+                    "{message}; the stream began: {}",
+                    head(body.in_memory().unwrap_or_default())
+                ),
             )),
-            response: Some(into_text(body)),
+            response: Some(into_response(body)),
             usage: None,
         },
         Some(Streamed::Assembled(assembled)) => assembled_content(assembled),
-        None if !success => Content {
-            payload: Payload::Whole,
-            error: error_of(status, &headers, &body),
-            response: Some(into_text(body)),
-            unreadable: None,
-            usage: None,
-        },
-        None => match read_success(&body) {
-            SuccessBody::Error(error) => Content {
-                payload: Payload::Error,
-                error,
-                response: Some(into_text(body)),
-                unreadable: None,
-                usage: None,
-            },
-            SuccessBody::Answer(usage) => Content {
-                payload: Payload::Whole,
-                error: ApiError::default(),
-                response: Some(into_text(body)),
-                unreadable: None,
-                usage: Some(usage),
-            },
-            SuccessBody::Invalid => Content {
-                payload: Payload::Invalid,
-                error: ApiError::default(),
-                unreadable: Some((
-                    "invalid_json",
-                    format!(
-                        "the answer's body is not a JSON object; it began: {}",
-                        head(&body)
-                    ),
-                )),
-                response: Some(into_text(body)),
-                usage: None,
-            },
-        },
+        None => plain_content(status, &headers, body),
     };
     let class = classify(Observation::Answer {
         status,
@@ -175,9 +146,13 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
         should_retry,
     });
     let usage = match (success, content.payload, &content.response) {
-        (true, Payload::Whole, Some(text)) => content
+        (true, Payload::Whole, Some(response)) => content
             .usage
-            .or_else(|| parse_success(text.as_bytes()))
+            .or_else(|| {
+                response
+                    .as_text()
+                    .and_then(|text| parse_success(text.as_bytes()))
+            })
             .unwrap_or_default(),
         _ => Usage::default(),
     };
@@ -209,10 +184,56 @@ fn read_answer(answer: Answer, now: SystemTime, max_wait: Duration) -> Reading {
     }
 }
 
-/// The error a non-2xx answer gives. A redirect is never followed (see `http::client`): its
-/// journal row says where it pointed, since its body rarely says anything.
-fn error_of(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
-    let mut error = ApiError::parse(body);
+/// What a plain (not streamed) answer's body turned out to be: examined here when it is in
+/// memory, before it was spooled otherwise.
+fn plain_content(status: u16, headers: &HeaderMap, body: Body) -> Content {
+    let (examined, response) = match body {
+        Body::Memory { bytes, held } => {
+            // A body in memory always reads; the fallback is never taken.
+            let examined = examine(status, bytes.as_slice())
+                .unwrap_or(Examined::Success(SuccessBody::Invalid, None));
+            let text = into_text(bytes);
+            (examined, ResponseBody::Text { text, held })
+        }
+        Body::Spooled(SpooledBody { spooled, examined }) => {
+            (examined, ResponseBody::Spooled(spooled))
+        }
+    };
+    let (payload, error, unreadable, usage) = match examined {
+        Examined::Error(error) => (Payload::Whole, error_of(status, headers, error), None, None),
+        Examined::Success(SuccessBody::Error(error), _) => (Payload::Error, error, None, None),
+        Examined::Success(SuccessBody::Answer(usage), _) => {
+            (Payload::Whole, ApiError::default(), None, Some(usage))
+        }
+        Examined::Success(SuccessBody::Invalid, began) => {
+            let (text, more) = began.unwrap_or_default();
+            let began = if more {
+                format!("{text:?}…")
+            } else {
+                format!("{text:?}")
+            };
+            let message = format!("the answer's body is not a JSON object; it began: {began}");
+            (
+                Payload::Invalid,
+                ApiError::default(),
+                Some(("invalid_json", message)),
+                None,
+            )
+        }
+    };
+    Content {
+        payload,
+        error,
+        response: Some(response),
+        unreadable,
+        usage,
+    }
+}
+
+/// The error a non-2xx answer gives (`parsed` from its body). A redirect is never followed (see
+/// `http::client`): its journal row says where it pointed, since its body rarely says anything.
+fn error_of(status: u16, headers: &HeaderMap, parsed: ApiError) -> ApiError {
+    let mut error = parsed;
     if (300..400).contains(&status) {
         let location = match headers.get(LOCATION) {
             Some(value) => head(value.as_bytes()),
@@ -254,7 +275,7 @@ fn cut_reading(
         error_code: Some(failure_code(failure).to_owned()),
         error_message: Some(message),
         x_request_id,
-        response: (!partial.is_null()).then(|| partial.to_string()),
+        response: (!partial.is_null()).then(|| partial.to_string().into()),
         usage: Usage::default(),
         wait: None,
         announced,
@@ -298,7 +319,7 @@ fn assembled_content(assembled: Assembled) -> Content {
             Content {
                 payload: Payload::Error,
                 error: parsed,
-                response: Some(journaled.to_string()),
+                response: Some(journaled.to_string().into()),
                 unreadable: None,
                 usage: None,
             }
@@ -316,10 +337,21 @@ fn assembled_content(assembled: Assembled) -> Content {
         (None, body) => Content {
             payload: Payload::Whole,
             error: ApiError::default(),
-            response: Some(body.to_string()),
+            response: Some(body.to_string().into()),
             unreadable: None,
             usage: None,
         },
+    }
+}
+
+/// A body as the journal's response: text in memory (see [`into_text`]), or its spool file.
+fn into_response(body: Body) -> ResponseBody {
+    match body {
+        Body::Memory { bytes, held } => ResponseBody::Text {
+            text: into_text(bytes),
+            held,
+        },
+        Body::Spooled(SpooledBody { spooled, .. }) => ResponseBody::Spooled(spooled),
     }
 }
 
@@ -337,5 +369,71 @@ fn head(body: &[u8]) -> String {
     match text.char_indices().nth(INVALID_BODY_HEAD) {
         Some((cut, _)) => format!("{:?}…", &text[..cut]),
         None => format!("{text:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::spool::spooled_for_test;
+
+    fn read_spooled(status: u16, bytes: &[u8]) -> Reading {
+        let spooled = spooled_for_test(bytes);
+        let examined = examine(status, &spooled).expect("examined");
+        let answer = Answer {
+            status,
+            headers: HeaderMap::new(),
+            body: Body::Spooled(SpooledBody { spooled, examined }),
+            stream: None,
+        };
+        read(
+            Sent::Answer(answer),
+            SystemTime::now(),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn read_in_memory(status: u16, bytes: &[u8]) -> Reading {
+        let answer = Answer {
+            status,
+            headers: HeaderMap::new(),
+            body: bytes.to_vec().into(),
+            stream: None,
+        };
+        read(
+            Sent::Answer(answer),
+            SystemTime::now(),
+            Duration::from_secs(1),
+        )
+    }
+
+    /// A spooled answer reads as it would in memory, and stays spooled: its file becomes the
+    /// journal's response.
+    #[rstest::rstest]
+    #[case::answer(
+        200,
+        r#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
+    )]
+    #[case::error_in_a_success(
+        200,
+        r#"{"error":{"message":"Missing scopes: x","code":"missing_scope"}}"#
+    )]
+    #[case::not_json(200, "<html>oops</html>")]
+    #[case::server_error(500, r#"{"error":{"message":"boom","type":"server_error"}}"#)]
+    #[case::not_json_error(502, "<html>bad gateway</html>")]
+    fn a_spooled_answer_reads_as_it_would_in_memory(#[case] status: u16, #[case] body: &str) {
+        let padded = format!("{body}{}", " ".repeat(100_000));
+        let spooled = read_spooled(status, padded.as_bytes());
+        let memory = read_in_memory(status, padded.as_bytes());
+        assert_eq!(spooled.class, memory.class, "{body}");
+        assert_eq!(spooled.usage, memory.usage, "{body}");
+        assert_eq!(spooled.error, memory.error, "{body}");
+        assert_eq!(spooled.error_code, memory.error_code, "{body}");
+        assert_eq!(spooled.error_message, memory.error_message, "{body}");
+        assert!(
+            matches!(spooled.response, Some(ResponseBody::Spooled(ref s)) if s.text_len() == padded.len() as u64),
+            "{:?}",
+            spooled.response
+        );
     }
 }

@@ -153,7 +153,7 @@ fn answer(status: u16, body: &str, stream: Option<Streamed>) -> Reading {
         Sent::Answer(Answer {
             status,
             headers: reqwest::header::HeaderMap::new(),
-            body: body.as_bytes().to_vec(),
+            body: body.as_bytes().to_vec().into(),
             stream,
         }),
         SystemTime::now(),
@@ -189,7 +189,10 @@ fn a_success_is_journaled_as_sent_with_its_usage_and_a_body_not_utf8_as_far_as_i
     let body = r#"{"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
     let reading = answer(200, body, None);
     assert_eq!(reading.class, Class::Succeeded);
-    assert_eq!(reading.response.as_deref(), Some(body));
+    assert_eq!(
+        reading.response.as_ref().and_then(ResponseBody::as_text),
+        Some(body)
+    );
     assert_eq!(reading.usage.model.as_deref(), Some("gpt-4o-mini"));
     assert_eq!(reading.usage.total_tokens, Some(4));
 
@@ -200,14 +203,17 @@ fn a_success_is_journaled_as_sent_with_its_usage_and_a_body_not_utf8_as_far_as_i
         Sent::Answer(Answer {
             status: 200,
             headers: reqwest::header::HeaderMap::new(),
-            body: bytes.clone(),
+            body: bytes.clone().into(),
             stream: None,
         }),
         SystemTime::now(),
         Duration::from_secs(120),
     );
     let lossy = String::from_utf8_lossy(&bytes).into_owned();
-    assert_eq!(reading.response.as_deref(), Some(lossy.as_str()));
+    assert_eq!(
+        reading.response.as_ref().and_then(ResponseBody::as_text),
+        Some(lossy.as_str())
+    );
 }
 
 #[test]
@@ -222,8 +228,14 @@ fn a_stream_that_ends_with_an_error_event_reads_as_that_error() {
     let reading = answer(200, "", Some(Streamed::Assembled(assembled)));
     assert_eq!(reading.class, Class::Transient);
     assert_eq!(reading.outcome, AttemptOutcome::Answered);
-    let journaled: Value =
-        serde_json::from_str(reading.response.as_deref().unwrap_or("null")).expect("json");
+    let journaled: Value = serde_json::from_str(
+        reading
+            .response
+            .as_ref()
+            .and_then(ResponseBody::as_text)
+            .unwrap_or("null"),
+    )
+    .expect("json");
     assert_eq!(journaled["error"]["type"], "server_error");
     assert_eq!(journaled["choices"][0]["message"]["content"], "par");
 }
@@ -275,6 +287,8 @@ fn a_cut_stream_is_outcome_unknown_and_keeps_the_partial_answer() {
     assert!(
         reading
             .response
+            .as_ref()
+            .and_then(ResponseBody::as_text)
             .is_some_and(|r| r.contains("chat.completion"))
     );
 }

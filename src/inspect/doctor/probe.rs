@@ -60,19 +60,19 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
             .advise(advice);
         }
     };
+    // `get` reads the whole body into memory.
+    let body = answer.body.in_memory().unwrap_or_default();
     let success = (200..300).contains(&answer.status);
-    let in_success = success
-        .then(|| ApiError::in_success(&answer.body))
-        .flatten();
+    let in_success = success.then(|| ApiError::in_success(body)).flatten();
     let payload = match (
         &in_success,
-        serde_json::from_slice::<serde_json::Value>(&answer.body),
+        serde_json::from_slice::<serde_json::Value>(body),
     ) {
         (Some(_), _) => Payload::Error,
         (None, Ok(_)) => Payload::Whole,
         (None, Err(_)) => Payload::Invalid,
     };
-    let error = in_success.unwrap_or_else(|| ApiError::parse(&answer.body));
+    let error = in_success.unwrap_or_else(|| ApiError::parse(body));
     let should_retry = hints::should_retry(&answer.headers);
     let class = classify(Observation::Answer {
         status: answer.status,
@@ -100,7 +100,7 @@ pub(super) async fn probe(settings: &ClientSettings, key: Option<&ApiKey>, env: 
         &error,
         &message,
         env,
-        &answer.body,
+        body,
     )
 }
 
