@@ -309,6 +309,9 @@ pub struct ResumeArgs {
     /// Job name [default: the most recent job]
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
+    /// Model for the requests still to send whose lines named none (a wrong --model is fixed in place; stored with the job)
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
     /// Database.
     #[command(flatten)]
     pub db: DbArgs,

@@ -168,6 +168,16 @@ pub fn exit_code(result: anyhow::Result<Exit>) -> ExitCode {
         }
         Err(e) => {
             crate::say!("runner: {}", message(&e));
+            if e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<input::InputError>()
+                    .is_some_and(input::InputError::is_invalid_line)
+            }) {
+                crate::say!(
+                    "runner: nothing was sent. Fix the line, or pass --skip-invalid to record each bad line \
+                     as a failed request and send the rest"
+                );
+            }
             ExitCode::from(1)
         }
     }

@@ -295,7 +295,7 @@ impl JobSettings {
             auth: None,
             api_version: None,
             batch: BatchSettings::default(),
-            input: InputSettings::default(),
+            input: InputSettings::new_job(),
         }
     }
 
@@ -310,6 +310,7 @@ impl JobSettings {
             prompt: self.input.prompt.clone(),
             system: self.input.system.clone(),
             max_tokens: self.input.max_tokens,
+            own_content_keys: self.input.own_content_keys,
         }
     }
 

@@ -26,7 +26,7 @@ use crate::input::{self, Checked, InputReader};
 use crate::store::db::{self, Job};
 use crate::store::ingest::{IngestReport, direct};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
-use crate::store::{Fence, JobStore, StoreError, batches, fault, ingest, journal};
+use crate::store::{Fence, JobStore, StoreError, batches, fault, ingest, journal, model};
 use crate::util::clock::now_ms;
 
 /// Opens the store, runs `f` with it, and waits until everything `f` queued is committed.
@@ -68,6 +68,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         if let Some(endpoint) = &args.endpoint {
             settings.endpoint.clone_from(endpoint);
         }
+        let old_model = settings.model.clone();
         if let Some(model) = &args.model {
             settings.model = Some(model.clone());
         }
@@ -126,6 +127,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         };
         tell_destination(&job.name, &settings, destination);
         tell_read(&job.name, &args.file.display(), &report);
+        refill_model(&store, &job, old_model.as_deref(), &settings).await?;
         Invocation::new(env, &args.run, shutdown)
             .execute_feeding(&store, job, me, &settings, feeder)
             .await
@@ -248,7 +250,11 @@ async fn give_back(store: &JobStore, job: &Job, created: bool, me: &LeaseOwner) 
 /// Unknown job, bad settings, store failures.
 pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyhow::Result<Exit> {
     with_store(&args.db.db, async |store| {
-        let (job, me, settings) = take_job(&store, args.job.clone(), &args.run, env).await?;
+        let (job, me, mut settings) = take_job(&store, args.job.clone(), &args.run, env).await?;
+        let old_model = settings.model.clone();
+        if let Some(model) = &args.model {
+            settings.model = Some(model.clone());
+        }
         let config = settings.to_json();
         if config != job.config {
             let (id, now) = (job.id, now_ms());
@@ -256,11 +262,53 @@ pub async fn resume(args: ResumeArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 .call(move |c| db::update_job_config(c, id, &config, now))
                 .await?;
         }
+        refill_model(&store, &job, old_model.as_deref(), &settings).await?;
         Invocation::new(env, &args.run, shutdown)
             .execute(&store, job, me, &settings)
             .await
     })
     .await
+}
+
+/// Gives the job's `--model` to its pending requests whose model came from the job's previous
+/// one, `old`, or that have none (see [`crate::store::model`]), and says how many.
+///
+/// # Errors
+/// Store errors.
+async fn refill_model(
+    store: &JobStore,
+    job: &Job,
+    old: Option<&str>,
+    settings: &JobSettings,
+) -> anyhow::Result<()> {
+    let Some(model) = settings.model.clone() else {
+        return Ok(());
+    };
+    if old == Some(model.as_str()) {
+        return Ok(());
+    }
+    let filled = match settings.input.own_content_keys {
+        true => model::Filled::ByHash,
+        false => model::Filled::ByName,
+    };
+    let (id, from) = (job.id, old.map(str::to_owned));
+    let changed = {
+        let model = model.clone();
+        store
+            .call(move |c| model::refill(c, id, from.as_deref(), &model, filled))
+            .await?
+    };
+    if changed > 0 {
+        let from = match old {
+            Some(old) => format!("had {old} from --model"),
+            None => "named no model".to_owned(),
+        };
+        crate::say!(
+            "{}: {changed} requests still to send {from}: they are sent with {model} (no request is added)",
+            job.name
+        );
+    }
+    Ok(())
 }
 
 /// Finds the job (`name`, or the most recent), takes its lease, and checks its stored settings

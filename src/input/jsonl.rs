@@ -61,9 +61,6 @@ impl InputReader {
                 headers,
             });
         }
-        if let (Some(model), false) = (&self.options.model, body.contains_key("model")) {
-            body.insert("model".into(), Value::String(model.clone()));
-        }
         if url == CHAT_ENDPOINT
             && !body.contains_key("messages")
             && let Some(prompt) = body.remove("prompt")
@@ -86,9 +83,7 @@ impl InputReader {
         let (body, body_hash) = if self.checking {
             (String::new(), String::new())
         } else {
-            let body = Value::Object(body).to_string();
-            let body_hash = content_hash(&method, &url, &body);
-            (body, body_hash)
+            self.finish_body(&method, &url, body)
         };
         Ok(Prompt {
             line: self.line,

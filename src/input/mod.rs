@@ -54,6 +54,9 @@ pub struct InputOptions {
     /// `max_tokens` set in every body that has no output limit of its own
     /// (`max_output_tokens` for the Responses API).
     pub max_tokens: Option<u32>,
+    /// Whether the key (the body's hash) leaves out a `model` filled in from [`Self::model`], so
+    /// that the same line under another `--model` is the same request.
+    pub own_content_keys: bool,
 }
 
 impl Default for InputOptions {
@@ -67,6 +70,7 @@ impl Default for InputOptions {
             prompt: PromptFrom::Auto,
             system: None,
             max_tokens: None,
+            own_content_keys: true,
         }
     }
 }
@@ -137,7 +141,7 @@ pub enum InputError {
         limit: usize,
     },
     /// A line is not valid JSON.
-    #[error("{}:{line}: invalid JSON: {parser}", path.display())]
+    #[error("{}:{line}: invalid JSON at column {}: {}", path.display(), parser.column(), json_reason(parser))]
     Json {
         /// The input file.
         path: PathBuf,
@@ -507,16 +511,11 @@ impl InputReader {
             }
             messages.push(serde_json::json!({"role": "user", "content": text}));
             let mut body = serde_json::Map::new();
-            if let Some(model) = &self.options.model {
-                body.insert("model".into(), model.clone().into());
-            }
             body.insert("messages".into(), messages.into());
             if let Some(n) = self.options.max_tokens {
                 body.insert("max_tokens".into(), n.into());
             }
-            let body = serde_json::Value::Object(body).to_string();
-            let body_hash = content_hash(&method, &url, &body);
-            (body, body_hash)
+            self.finish_body(&method, &url, body)
         };
         Prompt {
             line: self.line,
@@ -539,6 +538,60 @@ impl Iterator for InputReader {
             Some(_) => self.next_row(),
             None => self.next_line(),
         }
+    }
+}
+
+impl InputReader {
+    /// A POST body written out with its hash: the model of the options filled in when it names
+    /// none, and left out of the hash when the job keys requests by their own content.
+    fn finish_body(
+        &self,
+        method: &str,
+        url: &str,
+        mut body: serde_json::Map<String, serde_json::Value>,
+    ) -> (String, String) {
+        let fill = match &self.options.model {
+            Some(model) if !body.contains_key("model") => Some(model),
+            Some(_) | None => None,
+        };
+        let own_hash = match (fill, self.options.own_content_keys) {
+            (Some(_), true) => Some(content_hash(
+                method,
+                url,
+                &serde_json::Value::Object(body.clone()).to_string(),
+            )),
+            (Some(_), false) | (None, _) => None,
+        };
+        if let Some(model) = fill {
+            body.insert("model".into(), model.clone().into());
+        }
+        let body = serde_json::Value::Object(body).to_string();
+        let body_hash = own_hash.unwrap_or_else(|| content_hash(method, url, &body));
+        (body, body_hash)
+    }
+}
+
+/// Whether a journaled body's `model` was filled in by `--model` rather than written in its
+/// line: the body without its model hashes to the request's `body_hash` (for a job keyed by
+/// its lines' own content; see [`InputOptions::own_content_keys`]).
+pub fn model_was_filled(method: &str, url: &str, body: &str, body_hash: &str) -> bool {
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(body) else {
+        return false;
+    };
+    if object.remove("model").is_none() {
+        return false;
+    }
+    content_hash(method, url, &serde_json::Value::Object(object).to_string()) == body_hash
+}
+
+/// What the JSON parser says is wrong, without its "at line 1 column N": a line of the file is
+/// one line of JSON, and its column is said beside the file's own line number.
+fn json_reason(parser: &serde_json::Error) -> String {
+    let text = parser.to_string();
+    let suffix = format!(" at line {} column {}", parser.line(), parser.column());
+    match text.strip_suffix(&suffix) {
+        Some(reason) => reason.to_owned(),
+        None => text,
     }
 }
 

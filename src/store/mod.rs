@@ -40,6 +40,7 @@ mod invalid;
 pub mod journal;
 pub mod lease;
 pub mod migrate;
+pub mod model;
 mod sql;
 mod writer;
 

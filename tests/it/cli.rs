@@ -192,7 +192,9 @@ async fn bad_input_exits_1_naming_file_and_line_and_sends_nothing() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("bad.jsonl:2: invalid JSON"), "{stderr}");
+    assert!(stderr.contains("bad.jsonl:2: invalid JSON at column "), "{stderr}");
+    assert!(!stderr.contains("at line 1"), "the file's line is the only line named: {stderr}");
+    assert!(stderr.contains("--skip-invalid"), "the way past a bad line is named: {stderr}");
     assert_eq!(fx.mock.stats().answers, 0);
     fx.shutdown().await;
 }
@@ -615,5 +617,76 @@ async fn a_base_url_where_nothing_listens_stops_the_job_with_what_to_check() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(fx.mock.stats().answers, 30, "each line once");
+    fx.shutdown().await;
+}
+
+/// A job stopped on a wrong `--model` is fixed in place: `resume --model RIGHT` sends every
+/// line once with the right model, and a resubmit with it adds no copy of any request. The
+/// second half of the lines name a model of their own, which the fix leaves alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_model_is_fixed_in_place_by_resume_model() {
+    let lines: String = (0..60)
+        .map(|i| match i < 30 {
+            true => format!("{{\"prompt\":\"p {i}\"}}\n"),
+            false => format!("{{\"prompt\":\"p {i}\",\"model\":\"own-model\"}}\n"),
+        })
+        .collect();
+    let fx = Fixture::for_job("models")
+        .mock(MockConfig {
+            unknown_models: vec!["wrong-model".to_owned()],
+            ..MockConfig::default()
+        })
+        .input(lines)
+        .start()
+        .await;
+    let url = fx.url();
+    let submit = |model: &'static str| {
+        fx.bin(&[
+            "submit",
+            "models.jsonl",
+            "--base-url",
+            &url,
+            "--model",
+            model,
+            "--no-progress",
+            "--concurrency",
+            "1",
+            "--stop-after-same-error",
+            "5",
+        ])
+    };
+    let out = output(submit("wrong-model")).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(fx.requests_in("succeeded") + fx.requests_in("pending"), 60);
+
+    let out = output(fx.bin(&["resume", "--model", "right-model", "--no-progress"])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("had wrong-model from --model: they are sent with right-model"),
+        "{stderr}"
+    );
+    assert_eq!(fx.requests_in("succeeded"), 60);
+    let db = fx.db();
+    let models = |model: &str| {
+        query_i64(
+            &db,
+            &format!("SELECT count(*) FROM requests WHERE json_extract(body, '$.model') = '{model}'"),
+        )
+    };
+    assert_eq!((models("right-model"), models("own-model")), (30, 30));
+    let stats = fx.mock.stats();
+    assert_eq!(stats.successes(), 60, "every line answered once, none twice");
+    for i in 0..60 {
+        let model = if i < 30 { "right-model" } else { "own-model" };
+        let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": format!("p {i}")}]});
+        assert_eq!(stats.successes_for(&body), 1, "line {i}");
+    }
+
+    // The file again, with the model that works: nothing new, nothing sent.
+    let out = output(submit("right-model")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(query_i64(&fx.db(), "SELECT count(*) FROM requests"), 60);
+    assert_eq!(fx.mock.stats().successes(), 60);
     fx.shutdown().await;
 }

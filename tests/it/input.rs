@@ -70,7 +70,7 @@ fn snapshot(db: &std::path::Path) -> Vec<String> {
     None,
     lines(&[GOOD_1, r#"{"custom_id":"r-2","prompt": oops}"#, GOOD_3]),
     &[],
-    "bad.jsonl:2: invalid JSON: ",
+    "bad.jsonl:2: invalid JSON at column 30: expected value",
     Skipped::Recorded { key: "r-2", code: "malformed_json" }
 )]
 #[case::not_an_object(

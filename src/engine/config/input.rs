@@ -25,6 +25,21 @@ pub struct InputSettings {
     /// `max_tokens` of every request that has no output limit.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Whether a request's key leaves out the model that `--model` filled in: true for every
+    /// job made since, so that a new `--model` fixes the requests in place instead of adding
+    /// copies; false for a job stored before, whose keys hold the model.
+    #[serde(default)]
+    pub own_content_keys: bool,
+}
+
+impl InputSettings {
+    /// A new job's: read by its extension, keys of the lines' own content.
+    pub fn new_job() -> InputSettings {
+        InputSettings {
+            own_content_keys: true,
+            ..InputSettings::default()
+        }
+    }
 }
 
 impl JobSettings {
