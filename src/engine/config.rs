@@ -311,6 +311,7 @@ impl JobSettings {
             system: self.input.system.clone(),
             max_tokens: self.input.max_tokens,
             own_content_keys: self.input.own_content_keys,
+            model_required: super::destination::needs_model(&self.base_url),
         }
     }
 

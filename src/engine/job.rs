@@ -58,7 +58,8 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         None => job_name_for(&args.file)?,
     };
     let db_path = args.db.db.clone();
-    with_store(&db_path, async |store| {
+    let fresh = !db_path.exists();
+    let result = with_store(&db_path, async |store| {
         let lookup = name.clone();
         let existing = store.call(move |c| db::find_job(c, &lookup)).await?;
         let mut settings = match &existing {
@@ -132,7 +133,31 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             .execute_feeding(&store, job, me, &settings, feeder)
             .await
     })
-    .await
+    .await;
+    if fresh {
+        remove_if_jobless(&db_path);
+    }
+    result
+}
+
+/// Removes a database this submit created when it holds no job: a submit refused before its
+/// job was made (bad input, no key, a bad flag) leaves no empty `runner.db` behind.
+fn remove_if_jobless(path: &Path) {
+    let jobless = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .and_then(|c| c.query_row("SELECT NOT EXISTS (SELECT 1 FROM jobs)", [], |r| r.get(0)))
+    .unwrap_or(false);
+    if !jobless {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        // Gone already, or never made: nothing to do either way.
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// Reads the file into the job whose lease the submit holds, with `publish` (the job's

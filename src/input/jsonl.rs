@@ -5,7 +5,28 @@ use serde_json::{Map, Value};
 
 use super::{CHAT_ENDPOINT, InputError, InputReader, Prompt, content_hash};
 
+/// The endpoints whose requests name a model. `/v1/moderations` picks its own.
+const MODEL_ENDPOINTS: [&str; 4] = [
+    CHAT_ENDPOINT,
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+];
+
 impl InputReader {
+    /// Says once per file, when it is read into the job, that a line goes without a model.
+    fn warn_no_model(&self) {
+        if self.checking || self.warned_no_model.replace(true) {
+            return;
+        }
+        crate::say!(
+            "{}:{}: names no model and no --model was given: such lines are sent without one \
+             (a server with one model takes them; pass --model if this one has several)",
+            self.path.display(),
+            self.line
+        );
+    }
+
     pub(super) fn parse_line(&self, raw: &[u8]) -> Result<Prompt, InputError> {
         let text = std::str::from_utf8(raw).map_err(|_| InputError::Utf8 {
             path: self.path.clone(),
@@ -60,6 +81,18 @@ impl InputReader {
                 metadata,
                 headers,
             });
+        }
+        if self.options.model.is_none()
+            && !body.contains_key("model")
+            && MODEL_ENDPOINTS.contains(&url.as_str())
+        {
+            if self.options.model_required {
+                return Err(self.invalid(
+                    "names no model, and the server needs one: add \"model\" to the line, or pass \
+                     --model, e.g. --model gpt-4o-mini",
+                ));
+            }
+            self.warn_no_model();
         }
         if url == CHAT_ENDPOINT
             && !body.contains_key("messages")

@@ -57,6 +57,9 @@ pub struct InputOptions {
     /// Whether the key (the body's hash) leaves out a `model` filled in from [`Self::model`], so
     /// that the same line under another `--model` is the same request.
     pub own_content_keys: bool,
+    /// Whether a request that names no model (and gets none from [`Self::model`]) is refused:
+    /// the destination needs one. Elsewhere it is sent as it is, with a warning.
+    pub model_required: bool,
 }
 
 impl Default for InputOptions {
@@ -71,6 +74,7 @@ impl Default for InputOptions {
             system: None,
             max_tokens: None,
             own_content_keys: true,
+            model_required: false,
         }
     }
 }
@@ -272,6 +276,8 @@ pub struct InputReader {
     skip_invalid: bool,
     /// Lines are checked, not kept ([`check`]): a prompt's body is left unwritten and unhashed.
     checking: bool,
+    /// Whether a line without a model was said (see `warn_no_model`).
+    warned_no_model: std::cell::Cell<bool>,
     /// The CSV or TSV parser and what the header row said; `None` for line formats.
     table: Option<Box<table::Table>>,
 }
@@ -310,6 +316,7 @@ impl InputReader {
             done: false,
             skip_invalid: false,
             checking: false,
+            warned_no_model: std::cell::Cell::new(false),
         }
     }
 

@@ -690,3 +690,41 @@ async fn a_wrong_model_is_fixed_in_place_by_resume_model() {
     assert_eq!(fx.mock.stats().successes(), 60);
     fx.shutdown().await;
 }
+
+/// A line that names no model, with no `--model`: refused before anything is sent (or
+/// written) where the server needs a model (OpenAI, Azure's v1 API), sent with a warning to a
+/// local server, which may have only one model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_without_a_model_is_refused_where_the_server_needs_one() {
+    let fx = Fixture::for_job("nomodel")
+        .input("{\"prompt\":\"one\",\"model\":\"m\"}\n{\"prompt\":\"two\"}\n")
+        .start()
+        .await;
+    for base_url in [None, Some("https://res.openai.azure.com/openai/v1")] {
+        let mut cmd = fx.bin(&["submit", "nomodel.jsonl", "--no-progress"]);
+        cmd.env("OPENAI_API_KEY", "sk-test-0123456789abcdef");
+        if let Some(url) = base_url {
+            cmd.args(["--base-url", url]);
+        }
+        let out = output(cmd).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{base_url:?}: {stderr}");
+        assert!(
+            stderr.contains("nomodel.jsonl:2: names no model, and the server needs one"),
+            "{stderr}"
+        );
+        assert!(
+            !fx.db().exists(),
+            "a refused submit leaves no journal behind"
+        );
+    }
+    let out = output(fx.bin(&["submit", "nomodel.jsonl", "--no-progress", "--base-url", &fx.url()])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("nomodel.jsonl:2: names no model and no --model was given"),
+        "{stderr}"
+    );
+    assert_eq!(fx.requests_in("succeeded"), 2);
+    fx.shutdown().await;
+}
