@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Send every request of a JSONL, CSV, TSV or text file; submitting the same file again resumes its job
     Submit(SubmitArgs),
+    /// What a file would cost and how long it would take: read and checked as submit would, nothing sent or written
+    Estimate(EstimateArgs),
     /// Continue a job that was interrupted or stopped
     Resume(ResumeArgs),
     /// Requeue a job's failed requests (all, or one class) with fresh budgets, and run them
@@ -298,9 +300,29 @@ pub struct SubmitArgs {
     /// or a changed body is still refused
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Read and check the file, print what it would cost and how long it would take (as `runner estimate`), and stop: nothing is sent or written
+    #[arg(long)]
+    pub dry_run: bool,
     /// Run settings.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `runner estimate`: submit's flags, and how to print.
+#[derive(Args, Debug, Clone)]
+pub struct EstimateArgs {
+    /// The file and the flags submit would be given.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    /// Expect each answer as long as the average answer of this finished job [default: half of each request's max_tokens]
+    #[arg(long, value_name = "JOB")]
+    pub like: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+    /// Prices.
+    #[command(flatten)]
+    pub prices: PriceArgs,
 }
 
 /// `runner resume`.

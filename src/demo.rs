@@ -110,6 +110,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         model: Some("gpt-4o-mini".into()),
         max_line_bytes: crate::input::DEFAULT_MAX_LINE_BYTES,
         skip_invalid: false,
+        dry_run: false,
         run: RunArgs {
             base_url: Some(mock.base_url()),
             no_progress: args.no_progress,

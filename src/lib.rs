@@ -85,7 +85,7 @@ use crate::cli::{Command, docs};
 use crate::engine::config::ApiEnv;
 use crate::engine::job;
 use crate::engine::shutdown::Shutdown;
-use crate::inspect::{attempts, doctor, export, report, status};
+use crate::inspect::{attempts, doctor, estimate, export, report, status};
 
 /// Runs one command. `shutdown` is triggered by signals in the binary and by tests directly.
 ///
@@ -94,7 +94,19 @@ use crate::inspect::{attempts, doctor, export, report, status};
 /// Failed requests are not errors: they are journaled and reflected in [`Exit`].
 pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::Result<Exit> {
     match command {
+        Command::Submit(args) if args.dry_run => {
+            let args = cli::EstimateArgs {
+                submit: args,
+                like: None,
+                json: false,
+                prices: cli::PriceArgs::default(),
+            };
+            blocking(move || estimate::estimate(&args, &env, &mut io::stdout().lock())).await
+        }
         Command::Submit(args) => job::submit(args, &env, &shutdown).await,
+        Command::Estimate(args) => {
+            blocking(move || estimate::estimate(&args, &env, &mut io::stdout().lock())).await
+        }
         Command::Resume(args) => job::resume(args, &env, &shutdown).await,
         Command::RetryFailed(args) => job::retry_failed(args, &env, &shutdown).await,
         Command::Cancel(args) => job::cancel(args, &env, &shutdown).await,
@@ -139,6 +151,7 @@ pub fn runtime_for(command: &Command) -> io::Result<tokio::runtime::Runtime> {
     let mut builder = match command {
         Command::MockServer(_) | Command::Demo(_) => tokio::runtime::Builder::new_multi_thread(),
         Command::Submit(_)
+        | Command::Estimate(_)
         | Command::Resume(_)
         | Command::RetryFailed(_)
         | Command::Cancel(_)

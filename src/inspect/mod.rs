@@ -8,9 +8,11 @@
 //! - [`report`]: the self-contained HTML report.
 //! - [`export`]: results as CSV or Batch-output JSONL.
 //! - [`doctor`]: key, environment, reachability and one classified probe.
+//! - [`estimate`]: what a file would cost and take, before anything is sent.
 
 pub mod attempts;
 pub mod doctor;
+pub mod estimate;
 pub mod export;
 pub mod prices;
 pub mod report;
