@@ -14,6 +14,7 @@ use crate::input::{DEFAULT_MAX_LINE_BYTES, InputFormat, Template};
 use crate::mock::MockArgs;
 
 pub mod docs;
+mod examples;
 
 /// Resilient batch runner for the OpenAI API and OpenAI-compatible servers.
 ///
@@ -23,7 +24,12 @@ pub mod docs;
 ///
 /// The API key comes from OPENAI_API_KEY, never from a flag.
 #[derive(Parser, Debug)]
-#[command(name = "runner", version, propagate_version = true)]
+#[command(
+    name = "runner",
+    version,
+    propagate_version = true,
+    after_help = examples::top_level()
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -34,6 +40,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Send every request of a JSONL, CSV, TSV or text file; submitting the same file again resumes its job
+    #[command(after_help = examples::submit())]
     Submit(SubmitArgs),
     /// What a file would cost and how long it would take: read and checked as submit would, nothing sent or written
     Estimate(EstimateArgs),
@@ -75,6 +82,19 @@ pub struct DbArgs {
     pub db: PathBuf,
 }
 
+/// The groups of `submit --help` (and of `resume` and `retry-failed`, which flatten [`RunArgs`]).
+/// The flags most runs need carry no heading: clap lists those first, under "Options", with
+/// `--help` and `--version`; the groups below follow in the order their first flag is declared.
+mod heading {
+    pub const SPREADSHEETS: &str = "Spreadsheets and text files";
+    pub const INPUT: &str = "Input";
+    pub const PACING: &str = "Pacing";
+    pub const RETRIES: &str = "Retries";
+    pub const CONNECTION: &str = "Connection";
+    pub const DISPLAY: &str = "Progress and Ctrl-C";
+    pub const BATCH: &str = "Batch API";
+}
+
 /// Settings of a run; on resume, the job's stored value is used for any flag not given.
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
@@ -89,7 +109,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub concurrency: Option<NonZeroUsize>,
     /// Requests in flight at most when the pool sizes itself [default: 4096, within the open-file limit]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = heading::PACING)]
     pub max_in_flight: Option<NonZeroUsize>,
     /// Requests per minute at most, retries included [default: no limit]
     #[arg(long, value_name = "N")]
@@ -98,71 +118,71 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub tpm: Option<NonZeroU32>,
     /// Output tokens counted for --tpm when a request sets no max_tokens / max_completion_tokens / max_output_tokens [default: 256]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = heading::PACING)]
     pub default_output_tokens: Option<u32>,
     /// Attempts per request for transient failures (connection, timeout, 5xx) [default: 10]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = heading::RETRIES)]
     pub max_attempts: Option<NonZeroU32>,
     /// Attempt budget of one class per request, e.g. auth_transient=200 [defaults: transient=10, auth_transient=50, rate_limited=50]. Repeatable
-    #[arg(long = "retry-budget", value_name = "CLASS=N")]
+    #[arg(long = "retry-budget", value_name = "CLASS=N", help_heading = heading::RETRIES)]
     pub retry_budgets: Vec<RetryBudget>,
     /// First backoff step; step n waits up to BASE·2ⁿ⁻¹, with full jitter [default: 500ms]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = heading::RETRIES)]
     pub backoff_base: Option<Duration>,
     /// Longest backoff step [default: 30s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = heading::RETRIES)]
     pub backoff_cap: Option<Duration>,
     /// Longest wait honoured from retry-after and similar hints [default: 2m]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = heading::RETRIES)]
     pub max_wait: Option<Duration>,
     /// Longest pause of the circuit breaker between probes [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = heading::RETRIES)]
     pub breaker_max_cooldown: Option<Duration>,
     /// Stop the job after this many consecutive requests fail with the same permanent error, e.g. a wrong model name; 0 never stops [default: 20]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = heading::RETRIES)]
     pub stop_after_same_error: Option<u32>,
     /// Keys to spread requests over: one per line, KEY or LABEL=KEY [default: $OPENAI_API_KEY]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = heading::CONNECTION)]
     pub keys_file: Option<PathBuf>,
     /// Longest answer body read, in bytes; a longer answer fails its request with response_too_large (never retried) [default: 268435456, 256 MiB; at most 300000000]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help_heading = heading::CONNECTION)]
     pub max_response_bytes: Option<NonZeroU64>,
     /// Extra header sent with every request, as 'Name: value'; stored with the job, and a flag on resume replaces a stored header of the same name. Authorization and api-key are refused: keys come from the environment or --keys-file. Repeatable
-    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
+    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header, help_heading = heading::CONNECTION)]
     pub headers: Vec<(String, String)>,
     /// How the key is sent: bearer (Authorization: Bearer KEY) or azure (api-key: KEY) [default: azure for *.openai.azure.com hosts, else bearer]
-    #[arg(long, value_enum, value_name = "STYLE")]
+    #[arg(long, value_enum, value_name = "STYLE", help_heading = heading::CONNECTION)]
     pub auth: Option<AuthStyle>,
     /// api-version query parameter added to every request (Azure OpenAI) [default: $OPENAI_API_VERSION]
-    #[arg(long, value_name = "VERSION")]
+    #[arg(long, value_name = "VERSION", help_heading = heading::CONNECTION)]
     pub api_version: Option<String>,
     /// Time limit of one attempt, e.g. 90s or 5m [default: 5m]
-    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, help_heading = heading::CONNECTION)]
     pub timeout: Option<Duration>,
     /// Allow plain http:// to a host other than this machine while a key is set (the key then
     /// crosses the network in the clear). Not stored: say it again on every run
-    #[arg(long)]
+    #[arg(long, help_heading = heading::CONNECTION)]
     pub allow_insecure_http: bool,
     /// After Ctrl-C, how long requests in flight may take to finish
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s", help_heading = heading::DISPLAY)]
     pub grace: Duration,
     /// No progress bar: print a summary line every few seconds instead
-    #[arg(long)]
+    #[arg(long, help_heading = heading::DISPLAY)]
     pub no_progress: bool,
     /// How requests are sent: sync (each one directly) or batch (through the hosted Batch API, at half the price, within 24 hours). Stored with the job; `resume --via sync` finishes a batch job directly [default: sync]
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(long, value_enum, value_name = "MODE", help_heading = heading::BATCH)]
     pub via: Option<Via>,
     /// --via batch: lines per input file at most [default: 50000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = heading::BATCH)]
     pub batch_max_lines: Option<NonZeroUsize>,
     /// --via batch: bytes per input file at most [default: 209715200, 200 MB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help_heading = heading::BATCH)]
     pub batch_max_bytes: Option<NonZeroUsize>,
     /// --via batch: longest time between two polls of a batch; the first polls come sooner [default: 1m]
-    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, help_heading = heading::BATCH)]
     pub poll_interval: Option<Duration>,
     /// --via batch: delete each batch's input, output and error files from the server once its results are journaled (stored with the job)
-    #[arg(long)]
+    #[arg(long, help_heading = heading::BATCH)]
     pub delete_batch_files: bool,
 }
 
@@ -266,16 +286,16 @@ pub struct SubmitArgs {
     /// per line)
     pub file: PathBuf,
     /// How to read FILE [default: by its extension: .csv, .tsv, .txt; anything else is JSONL]
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[arg(long, value_enum, value_name = "FORMAT", help_heading = heading::SPREADSHEETS)]
     pub format: Option<InputFormat>,
     /// CSV/TSV: the column that holds each row's prompt [default: the column named prompt, else the only column besides id]
-    #[arg(long, value_name = "NAME", conflicts_with = "template")]
+    #[arg(long, value_name = "NAME", conflicts_with = "template", help_heading = heading::SPREADSHEETS)]
     pub prompt_column: Option<String>,
     /// CSV/TSV: write each row's prompt from its cells, e.g. 'Classify the review: {review}'; {{ and }} are a literal { and }
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", help_heading = heading::SPREADSHEETS)]
     pub template: Option<Template>,
     /// CSV/TSV/TXT: a system message sent before each prompt (stored with the job)
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", help_heading = heading::SPREADSHEETS)]
     pub system: Option<String>,
     /// max_tokens of every request that sets no output limit of its own (max_output_tokens for /v1/responses; stored with the job)
     #[arg(long, value_name = "N")]
@@ -287,18 +307,19 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Endpoint for plain JSONL lines (Batch lines carry their own url; rows and text lines go to /v1/chat/completions) [default: /v1/chat/completions]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = heading::INPUT)]
     pub endpoint: Option<String>,
     /// Model for bodies that name none (required for CSV, TSV and TXT input, unless stored with the job)
-    #[arg(long, value_name = "MODEL")]
+    // First in its group: a spreadsheet or text file cannot run without it.
+    #[arg(long, value_name = "MODEL", display_order = 0)]
     pub model: Option<String>,
     /// Longest input line (or spreadsheet row) accepted, in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES, help_heading = heading::INPUT)]
     pub max_line_bytes: usize,
     /// Record each line (or row) that is not a valid request as a failed request (error class
     /// invalid_input) and run the rest, instead of refusing the whole file. A repeated custom_id
     /// or a changed body is still refused
-    #[arg(long)]
+    #[arg(long, help_heading = heading::INPUT)]
     pub skip_invalid: bool,
     /// Read and check the file, print what it would cost and how long it would take (as `runner estimate`), and stop: nothing is sent or written
     #[arg(long)]

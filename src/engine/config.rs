@@ -16,8 +16,10 @@ use crate::http::client::{ApiKey, AuthStyle, ClientSettings};
 use crate::input::{CHAT_ENDPOINT, InputOptions};
 
 mod input;
+mod shell;
 
 pub use input::InputSettings;
+pub use shell::set_key_hint;
 
 /// The OpenAI SDKs' default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -48,10 +50,13 @@ pub struct ApiEnv {
     pub azure_endpoint: Option<String>,
     /// `OPENAI_API_VERSION`: the `api-version` query parameter when `--api-version` is not given.
     pub api_version: Option<String>,
+    /// `SHELL`: only for saying how to set a missing key in the user's shell
+    /// ([`set_key_hint`]).
+    pub shell: Option<String>,
 }
 
 impl ApiEnv {
-    /// Reads the `OPENAI_*` variables; empty ones count as unset.
+    /// Reads the `OPENAI_*` variables (and `SHELL`); empty ones count as unset.
     pub fn from_process() -> ApiEnv {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         ApiEnv {
@@ -62,6 +67,7 @@ impl ApiEnv {
             azure_api_key: var("AZURE_OPENAI_API_KEY").map(|k| ApiKey::new(&k)),
             azure_endpoint: var("AZURE_OPENAI_ENDPOINT"),
             api_version: var("OPENAI_API_VERSION"),
+            shell: var("SHELL"),
         }
     }
 }
@@ -77,9 +83,14 @@ pub enum ConfigError {
     Endpoint(String),
     /// OpenAI's own API needs a key.
     #[error(
-        "OPENAI_API_KEY is not set: export it before running against {0} (keys are never accepted as flags)"
+        "OPENAI_API_KEY is not set, and {base_url} needs a key: set it with {set_key} and run this again (keys are never accepted as flags)"
     )]
-    MissingKey(String),
+    MissingKey {
+        /// The API that wants a key.
+        base_url: String,
+        /// How to set it in the user's shell ([`set_key_hint`]).
+        set_key: String,
+    },
     /// `--max-response-bytes` above what the journal can hold.
     #[error(
         "--max-response-bytes {0} is over the largest answer the journal can hold ({MAX_RESPONSE_BYTES_LIMIT}): use a smaller value"
@@ -459,7 +470,10 @@ impl JobSettings {
             && self.keys_file.is_none()
             && url.host_str() == Some("api.openai.com")
         {
-            return Err(ConfigError::MissingKey(self.base_url.clone()));
+            return Err(ConfigError::MissingKey {
+                base_url: self.base_url.clone(),
+                set_key: set_key_hint(env.shell.as_deref()),
+            });
         }
         Ok(())
     }
@@ -602,6 +616,16 @@ mod tests {
         let err = settings.check(&env).expect_err("no key");
         assert!(
             err.to_string().contains("OPENAI_API_KEY is not set"),
+            "{err}"
+        );
+        let fish = ApiEnv {
+            shell: Some("/usr/bin/fish".into()),
+            ..ApiEnv::default()
+        };
+        let err = settings.check(&fish).expect_err("no key");
+        assert!(
+            err.to_string()
+                .contains("set it with `set -x OPENAI_API_KEY sk-proj-…` and run this again"),
             "{err}"
         );
         let local = JobSettings {

@@ -1,9 +1,10 @@
 //! Token prices and the cost estimate of `runner status` and `runner report`.
 //!
 //! A built-in table of OpenAI's published standard-tier prices (no cached-input or batch
-//! discount) for common models, dated [`PRICE_TABLE_DATE`], overridable by `--prices FILE` and
-//! `--price MODEL=IN,OUT`. Every figure is an estimate: prices change, and the answer's usage is
-//! all the journal knows.
+//! discount) for common models, each dated the day it was taken from OpenAI's pages,
+//! overridable by `--prices FILE` and `--price MODEL=IN,OUT`. The estimate names the dates of
+//! the prices it used. Every figure is an estimate: prices change, and the answer's usage is all
+//! the journal knows.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,29 +16,27 @@ use crate::domain::price::parse_usd;
 pub use crate::domain::{Price, PriceOverride};
 use crate::store::journal::ModelTokens;
 
-/// When the built-in prices were taken from OpenAI's pricing page (rows added later say when,
-/// and from where, beside them in the table).
-pub const PRICE_TABLE_DATE: &str = "2025-08-07";
-
-/// USD per 1M tokens, standard tier: (model, input, output). Taken from OpenAI's pricing page on
-/// [`PRICE_TABLE_DATE`], except the rows marked otherwise.
-const BUILT_IN: [(&str, f64, f64); 14] = [
-    ("gpt-4o", 2.50, 10.00),
-    ("gpt-4o-mini", 0.15, 0.60),
-    ("gpt-4.1", 2.00, 8.00),
-    ("gpt-4.1-mini", 0.40, 1.60),
-    ("gpt-4.1-nano", 0.10, 0.40),
-    ("gpt-5", 1.25, 10.00),
-    ("gpt-5-mini", 0.25, 2.00),
-    // Added 2026-12-01 from the models' pages on developers.openai.com
-    // (/api/docs/models/gpt-5.1, /gpt-5-nano, /gpt-5-codex), standard tier.
-    ("gpt-5.1", 1.25, 10.00),
-    ("gpt-5-nano", 0.05, 0.40),
-    ("gpt-5-codex", 1.25, 10.00),
-    ("o3", 2.00, 8.00),
-    ("o4-mini", 1.10, 4.40),
-    ("text-embedding-3-small", 0.02, 0.0),
-    ("text-embedding-3-large", 0.13, 0.0),
+/// USD per 1M tokens, standard tier: (model, input, output, the day the price was taken from
+/// OpenAI's pages). A row whose price is checked again gets the day of that check.
+const BUILT_IN: [(&str, f64, f64, &str); 14] = [
+    // From OpenAI's pricing page.
+    ("gpt-4o", 2.50, 10.00, "2025-08-07"),
+    ("gpt-4o-mini", 0.15, 0.60, "2025-08-07"),
+    ("gpt-4.1", 2.00, 8.00, "2025-08-07"),
+    ("gpt-4.1-mini", 0.40, 1.60, "2025-08-07"),
+    ("gpt-4.1-nano", 0.10, 0.40, "2025-08-07"),
+    ("gpt-5", 1.25, 10.00, "2025-08-07"),
+    ("gpt-5-mini", 0.25, 2.00, "2025-08-07"),
+    // From the models' pages on developers.openai.com (/api/docs/models/gpt-5.1, /gpt-5-nano,
+    // /gpt-5-codex), standard tier.
+    ("gpt-5.1", 1.25, 10.00, "2026-12-01"),
+    ("gpt-5-nano", 0.05, 0.40, "2026-12-01"),
+    ("gpt-5-codex", 1.25, 10.00, "2026-12-01"),
+    // From OpenAI's pricing page.
+    ("o3", 2.00, 8.00, "2025-08-07"),
+    ("o4-mini", 1.10, 4.40, "2025-08-07"),
+    ("text-embedding-3-small", 0.02, 0.0, "2025-08-07"),
+    ("text-embedding-3-large", 0.13, 0.0, "2025-08-07"),
 ];
 
 /// Errors reading prices.
@@ -77,8 +76,17 @@ pub enum PriceError {
 /// The prices in force: the built-in table with any overrides applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriceTable {
-    prices: BTreeMap<String, Price>,
+    prices: BTreeMap<String, Entry>,
     overridden: bool,
+}
+
+/// One model's price and where it comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Entry {
+    price: Price,
+    /// The day a built-in price was taken from OpenAI's pages; `None` for a price the user gave
+    /// (a file or a flag says no date).
+    as_of: Option<&'static str>,
 }
 
 impl Default for PriceTable {
@@ -93,14 +101,10 @@ impl PriceTable {
         PriceTable {
             prices: BUILT_IN
                 .iter()
-                .map(|(model, input, output)| {
-                    (
-                        (*model).to_owned(),
-                        Price {
-                            input: *input,
-                            output: *output,
-                        },
-                    )
+                .map(|&(model, input, output, as_of)| {
+                    let price = Price { input, output };
+                    let as_of = Some(as_of);
+                    (model.to_owned(), Entry { price, as_of })
                 })
                 .collect(),
             overridden: false,
@@ -129,15 +133,19 @@ impl PriceTable {
 
     /// Sets one model's price.
     pub fn set(&mut self, model: String, price: Price) {
-        self.prices.insert(model, price);
+        self.prices.insert(model, Entry { price, as_of: None });
         self.overridden = true;
     }
 
     /// The price of `model`: an exact entry, or the entry it is a dated snapshot of
     /// (`gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`, but `o3-mini` is not `o3`).
     pub fn lookup(&self, model: &str) -> Option<(&str, Price)> {
-        if let Some((name, price)) = self.prices.get_key_value(model) {
-            return Some((name.as_str(), *price));
+        self.find(model).map(|(name, entry)| (name, entry.price))
+    }
+
+    fn find(&self, model: &str) -> Option<(&str, Entry)> {
+        if let Some((name, entry)) = self.prices.get_key_value(model) {
+            return Some((name.as_str(), *entry));
         }
         self.prices
             .iter()
@@ -148,16 +156,23 @@ impl PriceTable {
                     .is_some_and(is_snapshot_date)
             })
             .max_by_key(|(name, _)| name.len())
-            .map(|(name, price)| (name.as_str(), *price))
+            .map(|(name, entry)| (name.as_str(), *entry))
     }
 
-    /// What the estimate is based on, for the reader: the table's date, and whether overrides
-    /// were applied.
+    /// What the table is, for the reader when no price of it was used: the dates its built-in
+    /// prices span, and whether overrides were applied.
     pub fn source(&self) -> String {
-        if self.overridden {
-            format!("built-in prices of {PRICE_TABLE_DATE} with your overrides")
-        } else {
-            format!("built-in prices of {PRICE_TABLE_DATE}")
+        let dates: Vec<&str> = self.prices.values().filter_map(|e| e.as_of).collect();
+        let built_in = match (dates.iter().min(), dates.iter().max()) {
+            (Some(first), Some(last)) if first != last => {
+                format!("built-in prices of {first} to {last}")
+            }
+            (Some(day), _) => format!("built-in prices of {day}"),
+            (None, _) => "your prices".to_owned(),
+        };
+        match self.overridden && !dates.is_empty() {
+            true => format!("{built_in} with your overrides"),
+            false => built_in,
         }
     }
 }
@@ -261,6 +276,8 @@ pub struct ModelCost {
     pub priced_as: String,
     /// Its price.
     pub price: Price,
+    /// The day the built-in price was taken from OpenAI's pages; `None` for a price you gave.
+    pub price_date: Option<&'static str>,
     /// Estimated USD.
     pub usd: f64,
     /// Answered through the hosted Batch API, at half the price.
@@ -279,14 +296,17 @@ pub struct CostEstimate {
     pub models: Vec<ModelCost>,
     /// Models with tokens but no price: not in the sum.
     pub unpriced: Vec<String>,
-    /// What the prices are (table date, overrides).
+    /// Which prices were used: the dates of the built-in ones, and yours (see
+    /// [`CostEstimate::new`]).
     pub source: String,
     /// What the batch-run requests would have cost more if sent directly, USD.
     pub batch_saving: f64,
 }
 
 impl CostEstimate {
-    /// Prices `tokens` with `table`.
+    /// Prices `tokens` with `table`. The source names the dates of the built-in prices used
+    /// (each date with its models when they differ) and the models priced by you; with no model
+    /// priced, it describes the table.
     pub fn new(table: &PriceTable, tokens: &[ModelTokens]) -> CostEstimate {
         let mut estimate = CostEstimate {
             usd: 0.0,
@@ -297,8 +317,8 @@ impl CostEstimate {
         };
         for t in tokens {
             let model = t.model.clone().unwrap_or_else(|| "(unnamed)".to_owned());
-            match table.lookup(&model) {
-                Some((name, price)) => {
+            match table.find(&model) {
+                Some((name, Entry { price, as_of })) => {
                     let direct = (t.prompt as f64 * price.input
                         + t.completion as f64 * price.output)
                         / 1_000_000.0;
@@ -312,6 +332,7 @@ impl CostEstimate {
                         model,
                         priced_as: name.to_owned(),
                         price,
+                        price_date: as_of,
                         usd,
                         batch: t.batch,
                     });
@@ -322,7 +343,55 @@ impl CostEstimate {
                 None => {}
             }
         }
+        if !estimate.models.is_empty() {
+            estimate.source = sources(&estimate.models);
+        }
         estimate
+    }
+}
+
+/// "built-in prices of 2025-08-07", "built-in prices of 2025-08-07 for gpt-4o and gpt-4o-mini,
+/// of 2026-12-01 for gpt-5.1", "… and your prices for my-model", "your prices".
+fn sources(models: &[ModelCost]) -> String {
+    let mut by_date: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut yours: Vec<&str> = Vec::new();
+    for m in models {
+        let names = match m.price_date {
+            Some(day) => by_date.entry(day).or_default(),
+            None => &mut yours,
+        };
+        if !names.contains(&m.priced_as.as_str()) {
+            names.push(&m.priced_as);
+        }
+    }
+    let built_in = match by_date.len() {
+        0 => None,
+        1 => by_date
+            .keys()
+            .next()
+            .map(|day| format!("built-in prices of {day}")),
+        _ => Some(format!(
+            "built-in prices {}",
+            by_date
+                .iter()
+                .map(|(day, names)| format!("of {day} for {}", and_list(names)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    };
+    match (built_in, yours.is_empty()) {
+        (Some(built_in), true) => built_in,
+        (Some(built_in), false) => format!("{built_in} and your prices for {}", and_list(&yours)),
+        (None, _) => "your prices".to_owned(),
+    }
+}
+
+/// "a", "a and b", "a, b and c".
+fn and_list(items: &[&str]) -> String {
+    match items.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => (*last).to_owned(),
+        None => String::new(),
     }
 }
 
@@ -436,6 +505,74 @@ mod tests {
             err.to_string().contains("p.csv:3: bad price 'cheap'"),
             "{err}"
         );
+    }
+
+    fn tokens(model: &str, batch: bool) -> ModelTokens {
+        ModelTokens {
+            model: Some(model.into()),
+            requests: 1,
+            prompt: 1_000_000,
+            completion: 1_000_000,
+            total: 2_000_000,
+            batch,
+        }
+    }
+
+    #[test]
+    fn every_built_in_price_carries_its_own_date() {
+        for (model, _, _, as_of) in BUILT_IN {
+            assert!(is_snapshot_date(as_of), "{model}: {as_of}");
+        }
+        let table = PriceTable::built_in();
+        let old = CostEstimate::new(&table, &[tokens("gpt-4o-2024-08-06", false)]);
+        assert_eq!(old.models[0].price_date, Some("2025-08-07"));
+        assert_eq!(old.source, "built-in prices of 2025-08-07");
+        let new = CostEstimate::new(&table, &[tokens("gpt-5.1", true)]);
+        assert_eq!(new.models[0].price_date, Some("2026-12-01"));
+        assert_eq!(new.source, "built-in prices of 2026-12-01");
+    }
+
+    #[test]
+    fn models_priced_on_different_days_show_their_own_dates() {
+        let table = PriceTable::built_in();
+        let both = [
+            tokens("gpt-4o", false),
+            tokens("gpt-5.1", false),
+            tokens("gpt-4o-mini", false),
+            tokens("gpt-4o", true),
+        ];
+        let estimate = CostEstimate::new(&table, &both);
+        assert_eq!(
+            estimate.source,
+            "built-in prices of 2025-08-07 for gpt-4o and gpt-4o-mini, of 2026-12-01 for gpt-5.1"
+        );
+        let dates: Vec<_> = estimate.models.iter().map(|m| m.price_date).collect();
+        assert_eq!(
+            dates,
+            [
+                Some("2025-08-07"),
+                Some("2026-12-01"),
+                Some("2025-08-07"),
+                Some("2025-08-07")
+            ]
+        );
+    }
+
+    #[test]
+    fn your_prices_are_named_as_yours_and_undated() {
+        let mine: PriceOverride = "gpt-5.1=1,2".parse().expect("parses");
+        let table = PriceTable::with_overrides(None, &[mine]).expect("table");
+        let estimate =
+            CostEstimate::new(&table, &[tokens("gpt-4o", false), tokens("gpt-5.1", false)]);
+        assert_eq!(estimate.models[1].price_date, None);
+        assert_eq!(
+            estimate.source,
+            "built-in prices of 2025-08-07 and your prices for gpt-5.1"
+        );
+        let only = CostEstimate::new(&table, &[tokens("gpt-5.1", false)]);
+        assert_eq!(only.source, "your prices");
+        let none = CostEstimate::new(&PriceTable::built_in(), &[tokens("test-model", false)]);
+        assert_eq!(none.source, "built-in prices of 2025-08-07 to 2026-12-01");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use crate::cli::{JobsArgs, StatusArgs, TimelineArgs};
-use crate::inspect::prices::{PriceTable, Usd};
+use crate::inspect::prices::{CostEstimate, PriceTable, Usd};
 use crate::inspect::summary::{JobSummary, RunnerLease};
 use crate::inspect::timeline::{self, human_ms, pairs, status_label};
 use crate::store::batches::ChunkRow;
@@ -268,21 +268,7 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
             m.requests
         )?;
     }
-    let priced: Vec<String> = s
-        .cost
-        .models
-        .iter()
-        .map(|m| {
-            let via = if m.batch { " (batch, half price)" } else { "" };
-            format!("{}{via} {}", printable(&m.model), Usd(m.usd))
-        })
-        .collect();
-    let mut cost = format!("≈ {} estimated ({}", Usd(s.cost.usd), s.cost.source);
-    if !priced.is_empty() {
-        cost.push_str(&format!("; {}", priced.join(" · ")));
-    }
-    cost.push(')');
-    writeln!(out, "cost      {cost}")?;
+    writeln!(out, "cost      {}", cost_line(&s.cost))?;
     if s.cost.batch_saving > 0.0 {
         writeln!(
             out,
@@ -298,6 +284,25 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// "≈ $1.23 estimated (built-in prices of 2025-08-07; gpt-4o $1.00 · …)": the sum, the prices
+/// used with their dates, and each model's share.
+fn cost_line(cost: &CostEstimate) -> String {
+    let priced: Vec<String> = cost
+        .models
+        .iter()
+        .map(|m| {
+            let via = if m.batch { " (batch, half price)" } else { "" };
+            format!("{}{via} {}", printable(&m.model), Usd(m.usd))
+        })
+        .collect();
+    let mut line = format!("≈ {} estimated ({}", Usd(cost.usd), cost.source);
+    if !priced.is_empty() {
+        line.push_str(&format!("; {}", priced.join(" · ")));
+    }
+    line.push(')');
+    line
 }
 
 /// Speed and the job's events.
@@ -364,4 +369,34 @@ pub fn jobs(args: &JobsArgs, mut out: impl Write) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::journal::ModelTokens;
+
+    #[test]
+    fn the_cost_line_dates_each_model_by_the_price_it_used() {
+        let tokens = |model: &str| ModelTokens {
+            model: Some(model.into()),
+            requests: 1,
+            prompt: 1_000_000,
+            completion: 0,
+            total: 1_000_000,
+            batch: false,
+        };
+        let table = PriceTable::built_in();
+        let line = cost_line(&CostEstimate::new(
+            &table,
+            &[tokens("gpt-4o"), tokens("gpt-5.1")],
+        ));
+        assert_eq!(
+            line,
+            "≈ $3.75 estimated (built-in prices of 2025-08-07 for gpt-4o, of 2026-12-01 for \
+             gpt-5.1; gpt-4o $2.50 · gpt-5.1 $1.25)"
+        );
+        let line = cost_line(&CostEstimate::new(&table, &[tokens("gpt-5.1-2025-11-13")]));
+        assert!(line.contains("(built-in prices of 2026-12-01; "), "{line}");
+    }
 }

@@ -37,6 +37,7 @@ async fn help_lists_every_command() {
     ] {
         assert!(help.contains(command), "--help lacks {command}:\n{help}");
     }
+    assert!(help.contains("Examples:\n  runner demo"), "{help}");
     let mut cmd = runner(s.dir.path());
     cmd.args(["submit", "--help"]);
     let help = text(&output(cmd).await.stdout);
@@ -55,6 +56,25 @@ async fn help_lists_every_command() {
         assert!(help.contains(flag), "submit --help lacks {flag}");
     }
     assert!(!help.contains("--api-key"), "keys are never flags");
+    // The flags most runs need come first, the rest in groups, then examples.
+    let at = |text: &str| {
+        help.find(text)
+            .unwrap_or_else(|| panic!("no {text}:\n{help}"))
+    };
+    assert!(
+        at("--model") < at("Pacing:") && at("--rpm") < at("Pacing:"),
+        "{help}"
+    );
+    assert!(at("Retries:") < at("--max-attempts"), "{help}");
+    assert!(at("Examples:") > at("--delete-batch-files"), "{help}");
+    for command in ["resume", "retry-failed"] {
+        let mut cmd = runner(s.dir.path());
+        cmd.args([command, "--help"]);
+        let help = text(&output(cmd).await.stdout);
+        for heading in ["Pacing:", "Retries:", "Connection:", "Batch API:"] {
+            assert!(help.contains(heading), "{command} --help lacks {heading}");
+        }
+    }
 }
 
 /// `runner ARGS` in a scratch directory: exit code 0, stdout as text.

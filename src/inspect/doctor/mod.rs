@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::DoctorArgs;
 use crate::domain::Exit;
-use crate::engine::config::{ApiEnv, DEFAULT_BASE_URL};
+use crate::engine::config::{ApiEnv, DEFAULT_BASE_URL, set_key_hint};
 use crate::engine::keys::read_keys_file;
 use crate::http::client::{ApiKey, ClientSettings};
 
@@ -337,7 +337,10 @@ fn key_checks(
                     Verdict::Fail,
                     "OPENAI_API_KEY is not set and no --keys-file given",
                 )
-                .advise("export OPENAI_API_KEY=sk-proj-… (never as a flag: it would show in `ps`)"),
+                .advise(format!(
+                    "set it with {}; never as a flag, which would show in `ps`",
+                    set_key_hint(env.shell.as_deref())
+                )),
             );
             Vec::new()
         }
