@@ -2,7 +2,6 @@
 //! Answers are read within `--max-response-bytes` and the process's answer budget: a body the
 //! budget cannot hold is spooled to a private file (see [`super::body::read_answer`]).
 
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,64 +21,8 @@ use crate::util::sync::lock;
 /// read still shows the user what came back.
 const STREAM_HEAD_BYTES: usize = 1024;
 
-/// An API key. Its bytes go into the `Authorization` header and nowhere else: `Debug` is
-/// redacted and the journal only ever sees [`ApiKey::fingerprint`].
-#[derive(Clone)]
-pub struct ApiKey {
-    secret: String,
-    fingerprint: String,
-}
+pub use super::key::ApiKey;
 
-impl ApiKey {
-    /// Wraps a key; surrounding whitespace is dropped.
-    pub fn new(secret: &str) -> ApiKey {
-        let secret = secret.trim().to_owned();
-        let fingerprint = fingerprint(&secret);
-        ApiKey {
-            secret,
-            fingerprint,
-        }
-    }
-
-    /// Wraps a key that the journal names by `label` instead of its fingerprint.
-    pub fn labelled(secret: &str, label: &str) -> ApiKey {
-        ApiKey {
-            secret: secret.trim().to_owned(),
-            fingerprint: label.to_owned(),
-        }
-    }
-
-    /// The label, or `sk-…abcd` (prefix kind and last four characters): enough to tell keys apart in the
-    /// journal, never enough to use one.
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    /// The key itself, for the redactor that looks for it in server text.
-    pub(super) fn secret(&self) -> &str {
-        &self.secret
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKey({})", self.fingerprint)
-    }
-}
-
-fn fingerprint(secret: &str) -> String {
-    let prefix = ["sk-proj-", "sk-svcacct-", "sk-admin-", "sk-"]
-        .into_iter()
-        .find(|p| secret.starts_with(p))
-        .unwrap_or("");
-    let chars: Vec<char> = secret.chars().collect();
-    // Short keys show nothing of themselves.
-    if chars.len() < 12 {
-        return format!("{prefix}…");
-    }
-    let last4: String = chars[chars.len() - 4..].iter().collect();
-    format!("{prefix}…{last4}")
-}
 
 /// How the key is sent.
 #[derive(
@@ -251,8 +194,8 @@ impl ApiClient {
         let mut headers = HeaderMap::new();
         if let Some(key) = key {
             let (name, text) = match settings.auth {
-                AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", key.secret)),
-                AuthStyle::Azure => (HeaderName::from_static("api-key"), key.secret.clone()),
+                AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", key.secret())),
+                AuthStyle::Azure => (HeaderName::from_static("api-key"), key.secret().to_owned()),
             };
             let mut value = HeaderValue::from_str(&text).map_err(|_| ClientError::BadHeader {
                 name: "the API key",
@@ -778,6 +721,6 @@ mod tests {
     fn fingerprints_never_show_the_key(#[case] key: &str, #[case] expected: &str) {
         let key = ApiKey::new(key);
         assert_eq!(key.fingerprint(), expected);
-        assert!(!format!("{key:?}").contains(&key.secret));
+        assert!(!format!("{key:?}").contains(key.secret()));
     }
 }

@@ -12,6 +12,7 @@ pub mod classify;
 pub mod client;
 pub mod headers;
 pub mod hints;
+pub mod key;
 pub mod redact;
 pub mod response;
 pub mod source;

@@ -5,7 +5,7 @@
 
 use memchr::memmem::Finder;
 
-use super::client::ApiKey;
+use super::key::ApiKey;
 
 /// Shortest key looked for in server text. A shorter one is a placeholder (`EMPTY`, `token`,
 /// what local servers are given), and replacing every occurrence of it would change answers
