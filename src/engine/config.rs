@@ -270,6 +270,21 @@ mod defaults {
     }
 }
 
+/// Whether the server behind `base_url` refuses a request that names no model: OpenAI's API,
+/// and Azure OpenAI's v1 API (`…/openai/v1`). Azure's deployment URLs name the model in the
+/// path, and a local server with one model (llama.cpp, Ollama with a default) takes a request
+/// without one.
+pub fn needs_model(base_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let azure = [".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"]
+        .iter()
+        .any(|suffix| host.ends_with(suffix));
+    host == "api.openai.com" || (azure && !url.path().contains("/deployments/"))
+}
+
 impl JobSettings {
     /// Defaults, with the base URL from the environment if set.
     pub fn defaults(env: &ApiEnv) -> JobSettings {
@@ -322,7 +337,7 @@ impl JobSettings {
             system: self.input.system.clone(),
             max_tokens: self.input.max_tokens,
             own_content_keys: self.input.own_content_keys,
-            model_required: super::destination::needs_model(&self.base_url),
+            model_required: needs_model(&self.base_url),
         }
     }
 
@@ -638,5 +653,22 @@ mod tests {
             ..local
         };
         assert!(bad.check(&env).is_err());
+    }
+
+    #[test]
+    fn only_openai_and_azure_v1_need_a_model_in_the_body() {
+        for (url, needs) in [
+            ("https://api.openai.com/v1", true),
+            ("https://API.openai.com/v1/", true),
+            ("https://res.openai.azure.com/openai", true),
+            ("https://res.openai.azure.com/openai/v1", true),
+            ("https://res.openai.azure.com/openai/deployments/gpt4o", false),
+            ("http://127.0.0.1:8080/v1", false),
+            ("http://localhost:11434/v1", false),
+            ("https://litellm.example/v1", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(needs_model(url), needs, "{url}");
+        }
     }
 }

@@ -78,21 +78,6 @@ pub fn settle(
     }
 }
 
-/// Whether the server behind `base_url` refuses a request that names no model: OpenAI's API,
-/// and Azure OpenAI's v1 API (`…/openai/v1`). Azure's deployment URLs name the model in the
-/// path, and a local server with one model (llama.cpp, Ollama with a default) takes a request
-/// without one.
-pub fn needs_model(base_url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(base_url) else {
-        return false;
-    };
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let azure = [".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"]
-        .iter()
-        .any(|suffix| host.ends_with(suffix));
-    host == "api.openai.com" || (azure && !url.path().contains("/deployments/"))
-}
-
 /// The host (and port) requests go to, for the line on stderr.
 pub fn host_of(base_url: &str) -> String {
     reqwest::Url::parse(base_url)
@@ -196,22 +181,5 @@ mod tests {
         assert_eq!(settings.base_url, "https://new.example/v1");
         let note = note.expect("a note");
         assert!(note.contains("https://old.example/v1"), "{note}");
-    }
-
-    #[test]
-    fn only_openai_and_azure_v1_need_a_model_in_the_body() {
-        for (url, needs) in [
-            ("https://api.openai.com/v1", true),
-            ("https://API.openai.com/v1/", true),
-            ("https://res.openai.azure.com/openai", true),
-            ("https://res.openai.azure.com/openai/v1", true),
-            ("https://res.openai.azure.com/openai/deployments/gpt4o", false),
-            ("http://127.0.0.1:8080/v1", false),
-            ("http://localhost:11434/v1", false),
-            ("https://litellm.example/v1", false),
-            ("not a url", false),
-        ] {
-            assert_eq!(needs_model(url), needs, "{url}");
-        }
     }
 }
