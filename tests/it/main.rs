@@ -27,6 +27,7 @@ mod cli;
 mod destination;
 mod doctor;
 mod endpoints;
+mod estimate;
 mod export;
 mod export_paths;
 mod failures;
