@@ -472,6 +472,9 @@ pub struct ExportArgs {
     /// leading ' so that spreadsheets show it instead of running it as a formula
     #[arg(long)]
     pub no_sanitize: bool,
+    /// Prices for the cost_usd column.
+    #[command(flatten)]
+    pub prices: PriceArgs,
 }
 
 /// `runner jobs`.

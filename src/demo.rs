@@ -140,6 +140,7 @@ pub async fn demo(args: DemoArgs, shutdown: &Shutdown) -> anyhow::Result<Exit> {
         layout: None,
         output: Some(args.output.clone()),
         no_sanitize: false,
+        prices: crate::cli::PriceArgs::default(),
     };
     let rows =
         tokio::task::spawn_blocking(move || crate::inspect::export::export(&export)).await??;

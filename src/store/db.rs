@@ -796,6 +796,8 @@ pub struct RequestRow {
     pub finished_at: Option<i64>,
     /// The line's `metadata`, as JSON text.
     pub metadata: Option<String>,
+    /// Whether its last attempt went through the hosted Batch API (priced at half).
+    pub batch: bool,
 }
 
 /// Calls `each` for every request of a job in input order, streaming.
@@ -810,7 +812,9 @@ pub fn for_each_request<E: From<StoreError>>(
     let sql = format!(
         "SELECT key, line, state, http_status, attempts, {RESPONSE_SQL}, model, prompt_tokens,
                 completion_tokens, total_tokens, x_request_id, error_class, error_code, error_message,
-                latency_ms, finished_at, metadata, custom_id, body
+                latency_ms, finished_at, metadata, custom_id, body,
+                coalesce((SELECT a.batch_id IS NOT NULL FROM attempts a
+                          WHERE a.request_id = requests.id AND a.number = requests.attempts), 0)
          FROM requests WHERE job_id = ?1 ORDER BY line, id"
     );
     let mut stmt = conn.prepare(&sql).map_err(StoreError::from)?;
@@ -837,6 +841,7 @@ pub fn for_each_request<E: From<StoreError>>(
                 metadata: r.get(16)?,
                 custom_id: r.get(17)?,
                 body: r.get(18)?,
+                batch: r.get(19)?,
             })
         })()
         .map_err(StoreError::from)?;

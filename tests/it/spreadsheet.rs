@@ -16,7 +16,7 @@ use crate::support::*;
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/prompts.csv");
 
 /// The answer columns of the input layout of a job with an id and a prompt column.
-const ANSWERS: [&str; 15] = [
+const ANSWERS: [&str; 16] = [
     "status",
     "http_status",
     "attempts",
@@ -32,6 +32,7 @@ const ANSWERS: [&str; 15] = [
     "finished_at",
     "error_class",
     "line",
+    "cost_usd",
 ];
 
 /// A CSV file read back: header and rows.

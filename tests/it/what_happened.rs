@@ -315,6 +315,35 @@ async fn status_estimates_cost_with_the_prices_given() {
     let text = status(&["--db", &db]).await;
     assert!(text.contains("no price for test-model"), "{text}");
     assert!(text.contains("built-in prices of 2025-08-07"), "{text}");
+
+    // Each row's cost in the CSV export: its own usage at the price given; the rows add up to
+    // the status total.
+    let out = crate::support::bin::output(fx.bin(&[
+        "export",
+        "--db",
+        &db,
+        "--price",
+        "test-model=1000000,2000000",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let mut csv = csv::Reader::from_reader(&out.stdout[..]);
+    let header = csv.headers().expect("header").clone();
+    let at = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let (cost, p, c) = (at("cost_usd"), at("prompt_tokens"), at("completion_tokens"));
+    let mut sum = 0.0;
+    for row in csv.records() {
+        let row = row.expect("row");
+        let number = |i: usize| row[i].parse::<f64>().expect("a number");
+        assert!((number(cost) - (number(p) + 2.0 * number(c))).abs() < 1e-6, "{row:?}");
+        sum += number(cost);
+    }
+    assert!((sum - (prompt + 2.0 * completion)).abs() < 1e-6, "{sum}");
+    let (_, rows) = fx.export_csv();
+    assert!(
+        rows.iter().all(|row| row[at("cost_usd")].is_empty()),
+        "no price, no cost: an empty cell, never a made-up zero"
+    );
     fx.shutdown().await;
 }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::domain::{AttemptClass, RequestState};
 use crate::http::response::output_text;
 use crate::input::TableLayout;
+use crate::inspect::prices::{BATCH_PRICE_SHARE, PriceTable};
 use crate::store::db::RequestRow;
 use crate::util::clock::rfc3339;
 
@@ -35,10 +36,11 @@ pub(super) enum Answer {
     Line,
     Metadata,
     Prompt,
+    CostUsd,
 }
 
 /// The standard layout, in [`super::CSV_COLUMNS`] order.
-pub(super) const STANDARD: [Answer; 18] = [
+pub(super) const STANDARD: [Answer; 19] = [
     Answer::CustomId,
     Answer::Status,
     Answer::HttpStatus,
@@ -57,6 +59,7 @@ pub(super) const STANDARD: [Answer; 18] = [
     Answer::Line,
     Answer::Metadata,
     Answer::Prompt,
+    Answer::CostUsd,
 ];
 
 impl Answer {
@@ -81,6 +84,7 @@ impl Answer {
             Answer::Line => "line",
             Answer::Metadata => "metadata",
             Answer::Prompt => "prompt",
+            Answer::CostUsd => "cost_usd",
         }
     }
 
@@ -106,8 +110,24 @@ impl Answer {
             Answer::Line => Cow::Owned(r.line.to_string()),
             Answer::Metadata => text(r.metadata.as_ref()),
             Answer::Prompt => text(row.prompt.as_ref()),
+            Answer::CostUsd => Cow::Owned(row.cost.map(|usd| format!("{usd:.8}")).unwrap_or_default()),
         }
     }
+}
+
+/// A request's cost from its journaled usage: prompt and completion tokens at its answering
+/// model's price, half through the Batch API. Reasoning tokens are in `completion_tokens`.
+fn request_cost(request: &RequestRow, prices: &PriceTable) -> Option<f64> {
+    let (_, price) = prices.lookup(request.model.as_deref()?)?;
+    let (prompt, completion) = match (request.prompt_tokens, request.completion_tokens) {
+        (None, None) => return None,
+        (prompt, completion) => (prompt.unwrap_or(0), completion.unwrap_or(0)),
+    };
+    let usd = (prompt as f64 * price.input + completion as f64 * price.output) / 1_000_000.0;
+    Some(match request.batch {
+        true => usd * BATCH_PRICE_SHARE,
+        false => usd,
+    })
 }
 
 fn opt<T: ToString>(value: Option<T>) -> Cow<'static, str> {
@@ -119,10 +139,13 @@ struct Row<'a> {
     request: &'a RequestRow,
     output: Option<String>,
     prompt: Option<String>,
+    /// What its answer cost, in USD: its usage at its model's price (half through the Batch
+    /// API); unknown without usage or a price.
+    cost: Option<f64>,
 }
 
 impl<'a> Row<'a> {
-    fn new(request: &'a RequestRow) -> Row<'a> {
+    fn new(request: &'a RequestRow, prices: &PriceTable) -> Row<'a> {
         let output = match request.state {
             RequestState::Succeeded => request
                 .response
@@ -135,8 +158,10 @@ impl<'a> Row<'a> {
             | RequestState::Failed => None,
         };
         let prompt = prompt_text(&request.body);
+        let cost = request_cost(request, prices);
         Row {
             request,
+            cost,
             output,
             prompt,
         }
@@ -207,15 +232,15 @@ impl CsvLayout {
     }
 
     /// The cells of one request, in header order, as stored (not yet neutralised).
-    pub fn cells(&self, request: &RequestRow) -> Vec<Cow<'static, str>> {
+    pub fn cells(&self, request: &RequestRow, prices: &PriceTable) -> Vec<Cow<'static, str>> {
         match self {
             CsvLayout::Standard => {
-                let row = Row::new(request);
+                let row = Row::new(request, prices);
                 STANDARD.iter().map(|answer| answer.cell(&row)).collect()
             }
             CsvLayout::Input(input) => {
                 let layout = &input.layout;
-                let row = Row::new(request);
+                let row = Row::new(request, prices);
                 let metadata = request
                     .metadata
                     .as_deref()

@@ -25,12 +25,13 @@ use crate::cli::{ExportArgs, ExportFormat, ExportLayout, UsageError};
 use crate::domain::RequestState;
 use crate::input::TableLayout;
 use crate::store::db::{self, RequestRow};
+use crate::inspect::prices::PriceTable;
 use crate::store::{self, StoreError};
 use crate::util::fs::{Replacement, is_database_file};
 
 /// The CSV header of the standard layout: a contract (tests pin it); add columns only at the
 /// end.
-pub const CSV_COLUMNS: [&str; 18] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "custom_id",
     "status",
     "http_status",
@@ -49,6 +50,7 @@ pub const CSV_COLUMNS: [&str; 18] = [
     "line",
     "metadata",
     "prompt",
+    "cost_usd",
 ];
 
 /// The first characters that make a spreadsheet evaluate a cell as a formula (OWASP, "CSV
@@ -117,6 +119,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
         CsvCells::Sanitized
     };
     let layout = choose_layout(&job, args.format, args.layout)?;
+    let prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &args.prices.price)?;
     match &args.output {
         None => {
             let stdout = io::stdout().lock();
@@ -124,7 +127,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
                 &conn,
                 &job,
                 args.format,
-                (cells, &layout),
+                (cells, &layout, &prices),
                 BufWriter::new(stdout),
             )?)
         }
@@ -138,7 +141,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
                 &conn,
                 &job,
                 args.format,
-                (cells, &layout),
+                (cells, &layout, &prices),
                 BufWriter::new(replacement.file()),
             )
             .with_context(|| format!("cannot write {}.partial", path.display()))?;
@@ -233,7 +236,8 @@ pub fn write_export_with(
     out: impl Write,
 ) -> Result<u64, ExportError> {
     let layout = choose_layout(job, ExportFormat::Csv, None).unwrap_or(CsvLayout::Standard);
-    write_export_as(conn, job, format, (cells, &layout), out)
+    let prices = PriceTable::built_in();
+    write_export_as(conn, job, format, (cells, &layout, &prices), out)
 }
 
 /// [`write_export`] with the choice of CSV cells and layout; JSONL ignores both.
@@ -244,11 +248,11 @@ pub fn write_export_as(
     conn: &rusqlite::Connection,
     job: &db::Job,
     format: ExportFormat,
-    (cells, layout): (CsvCells, &CsvLayout),
+    (cells, layout, prices): (CsvCells, &CsvLayout, &PriceTable),
     out: impl Write,
 ) -> Result<u64, ExportError> {
     match format {
-        ExportFormat::Csv => write_csv(conn, job, cells, layout, out),
+        ExportFormat::Csv => write_csv(conn, job, (cells, layout, prices), out),
         ExportFormat::Jsonl => write_jsonl(conn, job, out),
     }
 }
@@ -256,8 +260,7 @@ pub fn write_export_as(
 fn write_csv(
     conn: &rusqlite::Connection,
     job: &db::Job,
-    cells: CsvCells,
-    layout: &CsvLayout,
+    (cells, layout, prices): (CsvCells, &CsvLayout, &PriceTable),
     out: impl Write,
 ) -> Result<u64, ExportError> {
     let mut writer = csv::Writer::from_writer(out);
@@ -269,7 +272,7 @@ fn write_csv(
     writer.write_record(header.iter().map(|cell| cell.as_bytes()))?;
     let mut rows = 0u64;
     db::for_each_request(conn, job.id, |row: RequestRow| -> Result<(), ExportError> {
-        let record = layout.cells(&row);
+        let record = layout.cells(&row, prices);
         let record: Vec<Cow<'_, str>> = record.iter().map(|cell| cells.apply(cell)).collect();
         writer.write_record(record.iter().map(|cell| cell.as_bytes()))?;
         rows += 1;

@@ -167,6 +167,7 @@ pub fn export_jsonl(db: &Path, job: &str) -> Vec<Value> {
         layout: None,
         output: Some(out.clone()),
         no_sanitize: false,
+        prices: runner::cli::PriceArgs::default(),
     };
     runner::inspect::export::export(&args).expect("export");
     std::fs::read_to_string(&out)
@@ -191,6 +192,7 @@ pub fn export_csv(db: &Path, job: &str) -> (Vec<String>, Vec<csv::StringRecord>)
         layout: None,
         output: Some(out.clone()),
         no_sanitize: false,
+        prices: runner::cli::PriceArgs::default(),
     };
     runner::inspect::export::export(&args).expect("export");
     let mut reader = csv::Reader::from_path(&out).expect("csv opens");
