@@ -181,9 +181,33 @@ pub struct RunArgs {
     /// --via batch: longest time between two polls of a batch; the first polls come sooner [default: 1m]
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, help_heading = heading::BATCH)]
     pub poll_interval: Option<Duration>,
+    /// Stop sending before the job could spend more than this, in USD: what its answers cost (by their usage) plus the worst case of what is in flight stays under it. Stored with the job; `resume --max-cost` raises it
+    #[arg(long, value_name = "USD", help_heading = "Cost")]
+    pub max_cost: Option<MaxCost>,
+    /// Price of one model in USD per 1M input and output tokens, over the built-in table, e.g. my-model=0.5,1.5 (stored with the job). Repeatable
+    #[arg(long = "price", value_name = "MODEL=IN,OUT", help_heading = "Cost")]
+    pub price: Vec<PriceOverride>,
     /// --via batch: delete each batch's input, output and error files from the server once its results are journaled (stored with the job)
     #[arg(long, help_heading = heading::BATCH)]
     pub delete_batch_files: bool,
+}
+
+/// A `--max-cost`: a positive, finite number of USD.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaxCost(pub f64);
+
+impl FromStr for MaxCost {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usd = s.trim().trim_start_matches('$');
+        match crate::domain::price::parse_usd(usd) {
+            Some(v) if v > 0.0 => Ok(MaxCost(v)),
+            _ => Err(format!(
+                "'{s}' is not an amount of USD above 0, e.g. --max-cost 25 or --max-cost 2.50"
+            )),
+        }
+    }
 }
 
 /// How a job's requests reach the API.
@@ -341,9 +365,9 @@ pub struct EstimateArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
-    /// Prices.
-    #[command(flatten)]
-    pub prices: PriceArgs,
+    /// Prices file over the built-in table: JSON {"MODEL": {"input": IN, "output": OUT}} or CSV rows model,input,output (--price wins over it)
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
 }
 
 /// `runner resume`.

@@ -99,7 +99,7 @@ pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::R
                 submit: args,
                 like: None,
                 json: false,
-                prices: cli::PriceArgs::default(),
+                prices: None,
             };
             blocking(move || estimate::estimate(&args, &env, &mut io::stdout().lock())).await
         }

@@ -9,6 +9,8 @@ pub enum Exit {
     SomeFailed,
     /// 4: a job-level condition (bad key, quota, …) stopped it; requests are pending.
     Stopped,
+    /// 5: the job stopped at its spending cap (`--max-cost`); requests are pending.
+    BudgetReached,
     /// 130: interrupted by a signal; resumable.
     Interrupted,
 }
@@ -20,6 +22,7 @@ impl Exit {
             Exit::Success => 0,
             Exit::SomeFailed => 3,
             Exit::Stopped => 4,
+            Exit::BudgetReached => 5,
             Exit::Interrupted => 130,
         }
     }

@@ -37,6 +37,8 @@ pub(crate) struct Dispatched {
     pub(crate) at: Instant,
     /// Its token cost as paced, when counted.
     pub(crate) cost: Option<Cost>,
+    /// Its worst case held under the spending cap, USD (0 without a cap).
+    pub(crate) held_usd: f64,
     /// Whether it is the breaker's probe.
     pub(crate) probe: bool,
 }
@@ -86,6 +88,9 @@ pub(crate) async fn attempt(
                 .saturating_sub(u64::try_from(prompt).unwrap_or(0)),
             now,
         );
+    }
+    if let Some(spend) = &ctx.spend {
+        spend.settle(sent.held_usd, &reading.usage);
     }
     ctx.resize(sent.at, now, Signal::of(reading.class));
     let unreachable = match (reading.outcome, reading.http_status) {

@@ -99,11 +99,17 @@ pub enum ConfigError {
     /// The stored settings of a job do not parse.
     #[error("the job's stored settings are unreadable: {0}")]
     Stored(#[from] serde_json::Error),
+    /// `--max-cost` with `--via batch`: a batch's answers come all at once, after it was paid for.
+    #[error(
+        "--max-cost is held request by request, and --via batch sends whole files of requests at once: \
+         use --via sync with --max-cost, or `runner estimate FILE` to know a batch job's price before sending it"
+    )]
+    MaxCostInBatch,
 }
 
 /// A job's settings, stored with the job (as JSON, never with a key) so that a resume runs the
 /// same way.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSettings {
     /// API base URL.
     pub base_url: String,
@@ -178,6 +184,13 @@ pub struct JobSettings {
     /// `--max-tokens`.
     #[serde(default)]
     pub input: InputSettings,
+    /// The most the job may spend, in USD (`--max-cost`), by the journaled usage of its answers
+    /// and the worst case of what is in flight.
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    /// Prices given with `--price`, USD per 1M tokens, over the built-in table.
+    #[serde(default)]
+    pub prices: std::collections::BTreeMap<String, crate::domain::Price>,
 }
 
 /// How a job uses the hosted Batch API (`--via batch` and its flags).
@@ -279,9 +292,13 @@ pub fn needs_model(base_url: &str) -> bool {
         return false;
     };
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let azure = [".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"]
-        .iter()
-        .any(|suffix| host.ends_with(suffix));
+    let azure = [
+        ".openai.azure.com",
+        ".cognitiveservices.azure.com",
+        ".services.ai.azure.com",
+    ]
+    .iter()
+    .any(|suffix| host.ends_with(suffix));
     host == "api.openai.com" || (azure && !url.path().contains("/deployments/"))
 }
 
@@ -322,6 +339,8 @@ impl JobSettings {
             api_version: None,
             batch: BatchSettings::default(),
             input: InputSettings::new_job(),
+            max_cost: None,
+            prices: std::collections::BTreeMap::new(),
         }
     }
 
@@ -362,6 +381,12 @@ impl JobSettings {
         }
         if let Some(n) = run.concurrency {
             self.concurrency = n.get();
+        }
+        if let Some(usd) = run.max_cost {
+            self.max_cost = Some(usd.0);
+        }
+        for o in &run.price {
+            self.prices.insert(o.model.clone(), o.price);
         }
         if let Some(n) = run.max_in_flight {
             self.max_in_flight = Some(n.get());
@@ -470,6 +495,9 @@ impl JobSettings {
     /// # Errors
     /// [`ConfigError`] for an unusable URL or endpoint, or no key for OpenAI's own API.
     pub fn check(&self, env: &ApiEnv) -> Result<(), ConfigError> {
+        if self.max_cost.is_some() && self.batch.via == Via::Batch {
+            return Err(ConfigError::MaxCostInBatch);
+        }
         let url = reqwest::Url::parse(&self.base_url)
             .map_err(|_| ConfigError::BaseUrl(self.base_url.clone()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -662,7 +690,10 @@ mod tests {
             ("https://API.openai.com/v1/", true),
             ("https://res.openai.azure.com/openai", true),
             ("https://res.openai.azure.com/openai/v1", true),
-            ("https://res.openai.azure.com/openai/deployments/gpt4o", false),
+            (
+                "https://res.openai.azure.com/openai/deployments/gpt4o",
+                false,
+            ),
             ("http://127.0.0.1:8080/v1", false),
             ("http://localhost:11434/v1", false),
             ("https://litellm.example/v1", false),

@@ -105,6 +105,10 @@ pub(crate) struct Context {
     reach: Mutex<Reach>,
     streak: Mutex<Streak>,
     stop_after_same_error: u32,
+    /// The spending cap (`--max-cost`), if any.
+    pub(crate) spend: Option<Arc<crate::engine::spend::Spend>>,
+    /// Whether the job-level stop is the spending cap's.
+    pub(crate) over_budget: std::sync::atomic::AtomicBool,
     /// Cancelled on a job-level stop.
     pub(crate) halt: CancellationToken,
     stop_reason: Mutex<Option<String>>,
@@ -138,6 +142,8 @@ impl Context {
             reach: Mutex::new(Reach::default()),
             streak: Mutex::new(Streak::default()),
             stop_after_same_error,
+            spend: None,
+            over_budget: std::sync::atomic::AtomicBool::new(false),
             halt: CancellationToken::new(),
             stop_reason: Mutex::new(None),
         }
@@ -146,6 +152,15 @@ impl Context {
     /// The reason of the first job-level stop, if there was one.
     pub(crate) fn stop_reason(&self) -> Option<String> {
         lock(&self.stop_reason).clone()
+    }
+
+    /// Stops the job at the spending cap (exit 5), unless another stop came first.
+    pub(crate) fn stop_for_budget(&self, reason: String) {
+        if lock(&self.stop_reason).is_none() {
+            self.over_budget
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.stop_job(reason);
     }
 
     /// Records the first job-level stop and halts dispatch.

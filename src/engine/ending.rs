@@ -45,6 +45,12 @@ impl Ending {
                 Exit::Stopped,
                 "stopped",
             ),
+            PoolExit::OverBudget(reason) => ending(
+                JobState::Stopped,
+                Some(reason.clone()),
+                Exit::BudgetReached,
+                "stopped at the spending cap",
+            ),
             PoolExit::Interrupted => ending(
                 JobState::Interrupted,
                 None,
@@ -67,9 +73,10 @@ impl Ending {
                 exit: Exit::Success,
                 label: "cancelled",
             },
-            PoolExit::Drained | PoolExit::Stopped(_) | PoolExit::Interrupted => {
-                Ending::of(exit, counts)
-            }
+            PoolExit::Drained
+            | PoolExit::Stopped(_)
+            | PoolExit::OverBudget(_)
+            | PoolExit::Interrupted => Ending::of(exit, counts),
         }
     }
 
@@ -80,7 +87,7 @@ impl Ending {
                 "{job}: {} requests failed for good: `runner export --job {job}` shows why; `runner status` sums it up",
                 counts.failed
             ),
-            (Exit::Stopped, Some(reason)) => crate::say!(
+            (Exit::Stopped | Exit::BudgetReached, Some(reason)) => crate::say!(
                 "{job}: stopped with {} requests pending: {}",
                 counts.open(),
                 printable(reason)
@@ -90,7 +97,7 @@ impl Ending {
                 counts.open()
             ),
             (Exit::Success, Some(reason)) => crate::say!("{job}: {}", printable(reason)),
-            (Exit::Success | Exit::Stopped, None) => {}
+            (Exit::Success | Exit::Stopped | Exit::BudgetReached, None) => {}
         }
         if counts.succeeded + counts.failed > 0 {
             crate::say!(

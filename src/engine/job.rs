@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::cli::{CancelArgs, ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs};
+use crate::cli::{CancelArgs, ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs, UsageError};
 use crate::domain::Exit;
 use crate::domain::{Counts, EventKind, JobState};
 use crate::engine::batch::{BatchExit, BatchRun, Mode};
@@ -21,8 +21,10 @@ use crate::engine::progress::{Display, Reporter, Tally};
 use crate::engine::rate_limit::{Limits, RequestLimiter};
 use crate::engine::shutdown::Shutdown;
 use crate::engine::sizing;
+use crate::engine::spend::Spend;
 use crate::http::client::ApiClient;
 use crate::input::{self, Checked, InputReader};
+use crate::inspect::prices::PriceTable;
 use crate::store::db::{self, Job};
 use crate::store::ingest::{IngestReport, direct};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
@@ -745,7 +747,9 @@ impl JobRun<'_> {
                     );
                     match self.batches(Mode::Settle, Arc::clone(&tally)).await? {
                         PoolExit::Drained => {}
-                        exit @ (PoolExit::Stopped(_) | PoolExit::Interrupted) => return Ok(exit),
+                        exit @ (PoolExit::Stopped(_)
+                        | PoolExit::OverBudget(_)
+                        | PoolExit::Interrupted) => return Ok(exit),
                     }
                 }
                 let pool = self.pool(tally).await?;
@@ -839,6 +843,10 @@ impl JobRun<'_> {
             .call(move |c| journal::last_event_detail(c, id, EventKind::Limits))
             .await?
             .map_or_else(Limits::default, |detail| Limits::parse(&detail));
+        let spend = match settings.max_cost {
+            Some(cap) => Some(Arc::new(self.spend(cap).await?)),
+            None => None,
+        };
         Ok(WorkerPool::new(
             self.job.id,
             self.store.clone(),
@@ -855,9 +863,61 @@ impl JobRun<'_> {
                 stop_after_same_error: settings.stop_after_same_error,
                 tpm: settings.tpm(),
                 default_output_tokens: u64::from(settings.default_output_tokens),
+                spend,
             },
             tally,
         ))
+    }
+
+    /// The spending cap of this run: `cap` USD, with what the job's answers cost so far
+    /// already spent. Every model the job's answers and pending requests name must have a
+    /// price (built in, or `--price`): a cap that cannot be counted is no cap.
+    ///
+    /// # Errors
+    /// [`UsageError`] naming a model without a price; store errors.
+    async fn spend(&self, cap: f64) -> anyhow::Result<Spend> {
+        let mut table = PriceTable::built_in();
+        for (model, price) in &self.settings.prices {
+            table.set(model.clone(), *price);
+        }
+        let id = self.job.id;
+        let (answered, pending) = self
+            .store
+            .call(move |c| Ok((journal::tokens_by_model(c, id)?, db::pending_models(c, id)?)))
+            .await?;
+        let spend = Spend::new(cap, table, 0.0);
+        let mut spent = 0.0;
+        let unpriced = |model: &str| {
+            UsageError(format!(
+                "--max-cost needs a price for every model of the job, and {model} has none: pass \
+                 --price {model}=IN,OUT (USD per 1M input and output tokens)"
+            ))
+        };
+        for tokens in &answered {
+            let model = tokens.model.clone().unwrap_or_default();
+            let usage = crate::domain::Usage {
+                model: Some(model.clone()),
+                prompt_tokens: Some(tokens.prompt),
+                completion_tokens: Some(tokens.completion),
+                total_tokens: Some(tokens.total),
+            };
+            spent += spend
+                .cost_of(&usage, tokens.batch)
+                .ok_or_else(|| unpriced(&model))?;
+        }
+        if let Some(model) = pending.iter().find(|m| spend.price(m).is_none()) {
+            return Err(unpriced(model).into());
+        }
+        let spend = Spend::new(cap, spend.into_table(), spent);
+        if spent > 0.0 {
+            crate::say!(
+                "{}: {} spent so far of --max-cost {}",
+                self.job.name,
+                crate::inspect::prices::Usd(spent),
+                crate::inspect::prices::Usd(cap)
+            );
+        }
+        Ok(spend)
     }
 }
 

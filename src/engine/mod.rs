@@ -35,3 +35,4 @@ pub mod rate_limit;
 pub mod retry;
 pub mod shutdown;
 pub mod sizing;
+pub mod spend;

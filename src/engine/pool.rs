@@ -168,6 +168,8 @@ pub enum PoolExit {
     Drained,
     /// A job-level condition stopped dispatch; the reason says what to fix.
     Stopped(String),
+    /// The spending cap (`--max-cost`) stopped dispatch; the reason says what was spent.
+    OverBudget(String),
     /// Shutdown was requested.
     Interrupted,
 }
@@ -208,6 +210,8 @@ pub struct PoolSettings {
     pub tpm: Option<NonZeroU32>,
     /// Output tokens counted for `tpm` when a request names no maximum.
     pub default_output_tokens: u64,
+    /// The spending cap, if the job has one.
+    pub spend: Option<Arc<crate::engine::spend::Spend>>,
 }
 
 /// How often a pool that sizes itself looks at its size again while it is full and nothing
@@ -216,8 +220,8 @@ const RESIZE_EVERY: Duration = Duration::from_millis(250);
 
 /// Whether a request may go, after pacing.
 enum Pace {
-    /// Send it; its token cost, when counted.
-    Go(Option<Cost>),
+    /// Send it; its token cost, when counted, and the worst case held under the spending cap.
+    Go(Option<Cost>, f64),
     /// It goes back to the queue, unsent.
     Withdrawn,
 }
@@ -268,6 +272,7 @@ impl WorkerPool {
             tokens: settings.tpm.map(|n| u64::from(n.get())),
         };
         context.pacers.assume(settings.known_limits);
+        context.spend = settings.spend.clone();
         let rate = context.known_rate();
         context.sizing = Mutex::new(Sizing::new(
             settings.concurrency,
@@ -329,7 +334,12 @@ impl WorkerPool {
         self.drain(&mut tasks, shutdown).await?;
         self.journal_pacing().await?;
         // A stop reason set by the last tasks to finish counts too.
+        let over_budget = self
+            .context
+            .over_budget
+            .load(std::sync::atomic::Ordering::Relaxed);
         Ok(match self.context.stop_reason() {
+            Some(reason) if over_budget => PoolExit::OverBudget(reason),
             Some(reason) => PoolExit::Stopped(reason),
             None if stop.is_cancelled() => PoolExit::Interrupted,
             None => PoolExit::Drained,
@@ -552,7 +562,7 @@ impl WorkerPool {
                 }
                 None => Pace::Withdrawn,
             };
-            let (Some(lease), Pace::Go(cost)) = (lease, paced) else {
+            let (Some(lease), Pace::Go(cost, held_usd)) = (lease, paced) else {
                 if probe {
                     lock(&ctx.breaker).probe_withdrawn();
                 }
@@ -563,6 +573,7 @@ impl WorkerPool {
             let sent = Dispatched {
                 at: Instant::now(),
                 cost,
+                held_usd,
                 probe: probe && first,
             };
             lock(&ctx.sizing).sent(sent.at);
@@ -585,10 +596,33 @@ impl WorkerPool {
         let ctx = &self.context;
         let tally = &ctx.tally;
         let pacer = ctx.pacers.for_key(key);
-        let cost = (self.tokens.is_some() || pacer.counts_tokens()).then(|| {
-            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
-            cost(&request.url, &body, self.settings.default_output_tokens)
-        });
+        let mut model = None;
+        let cost =
+            (self.tokens.is_some() || pacer.counts_tokens() || ctx.spend.is_some()).then(|| {
+                let body: serde_json::Value =
+                    serde_json::from_str(&request.body).unwrap_or_default();
+                model = body
+                    .get("model")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned);
+                cost(&request.url, &body, self.settings.default_output_tokens)
+            });
+        // The spending cap first: a request that may not go does not wait for its turn.
+        let held_usd = match (&ctx.spend, cost) {
+            (Some(spend), Some(cost)) => match spend.reserve(model.as_deref(), cost) {
+                Ok(held) => held,
+                Err(refusal) => {
+                    ctx.stop_for_budget(refusal.reason());
+                    return Ok(Pace::Withdrawn);
+                }
+            },
+            (Some(_) | None, _) => 0.0,
+        };
+        let release = || {
+            if let Some(spend) = &ctx.spend {
+                spend.settle(held_usd, &crate::domain::Usage::default());
+            }
+        };
         let paced = async {
             if self.limiter.is_limited() {
                 let waiting = Instant::now();
@@ -617,11 +651,18 @@ impl WorkerPool {
         };
         tokio::select! {
             biased;
-            _ = stop.cancelled() => Ok(Pace::Withdrawn),
-            _ = ctx.halt.cancelled() => Ok(Pace::Withdrawn),
+            _ = stop.cancelled() => {
+                release();
+                Ok(Pace::Withdrawn)
+            }
+            _ = ctx.halt.cancelled() => {
+                release();
+                Ok(Pace::Withdrawn)
+            }
             paced = paced => match paced {
-                Ok(()) => Ok(Pace::Go(cost)),
+                Ok(()) => Ok(Pace::Go(cost, held_usd)),
                 Err(too_large) => {
+                    release();
                     ctx.fail_unsent(request, &too_large).await?;
                     Ok(Pace::Withdrawn)
                 }

@@ -23,7 +23,6 @@ const STREAM_HEAD_BYTES: usize = 1024;
 
 pub use super::key::ApiKey;
 
-
 /// How the key is sent.
 #[derive(
     Clone,

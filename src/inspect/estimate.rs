@@ -113,7 +113,12 @@ pub struct Estimate {
 /// The file's first error (as `submit` would say it), bad flags, a `--like` job that is not
 /// there, an unreadable prices file.
 pub fn estimate(args: &EstimateArgs, env: &ApiEnv, out: &mut dyn Write) -> anyhow::Result<()> {
-    let estimate = compute(&args.submit, args.like.as_deref(), &args.prices, env)?;
+    let estimate = compute(
+        &args.submit,
+        args.like.as_deref(),
+        args.prices.as_deref(),
+        env,
+    )?;
     match args.json {
         true => {
             // Written as text, so that a closed pipe is the io::Error it is.
@@ -131,7 +136,7 @@ pub fn estimate(args: &EstimateArgs, env: &ApiEnv, out: &mut dyn Write) -> anyho
 pub fn compute(
     args: &SubmitArgs,
     like: Option<&str>,
-    price_args: &crate::cli::PriceArgs,
+    prices_file: Option<&Path>,
     env: &ApiEnv,
 ) -> anyhow::Result<Estimate> {
     let mut settings = JobSettings::defaults(env);
@@ -145,13 +150,13 @@ pub fn compute(
     settings.apply_input(args)?;
     settings.max_line_bytes = args.max_line_bytes;
     destination::settle(&mut settings, false, &args.run, env);
-    let table = PriceTable::with_overrides(price_args.prices.as_deref(), &price_args.price)?;
+    let table = PriceTable::with_overrides(prices_file, &args.run.price)?;
     let share = match like {
         Some(job) => Share::Like(average_answer(&args.db.db, job)?),
         None => Share::Fraction(EXPECTED_OUTPUT_SHARE),
     };
-    let reader = InputReader::open(&args.file, settings.input_options())?
-        .skip_invalid(args.skip_invalid);
+    let reader =
+        InputReader::open(&args.file, settings.input_options())?.skip_invalid(args.skip_invalid);
     let default_output = u64::from(settings.default_output_tokens);
     let mut estimate = read(reader, &args.file, default_output, share)?;
     estimate.expectation = match share {
@@ -265,7 +270,10 @@ fn price(estimate: &mut Estimate, table: &PriceTable) {
     estimate.prices = table.source();
     for group in &mut estimate.groups {
         let Some((name, price)) = group.model.as_deref().and_then(|m| table.lookup(m)) else {
-            let name = group.model.clone().unwrap_or_else(|| "(no model)".to_owned());
+            let name = group
+                .model
+                .clone()
+                .unwrap_or_else(|| "(no model)".to_owned());
             if !estimate.unpriced.contains(&name) {
                 estimate.unpriced.push(name);
             }

@@ -63,6 +63,21 @@ pub(crate) fn success(endpoint: Endpoint, body: &Value, key: &str, attempt: u64)
     value.to_string()
 }
 
+/// A chat reply cut to the request's `max_completion_tokens` (or `max_tokens`) words, as the
+/// API never answers past it, with its finish reason.
+fn within_max_tokens(reply: String, body: &Value) -> (String, &'static str) {
+    let max = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|field| body.get(*field).and_then(Value::as_u64));
+    match max {
+        Some(max) if words(&reply) > max => {
+            let cut: Vec<&str> = reply.split_whitespace().take(max as usize).collect();
+            (cut.join(" "), "length")
+        }
+        Some(_) | None => (reply, "stop"),
+    }
+}
+
 fn chat(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
     let messages = body
         .get("messages")
@@ -77,7 +92,7 @@ fn chat(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
         .last()
         .map(|message| text_of(message.get("content")))
         .unwrap_or_default();
-    let reply = format!("echo: {last}");
+    let (reply, finish_reason) = within_max_tokens(format!("echo: {last}"), body);
     let completion_tokens = words(&reply);
     json!({
         "id": format!("chatcmpl-{}", short_id(key, attempt, 24)),
@@ -88,7 +103,7 @@ fn chat(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
             "index": 0,
             "message": {"role": "assistant", "content": reply, "refusal": null},
             "logprobs": null,
-            "finish_reason": "stop",
+            "finish_reason": finish_reason,
         }],
         "usage": {
             "prompt_tokens": prompt_tokens,

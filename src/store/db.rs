@@ -639,6 +639,23 @@ fn response_text(value: ValueRef<'_>) -> rusqlite::Result<Option<String>> {
     }
 }
 
+/// The models named by the job's requests still to send (an empty name for those that name
+/// none), for `--max-cost`, which must price each.
+///
+/// # Errors
+/// Database errors.
+pub fn pending_models(conn: &Connection, job: JobId) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT coalesce(json_extract(body, '$.model'), '') FROM requests
+         WHERE job_id = ?1 AND state IN ('pending', 'in_flight') AND method = 'POST'
+           AND json_valid(body)",
+    )?;
+    let models = stmt
+        .query_map([job.0], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(models)
+}
+
 /// The SQL of a request's `response`: the column, or its spilled row.
 pub const RESPONSE_SQL: &str =
     "coalesce(response, (SELECT body FROM spilled_responses WHERE request_id = requests.id))";

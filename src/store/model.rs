@@ -47,8 +47,13 @@ pub fn refill(
         let mut changed = 0;
         let mut rows = read.query(params![job.0, old])?;
         while let Some(row) = rows.next()? {
-            let (id, method, url, body, hash): (i64, String, String, String, String) =
-                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+            let (id, method, url, body, hash): (i64, String, String, String, String) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            );
             let from_flag = match (old, filled) {
                 (None, _) | (Some(_), Filled::ByName) => true,
                 (Some(_), Filled::ByHash) => model_was_filled(&method, &url, &body, &hash),

@@ -212,9 +212,18 @@ async fn bad_input_exits_1_naming_file_and_line_and_sends_nothing() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("bad.jsonl:2: invalid JSON at column "), "{stderr}");
-    assert!(!stderr.contains("at line 1"), "the file's line is the only line named: {stderr}");
-    assert!(stderr.contains("--skip-invalid"), "the way past a bad line is named: {stderr}");
+    assert!(
+        stderr.contains("bad.jsonl:2: invalid JSON at column "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("at line 1"),
+        "the file's line is the only line named: {stderr}"
+    );
+    assert!(
+        stderr.contains("--skip-invalid"),
+        "the way past a bad line is named: {stderr}"
+    );
     assert_eq!(fx.mock.stats().answers, 0);
     fx.shutdown().await;
 }
@@ -691,12 +700,18 @@ async fn a_wrong_model_is_fixed_in_place_by_resume_model() {
     let models = |model: &str| {
         query_i64(
             &db,
-            &format!("SELECT count(*) FROM requests WHERE json_extract(body, '$.model') = '{model}'"),
+            &format!(
+                "SELECT count(*) FROM requests WHERE json_extract(body, '$.model') = '{model}'"
+            ),
         )
     };
     assert_eq!((models("right-model"), models("own-model")), (30, 30));
     let stats = fx.mock.stats();
-    assert_eq!(stats.successes(), 60, "every line answered once, none twice");
+    assert_eq!(
+        stats.successes(),
+        60,
+        "every line answered once, none twice"
+    );
     for i in 0..60 {
         let model = if i < 30 { "right-model" } else { "own-model" };
         let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": format!("p {i}")}]});
@@ -738,7 +753,14 @@ async fn a_line_without_a_model_is_refused_where_the_server_needs_one() {
             "a refused submit leaves no journal behind"
         );
     }
-    let out = output(fx.bin(&["submit", "nomodel.jsonl", "--no-progress", "--base-url", &fx.url()])).await;
+    let out = output(fx.bin(&[
+        "submit",
+        "nomodel.jsonl",
+        "--no-progress",
+        "--base-url",
+        &fx.url(),
+    ]))
+    .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(

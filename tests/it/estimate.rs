@@ -80,9 +80,18 @@ async fn an_estimate_counts_tokens_and_prices_them_both_ways_without_writing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(shown.contains("jobs.jsonl: 5 requests"), "{shown}");
-    assert!(shown.contains("3 × gpt-4o-mini to /v1/chat/completions"), "{shown}");
-    assert!(shown.contains("not priced (not in the sums): house-model"), "{shown}");
-    assert!(shown.contains("time: at least 5s at requests 60/min"), "{shown}");
+    assert!(
+        shown.contains("3 × gpt-4o-mini to /v1/chat/completions"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("not priced (not in the sums): house-model"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("time: at least 5s at requests 60/min"),
+        "{shown}"
+    );
     assert!(!s.path("runner.db").exists(), "--dry-run writes nothing");
 }
 
@@ -98,7 +107,11 @@ async fn an_estimate_refuses_what_submit_refuses() {
             1,
             "twice.jsonl:6: custom_id 'a' is already used on line 1",
         ),
-        (&["estimate", "sheet.csv"][..], 2, "needs a model: pass --model"),
+        (
+            &["estimate", "sheet.csv"][..],
+            2,
+            "needs a model: pass --model",
+        ),
         (&["estimate", "missing.jsonl"][..], 1, "missing.jsonl"),
     ] {
         let mut cmd = runner(s.dir.path());

@@ -41,6 +41,7 @@ mod reading;
 mod report;
 mod shared_db;
 mod signals;
+mod spend;
 mod spreadsheet;
 mod storage;
 mod submit;

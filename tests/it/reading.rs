@@ -297,6 +297,7 @@ impl Direct {
                 stop_after_same_error: s.stop_after_same_error,
                 tpm: s.tpm(),
                 default_output_tokens: 100,
+                spend: None,
             },
             Arc::new(Tally::from_counts(&Counts::default())),
         )

@@ -335,7 +335,10 @@ async fn status_estimates_cost_with_the_prices_given() {
     for row in csv.records() {
         let row = row.expect("row");
         let number = |i: usize| row[i].parse::<f64>().expect("a number");
-        assert!((number(cost) - (number(p) + 2.0 * number(c))).abs() < 1e-6, "{row:?}");
+        assert!(
+            (number(cost) - (number(p) + 2.0 * number(c))).abs() < 1e-6,
+            "{row:?}"
+        );
         sum += number(cost);
     }
     assert!((sum - (prompt + 2.0 * completion)).abs() < 1e-6, "{sum}");

@@ -110,7 +110,9 @@ impl Answer {
             Answer::Line => Cow::Owned(r.line.to_string()),
             Answer::Metadata => text(r.metadata.as_ref()),
             Answer::Prompt => text(row.prompt.as_ref()),
-            Answer::CostUsd => Cow::Owned(row.cost.map(|usd| format!("{usd:.8}")).unwrap_or_default()),
+            Answer::CostUsd => {
+                Cow::Owned(row.cost.map(|usd| format!("{usd:.8}")).unwrap_or_default())
+            }
         }
     }
 }

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use crate::cli::{ExportArgs, ExportFormat, ExportLayout, UsageError};
 use crate::domain::RequestState;
 use crate::input::TableLayout;
-use crate::store::db::{self, RequestRow};
 use crate::inspect::prices::PriceTable;
+use crate::store::db::{self, RequestRow};
 use crate::store::{self, StoreError};
 use crate::util::fs::{Replacement, is_database_file};
 

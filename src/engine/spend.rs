@@ -1,0 +1,220 @@
+//! `--max-cost`: the most a job may spend, held before every send.
+//!
+//! What the job has spent is what its answers cost: the usage journaled for them, at their
+//! model's price (half through the Batch API), from earlier runs and from this one as answers
+//! come. What it may still spend is not known until the answers come, so each request is
+//! counted at its worst case while it is in flight: its prompt as the tokenizer counts it (with
+//! a margin for the server counting a little differently) plus the most output it allows. A
+//! request goes only when what is spent, plus the worst case of what is in flight, plus its own
+//! worst case stays within the cap; the first that does not fit stops the job (exit 5), with
+//! what is in flight left to finish. So the cap holds whatever the answers turn out to be.
+
+use crate::domain::tokens::Cost;
+use crate::domain::{Price, Usage};
+use crate::inspect::prices::{PriceTable, Usd};
+use crate::util::sync::lock;
+
+/// The share added to a counted prompt for its worst case: servers count a few tokens more than
+/// the tokenizer (message framing, a name, tools), and the cap must hold all the same.
+const PROMPT_MARGIN: f64 = 0.10;
+/// Tokens added to every counted prompt beyond the margin, for short prompts.
+const PROMPT_SLACK: u64 = 16;
+
+/// The spending cap of one run, shared by the dispatcher and the attempts.
+#[derive(Debug)]
+pub struct Spend {
+    cap: f64,
+    table: PriceTable,
+    state: std::sync::Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// What the answers journaled so far cost, USD.
+    spent: f64,
+    /// The worst case of the requests in flight, USD.
+    reserved: f64,
+}
+
+/// Why a request may not go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// Its worst case does not fit under the cap.
+    Cap {
+        /// Spent so far, USD.
+        spent: f64,
+        /// The cap, USD.
+        cap: f64,
+    },
+    /// Its model has no price: the cap cannot be held for it.
+    Unpriced(String),
+}
+
+impl Refusal {
+    /// Why the job stopped, and how to go on.
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::Cap { spent, cap } => format!(
+                "the spending cap is reached: {} spent of --max-cost {} (by the answers' usage; \
+                 the requests in flight could have cost the rest). `runner resume --max-cost \
+                 MORE` goes on; nothing that succeeded is sent again",
+                Usd(*spent),
+                Usd(*cap)
+            ),
+            Refusal::Unpriced(model) => format!(
+                "--max-cost cannot be held for model {model}, which has no price: pass --price \
+                 {model}=IN,OUT (USD per 1M input and output tokens), then `runner resume`"
+            ),
+        }
+    }
+}
+
+impl Spend {
+    /// A cap of `cap` USD, with `spent` already spent by the job's earlier answers.
+    pub fn new(cap: f64, table: PriceTable, spent: f64) -> Spend {
+        Spend {
+            cap,
+            table,
+            state: std::sync::Mutex::new(State {
+                spent,
+                reserved: 0.0,
+            }),
+        }
+    }
+
+    /// The price of `model`, if the table has one.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.table.lookup(model).map(|(_, price)| price)
+    }
+
+    /// Holds the worst case of a request for `model` costing `cost` tokens; returns it (USD),
+    /// to be settled when its answer is in.
+    ///
+    /// # Errors
+    /// [`Refusal`] when it does not fit, or cannot be priced.
+    pub fn reserve(&self, model: Option<&str>, cost: Cost) -> Result<f64, Refusal> {
+        let model = model.unwrap_or_default();
+        let price = self
+            .price(model)
+            .ok_or_else(|| Refusal::Unpriced(model.to_owned()))?;
+        let prompt = cost.prompt as f64 * (1.0 + PROMPT_MARGIN) + PROMPT_SLACK as f64;
+        let worst = (prompt * price.input + cost.output as f64 * price.output) / 1_000_000.0;
+        let mut state = lock(&self.state);
+        if state.spent + state.reserved + worst > self.cap {
+            return Err(Refusal::Cap {
+                spent: state.spent,
+                cap: self.cap,
+            });
+        }
+        state.reserved += worst;
+        Ok(worst)
+    }
+
+    /// Settles a request held at `reserved`: its answer's `usage` is what it cost.
+    pub fn settle(&self, reserved: f64, usage: &Usage) {
+        let cost = self.cost_of(usage, false).unwrap_or(0.0);
+        let mut state = lock(&self.state);
+        state.reserved = (state.reserved - reserved).max(0.0);
+        state.spent += cost;
+    }
+
+    /// What `usage` cost, USD: `None` without usage or a price.
+    pub fn cost_of(&self, usage: &Usage, batch: bool) -> Option<f64> {
+        let price = self.price(usage.model.as_deref()?)?;
+        if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
+            return None;
+        }
+        let tokens = |t: Option<i64>| t.unwrap_or(0).max(0) as f64;
+        let usd = (tokens(usage.prompt_tokens) * price.input
+            + tokens(usage.completion_tokens) * price.output)
+            / 1_000_000.0;
+        Some(match batch {
+            true => usd * crate::inspect::prices::BATCH_PRICE_SHARE,
+            false => usd,
+        })
+    }
+
+    /// The price table, for a new cap.
+    pub fn into_table(self) -> PriceTable {
+        self.table
+    }
+
+    /// Spent so far, USD.
+    pub fn spent(&self) -> f64 {
+        lock(&self.state).spent
+    }
+
+    /// The cap, USD.
+    pub fn cap(&self) -> f64 {
+        self.cap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PriceTable {
+        let mut table = PriceTable::built_in();
+        table.set(
+            "m".into(),
+            Price {
+                input: 1_000_000.0,
+                output: 2_000_000.0,
+            },
+        );
+        table
+    }
+
+    fn usage(prompt: i64, completion: i64) -> Usage {
+        Usage {
+            model: Some("m".into()),
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(completion),
+            total_tokens: Some(prompt + completion),
+        }
+    }
+
+    #[test]
+    fn a_request_goes_only_when_its_worst_case_fits() {
+        let spend = Spend::new(1000.0, table(), 0.0);
+        let cost = Cost {
+            prompt: 100,
+            output: 200,
+        };
+        // Worst case: (100 × 1.1 + 16) × $1 + 200 × $2 = $526.
+        let held = spend.reserve(Some("m"), cost).expect("fits");
+        assert!((held - 526.0).abs() < 1e-9, "{held}");
+        assert_eq!(
+            spend.reserve(Some("m"), cost),
+            Err(Refusal::Cap {
+                spent: 0.0,
+                cap: 1000.0
+            }),
+            "two worst cases are over the cap"
+        );
+        // The answer was short: what it cost is spent, the rest of its hold is free again.
+        spend.settle(held, &usage(100, 10));
+        assert!((spend.spent() - 120.0).abs() < 1e-9);
+        let second = spend.reserve(Some("m"), cost).expect("fits now");
+        spend.settle(second, &usage(100, 200));
+        assert!((spend.spent() - 620.0).abs() < 1e-9);
+        assert!(spend.reserve(Some("m"), cost).is_err(), "620 + 526 > 1000");
+    }
+
+    #[test]
+    fn a_model_without_a_price_cannot_be_held() {
+        let spend = Spend::new(10.0, table(), 0.0);
+        let cost = Cost {
+            prompt: 1,
+            output: 1,
+        };
+        assert_eq!(
+            spend.reserve(Some("house-model"), cost),
+            Err(Refusal::Unpriced("house-model".into()))
+        );
+        assert!(spend.reserve(None, cost).is_err());
+        let dated = spend.reserve(Some("gpt-4o-mini-2024-07-18"), cost);
+        assert!(dated.is_ok(), "a dated snapshot is priced as its model");
+    }
+}
