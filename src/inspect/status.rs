@@ -20,9 +20,18 @@ use crate::util::text::printable;
 /// # Errors
 /// Unknown job or database, an unreadable prices file; a write failure.
 pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
-    let prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &args.prices.price)?;
     let conn = store::open_read_only(&args.db.db)?;
     let job = db::resolve_job(&conn, args.job.as_deref())?;
+    // The prices the job was run with (`--price`, stored), under the ones given here.
+    let stored = crate::engine::config::JobSettings::from_json(&job.config).ok();
+    let mut prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &[])?;
+    for (model, price) in stored.iter().flat_map(|s| &s.prices) {
+        prices.set(model.clone(), *price);
+    }
+    for o in &args.prices.price {
+        prices.set(o.model.clone(), o.price);
+    }
+    let max_cost = stored.and_then(|s| s.max_cost);
     let timeline = if args.timeline {
         Some(timeline::build(&conn, &job, args.bucket)?)
     } else {
@@ -31,6 +40,7 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     let summary = JobSummary::load(&conn, job, &prices)?;
     if args.json {
         let mut value = summary_json(&summary);
+        value["cost"]["max_cost_usd"] = json!(max_cost);
         if let Some(t) = &timeline {
             value["timeline"] = timeline::to_json(t);
         }
@@ -38,6 +48,15 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
         return Ok(());
     }
     write_summary(&summary, &mut out)?;
+    if let Some(cap) = max_cost {
+        writeln!(
+            out,
+            "cap       --max-cost {}: ≈ {} spent, {} left",
+            Usd(cap),
+            Usd(summary.cost.usd),
+            Usd((cap - summary.cost.usd).max(0.0))
+        )?;
+    }
     if let Some(t) = &timeline {
         writeln!(out)?;
         timeline::render_text(t, &mut out)?;

@@ -97,6 +97,10 @@ async fn the_cap_holds_with_64_in_flight_and_a_resume_with_more_finishes() {
         "SELECT count(*) FROM attempts WHERE http_status = 500",
     );
     assert!(retried > 0, "retries were going on");
+    let status = output(fx.bin(&["status", "--db", &fx.db_arg()])).await;
+    let shown = text(&status.stdout);
+    let cap_line = format!("cap       --max-cost ${cap:.2}: ≈ ${first:.2} spent");
+    assert!(shown.contains(&cap_line), "{shown}");
 
     // A higher cap, stored with the job (the price too): the rest is sent, nothing twice.
     let exit = fx.resume(&["--max-cost", "1000000"]).await;
