@@ -111,6 +111,30 @@ async fn the_cap_holds_with_64_in_flight_and_a_resume_with_more_finishes() {
         assert_eq!(stats.successes_for(&body(i)), 1, "line {i} answered once");
     }
     assert!(spent(&fx) <= 1_000_000.0);
+
+    // The finished job tells the next estimate how long answers are: 20 tokens each here.
+    let like = output(fx.bin(&[
+        "estimate",
+        "capped.jsonl",
+        "--model",
+        "test-model",
+        "--like",
+        "capped",
+        "--json",
+    ]))
+    .await;
+    assert_eq!(like.status.code(), Some(0), "{}", text(&like.stderr));
+    let like: Value = serde_json::from_slice(&like.stdout).expect("json");
+    assert_eq!(
+        like["groups"][0]["output_tokens_expected"],
+        20 * LINES as u64,
+        "{like}"
+    );
+    assert!(
+        like["expectation"]
+            .as_str()
+            .is_some_and(|e| e.contains("job capped"))
+    );
     fx.shutdown().await;
 }
 
