@@ -15,7 +15,8 @@
 //! - [`inspect`]: the read-only commands over the journal: [`inspect::status`] (`status`,
 //!   `jobs`; [`inspect::summary`], [`inspect::prices`]), [`inspect::attempts`],
 //!   [`inspect::timeline`] (buckets, spikes, chart), [`inspect::report`] (HTML),
-//!   [`inspect::export`] (CSV, Batch JSONL), [`inspect::doctor`].
+//!   [`inspect::export`] (CSV, Batch JSONL), [`inspect::doctor`], [`inspect::estimate`] (what a
+//!   file would cost and take, before anything is sent).
 //! - [`engine`]: running a job. [`engine::job`] orchestrates `submit`, `resume` and
 //!   `retry-failed` as a `JobRun`; [`engine::feed`] reads a new job's file into it while the
 //!   pool sends its first requests; [`engine::config`] checks settings;
@@ -26,21 +27,25 @@
 //!   ([`engine::retry`]) and records one attempt; [`engine::context`] is what attempt tasks
 //!   share; [`engine::progress`], [`engine::shutdown`];
 //!   [`engine::batch`] runs a `--via batch` job through the hosted Batch API (chunks, their
-//!   steps on the server, results imported as attempts); [`engine::ending`] says how a run ended.
+//!   steps on the server, results imported as attempts); [`engine::ending`] says how a run ended;
+//!   [`engine::sizing`] sizes the pool, [`engine::pacers`] paces by the announced limits,
+//!   [`engine::spend`] holds `--max-cost`.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit; a second thread checkpoints the WAL). Every SQL statement lives here:
 //!   [`store::db`] (writes, jobs), [`store::journal`] (read-only queries), [`store::batches`]
 //!   (chunks and Files/Batches calls),
 //!   [`store::ingest`] (a file into a job, all or nothing; [`store::ingest::direct`] for a new
 //!   job's checked file),
-//!   [`store::lease`] (one runner per job), [`store::migrate`], [`store::fault`].
+//!   [`store::lease`] (one runner per job), [`store::model`] (a new `--model` for the requests
+//!   still to send), [`store::migrate`], [`store::fault`].
 //! - [`cli`]: the raw command-line flags (clap); [`cli::docs`] generates the shell completions
 //!   and man pages from them (`runner completions`, `runner man`).
 //! - [`http`]: [`http::client`] sends one attempt; [`http::classify`] is the error taxonomy (one
 //!   function); [`http::headers`] checks and merges the headers a request carries;
 //!   [`http::response`] reads success bodies; [`http::sse`] assembles streamed
 //!   answers; [`http::body`] and [`http::hints`] read bodies and headers with bounds;
-//!   [`http::batch`] calls the hosted Batch API (Files and Batches).
+//!   [`http::batch`] calls the hosted Batch API (Files and Batches); [`http::key`] is the key and
+//!   its fingerprint, [`http::redact`] keeps it out of what servers say.
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests),
 //!   with the Files and Batches endpoints.
 //! - [`input`]: JSONL, CSV/TSV spreadsheets and plain text → [`input::Prompt`], streamed, every
@@ -49,8 +54,10 @@
 //!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
 //!   [`domain::EventKind`], [`Exit`]; one enum each, text only at the SQL and output boundaries;
-//!   [`domain::tokens`] (a request's token cost, as the API counts it), [`domain::price`].
-//! - [`util`]: the clock, private files, locks, printable text, `say!` (stderr lines that never panic).
+//!   [`domain::tokens`] (a request's token cost, as the API counts it), [`domain::price`] (the
+//!   dated price table).
+//! - [`util`]: the clock, private files, locks, printable text, `say!` (stderr lines that never
+//!   panic), [`util::spool`] (the answers' memory budget and their spool files).
 //!
 //! # Data flow
 //!

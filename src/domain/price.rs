@@ -1,6 +1,11 @@
-//! Token prices as the user gives them (`--price MODEL=IN,OUT`) and as the cost estimate uses
-//! them.
+//! Token prices: as the user gives them (`--price MODEL=IN,OUT`, `--prices FILE`), the
+//! built-in table of OpenAI's published standard-tier prices, each dated the day it was taken,
+//! and USD for people. The cost estimate of `status` and `report` (`inspect::prices`) and the
+//! spending cap (`engine::spend`) both price with [`PriceTable`].
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -56,4 +61,280 @@ pub fn parse_usd(text: &str) -> Option<f64> {
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// USD per 1M tokens, standard tier: (model, input, output, the day the price was taken from
+/// OpenAI's pages). A row whose price is checked again gets the day of that check.
+pub(crate) const BUILT_IN: [(&str, f64, f64, &str); 14] = [
+    // From OpenAI's pricing page.
+    ("gpt-4o", 2.50, 10.00, "2025-08-07"),
+    ("gpt-4o-mini", 0.15, 0.60, "2025-08-07"),
+    ("gpt-4.1", 2.00, 8.00, "2025-08-07"),
+    ("gpt-4.1-mini", 0.40, 1.60, "2025-08-07"),
+    ("gpt-4.1-nano", 0.10, 0.40, "2025-08-07"),
+    ("gpt-5", 1.25, 10.00, "2025-08-07"),
+    ("gpt-5-mini", 0.25, 2.00, "2025-08-07"),
+    // From the models' pages on developers.openai.com (/api/docs/models/gpt-5.1, /gpt-5-nano,
+    // /gpt-5-codex), standard tier.
+    ("gpt-5.1", 1.25, 10.00, "2026-12-01"),
+    ("gpt-5-nano", 0.05, 0.40, "2026-12-01"),
+    ("gpt-5-codex", 1.25, 10.00, "2026-12-01"),
+    // From OpenAI's pricing page.
+    ("o3", 2.00, 8.00, "2025-08-07"),
+    ("o4-mini", 1.10, 4.40, "2025-08-07"),
+    ("text-embedding-3-small", 0.02, 0.0, "2025-08-07"),
+    ("text-embedding-3-large", 0.13, 0.0, "2025-08-07"),
+];
+
+/// Errors reading prices.
+#[derive(Debug, thiserror::Error)]
+pub enum PriceError {
+    /// The prices file cannot be read.
+    #[error("{}: cannot read prices file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The JSON does not have the expected shape.
+    #[error(
+        "{}: not a prices file: {source}: write {{\"MODEL\": {{\"input\": IN, \"output\": OUT}}}} in USD per 1M tokens",
+        path.display()
+    )]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// A CSV row is not `model,input,output`.
+    #[error("{}:{line}: {message}: write rows as model,input,output in USD per 1M tokens", path.display())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// 1-based row.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The prices in force: the built-in table with any overrides applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PriceTable {
+    prices: BTreeMap<String, Entry>,
+    overridden: bool,
+}
+
+/// One model's price and where it comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Entry {
+    /// The price.
+    pub price: Price,
+    /// The day a built-in price was taken from OpenAI's pages; `None` for a price the user gave
+    /// (a file or a flag says no date).
+    pub as_of: Option<&'static str>,
+}
+
+impl Default for PriceTable {
+    fn default() -> Self {
+        Self::built_in()
+    }
+}
+
+impl PriceTable {
+    /// The built-in table.
+    pub fn built_in() -> PriceTable {
+        PriceTable {
+            prices: BUILT_IN
+                .iter()
+                .map(|&(model, input, output, as_of)| {
+                    let price = Price { input, output };
+                    let as_of = Some(as_of);
+                    (model.to_owned(), Entry { price, as_of })
+                })
+                .collect(),
+            overridden: false,
+        }
+    }
+
+    /// The built-in table, then the prices file, then the `--price` overrides.
+    ///
+    /// # Errors
+    /// [`PriceError`] when the file cannot be read or parsed.
+    pub fn with_overrides(
+        file: Option<&Path>,
+        overrides: &[PriceOverride],
+    ) -> Result<PriceTable, PriceError> {
+        let mut table = PriceTable::built_in();
+        if let Some(path) = file {
+            for (model, price) in read_prices_file(path)? {
+                table.set(model, price);
+            }
+        }
+        for o in overrides {
+            table.set(o.model.clone(), o.price);
+        }
+        Ok(table)
+    }
+
+    /// Sets one model's price.
+    pub fn set(&mut self, model: String, price: Price) {
+        self.prices.insert(model, Entry { price, as_of: None });
+        self.overridden = true;
+    }
+
+    /// The price of `model`: an exact entry, or the entry it is a dated snapshot of
+    /// (`gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`, but `o3-mini` is not `o3`).
+    pub fn lookup(&self, model: &str) -> Option<(&str, Price)> {
+        self.find(model).map(|(name, entry)| (name, entry.price))
+    }
+
+    /// The entry of `model` (as [`Self::lookup`] finds it), with its date.
+    pub fn find(&self, model: &str) -> Option<(&str, Entry)> {
+        if let Some((name, entry)) = self.prices.get_key_value(model) {
+            return Some((name.as_str(), *entry));
+        }
+        self.prices
+            .iter()
+            .filter(|(name, _)| {
+                model
+                    .strip_prefix(name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(is_snapshot_date)
+            })
+            .max_by_key(|(name, _)| name.len())
+            .map(|(name, entry)| (name.as_str(), *entry))
+    }
+
+    /// What the table is, for the reader when no price of it was used: the dates its built-in
+    /// prices span, and whether overrides were applied.
+    pub fn source(&self) -> String {
+        let dates: Vec<&str> = self.prices.values().filter_map(|e| e.as_of).collect();
+        let built_in = match (dates.iter().min(), dates.iter().max()) {
+            (Some(first), Some(last)) if first != last => {
+                format!("built-in prices of {first} to {last}")
+            }
+            (Some(day), _) => format!("built-in prices of {day}"),
+            (None, _) => "your prices".to_owned(),
+        };
+        match self.overridden && !dates.is_empty() {
+            true => format!("{built_in} with your overrides"),
+            false => built_in,
+        }
+    }
+}
+
+/// `2024-07-18`.
+pub(crate) fn is_snapshot_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// JSON (`{"MODEL": {"input": IN, "output": OUT}}` or a list of `{"model", "input", "output"}`)
+/// or CSV (`model,input,output`, header optional), told apart by the first character.
+fn read_prices_file(path: &Path) -> Result<Vec<(String, Price)>, PriceError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if text.trim_start().starts_with(['{', '[']) {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Map(BTreeMap<String, Price>),
+            List(Vec<Row>),
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            model: String,
+            input: f64,
+            output: f64,
+        }
+        let shape: Shape = serde_json::from_str(&text).map_err(|source| PriceError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
+        return Ok(match shape {
+            Shape::Map(map) => map.into_iter().collect(),
+            Shape::List(rows) => rows
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.model,
+                        Price {
+                            input: r.input,
+                            output: r.output,
+                        },
+                    )
+                })
+                .collect(),
+        });
+    }
+    read_prices_csv(path, &text)
+}
+
+fn read_prices_csv(path: &Path, text: &str) -> Result<Vec<(String, Price)>, PriceError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .from_reader(text.as_bytes());
+    let mut prices = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = record
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position())
+            .map_or(index as u64 + 1, csv::Position::line);
+        let csv_error = |message: String| PriceError::Csv {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        let record = record.map_err(|e| csv_error(e.to_string()))?;
+        if index == 0 && record.get(0) == Some("model") {
+            continue;
+        }
+        let [model, input, output] = [0, 1, 2].map(|i| record.get(i).unwrap_or(""));
+        if record.len() != 3 || model.is_empty() {
+            return Err(csv_error(format!(
+                "expected 3 fields, got {}",
+                record.len()
+            )));
+        }
+        let input = parse_usd(input).ok_or_else(|| csv_error(format!("bad price '{input}'")))?;
+        let output = parse_usd(output).ok_or_else(|| csv_error(format!("bad price '{output}'")))?;
+        prices.push((model.to_owned(), Price { input, output }));
+    }
+    Ok(prices)
+}
+
+/// The hosted Batch API's price, as a share of the direct price of the same model.
+pub const BATCH_PRICE_SHARE: f64 = 0.5;
+
+/// USD for people: `$12.34`, `$0.123`, `$0.0012`, `<$0.0001`.
+pub struct Usd(pub f64);
+
+impl fmt::Display for Usd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if v == 0.0 {
+            f.write_str("$0.00")
+        } else if v < 0.0001 {
+            f.write_str("<$0.0001")
+        } else if v < 0.01 {
+            write!(f, "${v:.4}")
+        } else if v < 1.0 {
+            write!(f, "${v:.3}")
+        } else {
+            write!(f, "${v:.2}")
+        }
+    }
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 
 use crate::cli::{CancelArgs, ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs, UsageError};
 use crate::domain::Exit;
+use crate::domain::price::PriceTable;
 use crate::domain::{Counts, EventKind, JobState};
 use crate::engine::batch::{BatchExit, BatchRun, Mode};
 use crate::engine::config::{ApiEnv, JobSettings, Via};
@@ -24,7 +25,6 @@ use crate::engine::sizing;
 use crate::engine::spend::Spend;
 use crate::http::client::ApiClient;
 use crate::input::{self, Checked, InputReader};
-use crate::inspect::prices::PriceTable;
 use crate::store::db::{self, Job};
 use crate::store::ingest::{IngestReport, direct};
 use crate::store::lease::{self, Acquired, LeaseError, LeaseKeeper, LeaseOwner, OnLost, Taken};
@@ -913,8 +913,8 @@ impl JobRun<'_> {
             crate::say!(
                 "{}: {} spent so far of --max-cost {}",
                 self.job.name,
-                crate::inspect::prices::Usd(spent),
-                crate::inspect::prices::Usd(cap)
+                crate::domain::price::Usd(spent),
+                crate::domain::price::Usd(cap)
             );
         }
         Ok(spend)

@@ -9,9 +9,9 @@
 //! worst case stays within the cap; the first that does not fit stops the job (exit 5), with
 //! what is in flight left to finish. So the cap holds whatever the answers turn out to be.
 
+use crate::domain::price::{PriceTable, Usd};
 use crate::domain::tokens::Cost;
 use crate::domain::{Price, Usage};
-use crate::inspect::prices::{PriceTable, Usd};
 use crate::util::sync::lock;
 
 /// The share added to a counted prompt for its worst case: servers count a few tokens more than
@@ -129,7 +129,7 @@ impl Spend {
             + tokens(usage.completion_tokens) * price.output)
             / 1_000_000.0;
         Some(match batch {
-            true => usd * crate::inspect::prices::BATCH_PRICE_SHARE,
+            true => usd * crate::domain::price::BATCH_PRICE_SHARE,
             false => usd,
         })
     }
