@@ -281,10 +281,14 @@ impl Adaptive {
         2.0 * (now - self.started_sum / self.in_flight as f64).max(0.0)
     }
 
-    /// A known rate: Little's law with headroom. Before any answer, one more per answer.
+    /// A known rate: Little's law with headroom. Before any answer, the requests in flight
+    /// say the latency is at least what they have waited: a model that takes 15 s to answer
+    /// gets the pool its rate needs while the first answers are still coming, instead of one
+    /// request at a time for the first 15 s.
     fn follow_rate(&mut self, now: Instant, rate: f64) {
         let Some(mean) = self.latency else {
-            self.limit += 1.0;
+            let waited = self.age_latency(now);
+            self.limit = (self.limit + 1.0).max(rate * waited * HEADROOM + SPARE);
             return;
         };
         self.slow_start = false;
@@ -447,6 +451,27 @@ mod tests {
         sizing.refresh(now + Duration::from_secs(10), Some(rate));
         let after = sizing.limit();
         assert!(after >= 2 * before, "{before} → {after}");
+    }
+
+    #[test]
+    fn before_the_first_answer_the_wait_of_those_in_flight_sizes_the_pool() {
+        let now = Instant::now();
+        let rate = 50.0;
+        let mut sizing = Sizing::new(None, 4096, Some(rate), now);
+        assert_eq!(sizing.limit(), 50);
+        // 50 sent in the first second, none answered after 6 s: the answers take 6 s at least,
+        // and 50/s needs 300 in flight for that.
+        for i in 0..50 {
+            sizing.sent(now + Duration::from_millis(20 * i));
+        }
+        sizing.refresh(now + Duration::from_secs(6), Some(rate));
+        let limit = sizing.limit();
+        assert!(limit >= 300, "{limit}");
+        // Without a rate nothing is known to pace by: no answer, no growth.
+        let mut blind = Sizing::new(None, 4096, None, now);
+        blind.sent(now);
+        blind.refresh(now + Duration::from_secs(6), None);
+        assert_eq!(blind.limit(), 1);
     }
 
     #[test]
