@@ -674,13 +674,16 @@ def pacing_case(workdir, slug, lines, latency, mock_flags, unit, per_minute, fla
     return floor, cell
 
 
-def pacing_rows(workdir, scale, rows):
-    """Each case with the runner's defaults, then with the limits given and 256 in flight."""
+def pacing_rows(workdir, scale, rows, only=None):
+    """Each case (those whose name holds `only`, when given) with the runner's defaults, with
+    the limits given (the tier's numbers, as the README says), and with them and 256 in flight."""
     for k, (name, lines, latency, mock_flags, unit, per_minute, known) in enumerate(PACING_CASES):
+        if only and only not in name:
+            continue
         lines = max(1, round(lines * scale))
         limit = f"{per_minute:,} {unit}/min"
         knowing = ["--concurrency", "256", *known]
-        for v, flags in enumerate(([], knowing)):
+        for v, flags in enumerate(([], known, knowing)):
             variant = " ".join(flags) or "defaults"
             floor, cell = pacing_case(workdir, f"pacing-{k}-{v}", lines, latency, mock_flags, unit, per_minute,
                                       flags)
@@ -692,7 +695,7 @@ def measure(opts, workdir, big, first_lines):
     """Every scenario the flags select, for the binary in BIN; returns its rows."""
     rows = []
     if opts.latency_only:
-        pacing_rows(workdir, opts.latency_scale, rows)
+        pacing_rows(workdir, opts.latency_scale, rows, opts.latency_case)
         return rows
     if not opts.rate_only and not opts.nginx_only and not opts.no_heavy:
         heavy(workdir, big, rows)
@@ -713,6 +716,8 @@ def main():
                         help="only the latency-shaped pacing scenario (~15 minutes per binary; not in the full run)")
     parser.add_argument("--latency-scale", type=float, default=1.0,
                         help="with --latency-only: share of each case's lines, e.g. 0.1 for a quick look [default: 1]")
+    parser.add_argument("--latency-case", metavar="TEXT",
+                        help="with --latency-only: only the cases whose name holds TEXT, e.g. '15 s'")
     parser.add_argument("--mock-bin",
                         help="binary whose `mock-server` serves the mock scenarios [default: the one measured; "
                              "with --compare, AFTER]")
