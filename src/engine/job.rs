@@ -130,7 +130,10 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         };
         tell_destination(&job.name, &settings, destination);
         tell_read(&job.name, &args.file.display(), &report);
-        refill_model(&store, &job, old_model.as_deref(), &settings).await?;
+        // A new job's requests took this --model as they were read: nothing to give them.
+        if existing.is_some() {
+            refill_model(&store, &job, old_model.as_deref(), &settings).await?;
+        }
         Invocation::new(env, &args.run, shutdown)
             .execute_feeding(&store, job, me, &settings, feeder)
             .await
