@@ -561,21 +561,69 @@ impl InputReader {
             Some(model) if !body.contains_key("model") => Some(model),
             Some(_) | None => None,
         };
-        let own_hash = match (fill, self.options.own_content_keys) {
-            (Some(_), true) => Some(content_hash(
-                method,
-                url,
-                &serde_json::Value::Object(body.clone()).to_string(),
-            )),
-            (Some(_), false) | (None, _) => None,
-        };
-        if let Some(model) = fill {
-            body.insert("model".into(), model.clone().into());
+        match (fill, self.options.own_content_keys) {
+            (Some(model), true) => {
+                let (own, sent) = with_and_without_model(&body, model);
+                (sent, content_hash(method, url, &own))
+            }
+            (Some(model), false) => {
+                body.insert("model".into(), model.clone().into());
+                let body = serde_json::Value::Object(body).to_string();
+                let hash = content_hash(method, url, &body);
+                (body, hash)
+            }
+            (None, _) => {
+                let body = serde_json::Value::Object(body).to_string();
+                let hash = content_hash(method, url, &body);
+                (body, hash)
+            }
         }
-        let body = serde_json::Value::Object(body).to_string();
-        let body_hash = own_hash.unwrap_or_else(|| content_hash(method, url, &body));
-        (body, body_hash)
     }
+}
+
+/// A body written out twice in one pass: as its line wrote it, and with `"model": model` put
+/// in, each exactly as `serde_json` writes the object (keys in order, compact), so that the
+/// first hashes as the line's own content and the second is what is sent. Every value is
+/// written once.
+fn with_and_without_model(
+    body: &serde_json::Map<String, serde_json::Value>,
+    model: &str,
+) -> (String, String) {
+    let model_entry = format!("{}:{}", compact("model"), compact(model));
+    let mut own = String::with_capacity(256);
+    let mut sent = String::with_capacity(256 + model_entry.len());
+    own.push('{');
+    sent.push('{');
+    let mut model_written = false;
+    for (key, value) in body {
+        if !model_written && key.as_str() > "model" {
+            push_entry(&mut sent, &model_entry);
+            model_written = true;
+        }
+        let entry = format!("{}:{}", compact(key), compact(value));
+        push_entry(&mut own, &entry);
+        push_entry(&mut sent, &entry);
+    }
+    if !model_written {
+        push_entry(&mut sent, &model_entry);
+    }
+    own.push('}');
+    sent.push('}');
+    (own, sent)
+}
+
+/// Appends one `"key":value` to an object being written, after a comma when it is not the first.
+fn push_entry(object: &mut String, entry: &str) {
+    if !object.ends_with('{') {
+        object.push(',');
+    }
+    object.push_str(entry);
+}
+
+/// Compact JSON of a key, a model name or a value, as `serde_json` writes it (writing a string
+/// or a `Value` cannot fail).
+fn compact<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// Whether a journaled body's `model` was filled in by `--model` rather than written in its

@@ -381,3 +381,49 @@ fn check_reads_past_invalid_lines_when_told_to_but_sends_the_file_the_staged_way
     let found = checked(text, true).expect("skipped");
     assert_eq!((found.requests, found.direct), (2, false));
 }
+
+/// The one-pass writer of a body with and without its filled-in model writes exactly what
+/// `serde_json` writes for each: the hash of the first is the line's own content, and the
+/// second is what is sent.
+#[rstest]
+#[case(json!({}))]
+#[case(json!({"messages": [{"role": "user", "content": "hi \"there\"\n"}]}))]
+#[case(json!({"a": 1, "max_tokens": 5, "messages": [], "n": 2, "zeta": {"y": [1.5, null]}}))]
+#[case(json!({"input": "é 配送", "moderation": true, "modem": "x", "modelx": 1}))]
+fn a_filled_model_is_written_as_serde_json_writes_it(#[case] body: Value) {
+    let Value::Object(map) = body else {
+        panic!("an object")
+    };
+    let (own, sent) = with_and_without_model(&map, "gpt-\"4o\"");
+    assert_eq!(own, Value::Object(map.clone()).to_string());
+    let mut with = map;
+    with.insert("model".into(), "gpt-\"4o\"".into());
+    assert_eq!(sent, Value::Object(with).to_string());
+}
+
+/// A filled model is left out of the key, so the same line under another `--model` is the same
+/// request; a model the line names is part of it.
+#[test]
+fn the_key_leaves_out_a_filled_model_only() {
+    let key = |line: &str, model: &str| {
+        let options = InputOptions {
+            model: Some(model.into()),
+            ..options()
+        };
+        let mut reader = InputReader::new(
+            "in.jsonl".into(),
+            Box::new(Cursor::new(line.to_owned().into_bytes())),
+            options,
+        );
+        reader.next().expect("a line").expect("valid").body_hash
+    };
+    let plain = r#"{"prompt":"hi"}"#;
+    assert_eq!(key(plain, "a"), key(plain, "b"));
+    let own = r#"{"prompt":"hi","model":"m"}"#;
+    assert_eq!(key(own, "a"), key(own, "b"));
+    assert_ne!(
+        key(plain, "m"),
+        key(own, "m"),
+        "a written model is the line's content"
+    );
+}

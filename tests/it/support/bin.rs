@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{WAIT_LIMIT, within};
+use super::WAIT_LIMIT;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_runner");
@@ -37,12 +37,19 @@ pub fn clean_env(cmd: &mut Command) {
 }
 
 /// Runs `cmd` to the end within [`WAIT_LIMIT`].
-pub async fn output(mut cmd: Command) -> Output {
-    within(
-        "the binary",
+pub async fn output(cmd: Command) -> Output {
+    output_within(cmd, WAIT_LIMIT).await
+}
+
+/// Runs `cmd` to the end within `limit`: for the few runs that read a file of hundreds of
+/// thousands of lines in a debug build, on a machine that runs the rest of the suite beside them.
+pub async fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    tokio::time::timeout(
+        limit,
         tokio::task::spawn_blocking(move || cmd.output().expect("binary runs")),
     )
     .await
+    .unwrap_or_else(|_| panic!("timed out after {limit:?}: the binary"))
     .expect("join")
 }
 
