@@ -97,9 +97,12 @@ async fn the_report_renders_its_charts_in_headless_chromium() {
             latency: Duration::from_millis(10),
             missing_scope_rate: 0.03,
             server_error_rate: 0.02,
+            // Measured from the mock's start: wide enough, and the job long enough (250 lines
+            // at 50/s), that a submit which starts seconds late on a loaded machine still
+            // meets the spike.
             spikes: vec![Spike {
                 start: Duration::from_millis(500),
-                end: Duration::from_millis(1500),
+                end: Duration::from_millis(4000),
                 fault: Fault::MissingScope,
             }],
             ..MockConfig::default()
@@ -107,7 +110,7 @@ async fn the_report_renders_its_charts_in_headless_chromium() {
         .prompts(0..250)
         .start()
         .await;
-    let exit = fx.submit(&["--concurrency", "8", "--rpm", "6000"]).await;
+    let exit = fx.submit(&["--concurrency", "8", "--rpm", "3000"]).await;
     assert_eq!(exit, Exit::Success);
     let s = fx.shutdown().await;
     let db = s.db_arg();
