@@ -511,6 +511,17 @@ mod tests {
         stream.flush().await
     }
 
+    /// A server that answers one request with `body`, framed as `framing`.
+    async fn serve_framed(body: Vec<u8>, framing: Framing) -> (SocketAddr, JoinHandle<()>) {
+        serve(move |mut stream| async move {
+            match framing {
+                Framing::Length => write_with_length(&mut stream, &body).await,
+                Framing::Chunked(piece) => write_chunked(&mut stream, &body, piece).await,
+            }
+        })
+        .await
+    }
+
     #[derive(Clone, Copy, Debug)]
     enum Framing {
         Length,
@@ -537,14 +548,7 @@ mod tests {
         #[case] expected: Option<usize>,
     ) {
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        let sent = body.clone();
-        let (addr, server) = serve(move |mut stream| async move {
-            match framing {
-                Framing::Length => write_with_length(&mut stream, &sent).await,
-                Framing::Chunked(piece) => write_chunked(&mut stream, &sent, piece).await,
-            }
-        })
-        .await;
+        let (addr, server) = serve_framed(body.clone(), framing).await;
         let result = fetch(addr, CAP, DEADLINE).await;
         match (expected, result) {
             (Some(len), Ok(read)) => {
@@ -754,14 +758,7 @@ mod tests {
         // Room for the first 4 KiB only: the body starts in memory, then spills.
         let budget = budget(4 * 1024, 1024 * 1024);
         let body = chat_answer(200_000);
-        let sent = body.clone();
-        let (addr, server) = serve(move |mut stream| async move {
-            match framing {
-                Framing::Length => write_with_length(&mut stream, &sent).await,
-                Framing::Chunked(piece) => write_chunked(&mut stream, &sent, piece).await,
-            }
-        })
-        .await;
+        let (addr, server) = serve_framed(body.clone(), framing).await;
         let read = fetch_answer(addr, 1024 * 1024, budget, None)
             .await
             .expect("read");
