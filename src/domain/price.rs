@@ -19,6 +19,14 @@ pub struct Price {
     pub output: f64,
 }
 
+impl Price {
+    /// What `input` prompt tokens and `output` completion tokens cost at this price, USD, sent
+    /// directly (the hosted Batch API takes [`BATCH_PRICE_SHARE`] of it).
+    pub fn usd(self, input: f64, output: f64) -> f64 {
+        (input * self.input + output * self.output) / 1_000_000.0
+    }
+}
+
 /// A `--price` value that is not `MODEL=IN,OUT`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("'{0}' is not MODEL=IN,OUT, e.g. gpt-4o=2.5,10 (USD per 1M tokens)")]
@@ -318,6 +326,30 @@ fn read_prices_csv(path: &Path, text: &str) -> Result<Vec<(String, Price)>, Pric
 
 /// The hosted Batch API's price, as a share of the direct price of the same model.
 pub const BATCH_PRICE_SHARE: f64 = 0.5;
+
+impl PriceTable {
+    /// What an answer's usage cost, USD: its prompt and completion tokens (reasoning tokens are
+    /// among them) at `model`'s price, at [`BATCH_PRICE_SHARE`] of it through the Batch API.
+    /// `None` without a price, or without usage.
+    pub fn usage_cost(
+        &self,
+        model: &str,
+        prompt: Option<i64>,
+        completion: Option<i64>,
+        batch: bool,
+    ) -> Option<f64> {
+        let (_, price) = self.lookup(model)?;
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        let tokens = |t: Option<i64>| t.unwrap_or(0).max(0) as f64;
+        let usd = price.usd(tokens(prompt), tokens(completion));
+        Some(match batch {
+            true => usd * BATCH_PRICE_SHARE,
+            false => usd,
+        })
+    }
+}
 
 /// USD for people: `$12.34`, `$0.123`, `$0.0012`, `<$0.0001`.
 pub struct Usd(pub f64);

@@ -148,12 +148,13 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
 /// Removes a database this submit created when it holds no job: a submit refused before its
 /// job was made (bad input, no key, a bad flag) leaves no empty `runner.db` behind.
 fn remove_if_jobless(path: &Path) {
-    let jobless = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .and_then(|c| c.query_row("SELECT NOT EXISTS (SELECT 1 FROM jobs)", [], |r| r.get(0)))
-    .unwrap_or(false);
+    let jobless = crate::store::open_read_only(path)
+        .ok()
+        .and_then(|c| {
+            c.query_row("SELECT NOT EXISTS (SELECT 1 FROM jobs)", [], |r| r.get(0))
+                .ok()
+        })
+        .unwrap_or(false);
     if !jobless {
         return;
     }
@@ -888,30 +889,28 @@ impl JobRun<'_> {
             .store
             .call(move |c| Ok((journal::tokens_by_model(c, id)?, db::pending_models(c, id)?)))
             .await?;
-        let spend = Spend::new(cap, table, 0.0);
-        let mut spent = 0.0;
         let unpriced = |model: &str| {
             UsageError(format!(
                 "--max-cost needs a price for every model of the job, and {model} has none: pass \
                  --price {model}=IN,OUT (USD per 1M input and output tokens)"
             ))
         };
+        let mut spent = 0.0;
         for tokens in &answered {
-            let model = tokens.model.clone().unwrap_or_default();
-            let usage = crate::domain::Usage {
-                model: Some(model.clone()),
-                prompt_tokens: Some(tokens.prompt),
-                completion_tokens: Some(tokens.completion),
-                total_tokens: Some(tokens.total),
-            };
-            spent += spend
-                .cost_of(&usage, tokens.batch)
-                .ok_or_else(|| unpriced(&model))?;
+            let model = tokens.model.as_deref().unwrap_or_default();
+            spent += table
+                .usage_cost(
+                    model,
+                    Some(tokens.prompt),
+                    Some(tokens.completion),
+                    tokens.batch,
+                )
+                .ok_or_else(|| unpriced(model))?;
         }
-        if let Some(model) = pending.iter().find(|m| spend.price(m).is_none()) {
+        if let Some(model) = pending.iter().find(|m| table.lookup(m).is_none()) {
             return Err(unpriced(model).into());
         }
-        let spend = Spend::new(cap, spend.into_table(), spent);
+        let spend = Spend::new(cap, table, spent);
         if spent > 0.0 {
             crate::say!(
                 "{}: {} spent so far of --max-cost {}",

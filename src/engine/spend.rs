@@ -98,7 +98,7 @@ impl Spend {
             .price(model)
             .ok_or_else(|| Refusal::Unpriced(model.to_owned()))?;
         let prompt = cost.prompt as f64 * (1.0 + PROMPT_MARGIN) + PROMPT_SLACK as f64;
-        let worst = (prompt * price.input + cost.output as f64 * price.output) / 1_000_000.0;
+        let worst = price.usd(prompt, cost.output as f64);
         let mut state = lock(&self.state);
         if state.spent + state.reserved + worst > self.cap {
             return Err(Refusal::Cap {
@@ -112,31 +112,17 @@ impl Spend {
 
     /// Settles a request held at `reserved`: its answer's `usage` is what it cost.
     pub fn settle(&self, reserved: f64, usage: &Usage) {
-        let cost = self.cost_of(usage, false).unwrap_or(0.0);
+        let cost = usage
+            .model
+            .as_deref()
+            .and_then(|model| {
+                self.table
+                    .usage_cost(model, usage.prompt_tokens, usage.completion_tokens, false)
+            })
+            .unwrap_or(0.0);
         let mut state = lock(&self.state);
         state.reserved = (state.reserved - reserved).max(0.0);
         state.spent += cost;
-    }
-
-    /// What `usage` cost, USD: `None` without usage or a price.
-    pub fn cost_of(&self, usage: &Usage, batch: bool) -> Option<f64> {
-        let price = self.price(usage.model.as_deref()?)?;
-        if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
-            return None;
-        }
-        let tokens = |t: Option<i64>| t.unwrap_or(0).max(0) as f64;
-        let usd = (tokens(usage.prompt_tokens) * price.input
-            + tokens(usage.completion_tokens) * price.output)
-            / 1_000_000.0;
-        Some(match batch {
-            true => usd * crate::domain::price::BATCH_PRICE_SHARE,
-            false => usd,
-        })
-    }
-
-    /// The price table, for a new cap.
-    pub fn into_table(self) -> PriceTable {
-        self.table
     }
 
     /// Spent so far, USD.

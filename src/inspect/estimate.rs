@@ -25,7 +25,7 @@ use crate::engine::destination;
 use crate::engine::rate_limit::Limits;
 use crate::input::{InputError, InputReader};
 use crate::inspect::prices::{BATCH_PRICE_SHARE, PriceTable, Usd};
-use crate::store::{db, journal};
+use crate::store::{self, db, journal};
 
 /// The share of a request's largest answer that an answer is expected to take, when no
 /// finished job says better (`--like JOB`). Answers often stop well short of `max_tokens`;
@@ -185,8 +185,7 @@ enum Share {
 
 /// The average `completion_tokens` of a finished job's successful requests.
 fn average_answer(db_path: &Path, job: &str) -> anyhow::Result<f64> {
-    let conn = open_read_only(db_path)
-        .with_context(|| format!("--like {job}: no journal at {}", db_path.display()))?;
+    let conn = store::open_read_only(db_path).with_context(|| format!("--like {job}"))?;
     let found = db::find_job(&conn, job)?
         .with_context(|| format!("--like {job}: no job named {job} in {}", db_path.display()))?;
     let tokens = journal::tokens_by_model(&conn, found.id)?;
@@ -197,15 +196,6 @@ fn average_answer(db_path: &Path, job: &str) -> anyhow::Result<f64> {
         "--like {job}: the job has no successful request with usage to learn from"
     );
     Ok(completion.max(0) as f64 / requests as f64)
-}
-
-/// A journal opened for reading only: an estimate writes nothing, and creates no file.
-fn open_read_only(path: &Path) -> anyhow::Result<rusqlite::Connection> {
-    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
-    Ok(rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?)
 }
 
 /// Counts every request of the file, by endpoint and model.
@@ -279,9 +269,7 @@ fn price(estimate: &mut Estimate, table: &PriceTable) {
             }
             continue;
         };
-        let usd = |output: u64| {
-            (group.input_tokens as f64 * price.input + output as f64 * price.output) / 1_000_000.0
-        };
+        let usd = |output: u64| price.usd(group.input_tokens as f64, output as f64);
         let direct = Range {
             expected: usd(group.output_tokens_expected),
             at_most: usd(group.output_tokens_max),
@@ -330,7 +318,8 @@ fn journaled_limits(args: &SubmitArgs) -> Option<Limits> {
         Some(name) => name.clone(),
         None => args.file.file_stem()?.to_str()?.to_owned(),
     };
-    let conn = open_read_only(&args.db.db).ok()?;
+    // Read only: an estimate writes nothing, and creates no file.
+    let conn = store::open_read_only(&args.db.db).ok()?;
     let job = db::find_job(&conn, &name).ok()??;
     let detail =
         journal::last_event_detail(&conn, job.id, crate::domain::EventKind::Limits).ok()??;
@@ -339,7 +328,7 @@ fn journaled_limits(args: &SubmitArgs) -> Option<Limits> {
 }
 
 fn write_text(e: &Estimate, out: &mut dyn Write) -> std::io::Result<()> {
-    let n = thousands;
+    let n = |v: u64| indicatif::HumanCount(v).to_string();
     writeln!(
         out,
         "{}: {} requests{}",
@@ -401,19 +390,6 @@ fn write_text(e: &Estimate, out: &mut dyn Write) -> std::io::Result<()> {
         )?,
     }
     Ok(())
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(v: u64) -> String {
-    let digits = v.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn human(seconds: u64) -> String {

@@ -63,9 +63,7 @@ impl CostEstimate {
             let model = t.model.clone().unwrap_or_else(|| "(unnamed)".to_owned());
             match table.find(&model) {
                 Some((name, Entry { price, as_of })) => {
-                    let direct = (t.prompt as f64 * price.input
-                        + t.completion as f64 * price.output)
-                        / 1_000_000.0;
+                    let direct = price.usd(t.prompt as f64, t.completion as f64);
                     let usd = match t.batch {
                         true => direct * BATCH_PRICE_SHARE,
                         false => direct,

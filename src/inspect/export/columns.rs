@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::domain::{AttemptClass, RequestState};
 use crate::http::response::output_text;
 use crate::input::TableLayout;
-use crate::inspect::prices::{BATCH_PRICE_SHARE, PriceTable};
+use crate::inspect::prices::PriceTable;
 use crate::store::db::RequestRow;
 use crate::util::clock::rfc3339;
 
@@ -120,16 +120,12 @@ impl Answer {
 /// A request's cost from its journaled usage: prompt and completion tokens at its answering
 /// model's price, half through the Batch API. Reasoning tokens are in `completion_tokens`.
 fn request_cost(request: &RequestRow, prices: &PriceTable) -> Option<f64> {
-    let (_, price) = prices.lookup(request.model.as_deref()?)?;
-    let (prompt, completion) = match (request.prompt_tokens, request.completion_tokens) {
-        (None, None) => return None,
-        (prompt, completion) => (prompt.unwrap_or(0), completion.unwrap_or(0)),
-    };
-    let usd = (prompt as f64 * price.input + completion as f64 * price.output) / 1_000_000.0;
-    Some(match request.batch {
-        true => usd * BATCH_PRICE_SHARE,
-        false => usd,
-    })
+    prices.usage_cost(
+        request.model.as_deref()?,
+        request.prompt_tokens,
+        request.completion_tokens,
+        request.batch,
+    )
 }
 
 fn opt<T: ToString>(value: Option<T>) -> Cow<'static, str> {
