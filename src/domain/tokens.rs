@@ -12,10 +12,14 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
-/// Tokens every chat message costs beyond its content (role, separators), and the tokens that
-/// prime the reply: the figures of OpenAI's token-counting cookbook.
-const PER_MESSAGE: u64 = 3;
-const REPLY_PRIMING: u64 = 3;
+/// Tokens every chat message costs beyond the text of its role and content (the separators),
+/// a name's one extra token, and the tokens that prime the reply: the figures of OpenAI's
+/// token-counting cookbook for current models.
+pub const PER_MESSAGE: u64 = 3;
+/// See [`PER_MESSAGE`].
+pub const PER_NAME: u64 = 1;
+/// See [`PER_MESSAGE`].
+pub const REPLY_PRIMING: u64 = 3;
 /// A rough cost for an image part; the real one depends on size and detail.
 const PER_IMAGE: u64 = 765;
 
@@ -62,6 +66,27 @@ pub fn count(text: &str, encoding: Encoding) -> u64 {
         Some(bpe) => bpe.encode_ordinary(text).len() as u64,
         None => (text.len() as u64).div_ceil(4),
     }
+}
+
+/// `text` cut to at most `max` tokens of `encoding`, at a character boundary; `None` when it
+/// is already within.
+pub fn truncate(text: &str, max: u64, encoding: Encoding) -> Option<String> {
+    let Some(bpe) = bpe(encoding) else {
+        let bytes = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
+        let end = (0..=bytes.min(text.len()))
+            .rev()
+            .find(|i| text.is_char_boundary(*i))?;
+        return (end < text.len()).then(|| text[..end].to_owned());
+    };
+    let ids = bpe.encode_ordinary(text);
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    if ids.len() <= max {
+        return None;
+    }
+    // A token can end inside a character: drop tokens until the rest decodes.
+    (0..=max)
+        .rev()
+        .find_map(|keep| bpe.decode(&ids[..keep]).ok())
 }
 
 /// A request's token cost as the API counts it at admission: the prompt, plus the most output
@@ -113,7 +138,11 @@ fn prompt_tokens(url: &str, body: &Value, encoding: Encoding) -> u64 {
         let per_message: u64 = messages
             .iter()
             .map(|m| {
-                PER_MESSAGE + m.get("content").map_or(0, text) + m.get("name").map_or(0, |_| 1)
+                let name = m.get("name").map_or(0, |name| PER_NAME + text(name));
+                PER_MESSAGE
+                    + m.get("role").map_or(0, text)
+                    + m.get("content").map_or(0, text)
+                    + name
             })
             .sum();
         return per_message + REPLY_PRIMING;
@@ -123,7 +152,10 @@ fn prompt_tokens(url: &str, body: &Value, encoding: Encoding) -> u64 {
         let input = match body.get("input") {
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|item| PER_MESSAGE + item.get("content").map_or_else(|| text(item), text))
+                .map(|item| {
+                    let role = item.get("role").map_or(0, text);
+                    PER_MESSAGE + role + item.get("content").map_or_else(|| text(item), text)
+                })
                 .sum(),
             Some(other) => text(other),
             None => 0,
@@ -181,6 +213,17 @@ mod tests {
     }
 
     #[test]
+    fn truncates_to_a_token_count_at_a_character_boundary() {
+        let text = "echo: the parcel arrived late, 配送が早い and crushed";
+        assert_eq!(truncate(text, 1_000, Encoding::O200k), None, "within");
+        for max in 0..count(text, Encoding::O200k) {
+            let cut = truncate(text, max, Encoding::O200k).expect("cut");
+            assert!(text.starts_with(&cut), "{cut}");
+            assert!(count(&cut, Encoding::O200k) <= max, "{max}: {cut}");
+        }
+    }
+
+    #[test]
     fn counts_with_the_real_encodings() {
         // Known counts: "hello world" is two tokens in both encodings.
         assert_eq!(count("hello world", Encoding::O200k), 2);
@@ -194,12 +237,12 @@ mod tests {
             "messages": [{"role": "system", "content": "hello world"}, {"role": "user", "content": "hello world"}]});
         assert_eq!(
             estimate("/v1/chat/completions", &body, 999),
-            2 * (3 + 2) + 3 + 100
+            2 * (3 + 1 + 2) + 3 + 100
         );
         let no_max = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world"}]});
         assert_eq!(
             estimate("/v1/chat/completions", &no_max, 50),
-            3 + 2 + 3 + 50
+            3 + 1 + 2 + 3 + 50
         );
     }
 
@@ -222,7 +265,7 @@ mod tests {
         assert_eq!(
             cost("/v1/chat/completions", &two, 0),
             Cost {
-                prompt: 3 + 2 + 3,
+                prompt: 3 + 1 + 2 + 3,
                 output: 200
             },
             "n choices: n times the output"
@@ -231,7 +274,7 @@ mod tests {
             {"type": "text", "text": "hello world"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
         assert_eq!(
             estimate("/v1/chat/completions", &parts, 0),
-            3 + 2 + PER_IMAGE + 3
+            3 + 1 + 2 + PER_IMAGE + 3
         );
     }
 }

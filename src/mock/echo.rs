@@ -1,20 +1,18 @@
 //! Success bodies, derived from the request so a test can prove an output belongs to its input.
 //!
-//! Texts are `echo: <input text>`; token counts are word counts plus small constants, so they are
-//! deterministic; ids are derived from the body key and the attempt number.
+//! Texts are `echo: <input text>`; token counts are what the API would count: the texts through
+//! the model's tokenizer (tiktoken), a chat conversation framed as OpenAI's token-counting
+//! cookbook frames it, an answer cut at the request's `max_tokens`. Ids are derived from the
+//! body key and the attempt number.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::domain::tokens::{self, Encoding, PER_MESSAGE, PER_NAME, REPLY_PRIMING};
+
 /// Model named in answers when the request names none.
 pub(crate) const DEFAULT_MODEL: &str = "gpt-4o-mini";
-
-/// Tokens a chat request costs per message on top of its words, like OpenAI's message framing.
-const TOKENS_PER_MESSAGE: u64 = 3;
-
-/// Tokens every prompt costs on top of its messages (the assistant reply priming).
-const PROMPT_OVERHEAD: u64 = 3;
 
 /// Numbers in each mock embedding vector.
 const EMBEDDING_DIMENSIONS: usize = 8;
@@ -63,19 +61,36 @@ pub(crate) fn success(endpoint: Endpoint, body: &Value, key: &str, attempt: u64)
     value.to_string()
 }
 
-/// A chat reply cut to the request's `max_completion_tokens` (or `max_tokens`) words, as the
-/// API never answers past it, with its finish reason.
-fn within_max_tokens(reply: String, body: &Value) -> (String, &'static str) {
-    let max = ["max_completion_tokens", "max_tokens"]
+/// A reply cut to the request's `max_completion_tokens`, `max_tokens` or `max_output_tokens`
+/// tokens, as the API never answers past it, with its finish reason.
+fn within_max_tokens(reply: String, body: &Value, encoding: Encoding) -> (String, &'static str) {
+    let max = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|field| body.get(*field).and_then(Value::as_u64));
-    match max {
-        Some(max) if words(&reply) > max => {
-            let cut: Vec<&str> = reply.split_whitespace().take(max as usize).collect();
-            (cut.join(" "), "length")
-        }
-        Some(_) | None => (reply, "stop"),
+    match max.and_then(|max| tokens::truncate(&reply, max, encoding)) {
+        Some(cut) => (cut, "length"),
+        None => (reply, "stop"),
     }
+}
+
+/// The prompt tokens of a chat conversation: each message's role, name and content through the
+/// tokenizer, plus its framing, plus the tokens that prime the reply.
+fn conversation_tokens(messages: &[Value], encoding: Encoding) -> u64 {
+    let field = |message: &Value, name: &str| {
+        message
+            .get(name)
+            .and_then(Value::as_str)
+            .map(|text| tokens::count(text, encoding))
+    };
+    messages
+        .iter()
+        .map(|message| {
+            let content = tokens::count(&text_of(message.get("content")), encoding);
+            let name = field(message, "name").map_or(0, |n| n + PER_NAME);
+            PER_MESSAGE + field(message, "role").unwrap_or(0) + content + name
+        })
+        .sum::<u64>()
+        + REPLY_PRIMING
 }
 
 fn chat(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
@@ -83,17 +98,14 @@ fn chat(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
         .get("messages")
         .and_then(Value::as_array)
         .map_or(&[][..], Vec::as_slice);
-    let prompt_tokens = messages
-        .iter()
-        .map(|message| words(&text_of(message.get("content"))) + TOKENS_PER_MESSAGE)
-        .sum::<u64>()
-        + PROMPT_OVERHEAD;
+    let encoding = tokens::encoding_for(model);
+    let prompt_tokens = conversation_tokens(messages, encoding);
     let last = messages
         .last()
         .map(|message| text_of(message.get("content")))
         .unwrap_or_default();
-    let (reply, finish_reason) = within_max_tokens(format!("echo: {last}"), body);
-    let completion_tokens = words(&reply);
+    let (reply, finish_reason) = within_max_tokens(format!("echo: {last}"), body, encoding);
+    let completion_tokens = tokens::count(&reply, encoding);
     json!({
         "id": format!("chatcmpl-{}", short_id(key, attempt, 24)),
         "object": "chat.completion",
@@ -114,22 +126,32 @@ fn chat(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
 }
 
 fn responses(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
-    let input = body.get("input");
-    let (last, all_words) = match input {
+    let encoding = tokens::encoding_for(model);
+    let count = |text: &str| tokens::count(text, encoding);
+    let instructions = text_of(body.get("instructions"));
+    let (last, input_tokens) = match body.get("input") {
         Some(Value::Array(items)) => {
             let texts: Vec<String> = items.iter().map(item_text).collect();
-            let all = texts.iter().map(|text| words(text)).sum::<u64>();
-            (texts.last().cloned().unwrap_or_default(), all)
+            let roles = items
+                .iter()
+                .filter_map(|item| item.get("role").and_then(Value::as_str))
+                .map(count)
+                .sum::<u64>();
+            let all = texts
+                .iter()
+                .map(|text| count(text) + PER_MESSAGE)
+                .sum::<u64>();
+            (texts.last().cloned().unwrap_or_default(), all + roles)
         }
         other => {
             let text = text_of(other);
-            let count = words(&text);
-            (text, count)
+            let tokens = count(&text);
+            (text, tokens)
         }
     };
-    let reply = format!("echo: {last}");
-    let input_tokens = all_words + PROMPT_OVERHEAD;
-    let output_tokens = words(&reply);
+    let input_tokens = input_tokens + count(&instructions);
+    let (reply, _) = within_max_tokens(format!("echo: {last}"), body, encoding);
+    let output_tokens = count(&reply);
     let id = short_id(key, attempt, 32);
     json!({
         "id": format!("resp_{id}"),
@@ -162,9 +184,10 @@ fn embeddings(body: &Value, model: &str) -> Value {
         }
         other => vec![other],
     };
+    let encoding = tokens::encoding_for(model);
     let prompt_tokens = items
         .iter()
-        .map(|item| words(&text_of(Some(item))))
+        .map(|item| tokens::count(&text_of(Some(item)), encoding))
         .sum::<u64>();
     let data: Vec<Value> = items
         .iter()
@@ -189,14 +212,19 @@ fn completions(body: &Value, model: &str, key: &str, attempt: u64) -> Value {
         }
         other => vec![text_of(other)],
     };
-    let prompt_tokens = prompts.iter().map(|prompt| words(prompt)).sum::<u64>();
-    let replies: Vec<String> = prompts.iter().map(|p| format!("echo: {p}")).collect();
-    let completion_tokens = replies.iter().map(|reply| words(reply)).sum::<u64>();
+    let encoding = tokens::encoding_for(model);
+    let count = |text: &str| tokens::count(text, encoding);
+    let prompt_tokens = prompts.iter().map(|prompt| count(prompt)).sum::<u64>();
+    let replies: Vec<(String, &str)> = prompts
+        .iter()
+        .map(|p| within_max_tokens(format!("echo: {p}"), body, encoding))
+        .collect();
+    let completion_tokens = replies.iter().map(|(reply, _)| count(reply)).sum::<u64>();
     let choices: Vec<Value> = replies
         .into_iter()
         .enumerate()
-        .map(|(index, text)| {
-            json!({"text": text, "index": index, "logprobs": null, "finish_reason": "stop"})
+        .map(|(index, (text, finish_reason))| {
+            json!({"text": text, "index": index, "logprobs": null, "finish_reason": finish_reason})
         })
         .collect();
     json!({
@@ -233,11 +261,6 @@ fn item_text(item: &Value) -> String {
         Value::String(text) => text.clone(),
         other => text_of(other.get("content").or_else(|| other.get("text"))),
     }
-}
-
-fn words(text: &str) -> u64 {
-    // A count of words in a request body always fits in u64.
-    text.split_whitespace().count() as u64
 }
 
 /// Eight numbers in [-1, 1) derived from the input, so equal inputs get equal vectors.

@@ -123,3 +123,123 @@ async fn an_estimate_refuses_what_submit_refuses() {
     }
     assert!(!s.path("runner.db").exists());
 }
+
+/// A chat line for gpt-5.1 of a few hundred bytes, varied as labelling prompts are: a system
+/// instruction, a review with numbers, punctuation and now and then a word that is not English.
+fn review_line(i: usize) -> String {
+    const ADJECTIVES: [&str; 8] = [
+        "crushed",
+        "late",
+        "excellent",
+        "mediocre",
+        "overpriced",
+        "flawless",
+        "noisy",
+        "sturdy",
+    ];
+    const NOUNS: [&str; 8] = [
+        "blender", "parcel", "headset", "kettle", "backpack", "monitor", "Fahrrad", "lamp",
+    ];
+    const SAYINGS: [&str; 6] = [
+        "I would not buy it again, honestly.",
+        "Works as described; shipping took forever!",
+        "Five stars — my kids love it.",
+        "The manual was in Japanese only (取扱説明書).",
+        "Customer support replied within 2 hours, problem solved.",
+        "Arrived damaged, refund still pending after 3 weeks...",
+    ];
+    let pick = |n: usize, len: usize| (i.wrapping_mul(2_654_435_761) >> n) % len;
+    let review = format!(
+        "Review #{i}: the {} {} arrived {} days after ordering; rated {}/5. The buyer wrote: \"{}\" \
+         Label the sentiment as positive, negative or neutral, and give one short reason.",
+        ADJECTIVES[pick(3, 8)],
+        NOUNS[pick(7, 8)],
+        pick(11, 14),
+        1 + pick(13, 5),
+        SAYINGS[pick(17, 6)],
+    );
+    serde_json::json!({
+        "custom_id": format!("review-{i}"),
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-5.1",
+            "max_completion_tokens": 200,
+            "messages": [
+                {"role": "system", "content": "You label product reviews for a quality team. Answer with the label, a colon, and one sentence."},
+                {"role": "user", "content": review},
+            ],
+        },
+    })
+    .to_string()
+}
+
+/// The must-show of the estimate: on 5,000 chat lines for gpt-5.1 its input tokens are within 2%
+/// of what the server's tokenizer-based usage reports for the same lines, and both prices hold
+/// the bill: the job's cost by its usage lies in the estimate's range, and the batch price is
+/// half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_estimate_of_5000_lines_is_within_2_percent_of_the_servers_usage() {
+    const LINES: usize = 5_000;
+    let lines: String = (0..LINES).map(|i| review_line(i) + "\n").collect();
+    let fx = Fixture::for_job("reviews").input(lines).start().await;
+
+    let out = output(fx.bin(&["estimate", "reviews.jsonl", "--json"])).await;
+    let estimate = json(&out);
+    assert_eq!(estimate["requests"], LINES);
+    let group = &estimate["groups"][0];
+    assert_eq!(group["model"], "gpt-5.1");
+    assert_eq!(group["priced_as"], "gpt-5.1");
+    let estimated_input = group["input_tokens"].as_f64().expect("input tokens");
+    assert_eq!(group["output_tokens_max"], 200 * LINES as u64);
+
+    let exit = fx.submit(&[]).await;
+    assert_eq!(exit, runner::Exit::Success);
+    let served_input = query_i64(&fx.db(), "SELECT sum(prompt_tokens) FROM requests") as f64;
+    let served_output = query_i64(&fx.db(), "SELECT sum(completion_tokens) FROM requests") as f64;
+    assert!(
+        served_input > 50.0 * LINES as f64,
+        "real counts: {served_input}"
+    );
+    let off = (estimated_input - served_input).abs() / served_input;
+    assert!(
+        off <= 0.02,
+        "estimated {estimated_input} input tokens, the server counted {served_input}: {:.2}% off",
+        off * 100.0
+    );
+
+    // gpt-5.1: $1.25 in and $10 out per 1M tokens; the Batch API at half.
+    let billed = (served_input * 1.25 + served_output * 10.0) / 1e6;
+    let direct = &estimate["usd_direct"];
+    let at_most = direct["at_most"].as_f64().expect("priced");
+    assert!(
+        billed <= at_most,
+        "billed {billed} over the estimate's most {at_most}"
+    );
+    assert!(
+        billed >= at_most * 0.1,
+        "billed {billed}, estimated at most {at_most}"
+    );
+    let batch = estimate["usd_batch"]["at_most"].as_f64().expect("priced");
+    assert!((batch - at_most / 2.0).abs() < 1e-9, "{batch} vs {at_most}");
+    let status = output(fx.bin(&["status", "--db", &fx.db_arg(), "--json"])).await;
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let shown = status["cost"]["estimate_usd"]
+        .as_f64()
+        .expect("status cost");
+    assert!(
+        (shown - billed).abs() < 1e-6,
+        "status {shown}, usage {billed}"
+    );
+
+    // The text says both ways.
+    let text_out = output(fx.bin(&["estimate", "reviews.jsonl"])).await;
+    let shown = text(&text_out.stdout);
+    assert!(
+        shown.contains("5,000 × gpt-5.1 to /v1/chat/completions"),
+        "{shown}"
+    );
+    assert!(shown.contains("cost, sent directly: ≈ $"), "{shown}");
+    assert!(shown.contains("cost, --via batch:   ≈ $"), "{shown}");
+    fx.shutdown().await;
+}
