@@ -344,6 +344,15 @@ impl JobSettings {
         }
     }
 
+    /// The built-in prices with the job's `--price` over them.
+    pub fn price_table(&self) -> crate::domain::price::PriceTable {
+        let mut table = crate::domain::price::PriceTable::built_in();
+        for (model, price) in &self.prices {
+            table.set(model.clone(), *price);
+        }
+        table
+    }
+
     /// How the job's file is read: its format, its endpoint and model for plain lines, its line
     /// limit, a spreadsheet's prompt, the system message and `max_tokens`.
     pub fn input_options(&self) -> InputOptions {

@@ -9,7 +9,6 @@ use anyhow::Context as _;
 
 use crate::cli::{CancelArgs, ResumeArgs, RetryFailedArgs, RunArgs, SubmitArgs, UsageError};
 use crate::domain::Exit;
-use crate::domain::price::PriceTable;
 use crate::domain::{Counts, EventKind, JobState};
 use crate::engine::batch::{BatchExit, BatchRun, Mode};
 use crate::engine::config::{ApiEnv, JobSettings, Via};
@@ -106,6 +105,9 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 return Ok(Exit::Interrupted);
             }
         };
+        if let Some(checked) = &checked {
+            tell_outlook(&name, &args.file, open()?, checked.requests, &settings).await;
+        }
         let input_path = absolute(&args.file).display().to_string();
         let me = LeaseOwner::current();
         let (job, created) = take_for_submit(&store, &name, &input_path, &settings, &me).await?;
@@ -415,6 +417,24 @@ async fn read_the_rest(
 }
 
 /// Says on stderr what reading `file` into the job found.
+/// Says what a new file's requests will cost (see [`super::outlook`]).
+async fn tell_outlook(
+    job: &str,
+    file: &Path,
+    reader: InputReader,
+    requests: u64,
+    settings: &JobSettings,
+) {
+    let (job, file, settings) = (job.to_owned(), file.display().to_string(), settings.clone());
+    let line = tokio::task::spawn_blocking(move || {
+        super::outlook::opening(&job, &file, reader, requests, &settings)
+    })
+    .await;
+    if let Ok(Some(line)) = line {
+        crate::say!("{line}");
+    }
+}
+
 fn tell_read(job: &str, file: &dyn std::fmt::Display, report: &IngestReport) {
     crate::say!(
         "{job}: read {} requests from {file}: {} new, {} already in the job",
@@ -880,10 +900,7 @@ impl JobRun<'_> {
     /// # Errors
     /// [`UsageError`] naming a model without a price; store errors.
     async fn spend(&self, cap: f64) -> anyhow::Result<Spend> {
-        let mut table = PriceTable::built_in();
-        for (model, price) in &self.settings.prices {
-            table.set(model.clone(), *price);
-        }
+        let table = self.settings.price_table();
         let id = self.job.id;
         let (answered, pending) = self
             .store

@@ -28,6 +28,7 @@ pub mod ending;
 pub mod feed;
 pub mod job;
 pub mod keys;
+pub mod outlook;
 pub mod pacers;
 pub mod pool;
 pub mod progress;

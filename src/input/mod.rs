@@ -22,6 +22,7 @@ mod columns;
 mod format;
 mod jsonl;
 mod table;
+pub mod tally;
 mod template;
 
 pub use check::{Checked, check};

@@ -9,74 +9,23 @@
 //! expectation: [`EXPECTED_OUTPUT_SHARE`] of that, or the average answer of a finished job
 //! (`--like JOB`). Both are priced directly and through the hosted Batch API.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::cli::{EstimateArgs, SubmitArgs};
-use crate::domain::tokens;
 use crate::engine::config::{ApiEnv, JobSettings};
 use crate::engine::destination;
 use crate::engine::rate_limit::Limits;
+pub use crate::input::tally::{EXPECTED_OUTPUT_SHARE, Group, Range};
+use crate::input::tally::{Share, Tally};
 use crate::input::{InputError, InputReader};
-use crate::inspect::prices::{BATCH_PRICE_SHARE, PriceTable, Usd};
+use crate::inspect::prices::{PriceTable, Usd};
 use crate::store::{self, db, journal};
-
-/// The share of a request's largest answer that an answer is expected to take, when no
-/// finished job says better (`--like JOB`). Answers often stop well short of `max_tokens`;
-/// half of it is a round guess that errs towards paying more.
-pub const EXPECTED_OUTPUT_SHARE: f64 = 0.5;
-
-/// USD expected, and at most.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Range {
-    /// With the expected output.
-    pub expected: f64,
-    /// With every request's largest answer.
-    pub at_most: f64,
-}
-
-impl Range {
-    fn add(&mut self, other: Range) {
-        self.expected += other.expected;
-        self.at_most += other.at_most;
-    }
-
-    fn times(self, share: f64) -> Range {
-        Range {
-            expected: self.expected * share,
-            at_most: self.at_most * share,
-        }
-    }
-}
-
-/// Requests of one endpoint and model.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Group {
-    /// The endpoint path, e.g. `/v1/chat/completions`.
-    pub endpoint: String,
-    /// The model the requests name (none: the server picks).
-    pub model: Option<String>,
-    /// How many requests.
-    pub requests: u64,
-    /// Their prompt tokens, counted with the model's tokenizer.
-    pub input_tokens: u64,
-    /// The most output they may take, all together.
-    pub output_tokens_max: u64,
-    /// The output expected of them.
-    pub output_tokens_expected: u64,
-    /// The price entry their model is priced as, if any.
-    pub priced_as: Option<String>,
-    /// USD sent directly. `None` without a price.
-    pub usd_direct: Option<Range>,
-    /// USD through the hosted Batch API.
-    pub usd_batch: Option<Range>,
-}
 
 /// What `estimate` prints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -158,7 +107,7 @@ pub fn compute(
     let reader =
         InputReader::open(&args.file, settings.input_options())?.skip_invalid(args.skip_invalid);
     let default_output = u64::from(settings.default_output_tokens);
-    let mut estimate = read(reader, &args.file, default_output, share)?;
+    let (mut estimate, tally) = read(reader, &args.file, default_output, share)?;
     estimate.expectation = match share {
         Share::Fraction(f) => format!(
             "{:.0}% of each request's largest answer (--like JOB uses a finished job's answers)",
@@ -169,18 +118,9 @@ pub fn compute(
             like.unwrap_or_default()
         ),
     };
-    price(&mut estimate, &table);
+    price(&mut estimate, tally, &table);
     time(&mut estimate, args);
     Ok(estimate)
-}
-
-/// How the expected output of a request is found.
-#[derive(Clone, Copy, Debug)]
-enum Share {
-    /// This share of the request's largest answer.
-    Fraction(f64),
-    /// A finished job's average answer, in tokens (never more than the request's largest).
-    Like(f64),
 }
 
 /// The average `completion_tokens` of a finished job's successful requests.
@@ -204,9 +144,9 @@ fn read(
     file: &Path,
     default_output: u64,
     share: Share,
-) -> Result<Estimate, InputError> {
+) -> Result<(Estimate, Tally), InputError> {
     let skips = reader.skips_invalid();
-    let mut groups: BTreeMap<(String, Option<String>), Group> = BTreeMap::new();
+    let mut tally = Tally::new(default_output, share);
     let mut ids: HashMap<String, u64> = HashMap::new();
     let mut estimate = Estimate {
         file: file.display().to_string(),
@@ -231,56 +171,20 @@ fn read(
                 line: prompt.line,
             });
         }
-        let body: Value = serde_json::from_str(&prompt.body).unwrap_or(Value::Null);
-        let model = body.get("model").and_then(Value::as_str).map(str::to_owned);
-        let cost = tokens::cost(&prompt.url, &body, default_output);
-        let expected = match share {
-            Share::Fraction(f) => (cost.output as f64 * f).round() as u64,
-            Share::Like(avg) => (avg.round() as u64).min(cost.output),
-        };
-        let group = groups
-            .entry((prompt.url.clone(), model.clone()))
-            .or_insert_with(|| Group {
-                endpoint: prompt.url.clone(),
-                model,
-                ..Group::default()
-            });
-        group.requests += 1;
-        group.input_tokens += cost.prompt;
-        group.output_tokens_max += cost.output;
-        group.output_tokens_expected += expected;
-        estimate.requests += 1;
+        tally.add(&prompt);
     }
-    estimate.groups = groups.into_values().collect();
-    Ok(estimate)
+    estimate.requests = tally.requests;
+    Ok((estimate, tally))
 }
 
-/// Prices each group directly and through the Batch API, and sums them.
-fn price(estimate: &mut Estimate, table: &PriceTable) {
+/// Puts the priced tally into the estimate.
+fn price(estimate: &mut Estimate, tally: Tally, table: &PriceTable) {
     estimate.prices = table.source();
-    for group in &mut estimate.groups {
-        let Some((name, price)) = group.model.as_deref().and_then(|m| table.lookup(m)) else {
-            let name = group
-                .model
-                .clone()
-                .unwrap_or_else(|| "(no model)".to_owned());
-            if !estimate.unpriced.contains(&name) {
-                estimate.unpriced.push(name);
-            }
-            continue;
-        };
-        let usd = |output: u64| price.usd(group.input_tokens as f64, output as f64);
-        let direct = Range {
-            expected: usd(group.output_tokens_expected),
-            at_most: usd(group.output_tokens_max),
-        };
-        let batch = direct.times(BATCH_PRICE_SHARE);
-        group.priced_as = Some(name.to_owned());
-        group.usd_direct = Some(direct);
-        group.usd_batch = Some(batch);
-        estimate.usd_direct.add(direct);
-        estimate.usd_batch.add(batch);
-    }
+    let priced = tally.price(table);
+    estimate.groups = priced.groups;
+    estimate.usd_direct = priced.usd_direct;
+    estimate.usd_batch = priced.usd_batch;
+    estimate.unpriced = priced.unpriced;
 }
 
 /// The time at the limits known: `--rpm`/`--tpm`, else the limits the same job was last told

@@ -1,0 +1,85 @@
+//! The line that opens the `submit` of a new file: how many requests, their tokens, and what
+//! they will cost both ways, before the first is sent.
+//!
+//! The check has counted the file's requests; the first [`SAMPLE`] of them are read again and
+//! counted with the tokenizer (`input::tally`), and a longer file is scaled from them, which
+//! the line says. Reading the whole file with the tokenizer would hold the first request back
+//! for seconds per 100,000 lines; `runner estimate FILE` does it, and its line is named.
+
+use crate::domain::price::Usd;
+use crate::input::InputReader;
+use crate::input::tally::{EXPECTED_OUTPUT_SHARE, Share, Tally};
+
+use super::config::{JobSettings, Via};
+
+/// Requests read with the tokenizer at most.
+pub const SAMPLE: u64 = 1_000;
+
+/// The opening line of a submit of `file` into `job`, whose check found `requests` requests;
+/// `None` when the file has none, or its first requests cannot be read again.
+pub fn opening(
+    job: &str,
+    file: &str,
+    reader: InputReader,
+    requests: u64,
+    settings: &JobSettings,
+) -> Option<String> {
+    let share = Share::Fraction(EXPECTED_OUTPUT_SHARE);
+    let mut tally = Tally::new(u64::from(settings.default_output_tokens), share);
+    for read in reader {
+        // The check found the file good; a line --skip-invalid records is not a request.
+        if let Ok(prompt) = read {
+            tally.add(&prompt);
+        }
+        if tally.requests >= SAMPLE {
+            break;
+        }
+    }
+    let counted = tally.requests;
+    if counted == 0 {
+        return None;
+    }
+    let scale = requests as f64 / counted as f64;
+    let priced = tally.price(&settings.price_table());
+    let input: u64 = priced.groups.iter().map(|g| g.input_tokens).sum();
+    let input = (input as f64 * scale).round() as u64;
+    let (direct, batch) = (
+        priced.usd_direct.times(scale),
+        priced.usd_batch.times(scale),
+    );
+    let n = |v: u64| indicatif::HumanCount(v).to_string();
+    let mut line = format!(
+        "{job}: {} requests, {}{} input tokens",
+        n(requests),
+        if scale > 1.0 { "≈ " } else { "" },
+        n(input)
+    );
+    let priced_any = priced.groups.iter().any(|g| g.usd_direct.is_some());
+    if priced_any {
+        let (first, second) = match settings.batch.via {
+            Via::Batch => (("via batch", batch), ("sent directly", direct)),
+            Via::Sync => (("sent directly", direct), ("via batch", batch)),
+        };
+        line += &format!(
+            "; cost ≈ {} (at most {}) {}, ≈ {} {}",
+            Usd(first.1.expected),
+            Usd(first.1.at_most),
+            first.0,
+            Usd(second.1.expected),
+            second.0
+        );
+    }
+    if !priced.unpriced.is_empty() {
+        line += &format!("; no price for {}", priced.unpriced.join(", "));
+    }
+    if let Some(cap) = settings.max_cost {
+        line += &format!("; --max-cost {}", Usd(cap));
+    }
+    if scale > 1.0 {
+        line += &format!(
+            " (from its first {}: `runner estimate {file}` counts all)",
+            n(counted)
+        );
+    }
+    Some(line)
+}
