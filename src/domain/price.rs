@@ -175,16 +175,27 @@ impl PriceTable {
         file: Option<&Path>,
         overrides: &[PriceOverride],
     ) -> Result<PriceTable, PriceError> {
-        let mut table = PriceTable::built_in();
+        PriceTable::built_in().overridden_by(file, overrides)
+    }
+
+    /// This table, then the prices file, then the `--price` overrides.
+    ///
+    /// # Errors
+    /// [`PriceError`] when the file cannot be read or parsed.
+    pub fn overridden_by(
+        mut self,
+        file: Option<&Path>,
+        overrides: &[PriceOverride],
+    ) -> Result<PriceTable, PriceError> {
         if let Some(path) = file {
             for (model, price) in read_prices_file(path)? {
-                table.set(model, price);
+                self.set(model, price);
             }
         }
         for o in overrides {
-            table.set(o.model.clone(), o.price);
+            self.set(o.model.clone(), o.price);
         }
-        Ok(table)
+        Ok(self)
     }
 
     /// Sets one model's price.

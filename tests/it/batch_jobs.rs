@@ -523,6 +523,24 @@ async fn status_timeline_and_report_show_each_batch_and_price_it_at_half() {
         "{usd} is half of {direct}"
     );
 
+    // Each exported row at the batch rate: half its usage at the price given.
+    let exported =
+        output(fx.bin(&["export", "--format", "jsonl", "--price", "test-model=1,2"])).await;
+    let mut rows = 0;
+    for line in text(&exported.stdout).lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("a JSONL line");
+        let usage = &line["response"]["body"]["usage"];
+        let (p, c) = (
+            usage["prompt_tokens"].as_f64(),
+            usage["completion_tokens"].as_f64(),
+        );
+        let direct = (p.expect("prompt") + 2.0 * c.expect("completion")) / 1_000_000.0;
+        let cost = line["cost_usd"].as_f64().expect("cost_usd");
+        assert!((cost - direct / 2.0).abs() < 1e-12, "{line}");
+        rows += 1;
+    }
+    assert_eq!(rows, N);
+
     let timeline = output(fx.bin(&["timeline"])).await;
     let stdout = text(&timeline.stdout);
     for id in &batch_ids {

@@ -112,6 +112,23 @@ async fn the_cap_holds_with_64_in_flight_and_a_resume_with_more_finishes() {
     }
     assert!(spent(&fx) <= 1_000_000.0);
 
+    // Each exported row costs its usage at the job's own --price, without giving it again.
+    let rows = fx.export_jsonl();
+    assert_eq!(rows.len(), LINES);
+    let exported: f64 = rows
+        .iter()
+        .map(|row| {
+            row["cost_usd"]
+                .as_f64()
+                .expect("priced by the job's --price")
+        })
+        .sum();
+    assert!(
+        (exported - spent(&fx)).abs() < 1e-6,
+        "{exported} vs {}",
+        spent(&fx)
+    );
+
     // The finished job tells the next estimate how long answers are: 20 tokens each here.
     let like = output(fx.bin(&[
         "estimate",

@@ -119,7 +119,9 @@ impl Answer {
 
 /// A request's cost from its journaled usage: prompt and completion tokens at its answering
 /// model's price, half through the Batch API. Reasoning tokens are in `completion_tokens`.
-fn request_cost(request: &RequestRow, prices: &PriceTable) -> Option<f64> {
+/// What a request's answer cost, USD: its usage at its model's price (half through the Batch
+/// API); `None` without usage or a price.
+pub(super) fn request_cost(request: &RequestRow, prices: &PriceTable) -> Option<f64> {
     prices.usage_cost(
         request.model.as_deref()?,
         request.prompt_tokens,

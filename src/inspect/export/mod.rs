@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{ExportArgs, ExportFormat, ExportLayout, UsageError};
 use crate::domain::RequestState;
+use crate::engine::config::JobSettings;
 use crate::input::TableLayout;
 use crate::inspect::prices::PriceTable;
 use crate::store::db::{self, RequestRow};
@@ -119,7 +120,8 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<u64> {
         CsvCells::Sanitized
     };
     let layout = choose_layout(&job, args.format, args.layout)?;
-    let prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &args.prices.price)?;
+    let prices =
+        job_prices(&job).overridden_by(args.prices.prices.as_deref(), &args.prices.price)?;
     match &args.output {
         None => {
             let stdout = io::stdout().lock();
@@ -236,8 +238,15 @@ pub fn write_export_with(
     out: impl Write,
 ) -> Result<u64, ExportError> {
     let layout = choose_layout(job, ExportFormat::Csv, None).unwrap_or(CsvLayout::Standard);
-    let prices = PriceTable::built_in();
+    let prices = job_prices(job);
     write_export_as(conn, job, format, (cells, &layout, &prices), out)
+}
+
+/// The built-in prices with the ones the job was given (`--price`, stored with it) over them.
+pub fn job_prices(job: &db::Job) -> PriceTable {
+    JobSettings::from_json(&job.config)
+        .map(|settings| settings.price_table())
+        .unwrap_or_default()
 }
 
 /// [`write_export`] with the choice of CSV cells and layout; JSONL ignores both.
@@ -253,7 +262,7 @@ pub fn write_export_as(
 ) -> Result<u64, ExportError> {
     match format {
         ExportFormat::Csv => write_csv(conn, job, (cells, layout, prices), out),
-        ExportFormat::Jsonl => write_jsonl(conn, job, out),
+        ExportFormat::Jsonl => write_jsonl(conn, job, prices, out),
     }
 }
 
@@ -286,9 +295,12 @@ fn write_csv(
 /// (errors included); `error` is set when there was no answer at all, and when a request failed
 /// on a 2xx answer (a body that is not JSON, a cut stream, one over `--max-response-bytes`):
 /// its status alone would read as a success.
+/// The Batch API's output lines, with `cost_usd` appended: what the answer cost by its usage
+/// (`null` when unknown).
 fn write_jsonl(
     conn: &rusqlite::Connection,
     job: &db::Job,
+    prices: &PriceTable,
     mut out: impl Write,
 ) -> Result<u64, ExportError> {
     let mut rows = 0u64;
@@ -332,14 +344,20 @@ fn write_jsonl(
                 "error": {"code": row.error_code, "message": row.error_message},
             }),
         };
-        let line = match (line, row.metadata.as_deref()) {
-            (Value::Object(mut object), Some(metadata)) => {
-                let metadata = serde_json::from_str::<Value>(metadata)
-                    .unwrap_or_else(|_| Value::String(metadata.to_owned()));
-                object.insert("metadata".to_owned(), metadata);
+        let line = match line {
+            Value::Object(mut object) => {
+                if let Some(metadata) = row.metadata.as_deref() {
+                    let metadata = serde_json::from_str::<Value>(metadata)
+                        .unwrap_or_else(|_| Value::String(metadata.to_owned()));
+                    object.insert("metadata".to_owned(), metadata);
+                }
+                object.insert(
+                    "cost_usd".to_owned(),
+                    json!(columns::request_cost(&row, prices)),
+                );
                 Value::Object(object)
             }
-            (line, _) => line,
+            line => line,
         };
         serde_json::to_writer(&mut out, &line).map_err(io::Error::from)?;
         out.write_all(b"\n")?;
