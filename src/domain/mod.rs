@@ -85,6 +85,17 @@ impl Spent {
     }
 }
 
+impl Usage {
+    /// The tokens billed, for [`price::PriceTable::usage_cost`].
+    pub fn billed(&self) -> price::UsageTokens {
+        price::UsageTokens {
+            prompt: self.prompt_tokens,
+            cached: self.cached_tokens,
+            completion: self.completion_tokens,
+        }
+    }
+}
+
 /// Token usage and model read from a success body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -96,6 +107,9 @@ pub struct Usage {
     pub completion_tokens: Option<i64>,
     /// `total_tokens`.
     pub total_tokens: Option<i64>,
+    /// The prompt tokens read from the prompt cache (`prompt_tokens_details.cached_tokens`
+    /// or `input_tokens_details.cached_tokens`), billed at the cached-input price.
+    pub cached_tokens: Option<i64>,
 }
 
 /// Where a request goes after an attempt.

@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 pub struct Price {
     /// Per 1M input (prompt) tokens.
     pub input: f64,
-    /// Per 1M output (completion) tokens.
+    /// Per 1M output (completion) tokens; reasoning tokens are among them.
     pub output: f64,
+    /// Per 1M input tokens read from the prompt cache; `None`: at the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
 }
 
 impl Price {
@@ -25,11 +28,21 @@ impl Price {
     pub fn usd(self, input: f64, output: f64) -> f64 {
         (input * self.input + output * self.output) / 1_000_000.0
     }
+
+    /// [`Self::usd`] with `cached` of the `input` tokens read from the prompt cache, at the
+    /// cached-input price.
+    pub fn usd_cached(self, input: f64, cached: f64, output: f64) -> f64 {
+        let cached = cached.clamp(0.0, input);
+        let cached_price = self.cached_input.unwrap_or(self.input);
+        self.usd(input - cached, output) + cached * cached_price / 1_000_000.0
+    }
 }
 
 /// A `--price` value that is not `MODEL=IN,OUT`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not MODEL=IN,OUT, e.g. gpt-4o=2.5,10 (USD per 1M tokens)")]
+#[error(
+    "'{0}' is not MODEL=IN,OUT or MODEL=IN,OUT,CACHED_IN, e.g. gpt-4o=2.5,10 or gpt-4o=2.5,10,1.25 (USD per 1M tokens)"
+)]
 pub struct BadPrice(pub String);
 
 /// One `--price MODEL=IN,OUT`.
@@ -48,6 +61,10 @@ impl FromStr for PriceOverride {
         let bad = || BadPrice(s.to_owned());
         let (model, numbers) = s.split_once('=').ok_or_else(bad)?;
         let (input, output) = numbers.split_once(',').ok_or_else(bad)?;
+        let (output, cached) = match output.split_once(',') {
+            Some((output, cached)) => (output, Some(parse_usd(cached).ok_or_else(bad)?)),
+            None => (output, None),
+        };
         let model = model.trim();
         if model.is_empty() {
             return Err(bad());
@@ -55,6 +72,7 @@ impl FromStr for PriceOverride {
         let price = Price {
             input: parse_usd(input).ok_or_else(bad)?,
             output: parse_usd(output).ok_or_else(bad)?,
+            cached_input: cached,
         };
         Ok(PriceOverride {
             model: model.to_owned(),
@@ -71,27 +89,29 @@ pub fn parse_usd(text: &str) -> Option<f64> {
         .filter(|v| v.is_finite() && *v >= 0.0)
 }
 
-/// USD per 1M tokens, standard tier: (model, input, output, the day the price was taken from
-/// OpenAI's pages). A row whose price is checked again gets the day of that check.
-pub(crate) const BUILT_IN: [(&str, f64, f64, &str); 14] = [
+/// USD per 1M tokens, standard tier: (model, input, cached input, output, the day the price
+/// was taken from OpenAI's pages). A row whose price is checked again gets the day of that
+/// check. The Batch API takes [`BATCH_PRICE_SHARE`] of each.
+pub(crate) const BUILT_IN: [(&str, f64, Option<f64>, f64, &str); 14] = [
     // From OpenAI's pricing page.
-    ("gpt-4o", 2.50, 10.00, "2025-08-07"),
-    ("gpt-4o-mini", 0.15, 0.60, "2025-08-07"),
-    ("gpt-4.1", 2.00, 8.00, "2025-08-07"),
-    ("gpt-4.1-mini", 0.40, 1.60, "2025-08-07"),
-    ("gpt-4.1-nano", 0.10, 0.40, "2025-08-07"),
-    ("gpt-5", 1.25, 10.00, "2025-08-07"),
-    ("gpt-5-mini", 0.25, 2.00, "2025-08-07"),
+    ("gpt-4o", 2.50, Some(1.25), 10.00, "2025-08-07"),
+    ("gpt-4o-mini", 0.15, Some(0.075), 0.60, "2025-08-07"),
+    ("gpt-4.1", 2.00, Some(0.50), 8.00, "2025-08-07"),
+    ("gpt-4.1-mini", 0.40, Some(0.10), 1.60, "2025-08-07"),
+    ("gpt-4.1-nano", 0.10, Some(0.025), 0.40, "2025-08-07"),
+    ("gpt-5", 1.25, Some(0.125), 10.00, "2025-08-07"),
+    ("gpt-5-mini", 0.25, Some(0.025), 2.00, "2025-08-07"),
     // From the models' pages on developers.openai.com (/api/docs/models/gpt-5.1, /gpt-5-nano,
     // /gpt-5-codex), standard tier.
-    ("gpt-5.1", 1.25, 10.00, "2026-12-01"),
-    ("gpt-5-nano", 0.05, 0.40, "2026-12-01"),
-    ("gpt-5-codex", 1.25, 10.00, "2026-12-01"),
+    ("gpt-5.1", 1.25, Some(0.125), 10.00, "2026-12-01"),
+    ("gpt-5-nano", 0.05, Some(0.005), 0.40, "2026-12-01"),
+    ("gpt-5-codex", 1.25, Some(0.125), 10.00, "2026-12-01"),
     // From OpenAI's pricing page.
-    ("o3", 2.00, 8.00, "2025-08-07"),
-    ("o4-mini", 1.10, 4.40, "2025-08-07"),
-    ("text-embedding-3-small", 0.02, 0.0, "2025-08-07"),
-    ("text-embedding-3-large", 0.13, 0.0, "2025-08-07"),
+    ("o3", 2.00, Some(0.50), 8.00, "2025-08-07"),
+    ("o4-mini", 1.10, Some(0.275), 4.40, "2025-08-07"),
+    // Embeddings read no cache.
+    ("text-embedding-3-small", 0.02, None, 0.0, "2025-08-07"),
+    ("text-embedding-3-large", 0.13, None, 0.0, "2025-08-07"),
 ];
 
 /// Errors reading prices.
@@ -115,6 +135,14 @@ pub enum PriceError {
         path: PathBuf,
         /// What serde said.
         source: serde_json::Error,
+    },
+    /// A price below zero.
+    #[error("{}: the price of {model} is below zero", path.display())]
+    Negative {
+        /// The file.
+        path: PathBuf,
+        /// The model.
+        model: String,
     },
     /// A CSV row is not `model,input,output`.
     #[error("{}:{line}: {message}: write rows as model,input,output in USD per 1M tokens", path.display())]
@@ -157,8 +185,12 @@ impl PriceTable {
         PriceTable {
             prices: BUILT_IN
                 .iter()
-                .map(|&(model, input, output, as_of)| {
-                    let price = Price { input, output };
+                .map(|&(model, input, cached_input, output, as_of)| {
+                    let price = Price {
+                        input,
+                        output,
+                        cached_input,
+                    };
                     let as_of = Some(as_of);
                     (model.to_owned(), Entry { price, as_of })
                 })
@@ -272,28 +304,27 @@ fn read_prices_file(path: &Path) -> Result<Vec<(String, Price)>, PriceError> {
         #[derive(Deserialize)]
         struct Row {
             model: String,
-            input: f64,
-            output: f64,
+            #[serde(flatten)]
+            price: Price,
         }
         let shape: Shape = serde_json::from_str(&text).map_err(|source| PriceError::Json {
             path: path.to_owned(),
             source,
         })?;
-        return Ok(match shape {
+        let prices: Vec<(String, Price)> = match shape {
             Shape::Map(map) => map.into_iter().collect(),
-            Shape::List(rows) => rows
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.model,
-                        Price {
-                            input: r.input,
-                            output: r.output,
-                        },
-                    )
-                })
-                .collect(),
-        });
+            Shape::List(rows) => rows.into_iter().map(|r| (r.model, r.price)).collect(),
+        };
+        let valid = |v: f64| v.is_finite() && v >= 0.0;
+        if let Some((model, _)) = prices.iter().find(|(_, p)| {
+            !valid(p.input) || !valid(p.output) || p.cached_input.is_some_and(|c| !valid(c))
+        }) {
+            return Err(PriceError::Negative {
+                path: path.to_owned(),
+                model: model.clone(),
+            });
+        }
+        return Ok(prices);
     }
     read_prices_csv(path, &text)
 }
@@ -321,40 +352,61 @@ fn read_prices_csv(path: &Path, text: &str) -> Result<Vec<(String, Price)>, Pric
         if index == 0 && record.get(0) == Some("model") {
             continue;
         }
-        let [model, input, output] = [0, 1, 2].map(|i| record.get(i).unwrap_or(""));
-        if record.len() != 3 || model.is_empty() {
+        let [model, input, output, cached] = [0, 1, 2, 3].map(|i| record.get(i).unwrap_or(""));
+        if !(3..=4).contains(&record.len()) || model.is_empty() {
             return Err(csv_error(format!(
-                "expected 3 fields, got {}",
+                "expected 3 or 4 fields, got {}",
                 record.len()
             )));
         }
         let input = parse_usd(input).ok_or_else(|| csv_error(format!("bad price '{input}'")))?;
         let output = parse_usd(output).ok_or_else(|| csv_error(format!("bad price '{output}'")))?;
-        prices.push((model.to_owned(), Price { input, output }));
+        let cached_input = match cached {
+            "" => None,
+            text => Some(parse_usd(text).ok_or_else(|| csv_error(format!("bad price '{text}'")))?),
+        };
+        prices.push((
+            model.to_owned(),
+            Price {
+                input,
+                output,
+                cached_input,
+            },
+        ));
     }
     Ok(prices)
+}
+
+/// An answer's billed tokens, as the journal has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageTokens {
+    /// `prompt_tokens` / `input_tokens`.
+    pub prompt: Option<i64>,
+    /// Of them, read from the prompt cache.
+    pub cached: Option<i64>,
+    /// `completion_tokens` / `output_tokens`, reasoning included.
+    pub completion: Option<i64>,
 }
 
 /// The hosted Batch API's price, as a share of the direct price of the same model.
 pub const BATCH_PRICE_SHARE: f64 = 0.5;
 
 impl PriceTable {
-    /// What an answer's usage cost, USD: its prompt and completion tokens (reasoning tokens are
-    /// among them) at `model`'s price, at [`BATCH_PRICE_SHARE`] of it through the Batch API.
-    /// `None` without a price, or without usage.
-    pub fn usage_cost(
-        &self,
-        model: &str,
-        prompt: Option<i64>,
-        completion: Option<i64>,
-        batch: bool,
-    ) -> Option<f64> {
+    /// What an answer's usage cost, USD: its prompt tokens (those read from the prompt cache
+    /// at the cached-input price) and completion tokens (reasoning tokens are among them) at
+    /// `model`'s price, at [`BATCH_PRICE_SHARE`] of it through the Batch API. `None` without a
+    /// price, or without usage.
+    pub fn usage_cost(&self, model: &str, tokens: UsageTokens, batch: bool) -> Option<f64> {
         let (_, price) = self.lookup(model)?;
-        if prompt.is_none() && completion.is_none() {
+        if tokens.prompt.is_none() && tokens.completion.is_none() {
             return None;
         }
-        let tokens = |t: Option<i64>| t.unwrap_or(0).max(0) as f64;
-        let usd = price.usd(tokens(prompt), tokens(completion));
+        let count = |t: Option<i64>| t.unwrap_or(0).max(0) as f64;
+        let usd = price.usd_cached(
+            count(tokens.prompt),
+            count(tokens.cached),
+            count(tokens.completion),
+        );
         Some(match batch {
             true => usd * BATCH_PRICE_SHARE,
             false => usd,

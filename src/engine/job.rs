@@ -916,12 +916,7 @@ impl JobRun<'_> {
         for tokens in &answered {
             let model = tokens.model.as_deref().unwrap_or_default();
             spent += table
-                .usage_cost(
-                    model,
-                    Some(tokens.prompt),
-                    Some(tokens.completion),
-                    tokens.batch,
-                )
+                .usage_cost(model, tokens.billed(), tokens.batch)
                 .ok_or_else(|| unpriced(model))?;
         }
         if let Some(model) = pending.iter().find(|m| table.lookup(m).is_none()) {

@@ -115,10 +115,7 @@ impl Spend {
         let cost = usage
             .model
             .as_deref()
-            .and_then(|model| {
-                self.table
-                    .usage_cost(model, usage.prompt_tokens, usage.completion_tokens, false)
-            })
+            .and_then(|model| self.table.usage_cost(model, usage.billed(), false))
             .unwrap_or(0.0);
         let mut state = lock(&self.state);
         state.reserved = (state.reserved - reserved).max(0.0);
@@ -147,6 +144,7 @@ mod tests {
             Price {
                 input: 1_000_000.0,
                 output: 2_000_000.0,
+                cached_input: None,
             },
         );
         table
@@ -155,6 +153,7 @@ mod tests {
     fn usage(prompt: i64, completion: i64) -> Usage {
         Usage {
             model: Some("m".into()),
+            cached_tokens: None,
             prompt_tokens: Some(prompt),
             completion_tokens: Some(completion),
             total_tokens: Some(prompt + completion),

@@ -24,6 +24,13 @@ struct RawUsage {
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
     total_tokens: Option<i64>,
+    prompt_tokens_details: Option<RawDetails>,
+    input_tokens_details: Option<RawDetails>,
+}
+
+#[derive(Deserialize)]
+struct RawDetails {
+    cached_tokens: Option<i64>,
 }
 
 /// Parses a 2xx body. `None` when it is not a JSON object: the taxonomy calls that transient.
@@ -43,6 +50,12 @@ fn usage_of(model: Option<String>, usage: Option<RawUsage>) -> Usage {
             .as_ref()
             .and_then(|u| u.completion_tokens.or(u.output_tokens)),
         total_tokens: usage.as_ref().and_then(|u| u.total_tokens),
+        cached_tokens: usage.as_ref().and_then(|u| {
+            let details = u.prompt_tokens_details.as_ref();
+            details
+                .or(u.input_tokens_details.as_ref())
+                .and_then(|d| d.cached_tokens)
+        }),
     }
 }
 
@@ -140,10 +153,24 @@ mod tests {
                 model: Some("gpt-4o-mini".into()),
                 prompt_tokens: Some(3),
                 completion_tokens: Some(1),
-                total_tokens: Some(4)
+                total_tokens: Some(4),
+                cached_tokens: None,
             }
         );
         assert_eq!(output_text(&body).as_deref(), Some("hi"));
+        // The prompt cache's share of the prompt, billed at its own price.
+        let cached = json!({"model":"gpt-5.1","usage":{"prompt_tokens":1200,"completion_tokens":90,
+            "total_tokens":1290,"prompt_tokens_details":{"cached_tokens":1024},
+            "completion_tokens_details":{"reasoning_tokens":64}}});
+        let usage = parse_success(cached.to_string().as_bytes()).expect("parses");
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.cached_tokens,
+                usage.completion_tokens
+            ),
+            (Some(1200), Some(1024), Some(90))
+        );
     }
 
     #[test]
@@ -258,7 +285,7 @@ mod tests {
         body.extend_from_slice(br#""}}],"#);
         body.extend(std::iter::repeat_n(b' ', 2 * 1024 * 1024));
         body.extend_from_slice(
-            br#""usage":{"input_tokens":7,"output_tokens":5,"total_tokens":12}}"#,
+            br#""usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":4},"output_tokens":5,"total_tokens":12}}"#,
         );
         let spooled = crate::util::spool::spooled_for_test(&body);
         assert_eq!(
@@ -268,6 +295,7 @@ mod tests {
                 prompt_tokens: Some(7),
                 completion_tokens: Some(5),
                 total_tokens: Some(12),
+                cached_tokens: Some(4),
             })
         );
     }

@@ -63,7 +63,8 @@ impl CostEstimate {
             let model = t.model.clone().unwrap_or_else(|| "(unnamed)".to_owned());
             match table.find(&model) {
                 Some((name, Entry { price, as_of })) => {
-                    let direct = price.usd(t.prompt as f64, t.completion as f64);
+                    let direct =
+                        price.usd_cached(t.prompt as f64, t.cached as f64, t.completion as f64);
                     let usd = match t.batch {
                         true => direct * BATCH_PRICE_SHARE,
                         false => direct,
@@ -140,7 +141,7 @@ fn and_list(items: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::price::{BUILT_IN, is_snapshot_date};
+    use crate::domain::price::{BUILT_IN, UsageTokens, is_snapshot_date};
     use rstest::rstest;
 
     #[rstest]
@@ -169,7 +170,8 @@ mod tests {
             o.price,
             Price {
                 input: 1.0,
-                output: 2.5
+                output: 2.5,
+                cached_input: None,
             }
         );
         for bad in ["x", "x=1", "=1,2", "x=a,2", "x=-1,2"] {
@@ -178,6 +180,7 @@ mod tests {
         let table = PriceTable::with_overrides(None, &[o]).expect("table");
         assert!(table.source().contains("overrides"));
         let tokens = [ModelTokens {
+            cached: 0,
             model: Some("test-model".into()),
             requests: 1,
             prompt: 1_000_000,
@@ -213,7 +216,8 @@ mod tests {
             table.lookup("m").map(|(_, p)| p),
             Some(Price {
                 input: 1.0,
-                output: 2.0
+                output: 2.0,
+                cached_input: None,
             })
         );
     }
@@ -232,6 +236,7 @@ mod tests {
 
     fn tokens(model: &str, batch: bool) -> ModelTokens {
         ModelTokens {
+            cached: 0,
             model: Some(model.into()),
             requests: 1,
             prompt: 1_000_000,
@@ -243,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_built_in_price_carries_its_own_date() {
-        for (model, _, _, as_of) in BUILT_IN {
+        for (model, _, _, _, as_of) in BUILT_IN {
             assert!(is_snapshot_date(as_of), "{model}: {as_of}");
         }
         let table = PriceTable::built_in();
@@ -296,6 +301,69 @@ mod tests {
         assert_eq!(only.source, "your prices");
         let none = CostEstimate::new(&PriceTable::built_in(), &[tokens("test-model", false)]);
         assert_eq!(none.source, "built-in prices of 2025-08-07 to 2026-12-01");
+    }
+
+    #[test]
+    fn cached_input_is_billed_at_its_own_price_and_batch_at_half() {
+        let table = PriceTable::built_in();
+        // gpt-5.1: $1.25 in, $0.125 cached in, $10 out per 1M tokens.
+        let tokens = UsageTokens {
+            prompt: Some(1_000_000),
+            cached: Some(800_000),
+            completion: Some(100_000),
+        };
+        let usd = table.usage_cost("gpt-5.1", tokens, false).expect("priced");
+        assert!(
+            (usd - (0.2 * 1.25 + 0.8 * 0.125 + 0.1 * 10.0)).abs() < 1e-9,
+            "{usd}"
+        );
+        let batch = table.usage_cost("gpt-5.1", tokens, true).expect("priced");
+        assert!((batch - usd / 2.0).abs() < 1e-12);
+        // A model without a cached price bills the cached tokens as any input.
+        let embeddings = UsageTokens {
+            prompt: Some(1_000_000),
+            cached: Some(1_000_000),
+            completion: None,
+        };
+        let usd = table
+            .usage_cost("text-embedding-3-small", embeddings, false)
+            .expect("priced");
+        assert!((usd - 0.02).abs() < 1e-12, "{usd}");
+        // Cached tokens never count for more than the prompt.
+        let odd = UsageTokens {
+            prompt: Some(10),
+            cached: Some(1_000_000),
+            completion: Some(0),
+        };
+        assert!(table.usage_cost("gpt-5.1", odd, false).expect("priced") < 1e-5);
+    }
+
+    #[test]
+    fn a_cached_price_can_be_given_by_flag_and_by_file() {
+        let o: PriceOverride = "m=1,2,0.5".parse().expect("parses");
+        assert_eq!(o.price.cached_input, Some(0.5));
+        assert!("m=1,2,x".parse::<PriceOverride>().is_err());
+        let dir = tempfile::tempdir().expect("dir");
+        for (name, text) in [
+            (
+                "p.json",
+                r#"{"m": {"input": 1, "output": 2, "cached_input": 0.5}}"#,
+            ),
+            ("q.csv", "model,input,output,cached_input\nm,1,2,0.5\n"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            let table = PriceTable::with_overrides(Some(&path), &[]).expect(name);
+            let (_, price) = table.lookup("m").expect("m");
+            assert_eq!(price.cached_input, Some(0.5), "{name}");
+        }
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, r#"[{"model": "m", "input": -1, "output": 2}]"#).expect("write");
+        let err = PriceTable::with_overrides(Some(&path), &[]).expect_err("negative");
+        assert!(
+            err.to_string().contains("the price of m is below zero"),
+            "{err}"
+        );
     }
 
     #[test]

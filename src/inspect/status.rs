@@ -398,6 +398,7 @@ mod tests {
     #[test]
     fn the_cost_line_dates_each_model_by_the_price_it_used() {
         let tokens = |model: &str| ModelTokens {
+            cached: 0,
             model: Some(model.into()),
             requests: 1,
             prompt: 1_000_000,

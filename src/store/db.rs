@@ -486,7 +486,7 @@ const UPDATE_REQUEST: &str = "UPDATE requests SET state = ?2, attempts = ?3, nex
             latency_ms = ?15, finished_at = ?16,
             transient_attempts = transient_attempts + ?17, auth_attempts = auth_attempts + ?18,
             rate_limited_attempts = rate_limited_attempts + ?19,
-            invalid_attempts = invalid_attempts + ?20
+            invalid_attempts = invalid_attempts + ?20, cached_tokens = ?21
      WHERE id = ?1";
 
 /// A request's spooled answer, gone: a later attempt's answer replaces it.
@@ -563,6 +563,7 @@ fn record_with(
         c.class == Class::AuthTransient,
         c.class == Class::RateLimited,
         c.class == Class::InvalidResponse,
+        c.usage.cached_tokens,
     ])?;
     if changed != 1 {
         return Err(StoreError::Corrupt(format!(
@@ -799,6 +800,8 @@ pub struct RequestRow {
     pub completion_tokens: Option<i64>,
     /// Usage.
     pub total_tokens: Option<i64>,
+    /// Usage: the prompt tokens read from the cache.
+    pub cached_tokens: Option<i64>,
     /// Last `x-request-id`.
     pub x_request_id: Option<String>,
     /// Last error's class (none after success).
@@ -831,7 +834,8 @@ pub fn for_each_request<E: From<StoreError>>(
                 completion_tokens, total_tokens, x_request_id, error_class, error_code, error_message,
                 latency_ms, finished_at, metadata, custom_id, body,
                 coalesce((SELECT a.batch_id IS NOT NULL FROM attempts a
-                          WHERE a.request_id = requests.id AND a.number = requests.attempts), 0)
+                          WHERE a.request_id = requests.id AND a.number = requests.attempts), 0),
+                cached_tokens
          FROM requests WHERE job_id = ?1 ORDER BY line, id"
     );
     let mut stmt = conn.prepare(&sql).map_err(StoreError::from)?;
@@ -859,6 +863,7 @@ pub fn for_each_request<E: From<StoreError>>(
                 custom_id: r.get(17)?,
                 body: r.get(18)?,
                 batch: r.get(19)?,
+                cached_tokens: r.get(20)?,
             })
         })()
         .map_err(StoreError::from)?;

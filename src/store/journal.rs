@@ -236,8 +236,21 @@ pub struct ModelTokens {
     pub completion: i64,
     /// `total_tokens`.
     pub total: i64,
+    /// The prompt tokens among them read from the prompt cache.
+    pub cached: i64,
     /// Whether these requests were answered through the hosted Batch API (half price).
     pub batch: bool,
+}
+
+impl ModelTokens {
+    /// The tokens billed, for [`crate::domain::price::PriceTable::usage_cost`].
+    pub fn billed(&self) -> crate::domain::price::UsageTokens {
+        crate::domain::price::UsageTokens {
+            prompt: Some(self.prompt),
+            cached: Some(self.cached),
+            completion: Some(self.completion),
+        }
+    }
 }
 
 /// Token usage of a job's successful requests, per answering model and way of sending (direct,
@@ -250,7 +263,8 @@ pub fn tokens_by_model(conn: &Connection, job: JobId) -> Result<Vec<ModelTokens>
         "SELECT r.model, count(*), coalesce(sum(r.prompt_tokens), 0),
                 coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.total_tokens), 0),
                 coalesce((SELECT a.batch_id IS NOT NULL FROM attempts a
-                          WHERE a.request_id = r.id AND a.number = r.attempts), 0) AS batch
+                          WHERE a.request_id = r.id AND a.number = r.attempts), 0) AS batch,
+                coalesce(sum(r.cached_tokens), 0)
          FROM requests r WHERE r.job_id = ?1 AND r.state = 'succeeded'
          GROUP BY r.model, batch ORDER BY 5 DESC, 1, 6",
     )?;
@@ -263,6 +277,7 @@ pub fn tokens_by_model(conn: &Connection, job: JobId) -> Result<Vec<ModelTokens>
                 completion: r.get(3)?,
                 total: r.get(4)?,
                 batch: r.get(5)?,
+                cached: r.get(6)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -51,6 +51,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_create_spilled_responses",
         include_str!("../../migrations/0011_create_spilled_responses.sql"),
     ),
+    (
+        "0012_add_request_cached_tokens",
+        include_str!("../../migrations/0012_add_request_cached_tokens.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

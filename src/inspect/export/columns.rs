@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use crate::domain::price::UsageTokens;
 use crate::domain::{AttemptClass, RequestState};
 use crate::http::response::output_text;
 use crate::input::TableLayout;
@@ -122,12 +123,12 @@ impl Answer {
 /// What a request's answer cost, USD: its usage at its model's price (half through the Batch
 /// API); `None` without usage or a price.
 pub(super) fn request_cost(request: &RequestRow, prices: &PriceTable) -> Option<f64> {
-    prices.usage_cost(
-        request.model.as_deref()?,
-        request.prompt_tokens,
-        request.completion_tokens,
-        request.batch,
-    )
+    let tokens = UsageTokens {
+        prompt: request.prompt_tokens,
+        cached: request.cached_tokens,
+        completion: request.completion_tokens,
+    };
+    prices.usage_cost(request.model.as_deref()?, tokens, request.batch)
 }
 
 fn opt<T: ToString>(value: Option<T>) -> Cow<'static, str> {
