@@ -44,6 +44,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// What a file would cost and how long it would take: read and checked as submit would, nothing sent or written
     Estimate(EstimateArgs),
+    /// List the token prices in use: the built-in table with its dates, under your --prices and --price
+    Prices(PricesArgs),
     /// Continue a job that was interrupted or stopped
     Resume(ResumeArgs),
     /// Requeue a job's failed requests (all, or one class) with fresh budgets, and run them
@@ -184,8 +186,12 @@ pub struct RunArgs {
     /// Stop sending before the job could spend more than this, in USD: what its answers cost (by their usage) plus the worst case of what is in flight stays under it. Stored with the job; `resume --max-cost` raises it
     #[arg(long, value_name = "USD", help_heading = "Cost")]
     pub max_cost: Option<MaxCost>,
-    /// Price of one model in USD per 1M input and output tokens, over the built-in table, e.g. my-model=0.5,1.5 (stored with the job). Repeatable
-    #[arg(long = "price", value_name = "MODEL=IN,OUT", help_heading = "Cost")]
+    /// Price of one model in USD per 1M input and output tokens (and cached input), over the built-in table, e.g. my-model=0.5,1.5 (stored with the job; `runner prices` lists the table). Repeatable
+    #[arg(
+        long = "price",
+        value_name = "MODEL=IN,OUT[,CACHED]",
+        help_heading = "Cost"
+    )]
     pub price: Vec<PriceOverride>,
     /// --via batch: delete each batch's input, output and error files from the server once its results are journaled (stored with the job)
     #[arg(long, help_heading = heading::BATCH)]
@@ -529,12 +535,23 @@ pub struct DemoArgs {
 /// Token prices for the cost estimate (USD per 1M tokens), over the built-in table.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PriceArgs {
-    /// Prices file: JSON {"MODEL": {"input": IN, "output": OUT}} or CSV rows model,input,output
+    /// Prices file: JSON {"MODEL": {"input": IN, "output": OUT, "cached_input": CACHED}} or CSV rows model,input,output[,cached_input]
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
-    /// Price of one model in USD per 1M input and output tokens, e.g. my-model=0.5,1.5. Repeatable
-    #[arg(long = "price", value_name = "MODEL=IN,OUT")]
+    /// Price of one model in USD per 1M input and output tokens (and cached input tokens), e.g. my-model=0.5,1.5. Repeatable
+    #[arg(long = "price", value_name = "MODEL=IN,OUT[,CACHED]")]
     pub price: Vec<PriceOverride>,
+}
+
+/// `runner prices`.
+#[derive(Args, Debug, Clone)]
+pub struct PricesArgs {
+    /// Your prices over the built-in ones.
+    #[command(flatten)]
+    pub prices: PriceArgs,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `runner attempts`.

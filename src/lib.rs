@@ -92,7 +92,7 @@ use crate::cli::{Command, docs};
 use crate::engine::config::ApiEnv;
 use crate::engine::job;
 use crate::engine::shutdown::Shutdown;
-use crate::inspect::{attempts, doctor, estimate, export, report, status};
+use crate::inspect::{attempts, doctor, estimate, export, prices, report, status};
 
 /// Runs one command. `shutdown` is triggered by signals in the binary and by tests directly.
 ///
@@ -113,6 +113,9 @@ pub async fn run(command: Command, env: ApiEnv, shutdown: Shutdown) -> anyhow::R
         Command::Submit(args) => job::submit(args, &env, &shutdown).await,
         Command::Estimate(args) => {
             blocking(move || estimate::estimate(&args, &env, &mut io::stdout().lock())).await
+        }
+        Command::Prices(args) => {
+            blocking(move || prices::list(&args, &mut io::stdout().lock())).await
         }
         Command::Resume(args) => job::resume(args, &env, &shutdown).await,
         Command::RetryFailed(args) => job::retry_failed(args, &env, &shutdown).await,
@@ -159,6 +162,7 @@ pub fn runtime_for(command: &Command) -> io::Result<tokio::runtime::Runtime> {
         Command::MockServer(_) | Command::Demo(_) => tokio::runtime::Builder::new_multi_thread(),
         Command::Submit(_)
         | Command::Estimate(_)
+        | Command::Prices(_)
         | Command::Resume(_)
         | Command::RetryFailed(_)
         | Command::Cancel(_)
@@ -182,7 +186,15 @@ pub fn exit_code(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) if e.chain().any(|cause| cause.is::<cli::UsageError>()) => {
+        // A prices file that is not one is a bad argument too.
+        Err(e)
+            if e.chain().any(|cause| {
+                cause.is::<cli::UsageError>()
+                    || cause
+                        .downcast_ref::<domain::price::PriceError>()
+                        .is_some_and(|p| !matches!(p, domain::price::PriceError::Read { .. }))
+            }) =>
+        {
             crate::say!("runner: {}", message(&e));
             ExitCode::from(2)
         }

@@ -230,6 +230,13 @@ impl PriceTable {
         Ok(self)
     }
 
+    /// Every model's entry, by name.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Entry)> {
+        self.prices
+            .iter()
+            .map(|(name, entry)| (name.as_str(), *entry))
+    }
+
     /// Sets one model's price.
     pub fn set(&mut self, model: String, price: Price) {
         self.prices.insert(model, Entry { price, as_of: None });

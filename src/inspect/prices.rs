@@ -93,6 +93,95 @@ impl CostEstimate {
     }
 }
 
+/// One row of `runner prices`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PriceRow {
+    /// The model (a dated snapshot of it is priced the same).
+    pub model: String,
+    /// USD per 1M input tokens, sent directly.
+    pub input: f64,
+    /// USD per 1M input tokens read from the prompt cache (`null`: as input).
+    pub cached_input: Option<f64>,
+    /// USD per 1M output tokens, reasoning included.
+    pub output: f64,
+    /// The same three through the hosted Batch API.
+    pub batch_input: f64,
+    /// See `batch_input`.
+    pub batch_cached_input: Option<f64>,
+    /// See `batch_input`.
+    pub batch_output: f64,
+    /// The day a built-in price was taken from OpenAI's pages; `null` for yours.
+    pub as_of: Option<&'static str>,
+}
+
+/// `runner prices`: the table in use, built-in rows with their dates, yours marked.
+///
+/// # Errors
+/// An unreadable or invalid prices file; a write failure.
+pub fn list(args: &crate::cli::PricesArgs, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let table = PriceTable::with_overrides(args.prices.prices.as_deref(), &args.prices.price)?;
+    let rows: Vec<PriceRow> = table
+        .entries()
+        .map(|(model, Entry { price, as_of })| PriceRow {
+            model: model.to_owned(),
+            input: price.input,
+            cached_input: price.cached_input,
+            output: price.output,
+            batch_input: price.input * BATCH_PRICE_SHARE,
+            batch_cached_input: price.cached_input.map(|c| c * BATCH_PRICE_SHARE),
+            batch_output: price.output * BATCH_PRICE_SHARE,
+            as_of,
+        })
+        .collect();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    // Up to four decimals, at least two: 0.0125, 0.075, 10.00.
+    let usd = |v: f64| {
+        let text = format!("{v:.4}");
+        let trimmed = text.trim_end_matches('0');
+        match trimmed.split_once('.') {
+            Some((_, decimals)) if decimals.len() < 2 => format!("{v:.2}"),
+            _ => trimmed.to_owned(),
+        }
+    };
+    let cached = |v: Option<f64>| v.map_or_else(|| "as input".to_owned(), usd);
+    let width = rows.iter().map(|r| r.model.len()).max().unwrap_or(5).max(5);
+    writeln!(
+        out,
+        "{:width$}  {:>8}  {:>9}  {:>8}   {:>23}  as of",
+        "model", "input", "cached", "output", "via batch: in/cached/out"
+    )?;
+    for r in &rows {
+        let batch = format!(
+            "{}/{}/{}",
+            usd(r.batch_input),
+            cached(r.batch_cached_input),
+            usd(r.batch_output)
+        );
+        writeln!(
+            out,
+            "{:width$}  {:>8}  {:>9}  {:>8}   {:>23}  {}",
+            r.model,
+            usd(r.input),
+            cached(r.cached_input),
+            usd(r.output),
+            batch,
+            r.as_of.unwrap_or("yours")
+        )?;
+    }
+    writeln!(
+        out,
+        "USD per 1M tokens, OpenAI's standard tier ({}). Reasoning tokens are billed as output. \
+         A dated snapshot (gpt-4o-2024-08-06) is priced as its model. Yours go over these: \
+         --price MODEL=IN,OUT[,CACHED] or --prices FILE, on submit (stored with the job), \
+         estimate, status, export and report.",
+        table.source()
+    )?;
+    Ok(())
+}
+
 /// "built-in prices of 2025-08-07", "built-in prices of 2025-08-07 for gpt-4o and gpt-4o-mini,
 /// of 2026-12-01 for gpt-5.1", "… and your prices for my-model", "your prices".
 fn sources(models: &[ModelCost]) -> String {

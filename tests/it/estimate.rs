@@ -243,3 +243,57 @@ async fn the_estimate_of_5000_lines_is_within_2_percent_of_the_servers_usage() {
     assert!(shown.contains("cost, --via batch:   ≈ $"), "{shown}");
     fx.shutdown().await;
 }
+
+/// `runner prices` lists the table in use, yours marked; a prices file that is not one is a bad
+/// argument (exit 2) wherever it is given, named with its line.
+#[tokio::test]
+async fn prices_lists_the_table_and_a_bad_prices_file_is_exit_2() {
+    let s = Scratch::new();
+    let mut cmd = runner(s.dir.path());
+    cmd.args(["prices", "--json", "--price", "house-model=1,2,0.25"]);
+    let rows = json(&output(cmd).await);
+    let rows = rows.as_array().expect("a list");
+    let row = |model: &str| {
+        rows.iter()
+            .find(|r| r["model"] == model)
+            .unwrap_or_else(|| panic!("{model} listed"))
+    };
+    let mine = row("house-model");
+    assert_eq!(mine["as_of"], Value::Null, "yours carry no date");
+    assert_eq!(mine["cached_input"], 0.25);
+    assert_eq!(mine["batch_output"], 1.0, "half through the Batch API");
+    let gpt = row("gpt-5.1");
+    assert_eq!(gpt["input"], 1.25);
+    assert_eq!(gpt["cached_input"], 0.125);
+    assert_eq!(gpt["as_of"], "2026-12-01");
+
+    let mut cmd = runner(s.dir.path());
+    cmd.arg("prices");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("gpt-5.1"));
+
+    s.write("jobs.jsonl", LINES);
+    s.write("bad.csv", "model,input,output\nhouse-model,cheap,2\n");
+    s.write("bad.json", r#"{"house-model": {"input": -1, "output": 2}}"#);
+    for (args, says) in [
+        (
+            &["prices", "--prices", "bad.csv"][..],
+            "bad.csv:2: bad price 'cheap'",
+        ),
+        (
+            &["estimate", "jobs.jsonl", "--prices", "bad.json"][..],
+            "bad.json: the price of house-model is below zero",
+        ),
+        (&["submit", "jobs.jsonl", "--max-cost", "-3"][..], "-3"),
+        (&["submit", "jobs.jsonl", "--max-cost", "lots"][..], "lots"),
+    ] {
+        let mut cmd = runner(s.dir.path());
+        cmd.args(args);
+        let out = output(cmd).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(!s.path("runner.db").exists(), "nothing was sent or written");
+}
