@@ -99,12 +99,6 @@ pub enum ConfigError {
     /// The stored settings of a job do not parse.
     #[error("the job's stored settings are unreadable: {0}")]
     Stored(#[from] serde_json::Error),
-    /// `--max-cost` with `--via batch`: a batch's answers come all at once, after it was paid for.
-    #[error(
-        "--max-cost is held request by request, and --via batch sends whole files of requests at once: \
-         use --via sync with --max-cost, or `runner estimate FILE` to know a batch job's price before sending it"
-    )]
-    MaxCostInBatch,
 }
 
 /// A job's settings, stored with the job (as JSON, never with a key) so that a resume runs the
@@ -504,9 +498,6 @@ impl JobSettings {
     /// # Errors
     /// [`ConfigError`] for an unusable URL or endpoint, or no key for OpenAI's own API.
     pub fn check(&self, env: &ApiEnv) -> Result<(), ConfigError> {
-        if self.max_cost.is_some() && self.batch.via == Via::Batch {
-            return Err(ConfigError::MaxCostInBatch);
-        }
         let url = reqwest::Url::parse(&self.base_url)
             .map_err(|_| ConfigError::BaseUrl(self.base_url.clone()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {

@@ -21,7 +21,7 @@ use crate::engine::progress::{Display, Reporter, Tally};
 use crate::engine::rate_limit::{Limits, RequestLimiter};
 use crate::engine::shutdown::Shutdown;
 use crate::engine::sizing;
-use crate::engine::spend::Spend;
+use crate::engine::spend::{BatchCap, Spend};
 use crate::http::client::ApiClient;
 use crate::input::{self, Checked, InputReader};
 use crate::store::db::{self, Job};
@@ -805,6 +805,18 @@ impl JobRun<'_> {
         // Downloading a result file takes longer than one request.
         client_settings.timeout = client_settings.timeout.max(BATCH_CALL_TIMEOUT);
         let client = ApiClient::new(&client_settings, keys.first())?;
+        let cap = match (mode, self.settings.max_cost) {
+            (Mode::Run, Some(cap)) => {
+                // Checks that every model has a price, and says what is spent.
+                self.spend(cap).await?;
+                Some(BatchCap {
+                    cap,
+                    table: self.settings.price_table(),
+                    default_output: u64::from(self.settings.default_output_tokens),
+                })
+            }
+            (Mode::Run | Mode::Settle, _) => None,
+        };
         let exit = BatchRun {
             store: self.store,
             job: &self.job,
@@ -816,6 +828,7 @@ impl JobRun<'_> {
             mode,
             stop_after_same_error: self.settings.stop_after_same_error,
             stop: None,
+            cap,
         }
         .run()
         .await?;
@@ -823,6 +836,7 @@ impl JobRun<'_> {
             BatchExit::Drained => (PoolExit::Drained, 0),
             BatchExit::Stopped { reason, running } => (PoolExit::Stopped(reason), running),
             BatchExit::Interrupted { running } => (PoolExit::Interrupted, running),
+            BatchExit::OverBudget { reason } => (PoolExit::OverBudget(reason), 0),
         };
         if running > 0 {
             let job = &self.job.name;
@@ -912,13 +926,7 @@ impl JobRun<'_> {
                  --price {model}=IN,OUT (USD per 1M input and output tokens)"
             ))
         };
-        let mut spent = 0.0;
-        for tokens in &answered {
-            let model = tokens.model.as_deref().unwrap_or_default();
-            spent += table
-                .usage_cost(model, tokens.billed(), tokens.batch)
-                .ok_or_else(|| unpriced(model))?;
-        }
+        let spent = super::spend::journaled(&answered, &table).map_err(|m| unpriced(&m))?;
         if let Some(model) = pending.iter().find(|m| table.lookup(m).is_none()) {
             return Err(unpriced(model).into());
         }

@@ -9,9 +9,12 @@
 //! worst case stays within the cap; the first that does not fit stops the job (exit 5), with
 //! what is in flight left to finish. So the cap holds whatever the answers turn out to be.
 
-use crate::domain::price::{PriceTable, Usd};
+use crate::domain::JobId;
+use crate::domain::price::{BATCH_PRICE_SHARE, PriceTable, Usd};
 use crate::domain::tokens::Cost;
 use crate::domain::{Price, Usage};
+use crate::store::journal::{self, ModelTokens};
+use crate::store::{StoreError, batches};
 use crate::util::sync::lock;
 
 /// The share added to a counted prompt for its worst case: servers count a few tokens more than
@@ -97,8 +100,7 @@ impl Spend {
         let price = self
             .price(model)
             .ok_or_else(|| Refusal::Unpriced(model.to_owned()))?;
-        let prompt = cost.prompt as f64 * (1.0 + PROMPT_MARGIN) + PROMPT_SLACK as f64;
-        let worst = price.usd(prompt, cost.output as f64);
+        let worst = worst_case(price, cost);
         let mut state = lock(&self.state);
         if state.spent + state.reserved + worst > self.cap {
             return Err(Refusal::Cap {
@@ -130,6 +132,75 @@ impl Spend {
     /// The cap, USD.
     pub fn cap(&self) -> f64 {
         self.cap
+    }
+}
+
+/// The most a request costing `cost` tokens can cost at `price`, sent directly, USD: its prompt
+/// with a margin for the server counting a little differently, and its largest answer.
+pub fn worst_case(price: Price, cost: Cost) -> f64 {
+    let prompt = cost.prompt as f64 * (1.0 + PROMPT_MARGIN) + PROMPT_SLACK as f64;
+    price.usd(prompt, cost.output as f64)
+}
+
+/// What a job's answers cost by their journaled usage, USD (half through the Batch API).
+///
+/// # Errors
+/// The model of answers that `table` has no price for.
+pub fn journaled(answered: &[ModelTokens], table: &PriceTable) -> Result<f64, String> {
+    answered.iter().try_fold(0.0, |spent, tokens| {
+        let model = tokens.model.as_deref().unwrap_or_default();
+        table
+            .usage_cost(model, tokens.billed(), tokens.batch)
+            .map(|usd| spent + usd)
+            .ok_or_else(|| model.to_owned())
+    })
+}
+
+/// `--max-cost` in a `--via batch` run: a chunk is only cut when the worst case of its requests
+/// at the batch price, with what the job's answers cost and the worst case of the chunks still
+/// open, fits under the cap. Held on the store thread, where the cut is made.
+#[derive(Clone, Debug)]
+pub struct BatchCap {
+    /// The cap, USD.
+    pub cap: f64,
+    /// The prices.
+    pub table: PriceTable,
+    /// Output counted for a request that names no maximum.
+    pub default_output: u64,
+}
+
+impl BatchCap {
+    /// What is held now: what the answers cost, plus the worst case of the chunks whose
+    /// results are not all imported (an imported answer is counted once it is, and its chunk's
+    /// worst case no more).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn committed(&self, conn: &rusqlite::Connection, job: JobId) -> Result<f64, StoreError> {
+        let answered = journal::tokens_by_model(conn, job)?;
+        // A model without a price was refused before the run.
+        let spent = journaled(&answered, &self.table).unwrap_or(f64::INFINITY);
+        Ok(spent + batches::open_worst_usd(conn, job)?)
+    }
+
+    /// The worst case of a request to `url` with `body` through the Batch API, USD; `None`
+    /// without a price for its model.
+    pub fn worst(&self, url: &str, body: &serde_json::Value) -> Option<f64> {
+        let model = body.get("model").and_then(serde_json::Value::as_str)?;
+        let (_, price) = self.table.lookup(model)?;
+        let cost = crate::domain::tokens::cost(url, body, self.default_output);
+        Some(worst_case(price, cost) * BATCH_PRICE_SHARE)
+    }
+
+    /// Why a batch job stopped at its cap, and how to go on.
+    pub fn reason(&self, committed: f64) -> String {
+        format!(
+            "the spending cap is reached: {} spent of --max-cost {} (by the answers' usage), and \
+             the next request's worst case does not fit. `runner resume --max-cost MORE` goes \
+             on; nothing that succeeded is sent again",
+            Usd(committed),
+            Usd(self.cap)
+        )
     }
 }
 

@@ -244,6 +244,21 @@ pub struct NewChunk<'a> {
     pub hash: &'a str,
     /// Random token for its batch's metadata.
     pub token: &'a str,
+    /// The worst case of its requests at the batch price, USD, when a cap is held.
+    pub worst_usd: Option<f64>,
+}
+
+/// The worst case held for the job's chunks whose results are not all imported, USD.
+///
+/// # Errors
+/// Database errors.
+pub fn open_worst_usd(conn: &Connection, job: JobId) -> Result<f64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT coalesce(sum(worst_usd), 0) FROM batch_chunks
+         WHERE job_id = ?1 AND state NOT IN ('imported', 'dropped')",
+        [job.0],
+        |r| r.get(0),
+    )?)
 }
 
 /// Records a chunk and moves its requests from `pending` to `batched`, in one transaction.
@@ -263,8 +278,9 @@ pub fn insert_chunk(
             |r| r.get(0),
         )?;
         conn.execute(
-            "INSERT INTO batch_chunks (job_id, seq, token, endpoint, model, lines, bytes, hash, state, cut_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO batch_chunks (job_id, seq, token, endpoint, model, lines, bytes, hash, state, cut_at,
+                                       worst_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 job.0,
                 seq,
@@ -275,7 +291,8 @@ pub fn insert_chunk(
                 chunk.bytes as i64,
                 chunk.hash,
                 ChunkState::Cut,
-                now
+                now,
+                chunk.worst_usd
             ],
         )?;
         let id = ChunkId(conn.last_insert_rowid());

@@ -52,8 +52,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0011_create_spilled_responses.sql"),
     ),
     (
-        "0012_add_request_cached_tokens",
-        include_str!("../../migrations/0012_add_request_cached_tokens.sql"),
+        "0012_add_cost_columns",
+        include_str!("../../migrations/0012_add_cost_columns.sql"),
     ),
 ];
 

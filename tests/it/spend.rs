@@ -175,9 +175,9 @@ async fn a_cap_that_cannot_be_counted_is_refused_before_anything_is_sent() {
             "--max-cost needs a price for every model of the job, and test-model has none",
         ),
         (
-            &["--max-cost", "10", "--price", PRICE, "--via", "batch"][..],
-            1,
-            "--max-cost is held request by request",
+            &["--max-cost", "10", "--via", "batch"][..],
+            2,
+            "--max-cost needs a price for every model of the job, and test-model has none",
         ),
     ] {
         let mut cmd = fx.bin(&[
@@ -196,5 +196,66 @@ async fn a_cap_that_cannot_be_counted_is_refused_before_anything_is_sent() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
     assert_eq!(fx.mock.stats().answers, 0, "nothing was sent");
+    fx.shutdown().await;
+}
+
+/// `--via batch` with `--max-cost`: a chunk is cut only when its worst case at the batch price
+/// fits beside what is spent and the open chunks' worst case; the job stops at the cap (exit 5)
+/// having spent no more than it, and a resume with more finishes it, nothing answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_cuts_only_what_fits_under_the_cap() {
+    const LINES: usize = 200;
+    let text_lines: String = (0..LINES).map(|i| format!("{}\n", line(i))).collect();
+    let fx = Fixture::for_job("batchcap")
+        .mock(crate::batch_jobs::batch_mock(Duration::from_millis(100)))
+        .input(text_lines)
+        .start()
+        .await;
+    let estimate = output(fx.bin(&[
+        "estimate",
+        "batchcap.jsonl",
+        "--model",
+        "test-model",
+        "--price",
+        PRICE,
+        "--json",
+    ]))
+    .await;
+    let estimate: Value = serde_json::from_slice(&estimate.stdout).expect("json");
+    let expected = estimate["usd_batch"]["expected"].as_f64().expect("priced");
+    let cap = (expected * 0.4).round();
+    let cap_text = cap.to_string();
+    let args = crate::batch_jobs::via_batch(&[
+        "--batch-max-lines",
+        "25",
+        "--max-cost",
+        &cap_text,
+        "--price",
+        PRICE,
+    ]);
+    assert_eq!(fx.submit(&args).await, Exit::BudgetReached);
+    // At the batch price: half of the direct one.
+    let first = spent(&fx) / 2.0;
+    assert!(first <= cap, "spent {first} of a cap of {cap}");
+    assert!(first > 0.0, "some batches ran before the cap");
+    assert!(
+        fx.requests_in("pending") > 0,
+        "the cap stopped it before the end"
+    );
+    let chunks = query_i64(&fx.db(), "SELECT count(*) FROM batch_chunks");
+    let held = query_i64(
+        &fx.db(),
+        "SELECT count(*) FROM batch_chunks WHERE worst_usd > 0",
+    );
+    assert_eq!(held, chunks, "every chunk was cut with its worst case held");
+    let reason = query_text(&fx.db(), "SELECT state_reason FROM jobs").expect("reason");
+    assert!(reason.contains("spending cap is reached"), "{reason}");
+
+    assert_eq!(fx.resume(&["--max-cost", "1000000"]).await, Exit::Success);
+    assert_eq!(fx.requests_in("succeeded"), LINES as i64);
+    let stats = fx.mock.stats();
+    for i in 0..LINES {
+        assert_eq!(stats.successes_for(&body(i)), 1, "line {i} answered once");
+    }
     fx.shutdown().await;
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::BatchRun;
 use super::chunks::{BatchLine, Chunk, ChunkError, ChunkLimits, Chunker, encode_line};
 use crate::domain::{JobId, RequestId};
+use crate::engine::spend::BatchCap;
 use crate::store::batches::{self, ChunkId, LineRow, NewChunk};
 use crate::store::{JobStore, StoreError};
 use crate::util::clock::now_ms;
@@ -33,6 +34,9 @@ pub(super) struct Cut {
     headers_dropped: u64,
     /// Requests put into a chunk that had been attempted before.
     pub(super) again: u64,
+    /// With `--max-cost`: what was held when the cut began (spent plus the open chunks' worst
+    /// case), and whether a due request was left pending because its worst case did not fit.
+    pub(super) capped: Option<(f64, bool)>,
 }
 
 impl Cut {
@@ -55,11 +59,28 @@ impl Cut {
 }
 
 impl BatchRun<'_> {
-    /// Cuts the job's due pending requests into chunks and records them.
-    pub(super) async fn cut(&self) -> Result<Cut, StoreError> {
-        let (job, limits) = (self.job.id, self.settings.limits());
+    /// Cuts the job's due pending requests into chunks and records them; with a cap, only as
+    /// many as fit under it. A cut that the cap stopped at `held` USD is not tried again until
+    /// what is held changes (an import).
+    pub(super) async fn cut(&self, capped_at: Option<f64>) -> Result<Cut, StoreError> {
+        let (job, limits, cap) = (self.job.id, self.settings.limits(), self.cap.clone());
         self.store
-            .call(move |c| cut_due(c, job, limits, now_ms()))
+            .call(move |c| {
+                let room = match &cap {
+                    Some(cap) => {
+                        let held = cap.committed(c, job)?;
+                        if capped_at == Some(held) {
+                            return Ok(Cut {
+                                capped: Some((held, true)),
+                                ..Cut::default()
+                            });
+                        }
+                        Some(Room { cap, held })
+                    }
+                    None => None,
+                };
+                cut_due(c, job, limits, now_ms(), room)
+            })
             .await
     }
 }
@@ -90,22 +111,38 @@ pub(super) fn batch_line(row: &LineRow) -> Result<BatchLine, String> {
     })
 }
 
+/// What a capped cut may still take.
+struct Room<'a> {
+    cap: &'a BatchCap,
+    /// Spent plus the worst case of the open chunks, USD, when the cut began.
+    held: f64,
+}
+
 fn cut_due(
     conn: &rusqlite::Connection,
     job: JobId,
     limits: ChunkLimits,
     now: i64,
+    mut room: Option<Room<'_>>,
 ) -> Result<Cut, StoreError> {
     let mut chunker =
         Chunker::new(limits).map_err(|e| StoreError::Failed(format!("batch limits: {e}")))?;
     let mut ids: HashMap<String, RequestId> = HashMap::new();
-    let mut cut = Cut::default();
+    let mut cut = Cut {
+        capped: room.as_ref().map(|r| (r.held, false)),
+        ..Cut::default()
+    };
+    let mut worst_of: HashMap<String, f64> = HashMap::new();
     let mut full: Vec<Chunk> = Vec::new();
     let unbatchable = |cut: &mut Cut, reason: String| {
         let entry = cut.unbatchable.get_or_insert((0, reason));
         entry.0 += 1;
     };
     batches::for_each_due(conn, job, now, |row| -> Result<(), StoreError> {
+        // In file order: once one does not fit under the cap, none after it goes.
+        if cut.capped.is_some_and(|(_, stopped)| stopped) {
+            return Ok(());
+        }
         let line = match batch_line(&row) {
             Ok(line) => line,
             Err(reason) => {
@@ -113,8 +150,32 @@ fn cut_due(
                 return Ok(());
             }
         };
+        let worst = match &room {
+            Some(room) => match room.cap.worst(&line.url, &line.body) {
+                Some(worst) if room.held + worst <= room.cap.cap => Some(worst),
+                Some(_) => {
+                    cut.capped = Some((room.held, true));
+                    return Ok(());
+                }
+                None => {
+                    unbatchable(
+                        &mut cut,
+                        format!(
+                            "request {}: its model has no price, and --max-cost needs one",
+                            row.key
+                        ),
+                    );
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
         match chunker.push(&line) {
             Ok(sealed) => {
+                if let (Some(room), Some(worst)) = (room.as_mut(), worst) {
+                    room.held += worst;
+                    worst_of.insert(row.key.clone(), worst);
+                }
                 if row.has_headers {
                     cut.headers_dropped += 1;
                 }
@@ -144,6 +205,13 @@ fn cut_due(
             .collect::<Result<Vec<_>, _>>()?;
         let token = format!("{:032x}", fastrand::u128(..));
         let hash = chunk.hash.to_hex();
+        let worst_usd = cut.capped.map(|_| {
+            chunk
+                .custom_ids
+                .iter()
+                .filter_map(|key| worst_of.get(key))
+                .sum::<f64>()
+        });
         let id = batches::insert_chunk(
             conn,
             job,
@@ -154,6 +222,7 @@ fn cut_due(
                 bytes: chunk.bytes.len(),
                 hash: hash.as_str(),
                 token: &token,
+                worst_usd,
             },
             now,
         )?;
@@ -252,7 +321,7 @@ mod tests {
         let (store, thread, job) = store_with(PAGE + 7).await;
         let limits = ChunkLimits::default();
         let cut = store
-            .call(move |c| cut_due(c, job, limits, 10))
+            .call(move |c| cut_due(c, job, limits, 10, None))
             .await
             .expect("cut");
         assert_eq!(cut.chunks.len(), 1);

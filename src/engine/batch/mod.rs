@@ -61,6 +61,11 @@ pub(crate) enum BatchExit {
         /// Batches that may still be running.
         running: usize,
     },
+    /// `--max-cost`: nothing is open, and the next request's worst case does not fit.
+    OverBudget {
+        /// What was spent, and how to go on.
+        reason: String,
+    },
     /// A signal; this many batches go on running on the server.
     Interrupted {
         /// Batches that may still be running.
@@ -90,6 +95,8 @@ pub(crate) struct BatchRun<'a> {
     pub(crate) stop_after_same_error: u32,
     /// A job-level stop found along the way.
     pub(crate) stop: Option<String>,
+    /// `--max-cost`, held chunk by chunk.
+    pub(crate) cap: Option<crate::engine::spend::BatchCap>,
 }
 
 impl BatchRun<'_> {
@@ -100,6 +107,8 @@ impl BatchRun<'_> {
     /// job.
     pub(crate) async fn run(mut self) -> Result<BatchExit, StoreError> {
         let mut told_unbatchable = false;
+        // What the cap held when it last stopped a cut: due requests wait for an import.
+        let mut capped_at = None;
         loop {
             if self.shutdown.is_stopping() {
                 let running = self.running().await?;
@@ -110,8 +119,11 @@ impl BatchRun<'_> {
                 return Ok(BatchExit::Stopped { reason, running });
             }
             if self.mode == Mode::Run {
-                let cut = self.cut().await?;
+                let cut = self.cut(capped_at).await?;
                 cut.tell(&self.job.name, &mut told_unbatchable);
+                capped_at = cut
+                    .capped
+                    .and_then(|(held, stopped)| stopped.then_some(held));
                 // Their attempts are counted when their results are journaled.
                 self.tally.batched_again(cut.again);
             }
@@ -129,6 +141,13 @@ impl BatchRun<'_> {
             if open.is_empty() {
                 match (self.mode, next_due) {
                     (Mode::Settle, _) | (Mode::Run, None) => return Ok(BatchExit::Drained),
+                    (Mode::Run, Some(_))
+                        if let (Some(held), Some(cap)) = (capped_at, &self.cap) =>
+                    {
+                        return Ok(BatchExit::OverBudget {
+                            reason: cap.reason(held),
+                        });
+                    }
                     // Pending, due, and yet not cut: none of them can go into a batch.
                     (Mode::Run, Some(due)) if due <= now => {
                         return Ok(BatchExit::Stopped {
@@ -168,8 +187,9 @@ impl BatchRun<'_> {
                 .set_note((running > 0).then(|| format!("{running} batches open")));
             let next_call = open.iter().map(|c| c.next_call_at).min();
             let wake = match self.mode {
-                Mode::Run => next_call.into_iter().chain(next_due).min(),
-                Mode::Settle => next_call,
+                // Held back by the cap, the due requests wait for the open chunks.
+                Mode::Run if capped_at.is_none() => next_call.into_iter().chain(next_due).min(),
+                Mode::Run | Mode::Settle => next_call,
             };
             let wait = wake.map_or(Duration::ZERO, |at| {
                 Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))

@@ -30,6 +30,7 @@ fn a_cut_chunk_holds_its_requests_until_they_are_dropped_back() {
         bytes: 10,
         hash: "abc",
         token: "t",
+        worst_usd: None,
     };
     let id = insert_chunk(&conn, job, &new, 5).expect("insert");
     let lines = chunk_lines(&conn, id, RequestId(0), 10).expect("lines");
@@ -78,6 +79,7 @@ fn a_poll_moves_the_chunk_and_reports_the_status_before_it() {
             bytes: 10,
             hash: "abc",
             token: "t",
+            worst_usd: None,
         },
         5,
     )
