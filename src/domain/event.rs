@@ -38,6 +38,9 @@ pub enum EventKind {
     KeyLimits,
     /// A run's pacing, as it ended: what bound it, the limits known, the pool's largest size.
     Pacing,
+    /// What a submit estimated its new file would cost, before sending (the detail is the
+    /// line it said).
+    Estimate,
 }
 
 named!(EventKind, "event kind", {
@@ -56,6 +59,7 @@ named!(EventKind, "event kind", {
     HeaderIgnored => "header_ignored",
     KeyLimits => "key_limits",
     Pacing => "pacing",
+    Estimate => "estimate",
 });
 
 impl EventKind {
@@ -75,7 +79,8 @@ impl EventKind {
             | EventKind::Limits
             | EventKind::HeaderIgnored
             | EventKind::KeyLimits
-            | EventKind::Pacing => false,
+            | EventKind::Pacing
+            | EventKind::Estimate => false,
         }
     }
 
@@ -94,7 +99,8 @@ impl EventKind {
             | EventKind::Limits
             | EventKind::HeaderIgnored
             | EventKind::KeyLimits
-            | EventKind::Pacing => false,
+            | EventKind::Pacing
+            | EventKind::Estimate => false,
         }
     }
 }

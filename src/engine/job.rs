@@ -95,6 +95,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             true => check_if_new(&store, existing.as_ref(), open()?, shutdown).await?,
             false => Checking::Done(None),
         };
+        let mut outlook = None;
         let checked = match checking {
             Checking::Done(checked) => checked,
             Checking::Stopped => {
@@ -106,7 +107,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             }
         };
         if let Some(checked) = &checked {
-            tell_outlook(&name, &args.file, open()?, checked.requests, &settings).await;
+            outlook = tell_outlook(&name, &args.file, open()?, checked.requests, &settings).await;
         }
         let input_path = absolute(&args.file).display().to_string();
         let me = LeaseOwner::current();
@@ -132,6 +133,13 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
         };
         tell_destination(&job.name, &settings, destination);
         tell_read(&job.name, &args.file.display(), &report);
+        if let Some(line) = outlook {
+            let (id, now) = (job.id, now_ms());
+            // Kept for `status`, beside what the job turns out to cost.
+            store
+                .call(move |c| db::record_event(c, id, EventKind::Estimate, Some(&line), now))
+                .await?;
+        }
         // A new job's requests took this --model as they were read: nothing to give them.
         if existing.is_some() {
             refill_model(&store, &job, old_model.as_deref(), &settings).await?;
@@ -417,22 +425,22 @@ async fn read_the_rest(
 }
 
 /// Says on stderr what reading `file` into the job found.
-/// Says what a new file's requests will cost (see [`super::outlook`]).
+/// Says what a new file's requests will cost (see [`super::outlook`]), and returns it.
 async fn tell_outlook(
     job: &str,
     file: &Path,
     reader: InputReader,
     requests: u64,
     settings: &JobSettings,
-) {
-    let (job, file, settings) = (job.to_owned(), file.display().to_string(), settings.clone());
+) -> Option<String> {
+    let (file, settings) = (file.display().to_string(), settings.clone());
     let line = tokio::task::spawn_blocking(move || {
-        super::outlook::opening(&job, &file, reader, requests, &settings)
+        super::outlook::opening(&file, reader, requests, &settings)
     })
-    .await;
-    if let Ok(Some(line)) = line {
-        crate::say!("{line}");
-    }
+    .await
+    .ok()??;
+    crate::say!("{job}: {line}");
+    Some(line)
 }
 
 fn tell_read(job: &str, file: &dyn std::fmt::Display, report: &IngestReport) {

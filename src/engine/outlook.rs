@@ -15,10 +15,10 @@ use super::config::{JobSettings, Via};
 /// Requests read with the tokenizer at most.
 pub const SAMPLE: u64 = 1_000;
 
-/// The opening line of a submit of `file` into `job`, whose check found `requests` requests;
-/// `None` when the file has none, or its first requests cannot be read again.
+/// The opening line of a submit of `file` into `job`, whose check found `requests` requests
+/// (without the job's name, which the caller puts before it); `None` when the file has none,
+/// or its first requests cannot be read again.
 pub fn opening(
-    job: &str,
     file: &str,
     reader: InputReader,
     requests: u64,
@@ -49,7 +49,7 @@ pub fn opening(
     );
     let n = |v: u64| indicatif::HumanCount(v).to_string();
     let mut line = format!(
-        "{job}: {} requests, {}{} input tokens",
+        "{} requests, {}{} input tokens",
         n(requests),
         if scale > 1.0 { "≈ " } else { "" },
         n(input)

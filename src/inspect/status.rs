@@ -120,6 +120,7 @@ pub fn summary_json(s: &JobSummary) -> Value {
             "prices": s.cost.source,
             "by_model": s.cost.models,
             "unpriced_models": s.cost.unpriced,
+            "estimated_at_submit": s.estimate,
         },
         "throughput": {
             "active_seconds": s.active_ms as f64 / 1000.0,
@@ -288,6 +289,13 @@ fn write_cost(s: &JobSummary, out: &mut impl Write) -> std::io::Result<()> {
         )?;
     }
     writeln!(out, "cost      {}", cost_line(&s.cost))?;
+    if let Some(estimate) = &s.estimate {
+        writeln!(
+            out,
+            "          estimated at submit: {}",
+            printable(estimate)
+        )?;
+    }
     if s.cost.batch_saving > 0.0 {
         writeln!(
             out,

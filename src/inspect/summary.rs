@@ -46,6 +46,8 @@ pub struct JobSummary {
     pub pacing: Option<String>,
     /// The rate limits the server announced last (the detail of the last `limits` event).
     pub limits: Option<String>,
+    /// What the submit of its file estimated (the detail of the last `estimate` event).
+    pub estimate: Option<String>,
 }
 
 /// The runner holding a job's lease.
@@ -91,6 +93,7 @@ impl JobSummary {
         let batches = batches::chunks(&snapshot, job.id)?;
         let pacing = journal::last_event_detail(&snapshot, job.id, EventKind::Pacing)?;
         let limits = journal::last_event_detail(&snapshot, job.id, EventKind::Limits)?;
+        let estimate = journal::last_event_detail(&snapshot, job.id, EventKind::Estimate)?;
         let cost = CostEstimate::new(prices, &tokens);
         Ok(JobSummary {
             job,
@@ -106,6 +109,7 @@ impl JobSummary {
             batches,
             pacing,
             limits,
+            estimate,
         })
     }
 

@@ -253,6 +253,51 @@ impl ModelTokens {
     }
 }
 
+/// A successful request's billed usage, and when it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Billed {
+    /// Unix ms when it succeeded.
+    pub finished_at: i64,
+    /// The answer's model.
+    pub model: Option<String>,
+    /// Its usage.
+    pub tokens: crate::domain::price::UsageTokens,
+    /// Answered through the hosted Batch API.
+    pub batch: bool,
+}
+
+/// Calls `each` for every successful request of a job, with its usage, streaming.
+///
+/// # Errors
+/// Database errors.
+pub fn for_each_billed(
+    conn: &Connection,
+    job: JobId,
+    mut each: impl FnMut(Billed),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT r.finished_at, r.model, r.prompt_tokens, r.cached_tokens, r.completion_tokens,
+                coalesce((SELECT a.batch_id IS NOT NULL FROM attempts a
+                          WHERE a.request_id = r.id AND a.number = r.attempts), 0)
+         FROM requests r
+         WHERE r.job_id = ?1 AND r.state = 'succeeded' AND r.finished_at IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([job.0])?;
+    while let Some(r) = rows.next()? {
+        each(Billed {
+            finished_at: r.get(0)?,
+            model: r.get(1)?,
+            tokens: crate::domain::price::UsageTokens {
+                prompt: r.get(2)?,
+                cached: r.get(3)?,
+                completion: r.get(4)?,
+            },
+            batch: r.get(5)?,
+        });
+    }
+    Ok(())
+}
+
 /// Token usage of a job's successful requests, per answering model and way of sending (direct,
 /// or in a batch: the success's attempt names its batch), largest first.
 ///

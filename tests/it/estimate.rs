@@ -232,6 +232,13 @@ async fn the_estimate_of_5000_lines_is_within_2_percent_of_the_servers_usage() {
         "status {shown}, usage {billed}"
     );
 
+    // The submit's own opening estimate is kept beside the actual.
+    let at_submit = status["cost"]["estimated_at_submit"]
+        .as_str()
+        .expect("kept");
+    assert!(at_submit.starts_with("5,000 requests, ≈ "), "{at_submit}");
+    assert!(at_submit.contains("from its first 1,000"), "{at_submit}");
+
     // The text says both ways.
     let text_out = output(fx.bin(&["estimate", "reviews.jsonl"])).await;
     let shown = text(&text_out.stdout);

@@ -101,6 +101,27 @@ async fn the_cap_holds_with_64_in_flight_and_a_resume_with_more_finishes() {
     let shown = text(&status.stdout);
     let cap_line = format!("cap       --max-cost ${cap:.2}: ≈ ${first:.2} spent");
     assert!(shown.contains(&cap_line), "{shown}");
+    assert!(
+        shown.contains("estimated at submit: 400 requests"),
+        "{shown}"
+    );
+    // The report draws the spend over time under the cap.
+    let report = fx.scratch.path("report.html");
+    let out = output(fx.bin(&["report", "--output", &report.display().to_string()])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let html = std::fs::read_to_string(&report).expect("report");
+    assert!(
+        html.contains("<h2>Spend over time</h2>"),
+        "the spend section"
+    );
+    assert!(
+        html.contains(r#"<path class="line spent""#),
+        "the spend line"
+    );
+    assert!(
+        html.contains(&format!("--max-cost ${cap:.2}")),
+        "the cap line"
+    );
 
     // A higher cap, stored with the job (the price too): the rest is sent, nothing twice.
     let exit = fx.resume(&["--max-cost", "1000000"]).await;

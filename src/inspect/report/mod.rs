@@ -20,12 +20,15 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::cli::ReportArgs;
+use crate::engine::config::JobSettings;
+use crate::inspect::export::job_prices;
 use crate::inspect::prices::PriceTable;
 use crate::inspect::summary::JobSummary;
 use crate::inspect::timeline::{self, Timeline};
-use crate::store::{self, db};
+use crate::store::{self, db, journal};
 use crate::util::clock::now_ms;
 use crate::util::fs::Replacement;
+use svg::SpendSeries;
 
 pub use page::render;
 
@@ -35,12 +38,17 @@ pub use page::render;
 /// # Errors
 /// Unknown job or database, an unreadable prices file, a file that cannot be written.
 pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
-    let prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &args.prices.price)?;
     let conn = store::open_read_only(&args.db.db)?;
     let job = db::resolve_job(&conn, args.job.as_deref())?;
+    let prices =
+        job_prices(&job).overridden_by(args.prices.prices.as_deref(), &args.prices.price)?;
+    let cap = JobSettings::from_json(&job.config)
+        .ok()
+        .and_then(|s| s.max_cost);
     let timeline: Timeline = timeline::build(&conn, &job, args.bucket)?;
+    let spend = spend_series(&conn, &job, &timeline, &prices, cap)?;
     let summary = JobSummary::load(&conn, job, &prices)?;
-    let html = render(&summary, &timeline, now_ms());
+    let html = render(&summary, &timeline, &spend, now_ms());
     crate::inspect::export::refuse_database(&args.output, &args.db.db)?;
     write_atomically(&args.output, html.as_bytes())?;
     crate::say!(
@@ -51,6 +59,32 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         timeline.spikes.len()
     );
     Ok(())
+}
+
+/// What the job's answers cost in each bucket of `t`, by when they succeeded.
+fn spend_series(
+    conn: &rusqlite::Connection,
+    job: &db::Job,
+    t: &Timeline,
+    prices: &PriceTable,
+    cap: Option<f64>,
+) -> anyhow::Result<SpendSeries> {
+    let mut per_bucket = vec![0.0; t.buckets.len()];
+    let last = per_bucket.len().saturating_sub(1);
+    journal::for_each_billed(conn, job.id, |billed| {
+        let Some(usd) = billed
+            .model
+            .as_deref()
+            .and_then(|m| prices.usage_cost(m, billed.tokens, billed.batch))
+        else {
+            return;
+        };
+        let index = (billed.finished_at - t.start()).max(0) / t.width_ms.max(1);
+        if let Some(cell) = per_bucket.get_mut(usize::try_from(index).unwrap_or(last).min(last)) {
+            *cell += usd;
+        }
+    })?;
+    Ok(SpendSeries { per_bucket, cap })
 }
 
 /// Writes `bytes` beside `path`, then renames: a reader never sees half a page.

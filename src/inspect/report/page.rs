@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::escape;
-use super::svg::{self, colour};
+use super::svg::{self, SpendSeries, colour};
 use crate::domain::{AttemptClass, EventKind};
 use crate::inspect::prices::Usd;
 use crate::inspect::summary::JobSummary;
@@ -16,7 +16,7 @@ use crate::util::clock::{rfc3339, utc};
 const MAX_LISTED_EVENTS: usize = 300;
 
 /// The whole page.
-pub fn render(s: &JobSummary, t: &Timeline, generated_at: i64) -> String {
+pub fn render(s: &JobSummary, t: &Timeline, spend: &SpendSeries, generated_at: i64) -> String {
     let mut html = String::with_capacity(64 * 1024);
     let title = format!("runner report · {}", s.job.name);
     let _ = write!(
@@ -31,6 +31,7 @@ pub fn render(s: &JobSummary, t: &Timeline, generated_at: i64) -> String {
         html.push_str(r#"<section><h2>Timeline</h2><p class="sub">No attempts yet: nothing to chart.</p></section>"#);
     } else {
         charts(&mut html, t);
+        spent(&mut html, s, t, spend);
     }
     spikes(&mut html, t);
     events(&mut html, t);
@@ -285,6 +286,28 @@ fn charts(html: &mut String, t: &Timeline) {
     }
 }
 
+/// Spend over time, with the cap; only for a job with anything priced or a cap.
+fn spent(html: &mut String, s: &JobSummary, t: &Timeline, spend: &SpendSeries) {
+    if s.cost.usd <= 0.0 && spend.cap.is_none() {
+        return;
+    }
+    let cap = match spend.cap {
+        Some(cap) => format!(
+            " Dashed: the cap, --max-cost {}; {} left.",
+            Usd(cap),
+            Usd((cap - s.cost.usd).max(0.0))
+        ),
+        None => String::new(),
+    };
+    let _ = write!(
+        html,
+        r#"<section><h2>Spend over time</h2><p class="sub">What the answers cost by their usage, summed as they were journaled: {} in all ({}).{cap}</p>{}</section>"#,
+        Usd(s.cost.usd),
+        escape(&s.cost.source),
+        svg::spend_chart(t, spend)
+    );
+}
+
 fn keys_table(t: &Timeline) -> String {
     let mut table = String::from(
         r#"<table><tr><th>key</th><th class="num">attempts</th><th class="num">failed</th><th class="num">401 auth_transient</th><th>events</th></tr>"#,
@@ -529,7 +552,7 @@ svg text{font-family:inherit}
 g:hover>.bar{opacity:.8}
 .share-high{fill:#e03131}.share-low{fill:#ffc9c9}
 .threshold{stroke:#c92a2a;stroke-dasharray:6 4;stroke-width:1.2}.threshold-label{font-size:11px;fill:#c92a2a}
-.line{fill:none;stroke-width:2;stroke-linejoin:round}.p50{stroke:#1c7ed6}.p90{stroke:#f59f00}.p99{stroke:#e03131}
+.line{fill:none;stroke-width:2;stroke-linejoin:round}.spent{stroke:#2f9e68}.cap{stroke:#e03131;stroke-width:1.5;stroke-dasharray:6 4}.p50{stroke:#1c7ed6}.p90{stroke:#f59f00}.p99{stroke:#e03131}
 circle.dot{stroke:none}circle.p50{fill:#1c7ed6}circle.p90{fill:#f59f00}circle.p99{fill:#e03131}
 .hover{fill:transparent}.hover:hover{fill:rgba(0,0,0,.05)}
 .key-label{font-size:11px;fill:#344054;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}

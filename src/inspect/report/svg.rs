@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::escape;
+use crate::domain::price::Usd;
 use crate::domain::{AttemptClass, EventKind};
 use crate::inspect::timeline::{Bucket, Timeline, human_ms};
 use crate::util::clock::utc;
@@ -143,7 +144,8 @@ fn breaker_spans(t: &Timeline) -> Vec<(i64, i64)> {
             | EventKind::Limits
             | EventKind::HeaderIgnored
             | EventKind::KeyLimits
-            | EventKind::Pacing => {}
+            | EventKind::Pacing
+            | EventKind::Estimate => {}
         }
     }
     if let Some(start) = open {
@@ -472,4 +474,79 @@ mod tests {
         assert_eq!(nice_ceiling(101.0), 200.0);
         assert_eq!(nice_ceiling(450.0), 500.0);
     }
+}
+
+/// What the job spent over time: the cost of the answers journaled in each bucket (by when they
+/// ended), and the cap if it has one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpendSeries {
+    /// USD per bucket, in the timeline's buckets.
+    pub per_bucket: Vec<f64>,
+    /// `--max-cost`, USD.
+    pub cap: Option<f64>,
+}
+
+/// The spend so far as a rising line, with the cap as a dashed line across.
+pub fn spend_chart(t: &Timeline, spend: &SpendSeries) -> String {
+    let height = 200.0;
+    let f = Frame {
+        t,
+        top: 14.0,
+        bottom: height - BOTTOM,
+    };
+    let mut svg = open_svg("chart-spend", height, "spend over time");
+    let total: f64 = spend.per_bucket.iter().sum();
+    let high = total.max(spend.cap.unwrap_or(0.0));
+    if high <= 0.0 {
+        let _ = write!(
+            svg,
+            r#"<text class="empty" x="{:.1}" y="{:.1}" text-anchor="middle">nothing priced was spent</text></svg>"#,
+            WIDTH / 2.0,
+            height / 2.0
+        );
+        return svg;
+    }
+    let top = high * 1.08;
+    let y_of = |usd: f64| f.bottom - usd / top * (f.bottom - f.top);
+    let ticks: Vec<(f64, String)> = [0.0, high / 2.0, high]
+        .into_iter()
+        .map(|usd| (y_of(usd), Usd(usd).to_string()))
+        .collect();
+    f.value_axis(&mut svg, &ticks);
+    f.time_axis(&mut svg);
+    let bw = f.bucket_width();
+    let mut path = format!("M{LEFT:.1},{:.1} ", y_of(0.0));
+    let mut so_far = 0.0;
+    for (i, usd) in spend.per_bucket.iter().enumerate() {
+        so_far += usd;
+        let x = LEFT + (i as f64 + 1.0) * bw;
+        let _ = write!(path, "L{x:.1},{:.1} ", y_of(so_far));
+        let _ = write!(
+            svg,
+            r#"<rect class="hover" x="{:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}"><title>{} · {} in this bucket · {} so far</title></rect>"#,
+            LEFT + i as f64 * bw,
+            f.top,
+            f.bottom - f.top,
+            utc(
+                t.start() + i as i64 * t.width_ms,
+                "[hour]:[minute]:[second]"
+            ),
+            Usd(*usd),
+            Usd(so_far)
+        );
+    }
+    let _ = write!(svg, r#"<path class="line spent" d="{}"/>"#, path.trim_end());
+    if let Some(cap) = spend.cap {
+        let y = y_of(cap);
+        let _ = write!(
+            svg,
+            r#"<line class="cap" x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">--max-cost {}</text>"#,
+            WIDTH - RIGHT,
+            WIDTH - RIGHT - 4.0,
+            y - 5.0,
+            Usd(cap)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
