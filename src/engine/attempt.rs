@@ -90,7 +90,11 @@ pub(crate) async fn attempt(
         );
     }
     if let Some(spend) = &ctx.spend {
-        spend.settle(sent.held_usd, &reading.usage);
+        spend.settle(
+            sent.held_usd,
+            &reading.usage,
+            sent.cost.map(|cost| cost.prompt),
+        );
     }
     ctx.resize(sent.at, now, Signal::of(reading.class));
     let unreachable = match (reading.outcome, reading.http_status) {

@@ -620,7 +620,7 @@ impl WorkerPool {
         };
         let release = || {
             if let Some(spend) = &ctx.spend {
-                spend.settle(held_usd, &crate::domain::Usage::default());
+                spend.settle(held_usd, &crate::domain::Usage::default(), None);
             }
         };
         let paced = async {

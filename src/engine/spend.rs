@@ -37,6 +37,10 @@ struct State {
     spent: f64,
     /// The worst case of the requests in flight, USD.
     reserved: f64,
+    /// The most prompt tokens a server counted beyond the tokenizer's count and its margin:
+    /// a chat template that adds a system prompt (llama.cpp's for SmolLM2 adds 23 tokens to
+    /// every request). Learned from the answers, added to every later worst case.
+    extra_prompt: f64,
 }
 
 /// Why a request may not go.
@@ -80,7 +84,7 @@ impl Spend {
             table,
             state: std::sync::Mutex::new(State {
                 spent,
-                reserved: 0.0,
+                ..State::default()
             }),
         }
     }
@@ -100,8 +104,8 @@ impl Spend {
         let price = self
             .price(model)
             .ok_or_else(|| Refusal::Unpriced(model.to_owned()))?;
-        let worst = worst_case(price, cost);
         let mut state = lock(&self.state);
+        let worst = worst_case(price, cost) + price.usd(state.extra_prompt, 0.0);
         if state.spent + state.reserved + worst > self.cap {
             return Err(Refusal::Cap {
                 spent: state.spent,
@@ -113,7 +117,10 @@ impl Spend {
     }
 
     /// Settles a request held at `reserved`: its answer's `usage` is what it cost.
-    pub fn settle(&self, reserved: f64, usage: &Usage) {
+    ///
+    /// `counted` is the request's prompt as the tokenizer counted it: a server that counted
+    /// more than its worst case allowed teaches every later worst case the difference.
+    pub fn settle(&self, reserved: f64, usage: &Usage, counted: Option<u64>) {
         let cost = usage
             .model
             .as_deref()
@@ -122,6 +129,10 @@ impl Spend {
         let mut state = lock(&self.state);
         state.reserved = (state.reserved - reserved).max(0.0);
         state.spent += cost;
+        if let (Some(counted), Some(served)) = (counted, usage.prompt_tokens) {
+            let allowed = worst_prompt(counted);
+            state.extra_prompt = state.extra_prompt.max(served as f64 - allowed);
+        }
     }
 
     /// Spent so far, USD.
@@ -138,8 +149,12 @@ impl Spend {
 /// The most a request costing `cost` tokens can cost at `price`, sent directly, USD: its prompt
 /// with a margin for the server counting a little differently, and its largest answer.
 pub fn worst_case(price: Price, cost: Cost) -> f64 {
-    let prompt = cost.prompt as f64 * (1.0 + PROMPT_MARGIN) + PROMPT_SLACK as f64;
-    price.usd(prompt, cost.output as f64)
+    price.usd(worst_prompt(cost.prompt), cost.output as f64)
+}
+
+/// The most prompt tokens a server may count for a prompt the tokenizer counted as `counted`.
+fn worst_prompt(counted: u64) -> f64 {
+    counted as f64 * (1.0 + PROMPT_MARGIN) + PROMPT_SLACK as f64
 }
 
 /// What a job's answers cost by their journaled usage, USD (half through the Batch API).
@@ -250,12 +265,34 @@ mod tests {
             "two worst cases are over the cap"
         );
         // The answer was short: what it cost is spent, the rest of its hold is free again.
-        spend.settle(held, &usage(100, 10));
+        spend.settle(held, &usage(100, 10), Some(100));
         assert!((spend.spent() - 120.0).abs() < 1e-9);
         let second = spend.reserve(Some("m"), cost).expect("fits now");
-        spend.settle(second, &usage(100, 200));
+        spend.settle(second, &usage(100, 200), Some(100));
         assert!((spend.spent() - 620.0).abs() < 1e-9);
         assert!(spend.reserve(Some("m"), cost).is_err(), "620 + 526 > 1000");
+    }
+
+    #[test]
+    fn a_server_that_counts_more_prompt_teaches_the_worst_case() {
+        let spend = Spend::new(1000.0, table(), 0.0);
+        let cost = Cost {
+            prompt: 16,
+            output: 0,
+        };
+        // (16 × 1.1 + 16) × $1 = $33.6; the server's template made it 60 tokens.
+        let held = spend.reserve(Some("m"), cost).expect("fits");
+        assert!((held - 33.6).abs() < 1e-9, "{held}");
+        spend.settle(held, &usage(60, 0), Some(16));
+        let next = spend.reserve(Some("m"), cost).expect("fits");
+        assert!(
+            (next - 60.0).abs() < 1e-9,
+            "the next worst case holds 60: {next}"
+        );
+        // A server that counts less teaches nothing.
+        spend.settle(next, &usage(10, 0), Some(16));
+        let after = spend.reserve(Some("m"), cost).expect("fits");
+        assert!((after - 60.0).abs() < 1e-9, "{after}");
     }
 
     #[test]
