@@ -306,13 +306,25 @@ impl BatchRun<'_> {
                             None,
                         )
                     }
-                    None => (
-                        now,
-                        Some(format!(
-                            "{error}, {spent} times in a row ({}): `runner resume` tries again",
-                            class.journaled()
-                        )),
-                    ),
+                    None => {
+                        // A proxy without a Files store answers the upload with a 5xx for
+                        // ever (LiteLLM without `files_settings`): say the way around it too.
+                        let or_sync = match call.operation {
+                            "upload" | "create" | "find" => {
+                                "; if this server cannot run batches, `runner resume --via sync` \
+                                 sends the job's requests directly"
+                            }
+                            _ => "",
+                        };
+                        (
+                            now,
+                            Some(format!(
+                                "{error}, {spent} times in a row ({}): `runner resume` tries \
+                                 again{or_sync}",
+                                class.journaled()
+                            )),
+                        )
+                    }
                 }
             }
             Some(Class::JobStop(cause)) => (now, Some(stop_advice(cause, error))),
