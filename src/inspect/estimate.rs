@@ -21,6 +21,7 @@ use crate::cli::{EstimateArgs, SubmitArgs};
 use crate::engine::config::{ApiEnv, JobSettings};
 use crate::engine::destination;
 use crate::engine::rate_limit::Limits;
+use crate::http::key::ApiKey;
 pub use crate::input::tally::{EXPECTED_OUTPUT_SHARE, Group, Range};
 use crate::input::tally::{Share, Tally};
 use crate::input::{InputError, InputReader};
@@ -119,7 +120,7 @@ pub fn compute(
         ),
     };
     price(&mut estimate, tally, &table);
-    time(&mut estimate, args);
+    time(&mut estimate, args, &settings, env);
     Ok(estimate)
 }
 
@@ -188,15 +189,16 @@ fn price(estimate: &mut Estimate, tally: Tally, table: &PriceTable) {
 }
 
 /// The time at the limits known: `--rpm`/`--tpm`, else the limits the same job was last told
-/// by its server (journaled); else the time per 1,000 requests a minute.
-fn time(estimate: &mut Estimate, args: &SubmitArgs) {
+/// by its server, else those the same server told another job sent with the same key (all
+/// journaled); else the time per 1,000 requests a minute.
+fn time(estimate: &mut Estimate, args: &SubmitArgs, settings: &JobSettings, env: &ApiEnv) {
     let given = Limits {
         requests: args.run.rpm.map(|n| u64::from(n.get())),
         tokens: args.run.tpm.map(|n| u64::from(n.get())),
     };
     let known = match (given.requests, given.tokens) {
-        (None, None) => journaled_limits(args).map(|l| (l, "announced to this job's last run")),
-        _ => Some((given, "--rpm/--tpm")),
+        (None, None) => journaled_limits(args, settings, env),
+        _ => Some((given, "--rpm/--tpm".to_owned())),
     };
     let requests = estimate.requests as f64;
     estimate.seconds_per_1000_rpm = (requests / 1000.0 * 60.0).ceil() as u64;
@@ -213,22 +215,40 @@ fn time(estimate: &mut Estimate, args: &SubmitArgs) {
     let by_tokens = limits.tokens.map(|tpm| admitted as f64 / tpm as f64 * 60.0);
     let seconds = by_requests.into_iter().chain(by_tokens).fold(0.0, f64::max);
     estimate.seconds_at_limits = Some(seconds.ceil() as u64);
-    estimate.limits = Some((limits.describe(), source.to_owned()));
+    estimate.limits = Some((limits.describe(), source));
 }
 
-/// The limits last journaled for the job this file would go into, if its journal has them.
-fn journaled_limits(args: &SubmitArgs) -> Option<Limits> {
+/// The limits last journaled for the job this file would go into, else the last ones the same
+/// server announced to any job of the database sent with the same key; and where they come
+/// from.
+fn journaled_limits(
+    args: &SubmitArgs,
+    settings: &JobSettings,
+    env: &ApiEnv,
+) -> Option<(Limits, String)> {
     let name = match &args.job {
         Some(name) => name.clone(),
         None => args.file.file_stem()?.to_str()?.to_owned(),
     };
     // Read only: an estimate writes nothing, and creates no file.
     let conn = store::open_read_only(&args.db.db).ok()?;
-    let job = db::find_job(&conn, &name).ok()??;
-    let detail =
-        journal::last_event_detail(&conn, job.id, crate::domain::EventKind::Limits).ok()??;
+    let own = db::find_job(&conn, &name)
+        .ok()
+        .flatten()
+        .and_then(|job| {
+            journal::last_event_detail(&conn, job.id, crate::domain::EventKind::Limits).ok()?
+        })
+        .map(|detail| (detail, "announced to this job's last run".to_owned()));
+    let (detail, source) = own.or_else(|| {
+        let key = env.api_key.as_ref().map(ApiKey::fingerprint);
+        let (job, detail) = journal::last_limits_at(&conn, &settings.base_url, key).ok()??;
+        Some((
+            detail,
+            format!("announced by {} to job {job}", settings.base_url),
+        ))
+    })?;
     let limits = Limits::parse(&detail);
-    (limits.requests.is_some() || limits.tokens.is_some()).then_some(limits)
+    (limits.requests.is_some() || limits.tokens.is_some()).then_some((limits, source))
 }
 
 fn write_text(e: &Estimate, out: &mut dyn Write) -> std::io::Result<()> {

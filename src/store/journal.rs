@@ -348,6 +348,30 @@ pub fn last_event_detail(
         .flatten())
 }
 
+/// The limits a server at `base_url` last announced to any job of the database that sent to it
+/// (with the key of `fingerprint`, when given), and the job's name.
+///
+/// # Errors
+/// Database errors.
+pub fn last_limits_at(
+    conn: &Connection,
+    base_url: &str,
+    fingerprint: Option<&str>,
+) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT j.name, e.detail FROM events e JOIN jobs j ON j.id = e.job_id
+             WHERE e.kind = 'limits' AND e.detail IS NOT NULL
+               AND json_extract(j.config, '$.base_url') = ?1
+               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM attempts a
+                                          WHERE a.job_id = j.id AND a.key_fingerprint = ?2))
+             ORDER BY e.at DESC, e.id DESC LIMIT 1",
+            params![base_url, fingerprint],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
 /// A job's events between `from` (inclusive) and `to` (exclusive) unix ms, oldest first, at
 /// most `limit` of them.
 ///

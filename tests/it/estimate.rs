@@ -304,3 +304,35 @@ async fn prices_lists_the_table_and_a_bad_prices_file_is_exit_2() {
     }
     assert!(!s.path("runner.db").exists(), "nothing was sent or written");
 }
+
+/// With no limit given, the estimate's time uses the limits the same server announced to
+/// another job of the database sent with the same key, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_uses_limits_the_server_announced_to_an_earlier_job() {
+    let fx = Fixture::for_job("first")
+        .mock(runner::mock::MockConfig {
+            requests_per_second: Some(100.0),
+            ..runner::mock::MockConfig::default()
+        })
+        .prompts(0..20)
+        .start()
+        .await;
+    assert_eq!(fx.submit(&[]).await, runner::Exit::Success);
+    fx.scratch.write("second.jsonl", LINES);
+    let url = fx.url();
+    let mut cmd = fx.bin(&["estimate", "second.jsonl", "--base-url", &url, "--json"]);
+    cmd.env("OPENAI_API_KEY", "sk-test-0123456789abcdef");
+    let estimate = json(&output(cmd).await);
+    let (limits, source) = (&estimate["limits"][0], &estimate["limits"][1]);
+    assert!(
+        limits.as_str().is_some_and(|l| l.contains("6000/min")),
+        "{estimate}"
+    );
+    assert_eq!(
+        source.as_str(),
+        Some(format!("announced by {url} to job first").as_str())
+    );
+    // 5 requests at 6,000 a minute.
+    assert_eq!(estimate["seconds_at_limits"], 1);
+    fx.shutdown().await;
+}
