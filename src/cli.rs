@@ -535,7 +535,7 @@ pub struct DemoArgs {
 /// Token prices for the cost estimate (USD per 1M tokens), over the built-in table.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PriceArgs {
-    /// Prices file: JSON {"MODEL": {"input": IN, "output": OUT, "cached_input": CACHED}} or CSV rows model,input,output[,cached_input]
+    /// Prices file: JSON {"MODEL": {"input": IN, "output": OUT, "cached_input": CACHED}} or CSV rows model,input,output or model,input,output,cached_input
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
     /// Price of one model in USD per 1M input and output tokens (and cached input tokens), e.g. my-model=0.5,1.5. Repeatable
