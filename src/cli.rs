@@ -171,7 +171,7 @@ pub struct RunArgs {
     /// No progress bar: print a summary line every few seconds instead
     #[arg(long, help_heading = heading::DISPLAY)]
     pub no_progress: bool,
-    /// How requests are sent: sync (each one directly) or batch (through the hosted Batch API, at half the price, within 24 hours). Stored with the job; `resume --via sync` finishes a batch job directly [default: sync]
+    /// How requests are sent: sync (each one directly), batch (through the hosted Batch API, at half the price, within 24 hours) or auto (batch until --deadline comes close, then directly). Stored with the job; `resume --via sync` finishes a batch job directly [default: sync]
     #[arg(long, value_enum, value_name = "MODE", help_heading = heading::BATCH)]
     pub via: Option<Via>,
     /// --via batch: lines per input file at most [default: 50000]
@@ -193,6 +193,12 @@ pub struct RunArgs {
         help_heading = "Cost"
     )]
     pub price: Vec<PriceOverride>,
+    /// --via auto: when the job must be done, as a duration from now (6h, 90m) or an RFC 3339 time (2026-12-08T09:00:00Z). Stored with the job; `resume --deadline` changes it
+    #[arg(long, value_name = "WHEN", value_parser = parse_deadline, help_heading = heading::BATCH)]
+    pub deadline: Option<Deadline>,
+    /// --via auto: the time kept before the deadline, beyond what sending the rest directly needs, for cancelling the open batches (OpenAI: up to 10 minutes) and a margin [default: 10m]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, help_heading = heading::BATCH)]
+    pub switch_margin: Option<Duration>,
     /// --via batch: delete each batch's input, output and error files from the server once its results are journaled (stored with the job)
     #[arg(long, help_heading = heading::BATCH)]
     pub delete_batch_files: bool,
@@ -235,6 +241,9 @@ pub enum Via {
     Sync,
     /// Requests grouped into input files and run by the hosted Batch API.
     Batch,
+    /// Through the hosted Batch API until the deadline (`--deadline`) comes too close, then
+    /// the rest directly: the lowest price that still meets the deadline.
+    Auto,
 }
 
 /// How the key is sent.
@@ -248,6 +257,25 @@ fn positive_duration(flag: &str) -> Result<Duration, String> {
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A `--deadline`: unix ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline(pub i64);
+
+/// `6h` from now, or an RFC 3339 time.
+fn parse_deadline(flag: &str) -> Result<Deadline, String> {
+    let at = match humantime::parse_duration(flag) {
+        Ok(d) => std::time::SystemTime::now() + d,
+        Err(_) => humantime::parse_rfc3339_weak(flag).map_err(|_| {
+            format!("'{flag}' is neither a duration (6h, 90m) nor an RFC 3339 time (2026-12-08T09:00:00Z)")
+        })?,
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("'{flag}' is before 1970"))?
+        .as_millis();
+    Ok(Deadline(i64::try_from(ms).unwrap_or(i64::MAX)))
 }
 
 /// Parses one `--header 'Name: value'`.

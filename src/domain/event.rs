@@ -41,6 +41,10 @@ pub enum EventKind {
     /// What a submit estimated its new file would cost, before sending (the detail is the
     /// line it said).
     Estimate,
+    /// `--via auto`: a run's plan: the deadline, what direct sending needs, the switch time.
+    Plan,
+    /// `--via auto`: the switch: open batches cancelled, the rest sent directly.
+    Switch,
 }
 
 named!(EventKind, "event kind", {
@@ -60,6 +64,8 @@ named!(EventKind, "event kind", {
     KeyLimits => "key_limits",
     Pacing => "pacing",
     Estimate => "estimate",
+    Plan => "plan",
+    Switch => "switch",
 });
 
 impl EventKind {
@@ -80,7 +86,9 @@ impl EventKind {
             | EventKind::HeaderIgnored
             | EventKind::KeyLimits
             | EventKind::Pacing
-            | EventKind::Estimate => false,
+            | EventKind::Estimate
+            | EventKind::Plan
+            | EventKind::Switch => false,
         }
     }
 
@@ -100,7 +108,9 @@ impl EventKind {
             | EventKind::HeaderIgnored
             | EventKind::KeyLimits
             | EventKind::Pacing
-            | EventKind::Estimate => false,
+            | EventKind::Estimate
+            | EventKind::Plan
+            | EventKind::Switch => false,
         }
     }
 }

@@ -75,6 +75,11 @@ impl ApiEnv {
 /// Bad settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--via auto` without a deadline.
+    #[error(
+        "--via auto needs --deadline WHEN: a duration from now (6h) or an RFC 3339 time (2026-12-08T09:00:00Z)"
+    )]
+    NoDeadline,
     /// The base URL does not parse or is not http(s).
     #[error("base URL '{0}' is not an http:// or https:// URL")]
     BaseUrl(String),
@@ -202,6 +207,13 @@ pub struct BatchSettings {
     /// Delete a batch's input, output and error files from the server once its results are
     /// journaled (`--delete-batch-files`).
     pub delete_files: bool,
+    /// `--via auto`: when the job must be done, unix ms (`--deadline`).
+    #[serde(default)]
+    pub deadline_ms: Option<i64>,
+    /// `--via auto`: the time kept before the deadline for cancelling batches and a margin, ms
+    /// (`--switch-margin`).
+    #[serde(default = "defaults::switch_margin_ms")]
+    pub switch_margin_ms: u64,
 }
 
 impl Default for BatchSettings {
@@ -212,6 +224,8 @@ impl Default for BatchSettings {
             max_bytes: crate::engine::batch::chunks::MAX_BYTES,
             poll_interval_ms: 60_000,
             delete_files: false,
+            deadline_ms: None,
+            switch_margin_ms: defaults::switch_margin_ms(),
         }
     }
 }
@@ -244,6 +258,11 @@ pub const MAX_RESPONSE_BYTES_LIMIT: u64 = 300_000_000;
 /// Defaults of settings added after the first release: older stored settings lack them.
 mod defaults {
     use crate::engine::retry::{Budgets, RetryPolicy};
+
+    /// Ten minutes: the longest OpenAI says a batch takes to cancel.
+    pub fn switch_margin_ms() -> u64 {
+        600_000
+    }
 
     pub fn auth_retries() -> u32 {
         Budgets::default().auth_transient
@@ -467,6 +486,12 @@ impl JobSettings {
         if run.delete_batch_files {
             self.batch.delete_files = true;
         }
+        if let Some(deadline) = run.deadline {
+            self.batch.deadline_ms = Some(deadline.0);
+        }
+        if let Some(d) = run.switch_margin {
+            self.batch.switch_margin_ms = ms(d).max(1);
+        }
     }
 
     /// The keys to send with: the keys file if set, else `OPENAI_API_KEY`, else none.
@@ -498,6 +523,9 @@ impl JobSettings {
     /// # Errors
     /// [`ConfigError`] for an unusable URL or endpoint, or no key for OpenAI's own API.
     pub fn check(&self, env: &ApiEnv) -> Result<(), ConfigError> {
+        if self.batch.via == Via::Auto && self.batch.deadline_ms.is_none() {
+            return Err(ConfigError::NoDeadline);
+        }
         let url = reqwest::Url::parse(&self.base_url)
             .map_err(|_| ConfigError::BaseUrl(self.base_url.clone()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {

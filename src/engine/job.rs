@@ -12,6 +12,7 @@ use crate::domain::Exit;
 use crate::domain::{Counts, EventKind, JobState};
 use crate::engine::batch::{BatchExit, BatchRun, Mode};
 use crate::engine::config::{ApiEnv, JobSettings, Via};
+use crate::engine::deadline::Plan;
 use crate::engine::destination;
 use crate::engine::ending::Ending;
 use crate::engine::feed::Feeder;
@@ -759,7 +760,7 @@ impl JobRun<'_> {
                 }
                 self.batches(Mode::Settle, tally).await
             }
-            (Purpose::Send, Via::Batch) => {
+            (Purpose::Send, via @ (Via::Batch | Via::Auto)) => {
                 // Chunks are cut from what is pending: the whole file first.
                 if let Some(feeder) = feeder {
                     let read = feeder.rest(self.store, &self.shutdown.stop_token()).await;
@@ -768,7 +769,10 @@ impl JobRun<'_> {
                         cut_short => return Ok(cut_short),
                     }
                 }
-                self.batches(Mode::Run, tally).await
+                match via {
+                    Via::Auto => self.auto(tally).await,
+                    Via::Batch | Via::Sync => self.batches(Mode::Run, tally).await,
+                }
             }
             (Purpose::Send, Via::Sync) => {
                 if open > 0 {
@@ -796,6 +800,21 @@ impl JobRun<'_> {
     /// Runs (or settles) the job's batches; says what goes on running on the server when a
     /// signal ends the run.
     async fn batches(&self, mode: Mode, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+        // Without a switch time, the batch run never switches.
+        Ok(self
+            .batches_until(mode, tally, None)
+            .await?
+            .unwrap_or(PoolExit::Drained))
+    }
+
+    /// [`Self::batches`] that stops at `switch_at` (unix ms): `None` then, with what the open
+    /// batches hold still to settle.
+    async fn batches_until(
+        &self,
+        mode: Mode,
+        tally: Arc<Tally>,
+        switch_at: Option<i64>,
+    ) -> anyhow::Result<Option<PoolExit>> {
         let keys = self.settings.keys(self.env)?;
         if keys.len() > 1 {
             crate::say!(
@@ -837,10 +856,12 @@ impl JobRun<'_> {
             stop_after_same_error: self.settings.stop_after_same_error,
             stop: None,
             cap,
+            switch_at,
         }
         .run()
         .await?;
         let (exit, running) = match exit {
+            BatchExit::Switch { .. } => return Ok(None),
             BatchExit::Drained => (PoolExit::Drained, 0),
             BatchExit::Stopped { reason, running } => (PoolExit::Stopped(reason), running),
             BatchExit::Interrupted { running } => (PoolExit::Interrupted, running),
@@ -854,7 +875,87 @@ impl JobRun<'_> {
                  `runner cancel --job {job}` cancels them"
             );
         }
-        Ok(exit)
+        Ok(Some(exit))
+    }
+
+    /// `--via auto`: batches until the plan's switch time, then what they left directly (see
+    /// [`super::deadline`]).
+    async fn auto(&self, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+        let Some(deadline) = self.settings.batch.deadline_ms else {
+            return Err(super::config::ConfigError::NoDeadline.into());
+        };
+        let (id, rpm, base_url) = (
+            self.job.id,
+            self.settings.rpm,
+            self.settings.base_url.clone(),
+        );
+        let (remaining, pace) = self
+            .store
+            .call(move |c| {
+                Ok((
+                    super::deadline::remaining(c, id)?,
+                    super::deadline::direct_rpm(c, id, rpm, &base_url)?,
+                ))
+            })
+            .await?;
+        let plan = Plan::new(
+            deadline,
+            remaining,
+            pace,
+            self.settings.batch.switch_margin_ms,
+        );
+        let (job, now) = (&self.job.name, now_ms());
+        crate::say!("{job}: --via auto: {}", plan.describe());
+        self.journal_event(EventKind::Plan, plan.describe()).await?;
+        if plan.switched(now) {
+            match plan.too_late(now) {
+                true => crate::say!(
+                    "{job}: the deadline cannot be met even directly (the rest needs ≈ {}): sending directly at once, to finish as early as possible",
+                    super::deadline::human(plan.direct_ms)
+                ),
+                false => {
+                    crate::say!("{job}: no time is left for batches: sending directly at once")
+                }
+            }
+        } else {
+            let ran = self
+                .batches_until(Mode::Run, Arc::clone(&tally), Some(plan.switch_at))
+                .await?;
+            if let Some(exit) = ran {
+                return Ok(exit);
+            }
+        }
+        let open = self
+            .store
+            .call(move |c| batches::open_chunks(c, id))
+            .await?
+            .len();
+        self.journal_event(
+            EventKind::Switch,
+            format!("{open} batches open cancelled; the rest goes directly"),
+        )
+        .await?;
+        if open > 0 {
+            crate::say!(
+                "{job}: switch time: cancelling the {open} open batches; what they finished is kept, the rest goes directly"
+            );
+            match self.batches(Mode::Settle, Arc::clone(&tally)).await? {
+                PoolExit::Drained => {}
+                exit @ (PoolExit::Stopped(_) | PoolExit::OverBudget(_) | PoolExit::Interrupted) => {
+                    return Ok(exit);
+                }
+            }
+        }
+        Ok(self.pool(tally).await?.run(self.shutdown).await?)
+    }
+
+    /// Appends a job-level event.
+    async fn journal_event(&self, kind: EventKind, detail: String) -> anyhow::Result<()> {
+        let (id, now) = (self.job.id, now_ms());
+        self.store
+            .call(move |c| db::record_event(c, id, kind, Some(&detail), now))
+            .await?;
+        Ok(())
     }
 
     /// Journals what a crash left in flight as interrupted, marks the job running, and counts

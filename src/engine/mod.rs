@@ -23,6 +23,7 @@ pub mod batch;
 pub mod breaker;
 pub mod config;
 pub mod context;
+pub mod deadline;
 pub mod destination;
 pub mod ending;
 pub mod feed;

@@ -57,7 +57,7 @@ pub fn opening(
     let priced_any = priced.groups.iter().any(|g| g.usd_direct.is_some());
     if priced_any {
         let (first, second) = match settings.batch.via {
-            Via::Batch => (("via batch", batch), ("sent directly", direct)),
+            Via::Batch | Via::Auto => (("via batch", batch), ("sent directly", direct)),
             Via::Sync => (("sent directly", direct), ("via batch", batch)),
         };
         line += &format!(

@@ -6,12 +6,13 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use crate::cli::{JobsArgs, StatusArgs, TimelineArgs};
+use crate::domain::EventKind;
 use crate::inspect::prices::{CostEstimate, PriceTable, Usd};
 use crate::inspect::summary::{JobSummary, RunnerLease};
 use crate::inspect::timeline::{self, human_ms, pairs, status_label};
 use crate::store::batches::ChunkRow;
-use crate::store::{self, db};
-use crate::util::clock::rfc3339;
+use crate::store::{self, db, journal};
+use crate::util::clock::{rfc3339, utc};
 use crate::util::text::printable;
 
 /// Prints one job's state, requests by state, attempts by class and by HTTP status, tokens and
@@ -31,7 +32,15 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     for o in &args.prices.price {
         prices.set(o.model.clone(), o.price);
     }
-    let max_cost = stored.and_then(|s| s.max_cost);
+    let max_cost = stored.as_ref().and_then(|s| s.max_cost);
+    let auto = match stored.as_ref().map(|s| (s.batch.via, s.batch.deadline_ms)) {
+        Some((crate::engine::config::Via::Auto, Some(deadline))) => Some(Auto {
+            deadline,
+            plan: journal::last_event_detail(&conn, job.id, EventKind::Plan)?,
+            switch: journal::last_event_detail(&conn, job.id, EventKind::Switch)?,
+        }),
+        _ => None,
+    };
     let timeline = if args.timeline {
         Some(timeline::build(&conn, &job, args.bucket)?)
     } else {
@@ -41,6 +50,16 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     if args.json {
         let mut value = summary_json(&summary);
         value["cost"]["max_cost_usd"] = json!(max_cost);
+        if let Some(auto) = &auto {
+            let (by_batch, directly) = ways(&summary);
+            value["deadline"] = json!({
+                "deadline": rfc3339(auto.deadline),
+                "plan": auto.plan,
+                "switch": auto.switch,
+                "succeeded_by_batch": by_batch,
+                "succeeded_directly": directly,
+            });
+        }
         if let Some(t) = &timeline {
             value["timeline"] = timeline::to_json(t);
         }
@@ -57,11 +76,45 @@ pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
             Usd((cap - summary.cost.usd).max(0.0))
         )?;
     }
+    if let Some(auto) = &auto {
+        let (by_batch, directly) = ways(&summary);
+        writeln!(
+            out,
+            "deadline  {} UTC (--via auto): {by_batch} succeeded by batch, {directly} directly",
+            utc(
+                auto.deadline,
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            )
+        )?;
+        if let Some(plan) = &auto.plan {
+            writeln!(out, "          plan: {}", printable(plan))?;
+        }
+        if let Some(switch) = &auto.switch {
+            writeln!(out, "          switched: {}", printable(switch))?;
+        }
+    }
     if let Some(t) = &timeline {
         writeln!(out)?;
         timeline::render_text(t, &mut out)?;
     }
     Ok(())
+}
+
+/// A `--via auto` job's deadline and what its runs planned and did.
+struct Auto {
+    deadline: i64,
+    plan: Option<String>,
+    switch: Option<String>,
+}
+
+/// Requests that succeeded through the Batch API, and directly.
+fn ways(s: &JobSummary) -> (u64, u64) {
+    s.tokens
+        .iter()
+        .fold((0, 0), |(batch, direct), t| match t.batch {
+            true => (batch + t.requests, direct),
+            false => (batch, direct + t.requests),
+        })
 }
 
 /// `runner timeline`: the chart and spike list (or JSON) of one job.
@@ -121,6 +174,7 @@ pub fn summary_json(s: &JobSummary) -> Value {
             "by_model": s.cost.models,
             "unpriced_models": s.cost.unpriced,
             "estimated_at_submit": s.estimate,
+            "batch_saving_usd": s.cost.batch_saving,
         },
         "throughput": {
             "active_seconds": s.active_ms as f64 / 1000.0,

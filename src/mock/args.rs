@@ -134,7 +134,7 @@ pub struct MockArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub batch_missing_scope_creates: u64,
 
-    /// Hosted Batch API: fates of the 1st, 2nd, … batch created, comma-separated: complete, fail-validation, expire, output-gone, error-then-success
+    /// Hosted Batch API: fates of the 1st, 2nd, … batch created, comma-separated: complete, fail-validation, expire, output-gone, error-then-success, stall (half its lines, then stuck until cancelled)
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub batch_fates: Vec<String>,
 
@@ -286,7 +286,7 @@ pub enum MockArgsError {
     },
     /// A `--batch-fates` entry the mock does not know.
     #[error(
-        "--batch-fates names an unknown fate {name:?}; use complete, fail-validation, expire, output-gone or error-then-success"
+        "--batch-fates names an unknown fate {name:?}; use complete, fail-validation, expire, output-gone, error-then-success or stall"
     )]
     BatchFate {
         /// The name given.

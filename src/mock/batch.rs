@@ -45,10 +45,13 @@ pub enum BatchFate {
     /// Completes, and its output file answers each successful line twice: a 500 line for the
     /// same `custom_id` first, then the success (a server that reports a retry it made).
     ErrorThenSuccess,
+    /// Answers half its lines, then stays `in_progress` until it is cancelled (a batch stuck in
+    /// OpenAI's queue); cancelled, it keeps the half it finished.
+    Stall,
 }
 
 impl BatchFate {
-    /// Parses `complete`, `fail-validation`, `expire`, `output-gone` or `error-then-success`
+    /// Parses `complete`, `fail-validation`, `expire`, `output-gone`, `error-then-success` or `stall`
     /// (the `--batch-fates` names).
     pub fn from_name(name: &str) -> Option<BatchFate> {
         match name.trim().to_ascii_lowercase().replace('_', "-").as_str() {
@@ -57,6 +60,7 @@ impl BatchFate {
             "expire" => Some(BatchFate::Expire),
             "output-gone" => Some(BatchFate::OutputGone),
             "error-then-success" => Some(BatchFate::ErrorThenSuccess),
+            "stall" => Some(BatchFate::Stall),
             _ => None,
         }
     }
@@ -243,7 +247,7 @@ impl BatchApi {
                         let share = (running / span).min(1.0);
                         // Lines are counted in whole numbers; the float only sets the pace.
                         let mut due = ((total as f64 * share).ceil() as usize).min(total);
-                        if batch.fate == BatchFate::Expire {
+                        if matches!(batch.fate, BatchFate::Expire | BatchFate::Stall) {
                             due = due.min(total / 2);
                         }
                         let done = batch.results.len();
@@ -312,14 +316,16 @@ fn check(batch: &mut MockBatch, content: Option<Arc<Vec<u8>>>) {
             BatchFate::Complete
             | BatchFate::Expire
             | BatchFate::OutputGone
-            | BatchFate::ErrorThenSuccess,
+            | BatchFate::ErrorThenSuccess
+            | BatchFate::Stall,
             Some(content),
         ) => validate(&content, &endpoint),
         (
             BatchFate::Complete
             | BatchFate::Expire
             | BatchFate::OutputGone
-            | BatchFate::ErrorThenSuccess,
+            | BatchFate::ErrorThenSuccess
+            | BatchFate::Stall,
             None,
         ) => Err(vec![line_error(
             "file_not_found",

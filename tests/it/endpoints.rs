@@ -263,7 +263,7 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
     assert_eq!(stats.successes_for(&batch_sent), 1);
 
     let (header, rows) = fx.export_csv();
-    assert_eq!(header.last().map(String::as_str), Some("cost_usd"));
+    assert_eq!(header.last().map(String::as_str), Some("via"));
     assert_eq!(
         header,
         [
@@ -286,6 +286,7 @@ async fn metadata_is_kept_and_exported_but_never_sent() {
             "metadata",
             "prompt",
             "cost_usd",
+            "via",
         ],
         "the CSV header contract: columns appended, never moved"
     );

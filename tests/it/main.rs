@@ -24,6 +24,7 @@ mod big_answers;
 mod busy;
 mod chaos;
 mod cli;
+mod deadline;
 mod destination;
 mod doctor;
 mod endpoints;

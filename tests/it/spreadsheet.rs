@@ -16,7 +16,7 @@ use crate::support::*;
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/prompts.csv");
 
 /// The answer columns of the input layout of a job with an id and a prompt column.
-const ANSWERS: [&str; 16] = [
+const ANSWERS: [&str; 17] = [
     "status",
     "http_status",
     "attempts",
@@ -33,6 +33,7 @@ const ANSWERS: [&str; 16] = [
     "error_class",
     "line",
     "cost_usd",
+    "via",
 ];
 
 /// A CSV file read back: header and rows.

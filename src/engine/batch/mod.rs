@@ -66,6 +66,12 @@ pub(crate) enum BatchExit {
         /// What was spent, and how to go on.
         reason: String,
     },
+    /// `--via auto`: the switch time came (or nothing left can go by batch); the rest goes
+    /// directly once the open batches are settled.
+    Switch {
+        /// Batches that may still be running.
+        running: usize,
+    },
     /// A signal; this many batches go on running on the server.
     Interrupted {
         /// Batches that may still be running.
@@ -97,6 +103,8 @@ pub(crate) struct BatchRun<'a> {
     pub(crate) stop: Option<String>,
     /// `--max-cost`, held chunk by chunk.
     pub(crate) cap: Option<crate::engine::spend::BatchCap>,
+    /// `--via auto`: when to stop running batches (unix ms).
+    pub(crate) switch_at: Option<i64>,
 }
 
 impl BatchRun<'_> {
@@ -117,6 +125,10 @@ impl BatchRun<'_> {
             if let Some(reason) = self.stop.take() {
                 let running = self.running().await?;
                 return Ok(BatchExit::Stopped { reason, running });
+            }
+            if self.mode == Mode::Run && self.switch_at.is_some_and(|at| now_ms() >= at) {
+                let running = self.running().await?;
+                return Ok(BatchExit::Switch { running });
             }
             if self.mode == Mode::Run {
                 let cut = self.cut(capped_at).await?;
@@ -148,7 +160,11 @@ impl BatchRun<'_> {
                             reason: cap.reason(held),
                         });
                     }
-                    // Pending, due, and yet not cut: none of them can go into a batch.
+                    // Pending, due, and yet not cut: none of them can go into a batch. With a
+                    // deadline, they go directly now.
+                    (Mode::Run, Some(due)) if due <= now && self.switch_at.is_some() => {
+                        return Ok(BatchExit::Switch { running: 0 });
+                    }
                     (Mode::Run, Some(due)) if due <= now => {
                         return Ok(BatchExit::Stopped {
                             reason: format!(
@@ -190,6 +206,12 @@ impl BatchRun<'_> {
                 // Held back by the cap, the due requests wait for the open chunks.
                 Mode::Run if capped_at.is_none() => next_call.into_iter().chain(next_due).min(),
                 Mode::Run | Mode::Settle => next_call,
+            };
+            // Nothing to wait for loops back at once (to end the run); a wait ends at the
+            // switch time at the latest.
+            let wake = match (self.mode, self.switch_at) {
+                (Mode::Run, Some(at)) => wake.map(|w| w.min(at)),
+                _ => wake,
             };
             let wait = wake.map_or(Duration::ZERO, |at| {
                 Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))

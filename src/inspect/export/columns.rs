@@ -38,10 +38,11 @@ pub(super) enum Answer {
     Metadata,
     Prompt,
     CostUsd,
+    Via,
 }
 
 /// The standard layout, in [`super::CSV_COLUMNS`] order.
-pub(super) const STANDARD: [Answer; 19] = [
+pub(super) const STANDARD: [Answer; 20] = [
     Answer::CustomId,
     Answer::Status,
     Answer::HttpStatus,
@@ -61,6 +62,7 @@ pub(super) const STANDARD: [Answer; 19] = [
     Answer::Metadata,
     Answer::Prompt,
     Answer::CostUsd,
+    Answer::Via,
 ];
 
 impl Answer {
@@ -86,6 +88,7 @@ impl Answer {
             Answer::Metadata => "metadata",
             Answer::Prompt => "prompt",
             Answer::CostUsd => "cost_usd",
+            Answer::Via => "via",
         }
     }
 
@@ -114,12 +117,24 @@ impl Answer {
             Answer::CostUsd => {
                 Cow::Owned(row.cost.map(|usd| format!("{usd:.8}")).unwrap_or_default())
             }
+            Answer::Via => Cow::Borrowed(via(r).unwrap_or_default()),
         }
     }
 }
 
 /// A request's cost from its journaled usage: prompt and completion tokens at its answering
 /// model's price, half through the Batch API. Reasoning tokens are in `completion_tokens`.
+/// Which way a finished request's last attempt went: `batch` (the hosted Batch API) or
+/// `direct`; `None` while it is not finished.
+pub(super) fn via(request: &RequestRow) -> Option<&'static str> {
+    match request.state {
+        RequestState::Succeeded | RequestState::Failed => {
+            Some(if request.batch { "batch" } else { "direct" })
+        }
+        RequestState::Pending | RequestState::InFlight | RequestState::Batched => None,
+    }
+}
+
 /// What a request's answer cost, USD: its usage at its model's price (half through the Batch
 /// API); `None` without usage or a price.
 pub(super) fn request_cost(request: &RequestRow, prices: &PriceTable) -> Option<f64> {

@@ -32,7 +32,7 @@ use crate::util::fs::{Replacement, is_database_file};
 
 /// The CSV header of the standard layout: a contract (tests pin it); add columns only at the
 /// end.
-pub const CSV_COLUMNS: [&str; 19] = [
+pub const CSV_COLUMNS: [&str; 20] = [
     "custom_id",
     "status",
     "http_status",
@@ -52,6 +52,7 @@ pub const CSV_COLUMNS: [&str; 19] = [
     "metadata",
     "prompt",
     "cost_usd",
+    "via",
 ];
 
 /// The first characters that make a spreadsheet evaluate a cell as a formula (OWASP, "CSV
@@ -295,8 +296,8 @@ fn write_csv(
 /// (errors included); `error` is set when there was no answer at all, and when a request failed
 /// on a 2xx answer (a body that is not JSON, a cut stream, one over `--max-response-bytes`):
 /// its status alone would read as a success.
-/// The Batch API's output lines, with `cost_usd` appended: what the answer cost by its usage
-/// (`null` when unknown).
+/// The Batch API's output lines, with `cost_usd` (what the answer cost by its usage, `null`
+/// when unknown) and `via` (`batch` or `direct`) appended.
 fn write_jsonl(
     conn: &rusqlite::Connection,
     job: &db::Job,
@@ -355,6 +356,7 @@ fn write_jsonl(
                     "cost_usd".to_owned(),
                     json!(columns::request_cost(&row, prices)),
                 );
+                object.insert("via".to_owned(), json!(columns::via(&row)));
                 Value::Object(object)
             }
             line => line,

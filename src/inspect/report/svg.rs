@@ -145,7 +145,9 @@ fn breaker_spans(t: &Timeline) -> Vec<(i64, i64)> {
             | EventKind::HeaderIgnored
             | EventKind::KeyLimits
             | EventKind::Pacing
-            | EventKind::Estimate => {}
+            | EventKind::Estimate
+            | EventKind::Plan
+            | EventKind::Switch => {}
         }
     }
     if let Some(start) = open {
@@ -220,8 +222,26 @@ pub fn attempts_chart(t: &Timeline) -> String {
         let _ = write!(svg, "<g><title>{}</title>{rects}</g>", escape(&title));
     }
     breaker_lane(&f, &mut svg);
+    switch_marks(&f, &mut svg);
     svg.push_str("</svg>");
     svg
+}
+
+/// `--via auto`: a dashed line where the batches were cancelled and the rest went directly.
+fn switch_marks(f: &Frame<'_>, svg: &mut String) {
+    for event in f.t.events.iter().filter(|e| e.kind == EventKind::Switch) {
+        let x = f.x_of(event.at);
+        let _ = write!(
+            svg,
+            r#"<g class="switch"><title>switch to direct sending at {}: {}</title><line class="cap" x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}"/><text class="spike-label" x="{:.1}" y="{:.1}">switch</text></g>"#,
+            utc(event.at, "[hour]:[minute]:[second]"),
+            escape(event.detail.as_deref().unwrap_or("")),
+            f.top,
+            f.bottom,
+            x + 4.0,
+            f.bottom - 6.0
+        );
+    }
 }
 
 /// The breaker lane above the plot: a dark span per open period, a label on the first.
