@@ -425,7 +425,6 @@ async fn read_the_rest(
     Ok(())
 }
 
-/// Says on stderr what reading `file` into the job found.
 /// Says what a new file's requests will cost (see [`super::outlook`]), and returns it.
 async fn tell_outlook(
     job: &str,
@@ -444,6 +443,7 @@ async fn tell_outlook(
     Some(line)
 }
 
+/// Says on stderr what reading `file` into the job found.
 fn tell_read(job: &str, file: &dyn std::fmt::Display, report: &IngestReport) {
     crate::say!(
         "{job}: read {} requests from {file}: {} new, {} already in the job",
