@@ -29,7 +29,8 @@
 //!   [`engine::batch`] runs a `--via batch` job through the hosted Batch API (chunks, their
 //!   steps on the server, results imported as attempts); [`engine::ending`] says how a run ended;
 //!   [`engine::sizing`] sizes the pool, [`engine::pacers`] paces by the announced limits,
-//!   [`engine::spend`] holds `--max-cost`.
+//!   [`engine::spend`] holds `--max-cost`; [`engine::outlook`] is the line of tokens and cost
+//!   that opens a submit; [`engine::deadline`] plans `--via auto --deadline`.
 //! - [`store`]: [`store::JobStore`], the one owner of the SQLite connection (a thread, group
 //!   commit; a second thread checkpoints the WAL). Every SQL statement lives here:
 //!   [`store::db`] (writes, jobs), [`store::journal`] (read-only queries), [`store::batches`]
@@ -49,7 +50,8 @@
 //! - [`mock`]: the fault-injecting mock of the OpenAI API (`runner mock-server`, the tests),
 //!   with the Files and Batches endpoints.
 //! - [`input`]: JSONL, CSV/TSV spreadsheets and plain text → [`input::Prompt`], streamed, every
-//!   error naming file and line; [`input::check`] reads a whole file first.
+//!   error naming file and line; [`input::check`] reads a whole file first; [`input::tally`]
+//!   counts and prices a file's requests.
 //! - [`domain`]: the vocabulary: ids, [`domain::JobState`], [`domain::RequestState`],
 //!   [`domain::ChunkState`],
 //!   [`domain::Class`] with its [`domain::StopCause`], [`domain::AttemptClass`],
