@@ -11,10 +11,17 @@
 
 use std::time::Duration;
 
-use crate::domain::JobId;
+use std::sync::Arc;
+
+use crate::domain::{EventKind, JobId};
+use crate::engine::batch::Mode;
+use crate::engine::config::ConfigError;
+use crate::engine::job::JobRun;
+use crate::engine::pool::PoolExit;
+use crate::engine::progress::Tally;
 use crate::engine::rate_limit::Limits;
-use crate::store::{StoreError, db, journal};
-use crate::util::clock::utc;
+use crate::store::{StoreError, batches, db, journal};
+use crate::util::clock::{now_ms, utc};
 
 /// The direct pace assumed when none is known: a low tier's requests per minute, so that the
 /// switch comes early rather than late.
@@ -125,6 +132,83 @@ fn at(ms: i64) -> String {
 pub fn human(ms: i64) -> String {
     let rounded = Duration::from_secs(u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000));
     humantime::format_duration(rounded).to_string()
+}
+
+impl JobRun<'_> {
+    /// `--via auto`: batches until the plan's switch time, then what they left directly (see
+    /// the module's header).
+    pub(super) async fn auto(&self, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+        let Some(deadline) = self.settings.batch.deadline_ms else {
+            return Err(ConfigError::NoDeadline.into());
+        };
+        let (id, rpm, base_url) = (
+            self.job.id,
+            self.settings.rpm,
+            self.settings.base_url.clone(),
+        );
+        let (remaining, pace) = self
+            .store
+            .call(move |c| Ok((remaining(c, id)?, direct_rpm(c, id, rpm, &base_url)?)))
+            .await?;
+        let plan = Plan::new(
+            deadline,
+            remaining,
+            pace,
+            self.settings.batch.switch_margin_ms,
+        );
+        let (job, now) = (&self.job.name, now_ms());
+        crate::say!("{job}: --via auto: {}", plan.describe());
+        self.journal_event(EventKind::Plan, plan.describe()).await?;
+        if plan.switched(now) {
+            match plan.too_late(now) {
+                true => crate::say!(
+                    "{job}: the deadline cannot be met even directly (the rest needs ≈ {}): sending directly at once, to finish as early as possible",
+                    human(plan.direct_ms)
+                ),
+                false => {
+                    crate::say!("{job}: no time is left for batches: sending directly at once")
+                }
+            }
+        } else {
+            let ran = self
+                .batches_until(Mode::Run, Arc::clone(&tally), Some(plan.switch_at))
+                .await?;
+            if let Some(exit) = ran {
+                return Ok(exit);
+            }
+        }
+        let open = self
+            .store
+            .call(move |c| batches::open_chunks(c, id))
+            .await?
+            .len();
+        self.journal_event(
+            EventKind::Switch,
+            format!("{open} batches open cancelled; the rest goes directly"),
+        )
+        .await?;
+        if open > 0 {
+            crate::say!(
+                "{job}: switch time: cancelling the {open} open batches; what they finished is kept, the rest goes directly"
+            );
+            match self.batches(Mode::Settle, Arc::clone(&tally)).await? {
+                PoolExit::Drained => {}
+                exit @ (PoolExit::Stopped(_) | PoolExit::OverBudget(_) | PoolExit::Interrupted) => {
+                    return Ok(exit);
+                }
+            }
+        }
+        Ok(self.pool(tally).await?.run(self.shutdown).await?)
+    }
+
+    /// Appends a job-level event.
+    async fn journal_event(&self, kind: EventKind, detail: String) -> anyhow::Result<()> {
+        let (id, now) = (self.job.id, now_ms());
+        self.store
+            .call(move |c| db::record_event(c, id, kind, Some(&detail), now))
+            .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

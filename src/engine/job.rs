@@ -12,7 +12,6 @@ use crate::domain::Exit;
 use crate::domain::{Counts, EventKind, JobState};
 use crate::engine::batch::{BatchExit, BatchRun, Mode};
 use crate::engine::config::{ApiEnv, JobSettings, Via};
-use crate::engine::deadline::Plan;
 use crate::engine::destination;
 use crate::engine::ending::Ending;
 use crate::engine::feed::Feeder;
@@ -799,7 +798,7 @@ impl JobRun<'_> {
 
     /// Runs (or settles) the job's batches; says what goes on running on the server when a
     /// signal ends the run.
-    async fn batches(&self, mode: Mode, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
+    pub(super) async fn batches(&self, mode: Mode, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
         // Without a switch time, the batch run never switches.
         Ok(self
             .batches_until(mode, tally, None)
@@ -809,7 +808,7 @@ impl JobRun<'_> {
 
     /// [`Self::batches`] that stops at `switch_at` (unix ms): `None` then, with what the open
     /// batches hold still to settle.
-    async fn batches_until(
+    pub(super) async fn batches_until(
         &self,
         mode: Mode,
         tally: Arc<Tally>,
@@ -878,86 +877,6 @@ impl JobRun<'_> {
         Ok(Some(exit))
     }
 
-    /// `--via auto`: batches until the plan's switch time, then what they left directly (see
-    /// [`super::deadline`]).
-    async fn auto(&self, tally: Arc<Tally>) -> anyhow::Result<PoolExit> {
-        let Some(deadline) = self.settings.batch.deadline_ms else {
-            return Err(super::config::ConfigError::NoDeadline.into());
-        };
-        let (id, rpm, base_url) = (
-            self.job.id,
-            self.settings.rpm,
-            self.settings.base_url.clone(),
-        );
-        let (remaining, pace) = self
-            .store
-            .call(move |c| {
-                Ok((
-                    super::deadline::remaining(c, id)?,
-                    super::deadline::direct_rpm(c, id, rpm, &base_url)?,
-                ))
-            })
-            .await?;
-        let plan = Plan::new(
-            deadline,
-            remaining,
-            pace,
-            self.settings.batch.switch_margin_ms,
-        );
-        let (job, now) = (&self.job.name, now_ms());
-        crate::say!("{job}: --via auto: {}", plan.describe());
-        self.journal_event(EventKind::Plan, plan.describe()).await?;
-        if plan.switched(now) {
-            match plan.too_late(now) {
-                true => crate::say!(
-                    "{job}: the deadline cannot be met even directly (the rest needs ≈ {}): sending directly at once, to finish as early as possible",
-                    super::deadline::human(plan.direct_ms)
-                ),
-                false => {
-                    crate::say!("{job}: no time is left for batches: sending directly at once")
-                }
-            }
-        } else {
-            let ran = self
-                .batches_until(Mode::Run, Arc::clone(&tally), Some(plan.switch_at))
-                .await?;
-            if let Some(exit) = ran {
-                return Ok(exit);
-            }
-        }
-        let open = self
-            .store
-            .call(move |c| batches::open_chunks(c, id))
-            .await?
-            .len();
-        self.journal_event(
-            EventKind::Switch,
-            format!("{open} batches open cancelled; the rest goes directly"),
-        )
-        .await?;
-        if open > 0 {
-            crate::say!(
-                "{job}: switch time: cancelling the {open} open batches; what they finished is kept, the rest goes directly"
-            );
-            match self.batches(Mode::Settle, Arc::clone(&tally)).await? {
-                PoolExit::Drained => {}
-                exit @ (PoolExit::Stopped(_) | PoolExit::OverBudget(_) | PoolExit::Interrupted) => {
-                    return Ok(exit);
-                }
-            }
-        }
-        Ok(self.pool(tally).await?.run(self.shutdown).await?)
-    }
-
-    /// Appends a job-level event.
-    async fn journal_event(&self, kind: EventKind, detail: String) -> anyhow::Result<()> {
-        let (id, now) = (self.job.id, now_ms());
-        self.store
-            .call(move |c| db::record_event(c, id, kind, Some(&detail), now))
-            .await?;
-        Ok(())
-    }
-
     /// Journals what a crash left in flight as interrupted, marks the job running, and counts
     /// its requests.
     async fn recover(&self) -> anyhow::Result<Counts> {
@@ -981,7 +900,7 @@ impl JobRun<'_> {
 
     /// The worker pool for this run's settings, paced from the first request by the limits an
     /// earlier run of the job journaled.
-    async fn pool(&self, tally: Arc<Tally>) -> anyhow::Result<WorkerPool> {
+    pub(super) async fn pool(&self, tally: Arc<Tally>) -> anyhow::Result<WorkerPool> {
         let settings = self.settings;
         let keys = KeyPool::new(settings.keys(self.env)?, settings.client_settings(self.env))?;
         let id = self.job.id;
