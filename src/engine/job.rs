@@ -95,7 +95,6 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
             true => check_if_new(&store, existing.as_ref(), open()?, shutdown).await?,
             false => Checking::Done(None),
         };
-        let mut outlook = None;
         let checked = match checking {
             Checking::Done(checked) => checked,
             Checking::Stopped => {
@@ -106,9 +105,7 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 return Ok(Exit::Interrupted);
             }
         };
-        if let Some(checked) = &checked {
-            outlook = tell_outlook(&name, &args.file, open()?, checked.requests, &settings).await;
-        }
+        let checked_requests = checked.as_ref().map(|c| c.requests);
         let input_path = absolute(&args.file).display().to_string();
         let me = LeaseOwner::current();
         let (job, created) = take_for_submit(&store, &name, &input_path, &settings, &me).await?;
@@ -131,15 +128,23 @@ pub async fn submit(args: SubmitArgs, env: &ApiEnv, shutdown: &Shutdown) -> anyh
                 return Err(e);
             }
         };
-        tell_destination(&job.name, &settings, destination);
-        tell_read(&job.name, &args.file.display(), &report);
+        // Said once the file is taken (a file the staged read refuses says only why), before
+        // anything is sent; kept for `status`, beside what the job turns out to cost.
+        let outlook = match checked_requests.map(|requests| (requests, open())) {
+            Some((requests, Ok(reader))) => {
+                tell_outlook(&job.name, &args.file, reader, requests, &settings).await
+            }
+            // Read a moment ago and now unreadable, or a pipe read once: no line.
+            Some((_, Err(_))) | None => None,
+        };
         if let Some(line) = outlook {
             let (id, now) = (job.id, now_ms());
-            // Kept for `status`, beside what the job turns out to cost.
             store
                 .call(move |c| db::record_event(c, id, EventKind::Estimate, Some(&line), now))
                 .await?;
         }
+        tell_destination(&job.name, &settings, destination);
+        tell_read(&job.name, &args.file.display(), &report);
         // A new job's requests took this --model as they were read: nothing to give them.
         if existing.is_some() {
             refill_model(&store, &job, old_model.as_deref(), &settings).await?;

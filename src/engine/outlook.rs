@@ -2,9 +2,10 @@
 //! they will cost both ways, before the first is sent.
 //!
 //! The check has counted the file's requests; the first [`SAMPLE`] of them are read again and
-//! counted with the tokenizer (`input::tally`), and a longer file is scaled from them, which
-//! the line says. Reading the whole file with the tokenizer would hold the first request back
-//! for seconds per 100,000 lines; `runner estimate FILE` does it, and its line is named.
+//! counted (`input::tally`), and a longer file is scaled from them, which the line says. Their
+//! prompts are counted by size, a token per 4 bytes: the tokenizer would cost every submit
+//! about 40 MB of memory for one line. `runner estimate FILE` counts the whole file with the
+//! tokenizer, and the line names it.
 
 use crate::domain::price::Usd;
 use crate::input::InputReader;
@@ -25,7 +26,7 @@ pub fn opening(
     settings: &JobSettings,
 ) -> Option<String> {
     let share = Share::Fraction(EXPECTED_OUTPUT_SHARE);
-    let mut tally = Tally::new(u64::from(settings.default_output_tokens), share);
+    let mut tally = Tally::new(u64::from(settings.default_output_tokens), share, false);
     for read in reader {
         // The check found the file good; a line --skip-invalid records is not a request.
         if let Ok(prompt) = read {
@@ -49,9 +50,8 @@ pub fn opening(
     );
     let n = |v: u64| indicatif::HumanCount(v).to_string();
     let mut line = format!(
-        "{} requests, {}{} input tokens",
+        "{} requests, ≈ {} input tokens by size",
         n(requests),
-        if scale > 1.0 { "≈ " } else { "" },
         n(input)
     );
     let priced_any = priced.groups.iter().any(|g| g.usd_direct.is_some());
@@ -75,11 +75,12 @@ pub fn opening(
     if let Some(cap) = settings.max_cost {
         line += &format!("; --max-cost {}", Usd(cap));
     }
-    if scale > 1.0 {
-        line += &format!(
-            " (from its first {}: `runner estimate {file}` counts all)",
+    line += &match scale > 1.0 {
+        true => format!(
+            " (from its first {}: `runner estimate {file}` counts all with the tokenizer)",
             n(counted)
-        );
-    }
+        ),
+        false => format!(" (`runner estimate {file}` counts with the tokenizer)"),
+    };
     Some(line)
 }

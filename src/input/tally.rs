@@ -79,6 +79,7 @@ pub struct Tally {
     groups: BTreeMap<(String, Option<String>), Group>,
     default_output: u64,
     share: Share,
+    exact: bool,
     /// Requests counted.
     pub requests: u64,
 }
@@ -98,12 +99,15 @@ pub struct Priced {
 
 impl Tally {
     /// An empty tally: a request without an output limit may take `default_output` tokens,
-    /// and is expected to take its `share`.
-    pub fn new(default_output: u64, share: Share) -> Tally {
+    /// and is expected to take its `share`. Prompts are counted with the model's tokenizer
+    /// when `exact`, else at a token per 4 bytes (no tokenizer loaded: see
+    /// [`tokens::Encoding::Bytes`]).
+    pub fn new(default_output: u64, share: Share, exact: bool) -> Tally {
         Tally {
             groups: BTreeMap::new(),
             default_output,
             share,
+            exact,
             requests: 0,
         }
     }
@@ -112,7 +116,10 @@ impl Tally {
     pub fn add(&mut self, prompt: &Prompt) {
         let body: Value = serde_json::from_str(&prompt.body).unwrap_or(Value::Null);
         let model = body.get("model").and_then(Value::as_str).map(str::to_owned);
-        let cost = tokens::cost(&prompt.url, &body, self.default_output);
+        let cost = match self.exact {
+            true => tokens::cost(&prompt.url, &body, self.default_output),
+            false => tokens::cost_by_size(&prompt.url, &body, self.default_output),
+        };
         let expected = match self.share {
             Share::Fraction(f) => (cost.output as f64 * f).round() as u64,
             Share::Like(avg) => (avg.round() as u64).min(cost.output),

@@ -147,7 +147,7 @@ fn read(
     share: Share,
 ) -> Result<(Estimate, Tally), InputError> {
     let skips = reader.skips_invalid();
-    let mut tally = Tally::new(default_output, share);
+    let mut tally = Tally::new(default_output, share, true);
     let mut ids: HashMap<String, u64> = HashMap::new();
     let mut estimate = Estimate {
         file: file.display().to_string(),

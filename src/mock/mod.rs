@@ -286,9 +286,10 @@ impl MockServer {
     pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        if config.tokens_per_minute.is_some() {
-            // Load the tokenizers now, off the runtime's threads, rather than stall the first
-            // request for the time it takes (seconds in a debug build) and skew its pacing.
+        {
+            // Usage is counted with the tokenizers: load them now, off the runtime's threads,
+            // rather than stall the first answer for the time it takes (seconds in a debug
+            // build). Once per process.
             let warm = tokio::task::spawn_blocking(|| {
                 for encoding in [Encoding::O200k, Encoding::Cl100k] {
                     tokens::count("warm", encoding);
