@@ -156,9 +156,9 @@ impl JobRun<'_> {
             pace,
             self.settings.batch.switch_margin_ms,
         );
-        let (job, now) = (&self.job.name, now_ms());
-        crate::say!("{job}: --via auto: {}", plan.describe());
-        self.journal_event(EventKind::Plan, plan.describe()).await?;
+        let (job, now, described) = (&self.job.name, now_ms(), plan.describe());
+        crate::say!("{job}: --via auto: {described}");
+        self.journal_event(EventKind::Plan, described).await?;
         if plan.switched(now) {
             match plan.too_late(now) {
                 true => crate::say!(

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{JobsArgs, StatusArgs, TimelineArgs};
 use crate::domain::EventKind;
-use crate::inspect::prices::{CostEstimate, PriceTable, Usd};
+use crate::inspect::prices::{CostEstimate, Usd};
 use crate::inspect::summary::{JobSummary, RunnerLease};
 use crate::inspect::timeline::{self, human_ms, pairs, status_label};
 use crate::store::batches::ChunkRow;
@@ -23,15 +23,11 @@ use crate::util::text::printable;
 pub fn status(args: &StatusArgs, mut out: impl Write) -> anyhow::Result<()> {
     let conn = store::open_read_only(&args.db.db)?;
     let job = db::resolve_job(&conn, args.job.as_deref())?;
-    // The prices the job was run with (`--price`, stored), under the ones given here.
+    // The prices the job was run with (`--price`, stored), under the ones given here, as
+    // `export` and `report` layer them.
     let stored = crate::engine::config::JobSettings::from_json(&job.config).ok();
-    let mut prices = PriceTable::with_overrides(args.prices.prices.as_deref(), &[])?;
-    for (model, price) in stored.iter().flat_map(|s| &s.prices) {
-        prices.set(model.clone(), *price);
-    }
-    for o in &args.prices.price {
-        prices.set(o.model.clone(), o.price);
-    }
+    let prices = crate::inspect::export::job_prices(&job)
+        .overridden_by(args.prices.prices.as_deref(), &args.prices.price)?;
     let max_cost = stored.as_ref().and_then(|s| s.max_cost);
     let auto = match stored.as_ref().map(|s| (s.batch.via, s.batch.deadline_ms)) {
         Some((crate::engine::config::Via::Auto, Some(deadline))) => Some(Auto {
@@ -455,6 +451,7 @@ pub fn jobs(args: &JobsArgs, mut out: impl Write) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::prices::PriceTable;
     use crate::store::journal::ModelTokens;
 
     #[test]

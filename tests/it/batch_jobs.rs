@@ -12,18 +12,20 @@ use runner::mock::{BatchFate, MockConfig};
 use crate::support::bin::{output, text};
 use crate::support::*;
 
-/// `--via batch` with polls every 100 ms and a short backoff, plus `extra`.
+/// Polls every 100 ms and a short backoff: a batch test's pace.
+pub(crate) const QUICK_POLLS: [&str; 6] = [
+    "--poll-interval",
+    "100ms",
+    "--backoff-base",
+    "50ms",
+    "--backoff-cap",
+    "200ms",
+];
+
+/// `--via batch` with [`QUICK_POLLS`], plus `extra`.
 pub(crate) fn via_batch<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--via",
-        "batch",
-        "--poll-interval",
-        "100ms",
-        "--backoff-base",
-        "50ms",
-        "--backoff-cap",
-        "200ms",
-    ];
+    let mut args = vec!["--via", "batch"];
+    args.extend_from_slice(&QUICK_POLLS);
     args.extend_from_slice(extra);
     args
 }

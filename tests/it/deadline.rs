@@ -8,7 +8,7 @@ use rstest::rstest;
 use runner::domain::Exit;
 use runner::mock::{BatchFate, MockConfig};
 
-use crate::batch_jobs::assert_each_succeeded_once;
+use crate::batch_jobs::{QUICK_POLLS, assert_each_succeeded_once};
 use crate::support::bin::{Running, output, text};
 use crate::support::*;
 
@@ -26,15 +26,23 @@ fn auto<'a>(deadline: &'a str, margin: &'a str, extra: &[&'a str]) -> Vec<&'a st
         margin,
         "--rpm",
         "6000",
-        "--poll-interval",
-        "100ms",
-        "--backoff-base",
-        "50ms",
-        "--backoff-cap",
-        "200ms",
     ];
+    args.extend_from_slice(&QUICK_POLLS);
     args.extend_from_slice(extra);
     args
+}
+
+/// A job of `N` prompt lines against a mock whose first batch stalls.
+async fn stalled(job: &str) -> Fixture {
+    Fixture::for_job(job)
+        .mock(MockConfig {
+            batch_processing: Duration::from_millis(300),
+            batch_fates: vec![BatchFate::Stall],
+            ..MockConfig::default()
+        })
+        .prompts(0..N)
+        .start()
+        .await
 }
 
 /// Requests that succeeded through a batch, and directly.
@@ -100,15 +108,7 @@ async fn batches_that_complete_in_time_carry_every_line_at_half_the_price() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_batch_is_cancelled_at_the_switch_and_the_rest_goes_directly() {
-    let fx = Fixture::for_job("stalled")
-        .mock(MockConfig {
-            batch_processing: Duration::from_millis(300),
-            batch_fates: vec![BatchFate::Stall],
-            ..MockConfig::default()
-        })
-        .prompts(0..N)
-        .start()
-        .await;
+    let fx = stalled("stalled").await;
     let started = std::time::Instant::now();
     let exit = fx.submit(&auto("8s", "3s", &[])).await;
     assert_eq!(exit, Exit::Success);
@@ -165,15 +165,7 @@ async fn a_stalled_batch_is_cancelled_at_the_switch_and_the_rest_goes_directly()
 #[case::after("chunk 1: journaled")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_around_the_switch_then_resume_answers_each_line_once(#[case] at: &str) {
-    let fx = Fixture::for_job("killed")
-        .mock(MockConfig {
-            batch_processing: Duration::from_millis(300),
-            batch_fates: vec![BatchFate::Stall],
-            ..MockConfig::default()
-        })
-        .prompts(0..N)
-        .start()
-        .await;
+    let fx = stalled("killed").await;
     let run = Running::spawn(fx.bin_submit(&auto("8s", "3s", &[])));
     run.wait_for_stderr(at).await;
     run.kill_9().await;

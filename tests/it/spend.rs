@@ -37,6 +37,22 @@ fn spent(fx: &Fixture) -> f64 {
     ) as f64
 }
 
+/// `runner estimate FILE --json` of the fixture's file, at [`PRICE`].
+async fn estimate(fx: &Fixture, file: &str) -> Value {
+    let out = output(fx.bin(&[
+        "estimate",
+        file,
+        "--model",
+        "test-model",
+        "--price",
+        PRICE,
+        "--json",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_holds_with_64_in_flight_and_a_resume_with_more_finishes() {
     const LINES: usize = 400;
@@ -51,23 +67,7 @@ async fn the_cap_holds_with_64_in_flight_and_a_resume_with_more_finishes() {
         .start()
         .await;
 
-    let estimate = output(fx.bin(&[
-        "estimate",
-        "capped.jsonl",
-        "--model",
-        "test-model",
-        "--price",
-        PRICE,
-        "--json",
-    ]))
-    .await;
-    assert_eq!(
-        estimate.status.code(),
-        Some(0),
-        "{}",
-        text(&estimate.stderr)
-    );
-    let estimate: Value = serde_json::from_slice(&estimate.stdout).expect("json");
+    let estimate = estimate(&fx, "capped.jsonl").await;
     let expected = estimate["usd_direct"]["expected"].as_f64().expect("priced");
     let cap = (expected * 0.4).round();
 
@@ -232,17 +232,7 @@ async fn a_batch_job_cuts_only_what_fits_under_the_cap() {
         .input(text_lines)
         .start()
         .await;
-    let estimate = output(fx.bin(&[
-        "estimate",
-        "batchcap.jsonl",
-        "--model",
-        "test-model",
-        "--price",
-        PRICE,
-        "--json",
-    ]))
-    .await;
-    let estimate: Value = serde_json::from_slice(&estimate.stdout).expect("json");
+    let estimate = estimate(&fx, "batchcap.jsonl").await;
     let expected = estimate["usd_batch"]["expected"].as_f64().expect("priced");
     let cap = (expected * 0.4).round();
     let cap_text = cap.to_string();
